@@ -1,0 +1,113 @@
+"""The recipe: what a user writes, as frozen pydantic models that forbid unknown keys (`*Spec`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+SCHEMA_VERSION = 1
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", max_length=64)]
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ModelSpec(Spec):
+    path: str = Field(description="Local model directory (relative to the recipe) or a hub id.")
+    revision: str | None = Field(None, description="Hub revision (commit sha) that pins a hub model.")
+    family: str | None = Field(None, description="Model family id; overrides detection from config.json.")
+    trust_remote_code: bool = Field(False, description="Allow the model's own Python code to run.")
+    init: Literal["pretrained", "scratch"] = Field(
+        "pretrained", description="`scratch` builds the model from config.json with random weights (seeded)."
+    )
+
+
+class DatasetSpec(Spec):
+    path: str | None = Field(None, description="File, directory or hub id; relative paths from the recipe.")
+    registry: str | None = Field(None, description="Name of an entry in `data.registry` (dataset_info.json).")
+    format: Literal["alpaca", "sharegpt", "openai", "text"] | None = Field(
+        None, description="Record layout; inferred from the registry entry or defaults to alpaca."
+    )
+    kind: Literal["sft", "preference", "kto", "text"] | None = Field(
+        None, description="What the records train: sft turns, preference pairs, KTO labels or raw text."
+    )
+    columns: dict[str, str | None] | None = Field(None, description="Column mapping (prompt, response, ...).")
+    tags: dict[str, str] | None = Field(None, description="Role-tag mapping for sharegpt-style turns.")
+    split: str = Field("train", description="Split to read.")
+    max_samples: Annotated[int, Field(gt=0)] | None = Field(None, description="Keep only the first N records.")
+    weight: Annotated[float, Field(gt=0)] = Field(1.0, description="Mixing weight when interleaving.")
+    revision: str | None = Field(None, description="Hub dataset revision; pins a hub dataset.")
+    on_bad_record: Literal["error", "skip"] = Field("error", description="Skip malformed records (reported).")
+
+
+class DataSpec(Spec):
+    datasets: dict[Name, DatasetSpec] = Field(min_length=1, description="Named datasets used by stages.")
+    registry: str | None = Field(None, description="A dataset_info.json-style registry file.")
+    cutoff_len: Annotated[int, Field(ge=16, le=1_048_576)] = Field(1024, description="Max tokens per example.")
+    packing: bool = Field(False, description="Pack several examples per sequence (no cross-attention).")
+    train_on_prompt: bool = Field(False, description="Also train on prompt tokens.")
+    mask_history: bool = Field(False, description="Train only on the last assistant turn.")
+    val_size: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="Fraction held out for evaluation.")
+    mix: Literal["concat", "interleave"] = Field("concat", description="How several datasets are combined.")
+
+
+class LoraSpec(Spec):
+    rank: Annotated[int, Field(gt=0, le=4096)] = Field(8, description="LoRA rank r.")
+    alpha: Annotated[float, Field(gt=0)] | None = Field(None, description="LoRA alpha; default 2 x rank.")
+    dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="LoRA dropout.")
+    targets: Literal["auto", "all"] | list[str] = Field("auto", description="Modules; auto = the family's.")
+    variant: Literal["lora", "dora", "rslora"] = Field("lora", description="LoRA variant.")
+    init: Literal["default", "pissa"] = Field("default", description="Adapter initialisation.")
+    plus_ratio: Annotated[float, Field(gt=0)] | None = Field(None, description="LoRA+ lr ratio for B matrices.")
+    modules_to_save: list[str] = Field(default_factory=list, description="Extra fully trained modules.")
+
+
+class FreezeSpec(Spec):
+    trainable_layers: Annotated[int, Field(gt=0)] = Field(2, description="Train the last N decoder layers.")
+    trainable_modules: list[str] = Field(default_factory=list, description="Extra trainable module names.")
+
+
+class QuantizationSpec(Spec):
+    bits: Literal[4, 8] = Field(4, description="QLoRA base-model quantisation bits.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit quantisation type.")
+    double_quant: bool = Field(True, description="Quantise the quantisation constants.")
+
+
+class FinetuningSpec(Spec):
+    method: Literal["full", "freeze", "lora"] = Field("lora", description="What is trained.")
+    lora: LoraSpec | None = Field(None, description="LoRA options (method: lora).")
+    freeze: FreezeSpec | None = Field(None, description="Freeze-tuning options (method: freeze).")
+    quantization: QuantizationSpec | None = Field(None, description="QLoRA quantisation of the base model.")
+
+
+class TrainSpec(Spec):
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = Field(1e-4, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Schedule.")
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="Warmup as a step fraction.")
+    epochs: Annotated[float, Field(gt=0)] = Field(1.0, description="Epochs (ignored when max_steps is set).")
+    max_steps: Annotated[int, Field(gt=0)] | None = Field(None, description="Optimizer steps; wins over epochs.")
+    global_batch_size: Annotated[int, Field(gt=0)] = Field(8, description="Examples per optimizer step.")
+    micro_batch_size: Annotated[int, Field(gt=0)] | None = Field(None, description="Per device per forward.")
+    seed: int = Field(42, description="Seed for data order, init and dropout.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = from hardware.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    save_steps: Annotated[int, Field(gt=0)] = Field(100, description="Checkpoint interval in steps.")
+    save_total_limit: Annotated[int, Field(gt=0)] = Field(2, description="Checkpoints kept.")
+    logging_steps: Annotated[int, Field(gt=0)] = Field(1, description="Log interval in steps.")
+    eval_steps: Annotated[int, Field(gt=0)] | None = Field(None, description="Eval interval (needs val_size).")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(0.0, description="AdamW weight decay.")
+    max_grad_norm: Annotated[float, Field(gt=0)] = Field(1.0, description="Gradient clipping norm.")
+    neftune_alpha: Annotated[float, Field(gt=0)] | None = Field(None, description="NEFTune noise alpha.")
+
+
+# Stage-level overrides: every TrainSpec field, optional, None meaning "inherit".
+TrainOverride = create_model(  # type: ignore[call-overload]
+    "TrainOverride",
+    __base__=Spec,
+    **{
+        name: (info.annotation | None, Field(None, description=info.description))
+        for name, info in TrainSpec.model_fields.items()
+    },
+)

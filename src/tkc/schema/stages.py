@@ -1,0 +1,89 @@
+"""Stage specs: a discriminated union on `kind`, each with its own options."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from tkc.schema.recipe import FinetuningSpec, Name, Spec, TrainOverride
+
+
+class StageBase(Spec):
+    name: Name | None = Field(None, description="Stage name; defaults to its kind (suffixed when repeated).")
+    datasets: list[Name] | None = Field(None, description="Dataset names; default: every compatible one.")
+    init_from: str = Field("previous", description="previous | base | <stage name>: where weights start.")
+    train: TrainOverride | None = Field(None, description="Overrides of the top-level train options.")  # type: ignore[valid-type]
+    finetuning: FinetuningSpec | None = Field(None, description="Overrides the top-level finetuning.")
+
+
+class PtStage(StageBase):
+    kind: Literal["pt"]
+
+
+class SftStage(StageBase):
+    kind: Literal["sft"]
+
+
+class RmStage(StageBase):
+    kind: Literal["rm"]
+
+
+class DpoStage(StageBase):
+    kind: Literal["dpo"]
+    loss: Literal["sigmoid", "ipo", "hinge", "orpo", "simpo"] = Field("sigmoid", description="Preference loss.")
+    beta: Annotated[float, Field(gt=0)] = Field(0.1, description="Inverse temperature.")
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = Field(0.0, description="cDPO smoothing.")
+    simpo_gamma: Annotated[float, Field(ge=0)] = Field(0.5, description="SimPO target margin.")
+    ftx: Annotated[float, Field(ge=0)] = Field(0.0, description="Weight of an SFT loss on chosen.")
+
+
+class KtoStage(StageBase):
+    kind: Literal["kto"]
+    beta: Annotated[float, Field(gt=0)] = Field(0.1, description="Inverse temperature.")
+    desirable_weight: Annotated[float, Field(gt=0)] = Field(1.0, description="Weight of desirable examples.")
+    undesirable_weight: Annotated[float, Field(gt=0)] = Field(1.0, description="Weight of undesirable ones.")
+
+
+class PpoStage(StageBase):
+    kind: Literal["ppo"]
+    reward_model: str = Field(description="An rm stage name of this recipe, or a path to another bundle.")
+    ppo_epochs: Annotated[int, Field(gt=0)] = Field(1, description="PPO epochs per batch.")
+    kl_coef: Annotated[float, Field(ge=0)] = Field(0.05, description="KL penalty to the reference.")
+    clip_range: Annotated[float, Field(gt=0)] = Field(0.2, description="Policy ratio clip.")
+    max_new_tokens: Annotated[int, Field(gt=0)] = Field(32, description="Rollout length.")
+    temperature: Annotated[float, Field(gt=0)] = Field(1.0, description="Rollout sampling temperature.")
+
+
+class GrpoStage(StageBase):
+    kind: Literal["grpo"]
+    reward_model: str | None = Field(None, description="An rm stage name or bundle path.")
+    reward_function: str | None = Field(None, description="A built-in reward function id.")
+    num_generations: Annotated[int, Field(gt=1)] = Field(4, description="Completions per prompt.")
+    max_new_tokens: Annotated[int, Field(gt=0)] = Field(32, description="Completion length.")
+
+
+class EvalStage(StageBase):
+    kind: Literal["eval"]
+    metric: Literal["exact_match", "loss"] = Field("exact_match", description="What is scored.")
+    max_new_tokens: Annotated[int, Field(gt=0)] = Field(16, description="Generation length.")
+
+
+class ExportStage(StageBase):
+    kind: Literal["export"]
+    merge_adapter: bool = Field(True, description="Merge LoRA into the base weights.")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Saved weight dtype.")
+
+
+class InferStage(StageBase):
+    kind: Literal["infer"]
+    engine: Literal["hf", "vllm"] = Field("hf", description="Inference engine.")
+    max_new_tokens: Annotated[int, Field(gt=0)] = Field(128, description="Generation length.")
+    temperature: Annotated[float, Field(ge=0)] = Field(0.0, description="0 = greedy.")
+
+
+StageSpec = Annotated[
+    PtStage | SftStage | RmStage | DpoStage | KtoStage | PpoStage | GrpoStage | EvalStage | ExportStage | InferStage,
+    Field(discriminator="kind"),
+]
+TRAINING_KINDS = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo")

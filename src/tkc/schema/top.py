@@ -1,0 +1,71 @@
+"""The top-level recipe model, hardware/launch/tracking specs, and the JSON Schema export."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from tkc.schema.recipe import SCHEMA_VERSION, DataSpec, FinetuningSpec, ModelSpec, Name, Spec, TrainSpec
+from tkc.schema.stages import StageSpec
+
+
+class HardwareSpec(Spec):
+    accelerator: Literal["cpu", "cuda", "rocm", "npu"] = Field(description="Device kind.")
+    devices_per_node: Annotated[int, Field(gt=0, le=64)] = Field(1, description="Devices on each node.")
+    nodes: Annotated[int, Field(gt=0, le=4096)] = Field(1, description="Number of nodes.")
+    memory_gb: Annotated[float, Field(gt=0)] = Field(description="Memory per device (host RAM for cpu).")
+    supports_bf16: bool = Field(False, description="Device computes in bfloat16.")
+    supports_fp16: bool = Field(False, description="Device computes in float16.")
+    interconnect: Literal["none", "pcie", "nvlink", "infiniband", "hccs"] = Field("none", description="Links.")
+
+
+class SlurmSpec(Spec):
+    partition: str | None = Field(None, description="Slurm partition.")
+    account: str | None = Field(None, description="Slurm account.")
+    time: str = Field("24:00:00", description="Wall-time limit.")
+
+
+class KubernetesSpec(Spec):
+    image: str = Field("tkc:latest", description="Container image with the pinned environment.")
+    namespace: str = Field("default", description="Namespace.")
+
+
+class LaunchSpec(Spec):
+    kind: Literal["local", "torchrun", "deepspeed", "fsdp", "slurm", "kubernetes"] | None = Field(
+        None, description="Launcher; default from the hardware profile."
+    )
+    master_port: Annotated[int, Field(gt=1023, lt=65536)] = Field(29500, description="Rendezvous port.")
+    zero_stage: Literal[0, 1, 2, 3] | None = Field(None, description="DeepSpeed ZeRO stage.")
+    offload: bool = Field(False, description="Offload optimizer state to CPU (DeepSpeed/FSDP).")
+    rdzv_timeout_s: Annotated[int, Field(gt=0)] = Field(900, description="Fail, not hang, after this.")
+    slurm: SlurmSpec | None = Field(None, description="Slurm options.")
+    kubernetes: KubernetesSpec | None = Field(None, description="Kubernetes options.")
+
+
+class TrackingSpec(Spec):
+    kind: Literal["none", "tensorboard", "wandb", "mlflow"] = Field("none", description="Experiment tracker.")
+    project: str | None = Field(None, description="Project/experiment name.")
+
+
+class RecipeSpec(Spec):
+    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Recipe schema version.")
+    name: Name = Field(description="Run name.")
+    extends: list[str] = Field(default_factory=list, description="Base recipes merged under this one.")
+    model: ModelSpec
+    template: str = Field("auto", description="Chat template id, or auto (the tokenizer's own, else family's).")
+    data: DataSpec
+    stages: list[StageSpec] = Field(min_length=1, description="Stages, run in order.")
+    finetuning: FinetuningSpec = Field(default_factory=FinetuningSpec, description="Default for stages.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Default training options for stages.")
+    hardware: str | HardwareSpec = Field("cpu", description="Hardware profile id or an inline description.")
+    launch: LaunchSpec = Field(default_factory=LaunchSpec, description="How stages are launched.")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment tracking.")
+
+
+def json_schema() -> dict[str, Any]:
+    """The recipe's JSON Schema, for editors (YAML language server)."""
+    schema = RecipeSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "tkc recipe"
+    return schema
