@@ -1,0 +1,123 @@
+"""Dataset formats and kinds: the column and role-tag keys each one reads, with their defaults (pure data)."""
+
+from __future__ import annotations
+
+import difflib
+
+FORMATS = ("alpaca", "sharegpt", "openai", "text")
+KINDS = ("sft", "preference", "kto", "text")
+
+# Every key resolved.json carries, in this order; a value of None means "this dataset has no such column".
+COLUMN_KEYS = (
+    "prompt", "query", "response", "system", "history", "tools", "messages", "chosen", "rejected",
+    "kto_tag", "images", "videos", "audios", "text",
+)  # fmt: skip
+TAG_KEYS = ("role", "content", "user", "assistant", "observation", "function", "system")
+
+_MEDIA = ("images", "videos", "audios")
+_CHAT_COLUMNS = frozenset({"messages", "system", "tools", *_MEDIA})
+# Which column keys a format may name at all (kind-specific keys are checked separately).
+_FORMAT_COLUMNS = {
+    "alpaca": frozenset({"prompt", "query", "response", "system", "history", "tools", *_MEDIA}),
+    "sharegpt": _CHAT_COLUMNS,
+    "openai": _CHAT_COLUMNS,
+    "text": frozenset({"text"}),
+}
+_KIND_COLUMNS = {"sft": frozenset(), "preference": frozenset({"chosen", "rejected"}),
+                 "kto": frozenset({"kto_tag"}), "text": frozenset()}  # fmt: skip
+
+_DEFAULT_COLUMNS = {
+    "alpaca": {"prompt": "instruction", "query": "input", "response": "output"},
+    "sharegpt": {"messages": "conversations"},
+    "openai": {"messages": "messages"},
+    "text": {"text": "text"},
+}
+_DEFAULT_KIND_COLUMNS = {"preference": {"chosen": "chosen", "rejected": "rejected"}, "kto": {"kto_tag": "label"}}
+_DEFAULT_TAGS = {
+    "alpaca": dict.fromkeys(TAG_KEYS),
+    "text": dict.fromkeys(TAG_KEYS),
+    "sharegpt": {"role": "from", "content": "value", "user": "human", "assistant": "gpt",
+                 "observation": "observation", "function": "function_call", "system": "system"},
+    "openai": {"role": "role", "content": "content", "user": "user", "assistant": "assistant",
+               "observation": "tool", "function": "function_call", "system": "system"},
+}  # fmt: skip
+
+# Which dataset kinds each training stage kind consumes.
+STAGE_DATASET_KINDS = {
+    "pt": ("text",),
+    "sft": ("sft",),
+    "rm": ("preference",),
+    "dpo": ("preference",),
+    "kto": ("kto",),
+    "ppo": ("sft",),
+    "grpo": ("sft",),
+    "eval": ("sft",),
+}
+
+
+def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(choices)}"
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown dataset {what} {value!r}{_did_you_mean(value, choices)}")
+
+
+def _check_mapping(what: str, given: dict, keys: tuple[str, ...]) -> None:
+    for key, value in given.items():
+        if key not in keys:
+            raise ValueError(f"unknown {what} key {key!r}{_did_you_mean(key, keys)}")
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError(f"{what} {key!r} must be a non-empty string or null, got {value!r}")
+
+
+def infer_kind(fmt: str, columns: dict | None = None, *, ranking: bool = False) -> str:
+    """The dataset kind a format and its declared columns imply: text, preference (pairs), kto (label) or sft."""
+    columns = columns or {}
+    if fmt == "text":
+        return "text"
+    if ranking or columns.get("chosen") or columns.get("rejected"):
+        return "preference"
+    if columns.get("kto_tag"):
+        return "kto"
+    return "sft"
+
+
+def resolve_columns_and_tags(fmt: str, kind: str, columns: dict | None, tags: dict | None) -> tuple[dict, dict]:
+    """Every column and tag key filled in: the user's names over the format's and kind's defaults.
+
+    Raises ValueError naming the first bad key (unknown, wrong type, or not read by this format/kind).
+    """
+    _check_choice("format", fmt, FORMATS)
+    _check_choice("kind", kind, KINDS)
+    if (fmt == "text") != (kind == "text"):
+        raise ValueError(f"format {fmt!r} cannot hold kind {kind!r}: plain text goes with format 'text' only")
+    columns, tags = dict(columns or {}), dict(tags or {})
+    _check_mapping("column", columns, COLUMN_KEYS)
+    _check_mapping("tag", tags, TAG_KEYS)
+    allowed = _FORMAT_COLUMNS[fmt] | _KIND_COLUMNS[kind]
+    for key, value in columns.items():
+        if value is not None and key not in allowed:
+            raise ValueError(
+                f"column {key!r} is not read by format {fmt!r} with kind {kind!r}; "
+                f"this format/kind reads: {', '.join(k for k in COLUMN_KEYS if k in allowed)}"
+            )
+    if tags and fmt in ("alpaca", "text") and any(v is not None for v in tags.values()):
+        raise ValueError(f"format {fmt!r} has no role tags; tags apply to 'sharegpt' and 'openai'")
+    defaults = {**_DEFAULT_COLUMNS[fmt], **_DEFAULT_KIND_COLUMNS.get(kind, {})}
+    resolved_columns = {k: columns.get(k, defaults.get(k)) for k in COLUMN_KEYS}
+    resolved_tags = {k: tags.get(k, _DEFAULT_TAGS[fmt][k]) for k in TAG_KEYS}
+    return resolved_columns, resolved_tags
+
+
+def check_stage_dataset_kind(stage_kind: str, dataset_name: str, dataset_kind: str) -> str | None:
+    """A message when a stage of `stage_kind` cannot train on a dataset of `dataset_kind`, else None."""
+    wanted = STAGE_DATASET_KINDS.get(stage_kind)
+    if wanted is None or dataset_kind in wanted:
+        return None
+    return (
+        f"stage kind {stage_kind!r} needs {' or '.join(wanted)} datasets; "
+        f"dataset {dataset_name!r} is {dataset_kind!r}"
+    )

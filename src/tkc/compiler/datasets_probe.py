@@ -1,0 +1,359 @@
+"""Compile-time dataset probe: file list with sha256, file type, and a shape check of the first records (stdlib + pyarrow)."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tkc.compiler.dataset_formats import infer_kind, resolve_columns_and_tags
+
+SUFFIX_TYPES = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow",
+                ".txt": "txt"}  # fmt: skip
+# A record larger than this (in a .json array) is reported, not read: the probe must stay bounded.
+_MAX_PREFIX_BYTES = 64 << 20
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class ProbeProblem:
+    file: str  # relative POSIX path
+    line: int | None  # jsonl/csv/txt: 1-based line; json/parquet/arrow/hf_disk: 0-based record index
+    message: str
+    expected: str
+
+
+@dataclass(frozen=True)
+class ProbeFile:
+    path: str
+    sha256: str
+    size: int
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256, "size": self.size}
+
+
+@dataclass(frozen=True)
+class Probe:
+    file_type: str
+    files: tuple[ProbeFile, ...]
+    problems: tuple[ProbeProblem, ...] = ()
+    records_checked: int = 0
+    columns_seen: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def sha256_file(path: Path) -> str:
+    """Streaming sha256 (never loads the file)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def is_hf_disk(path: Path) -> bool:
+    """A `datasets` `save_to_disk` folder (Dataset or DatasetDict)."""
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def list_data_files(path: Path) -> list[Path]:
+    """The files a dataset path stands for, sorted: the file itself, or every non-hidden file under the folder."""
+    if path.is_file():
+        return [path]
+    files = [p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts)]
+    return sorted(files, key=lambda p: p.relative_to(path).as_posix())
+
+
+def infer_file_type(path: Path, files: list[Path]) -> str:
+    """File type from the suffix(es); a folder must hold one type only."""
+    if is_hf_disk(path):
+        return "hf_disk"
+    types = {SUFFIX_TYPES.get(p.suffix.lower()) for p in files}
+    if None in types:
+        odd = sorted({p.suffix or p.name for p in files if p.suffix.lower() not in SUFFIX_TYPES})
+        raise ValueError(f"{path}: unsupported file type(s) {odd}; expected one of {', '.join(SUFFIX_TYPES)}")
+    if len(types) != 1:
+        raise ValueError(f"{path}: mixed file types {sorted(t for t in types if t)}; put one type per dataset")
+    return types.pop()  # type: ignore[return-value]
+
+
+def _rel(p: Path, root: Path) -> str:
+    try:
+        return p.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
+# ---------------------------------------------------------------- bounded readers: yield (line_or_index, record)
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, object]]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield lineno, _loads(line)
+
+
+class _BadJson:
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _loads(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        return _BadJson(f"invalid JSON: {exc.msg} at column {exc.colno}")
+
+
+def _iter_json_array(path: Path) -> Iterator[tuple[int, object]]:
+    """Records of a top-level JSON array, decoded one at a time from a growing, bounded prefix."""
+    decoder, text_decoder = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        buf, pos, eof = _fill(f, text_decoder, "", 0, False)
+        if pos >= len(buf):
+            return
+        if buf[pos] != "[":
+            yield from _iter_jsonl(path)  # `.json` files that are really JSON lines (HF datasets reads them too)
+            return
+        buf, pos, eof = _fill(f, text_decoder, buf, pos + 1, eof)
+        index = 0
+        while pos < len(buf) and buf[pos] != "]":
+            if buf[pos] == "," and index:
+                buf, pos, eof = _fill(f, text_decoder, buf, pos + 1, eof)
+                continue
+            try:
+                record, end = decoder.raw_decode(buf, pos)
+            except json.JSONDecodeError as exc:
+                if eof or len(buf) > _MAX_PREFIX_BYTES:
+                    yield index, _BadJson(f"invalid JSON: {exc.msg}")
+                    return
+                buf, eof = _read_more(f, text_decoder, buf)
+                continue
+            yield index, record
+            index += 1
+            buf, pos, eof = _fill(f, text_decoder, buf[end:], 0, eof)  # keep the buffer about one record long
+
+
+def _fill(f, text_decoder, buf: str, pos: int, eof: bool) -> tuple[str, int, bool]:
+    """Skip whitespace from `pos`, reading more until a non-space character is available or the file ends."""
+    pos = _skip_ws(buf, pos)
+    while pos >= len(buf) and not eof:
+        buf, eof = _read_more(f, text_decoder, buf)
+        pos = _skip_ws(buf, pos)
+    return buf, pos, eof
+
+
+def _read_more(f, text_decoder, buf: str) -> tuple[str, bool]:
+    chunk = f.read(max(_CHUNK, len(buf)))
+    return buf + text_decoder.decode(chunk, final=not chunk), not chunk
+
+
+def _skip_ws(buf: str, pos: int) -> int:
+    while pos < len(buf) and buf[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _iter_csv(path: Path) -> Iterator[tuple[int, object]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            yield reader.line_num, row
+
+
+def _iter_txt(path: Path) -> Iterator[tuple[int, object]]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield lineno, {"text": line.rstrip("\n")}
+
+
+def _iter_arrow_table(path: Path, file_type: str, n: int) -> Iterator[tuple[int, object]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if file_type == "parquet":
+        batches = pq.ParquetFile(path).iter_batches(batch_size=n)
+    else:
+        with pa.memory_map(str(path)) as source:
+            try:
+                reader = pa.ipc.open_stream(source)
+            except pa.ArrowInvalid:
+                reader = pa.ipc.open_file(source)
+            first = reader.get_batch(0) if hasattr(reader, "get_batch") else next(iter(reader), None)
+            batches = [first] if first is not None else []
+    for batch in batches:
+        yield from enumerate(batch.to_pylist())
+        return
+
+
+def iter_records(path: Path, file_type: str, n: int = 20) -> Iterator[tuple[int, object]]:
+    """The first `n` records of one data file, as (line or index, record); bad JSON comes back as a `_BadJson`."""
+    readers = {"jsonl": _iter_jsonl, "json": _iter_json_array, "csv": _iter_csv, "txt": _iter_txt}
+    it = readers[file_type](path) if file_type in readers else _iter_arrow_table(path, file_type, n)
+    for i, item in enumerate(it):
+        if i >= n:
+            return
+        yield item
+
+
+# ---------------------------------------------------------------- shape checks
+
+
+def _is_str_list(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _check_messages(v: object, tags: dict) -> tuple[str, str] | None:
+    role, content = tags.get("role") or "role", tags.get("content") or "content"
+    if not isinstance(v, list) or not v:
+        return "is not a non-empty list", f"a list of {{{role!r}: ..., {content!r}: ...}} objects"
+    for i, m in enumerate(v):
+        if not isinstance(m, dict) or role not in m or content not in m:
+            return f"item {i} is {json.dumps(m)[:80]}", f"an object with keys {role!r} and {content!r}"
+    return None
+
+
+def _column_shapes(columns: dict, fmt: str, kind: str, tags: dict) -> dict:
+    """column key -> (check(value) -> (what is wrong, expected) | None)."""
+    def want(pred, expected):
+        return lambda v: None if pred(v) else (f"is {type(v).__name__} {json.dumps(v, default=str)[:60]}", expected)
+
+    text = want(lambda v: isinstance(v, str), "a string")
+    optional_text = want(lambda v: v is None or isinstance(v, str), "a string or null")
+    media = want(lambda v: v is None or _is_str_list(v), "a list of file paths (strings)")
+    turn = text if fmt == "alpaca" else want(lambda v: isinstance(v, dict), "one message object")
+    shapes = {
+        "prompt": text, "query": optional_text, "response": text, "system": optional_text, "text": text,
+        "history": want(lambda v: v is None or (isinstance(v, list) and all(_is_str_list(p) and len(p) == 2 for p in v)),
+                        "a list of [query, response] string pairs"),
+        "tools": want(lambda v: v is None or isinstance(v, (str, list)), "a JSON string or a list of tool objects"),
+        "messages": lambda v: _check_messages(v, tags),
+        "chosen": turn, "rejected": turn,
+        "kto_tag": want(lambda v: isinstance(v, bool) or v in (0, 1, "true", "false", "True", "False"), "a boolean"),
+        "images": media, "videos": media, "audios": media,
+    }  # fmt: skip
+    return {k: shapes[k] for k, name in columns.items() if name}
+
+
+_OPTIONAL = ("query", "system", "history", "tools", "images", "videos", "audios")
+
+
+def _check_record(record: object, columns: dict, shapes: dict) -> list[tuple[str, str]]:
+    if isinstance(record, _BadJson):
+        return [(record.error, "one JSON object")]
+    if not isinstance(record, dict):
+        return [(f"record is {type(record).__name__}", "a JSON object")]
+    problems = []
+    for key, check in shapes.items():
+        name = columns[key]
+        if name not in record:
+            if key not in _OPTIONAL:
+                problems.append((f"missing column {name!r} ({key})", f"column {name!r}; record has {sorted(record)}"))
+            continue
+        bad = check(record[name])
+        if bad:
+            problems.append((f"column {name!r} ({key}) {bad[0]}", bad[1]))
+    return problems
+
+
+def probe_dataset(
+    path: Path,
+    file_type: str | None,
+    columns: dict,
+    fmt: str,
+    kind: str,
+    max_records: int = 20,
+    *,
+    tags: dict | None = None,
+    root: Path | None = None,
+) -> Probe:
+    """Hash every file of a local dataset and shape-check its first `max_records` records per file.
+
+    File paths in the result are relative to `root` (the source root; default: the dataset path's parent).
+    Raises FileNotFoundError/ValueError for a missing path or an unreadable file type; record-level trouble
+    comes back as `Probe.problems`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset path {path} does not exist")
+    root = Path(root) if root is not None else path.parent
+    files = list_data_files(path)
+    if not files:
+        raise ValueError(f"dataset folder {path} holds no files")
+    actual = infer_file_type(path, files)
+    if file_type not in (None, actual) and not (file_type == "json" and actual == "jsonl"):
+        raise ValueError(f"{path}: declared file_type {file_type!r} but the files are {actual!r}")
+    file_type = file_type or actual
+    hashed = tuple(ProbeFile(_rel(p, root), sha256_file(p), p.stat().st_size) for p in files)
+    tags = tags if tags is not None else resolve_columns_and_tags(fmt, kind, None, None)[1]
+    problems, checked, seen = _probe_records(path, files, file_type, columns, fmt, kind, tags, max_records, root)
+    return Probe(file_type, hashed, tuple(problems), checked, tuple(sorted(seen)))
+
+
+def _probe_records(path, files, file_type, columns, fmt, kind, tags, max_records, root):
+    shapes = _column_shapes(columns, fmt, kind, tags)
+    if file_type == "hf_disk":
+        files, file_type = [p for p in files if p.suffix == ".arrow"][:1], "arrow"
+    problems: list[ProbeProblem] = []
+    checked, seen = 0, set()
+    for p in files:
+        for where, record in iter_records(p, file_type, max_records):
+            checked += 1
+            seen |= set(record) if isinstance(record, dict) else set()
+            for message, expected in _check_record(record, columns, shapes):
+                problems.append(ProbeProblem(_rel(p, root), where, message, expected))
+        if checked >= max_records:
+            break
+    return problems, checked, seen
+
+
+# ---------------------------------------------------------------- LLaMA-Factory style registry
+
+_TAG_NAMES = {f"{k}_tag": k for k in ("role", "content", "user", "assistant", "observation", "function", "system")}
+
+
+def load_registry(path: Path) -> dict:
+    """Read a `dataset_info.json`-style registry into tkc dataset entries keyed by name.
+
+    Each entry: source (local|hub), path, format, kind, columns, tags (all keys resolved), split, and
+    subset/folder when given. A lone `prompt` column with no response is LLaMA-Factory's pretraining
+    convention and becomes format 'text'. Entries only on ModelScope/Modelers hubs are left out.
+    """
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    out = {}
+    for name, info in raw.items():
+        entry = registry_entry(name, info)
+        if entry is not None:
+            out[name] = entry
+    return out
+
+
+def registry_entry(name: str, info: dict) -> dict | None:
+    """One registry record mapped to a tkc dataset entry (None when it names no local file or HF hub id)."""
+    if "file_name" in info:
+        source, where = "local", info["file_name"]
+    elif "hf_hub_url" in info:
+        source, where = "hub", info["hf_hub_url"]
+    else:
+        return None
+    columns = dict(info.get("columns") or {})
+    fmt = info.get("formatting", "alpaca")
+    if fmt == "alpaca" and set(columns) == {"prompt"}:
+        fmt, columns = "text", {"text": columns["prompt"]}
+    kind = infer_kind(fmt, columns, ranking=bool(info.get("ranking")))
+    tags = {_TAG_NAMES.get(k, k): v for k, v in (info.get("tags") or {}).items()}
+    try:
+        columns, tags = resolve_columns_and_tags(fmt, kind, columns, tags)
+    except ValueError as exc:
+        raise ValueError(f"dataset {name!r}: {exc}") from None
+    entry = {"name": name, "source": source, "path": where, "format": fmt, "kind": kind,
+             "columns": columns, "tags": tags, "split": info.get("split", "train")}  # fmt: skip
+    entry.update({k: info[k] for k in ("subset", "folder") if k in info})
+    return entry
