@@ -2,7 +2,13 @@
 
 import pytest
 
-from tkc.compiler.dataset_formats import COLUMN_KEYS, TAG_KEYS, check_stage_dataset_kind, infer_kind, resolve_columns_and_tags
+from tkc.compiler.dataset_formats import (
+    COLUMN_KEYS,
+    TAG_KEYS,
+    check_stage_dataset_kind,
+    infer_kind,
+    resolve_columns_and_tags,
+)
 
 
 def test_alpaca_defaults_fill_every_key():
