@@ -1,0 +1,163 @@
+"""Bundle files on disk: manifest and hash, atomic write, verification."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tkc.bundle.canonical import canonical_bytes, pretty_json_bytes, sha256_bytes, sha256_file
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+UNHASHED = ("manifest.json", "volatile.json")   # files outside the hash
+UNHASHED_DIRS = ("outputs",)                     # runtime writes here; never part of the contract
+
+
+def bundle_hash(files: dict[str, str]) -> str:
+    return sha256_bytes(canonical_bytes({"format_version": FORMAT_VERSION, "files": files}))
+
+
+def build_manifest(contents: dict[str, bytes], tkc_version: str) -> dict[str, Any]:
+    files = {path: sha256_bytes(data) for path, data in sorted(contents.items())}
+    return {"format_version": FORMAT_VERSION, "tkc_version": tkc_version, "files": files,
+            "bundle_hash": bundle_hash(files)}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_tree(root: Path, contents: dict[str, bytes]) -> None:
+    for rel, data in contents.items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if rel.endswith(".sh"):
+            target.chmod(0o755)
+
+
+def write_bundle(out: Path, contents: dict[str, bytes], volatile: dict[str, Any], tkc_version: str,
+                 force: bool = False) -> dict[str, Any]:
+    """Write into a temp dir beside `out`, verify it, then rename into place.
+
+    An existing bundle is replaced only with `force`, and its `outputs/` (checkpoints, models) is moved
+    into the new bundle when the hash is unchanged; otherwise the old one is kept under `<out>.old-<hash>`.
+    """
+    out = Path(out)
+    manifest = build_manifest(contents, tkc_version)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent if out.parent.exists() else None))
+    try:
+        _write_tree(tmp, {**contents, MANIFEST: pretty_json_bytes(manifest),
+                          "volatile.json": pretty_json_bytes(volatile)})
+        problems = verify_bundle(tmp)
+        if problems:
+            raise RuntimeError("bundle failed verification right after writing: " + "; ".join(problems))
+        _swap_into_place(tmp, out, manifest, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+class BundleExists(Exception):
+    pass
+
+
+def _swap_into_place(tmp: Path, out: Path, manifest: dict[str, Any], force: bool) -> None:
+    if out.exists():
+        if not (out / MANIFEST).is_file() and any(out.iterdir()):
+            raise BundleExists(f"{out} exists and is not a tkc bundle; refusing to touch it")
+        old = read_manifest(out) if (out / MANIFEST).is_file() else None
+        if old and old.get("bundle_hash") == manifest["bundle_hash"]:
+            if (out / "outputs").exists():
+                os.replace(out / "outputs", tmp / "outputs")
+        elif old and not force:
+            raise BundleExists(f"{out} holds another bundle ({old.get('bundle_hash', '?')[:12]}); "
+                               "use --force to replace it (its outputs are kept aside)")
+        aside = out.parent / f"{out.name}.old-{(old or {}).get('bundle_hash', 'empty')[:12]}"
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.replace(out, aside)
+        os.replace(tmp, out)
+        if not (aside / "outputs").exists():
+            shutil.rmtree(aside)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    _fsync_dir(out.parent)
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((Path(root) / MANIFEST).read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    path: str
+    problem: str
+    expected: str | None = None
+    actual: str | None = None
+
+    def render(self) -> str:
+        extra = f" (expected {self.expected[:16]}…, actual {self.actual[:16]}…)" if self.expected and self.actual \
+            else ""
+        return f"{self.path}: {self.problem}{extra}"
+
+
+def _listed(root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel_dir = Path(dirpath).relative_to(root)
+        if rel_dir.parts[:1] and rel_dir.parts[0] in UNHASHED_DIRS:
+            dirnames[:] = []
+            continue
+        for name in dirnames + filenames:
+            rel = (rel_dir / name).as_posix()
+            if rel not in UNHASHED and rel.split("/")[0] not in UNHASHED_DIRS:
+                found[rel] = Path(dirpath) / name
+    return found
+
+
+def check_bundle(root: Path) -> list[FileProblem]:
+    """Every difference between a bundle directory and its manifest (changed/added/removed/symlinked)."""
+    root = Path(root)
+    if not (root / MANIFEST).is_file():
+        return [FileProblem(MANIFEST, "missing: not a tkc bundle")]
+    manifest = read_manifest(root)
+    expected: dict[str, str] = manifest.get("files", {})
+    problems: list[FileProblem] = []
+    if bundle_hash(expected) != manifest.get("bundle_hash"):
+        problems.append(FileProblem(MANIFEST, "bundle_hash does not match the file list"))
+    present = _listed(root)
+    for rel, path in sorted(present.items()):
+        if path.is_symlink():
+            problems.append(FileProblem(rel, "is a symlink (bundles hold plain files only)"))
+        elif path.is_dir():
+            continue
+        elif rel not in expected:
+            problems.append(FileProblem(rel, "added after compile", None, sha256_file(path)))
+        else:
+            actual = sha256_file(path)
+            if actual != expected[rel]:
+                problems.append(FileProblem(rel, "changed since compile", expected[rel], actual))
+    problems.extend(FileProblem(rel, "removed since compile", h) for rel, h in sorted(expected.items())
+                    if rel not in present)
+    return problems
+
+
+def verify_bundle(root: Path) -> list[str]:
+    """Human-readable problems; empty when the bundle is intact."""
+    return [p.render() for p in check_bundle(root)]

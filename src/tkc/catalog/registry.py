@@ -1,0 +1,107 @@
+"""Generic loader for catalog data files: id = file stem, strict ids, duplicates rejected, did-you-mean."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tkc.schema.diagnostics import CompileError, Diagnostic, did_you_mean
+
+CATALOG_DIR = Path(__file__).parent
+_ID = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+M = TypeVar("M", bound=BaseModel)
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = ""
+    description: str = ""
+
+
+class TemplateRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    template: str
+
+
+class Family(Record):
+    model_types: list[str] = Field(default_factory=list)
+    architectures: list[str] = Field(default_factory=list)
+    template: str = "default"
+    hub_models: dict[str, TemplateRef] = Field(default_factory=dict)
+    lora_targets: list[str] = Field(default_factory=list)
+    layers_path: str = "model.layers"
+    supports_bf16: bool = True
+
+
+class Profile(Record):
+    accelerator: str
+    devices_per_node: int = 1
+    nodes: int = 1
+    memory_gb: float
+    supports_bf16: bool = False
+    supports_fp16: bool = False
+    interconnect: str = "none"
+    lockfile: str = "cpu"
+    default_launch: str = "local"
+
+
+class TemplateMeta(Record):
+    source: str = ""
+    bos_token: str = ""
+    eos_token: str = ""
+    stop_tokens: list[str] = Field(default_factory=list)
+    supports_system: bool = True
+    supports_tools: bool = False
+    default_system: str | None = None
+    render_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+def load_records(folder: Path, model: type[M]) -> dict[str, M]:
+    """Every `<id>.yaml` in a folder, validated; bad ids, duplicates and invalid records are errors."""
+    out: dict[str, M] = {}
+    problems: list[Diagnostic] = []
+    for path in sorted(folder.glob("*.yaml")):
+        rid = path.stem
+        if not _ID.match(rid):
+            problems.append(Diagnostic("CAT001", f"catalog id {rid!r} must match [a-z0-9_]+", "", str(path)))
+            continue
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            out[rid] = model.model_validate({**raw, "id": rid})
+        except (ValidationError, yaml.YAMLError) as exc:
+            problems.append(Diagnostic("CAT002", f"invalid catalog record: {exc}", "", str(path)))
+    if problems:
+        raise CompileError(problems)
+    return out
+
+
+def lookup(records: dict[str, M], rid: str, what: str, path: str = "") -> M:
+    """records[rid], or a CompileError naming the unknown id with a did-you-mean."""
+    if rid in records:
+        return records[rid]
+    hint = did_you_mean(rid, records) or f"known: {', '.join(sorted(records)[:12])}"
+    raise CompileError([Diagnostic("CAT003", f"unknown {what} {rid!r}", path, hint=hint)])
+
+
+@cache
+def families() -> dict[str, Family]:
+    return load_records(CATALOG_DIR / "families", Family)
+
+
+@cache
+def profiles() -> dict[str, Profile]:
+    return load_records(CATALOG_DIR / "profiles", Profile)
+
+
+@cache
+def templates() -> dict[str, TemplateMeta]:
+    return load_records(CATALOG_DIR / "templates", TemplateMeta)
+
+
+def template_text(tid: str) -> str:
+    return (CATALOG_DIR / "templates" / f"{tid}.jinja").read_text(encoding="utf-8")

@@ -1,0 +1,28 @@
+"""`tkc diff`: what changed between two bundles, by meaning; exit 1 when they differ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def diff(
+    a: Annotated[Path, typer.Argument(help="First bundle.")],
+    b: Annotated[Path, typer.Argument(help="Second bundle.")],
+    plain: Annotated[bool, typer.Option(help="Plain text (no colour), e.g. for code review.")] = False,
+) -> None:
+    """Compare resolved values with provenance, data hashes, environment pins and scripts."""
+    from tkc.bundle.diff import diff_bundles, render_diff
+
+    result = diff_bundles(a, b)
+    text = render_diff(result)
+    if plain:
+        typer.echo(text, nl=False)
+    else:
+        from rich.console import Console
+        from rich.syntax import Syntax
+
+        Console().print(Syntax(text, "diff", theme="ansi_dark", background_color="default"))
+    raise typer.Exit(0 if result.same else 1)

@@ -1,0 +1,67 @@
+"""`tkc explain` (every resolved value and where it came from) and `tkc schema` (JSON Schema)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tkc.cli._common import report
+from tkc.schema.diagnostics import CompileError
+
+
+def _matches(key: str, query: str | None) -> bool:
+    if not query:
+        return True
+    return key == query or key.startswith(query + ".") or key.endswith("." + query) or f".{query}." in key
+
+
+def _where(compiled: Any, key: str, source: str) -> str:
+    """For recipe-set values, the file:line the value came from."""
+    if not source.startswith(("recipe", "override")):
+        return ""
+    parts = key.split(".")
+    path = tuple(int(p) if p.isdigit() else p for p in parts)
+    if parts[0] == "datasets":
+        path = ("data", *path)
+    pos = compiled.plan.inputs.recipe.position(path)
+    return f" ({pos.file}:{pos.line})" if pos else ""
+
+
+def explain(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
+    key: Annotated[str | None, typer.Argument(help="Only keys matching this, e.g. train.learning_rate.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: a.b=value.")] = None,
+    passes: Annotated[bool, typer.Option(help="Print what each compiler pass set, in order.")] = False,
+) -> None:
+    """Print every resolved value with its provenance (recipe, default, family:x, profile:x, derived:pass)."""
+    from tkc.compiler.pipeline import compile_recipe
+
+    try:
+        compiled = compile_recipe(recipe, list(set_ or []))
+    except CompileError as exc:
+        raise typer.Exit(report(exc)) from None
+    prov = compiled.plan.provenance
+    shown = 0
+    for k in sorted(compiled.plan.values):
+        if k.startswith("_files.") or not _matches(k, key):
+            continue
+        value = json.dumps(compiled.plan.values[k], ensure_ascii=False, sort_keys=True)
+        typer.echo(f"{k} = {value}    [{prov.get(k, '?')}{_where(compiled, k, prov.get(k, ''))}]")
+        shown += 1
+    if passes:
+        from tkc.compiler.pipeline import PASSES
+
+        typer.echo("passes: " + " -> ".join(p.__name__ for p in PASSES))
+    if not shown:
+        typer.echo(f"tkc: no resolved key matches {key!r}", err=True)
+        raise typer.Exit(1)
+
+
+def schema() -> None:
+    """Print the recipe JSON Schema (for the YAML language server)."""
+    from tkc.schema.top import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2, sort_keys=True))

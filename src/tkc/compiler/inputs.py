@@ -1,0 +1,130 @@
+"""The loading step: all I/O the compiler needs, done once before the pure passes run."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from tkc import __version__
+from tkc.bundle.canonical import sha256_file
+from tkc.compiler.plan import DatasetFacts, Inputs, ModelFacts
+from tkc.schema.diagnostics import Diagnostic, did_you_mean
+from tkc.schema.load import LoadedRecipe
+
+LOCKFILE_DIR = Path(__file__).resolve().parents[3] / "lockfiles"
+MODEL_FILE_LIMIT = 64 << 20   # hash files up to this size; weights above it are recorded by size only
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt")
+
+
+def relpath(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
+
+
+def _model_files(model_dir: Path) -> dict[str, str]:
+    files: dict[str, str] = {}
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file() and not any(p.startswith(".") for p in path.relative_to(model_dir).parts):
+            rel = path.relative_to(model_dir).as_posix()
+            size = path.stat().st_size
+            files[rel] = sha256_file(path) if size <= MODEL_FILE_LIMIT else f"size:{size}"
+    return files
+
+
+def _tokenizer_template(model_dir: Path) -> str | None:
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    cfg = model_dir / "tokenizer_config.json"
+    if cfg.is_file():
+        template = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, list):  # named templates: the "default" one is what apply_chat_template uses
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        return template if isinstance(template, str) else None
+    return None
+
+
+def _special_tokens(model_dir: Path) -> dict[str, str]:
+    cfg = model_dir / "tokenizer_config.json"
+    raw = json.loads(cfg.read_text(encoding="utf-8")) if cfg.is_file() else {}
+    out = {}
+    for key in ("bos_token", "eos_token", "pad_token"):
+        value = raw.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            out[key] = value
+    return out
+
+
+def load_model_facts(recipe: LoadedRecipe, root: Path) -> ModelFacts:
+    spec = recipe.spec.model
+    local = (root / spec.path).expanduser()
+    if local.is_dir():
+        config_path = local / "config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else None
+        return ModelFacts(True, relpath(local, root), config, _tokenizer_template(local), _special_tokens(local),
+                          _model_files(local))
+    return ModelFacts(False, spec.path)
+
+
+def _layout(spec: Any, entry: dict[str, Any] | None) -> tuple[str, str, dict, dict]:
+    """format, kind, columns, tags: the recipe wins over the registry entry, which wins over defaults."""
+    from tkc.compiler.dataset_formats import infer_kind, resolve_columns_and_tags
+
+    entry = entry or {}
+    fmt = spec.format or entry.get("format") or "alpaca"
+    columns = spec.columns if spec.columns is not None else entry.get("columns")
+    kind = spec.kind or entry.get("kind") or infer_kind(fmt, columns)
+    cols, tags = resolve_columns_and_tags(fmt, kind, columns, spec.tags if spec.tags is not None
+                                          else entry.get("tags"))
+    return fmt, kind, cols, tags
+
+
+def _probe(name: str, spec: Any, registry: dict[str, Any], root: Path, file: str | None) -> DatasetFacts:
+    from tkc.compiler.datasets_probe import probe_dataset
+
+    key = f"data.datasets.{name}"
+    entry = registry.get(spec.registry) if spec.registry else None
+    path_text = spec.path or (entry or {}).get("path")
+    try:
+        if spec.registry and entry is None:
+            raise ValueError(f"no registry entry {spec.registry!r} ({did_you_mean(spec.registry, registry)})")
+        if path_text is None:
+            raise ValueError("dataset needs `path` or a `registry` entry")
+        fmt, kind, cols, tags = _layout(spec, entry)
+    except ValueError as exc:
+        return DatasetFacts(False, path_text or "", "missing", problems=(Diagnostic("DATA003", str(exc), key, file),))
+    path = (root / path_text).expanduser()
+    facts = DatasetFacts(False, path_text, "hub", (), (), fmt, kind, cols, tags, spec.split, entry is not None)
+    if not path.exists():
+        if (entry or {}).get("source") == "hub" or ("/" in path_text and not path_text.startswith((".", "/"))):
+            return facts
+        return replace(facts, file_type="missing", problems=(
+            Diagnostic("DATA002", f"dataset not found: {path_text} (relative to {root})", key, file),))
+    try:
+        probe = probe_dataset(path, None, cols, fmt, kind, tags=tags, root=root)
+    except (OSError, ValueError) as exc:
+        return replace(facts, file_type="missing", problems=(Diagnostic("DATA001", str(exc), key, file),))
+    problems = tuple(Diagnostic("DATA001", p.message + (f" (expected {p.expected})" if p.expected else ""),
+                                key, p.file, p.line) for p in probe.problems)
+    files = tuple({"path": relpath(root / f.path, root), "sha256": f.sha256, "size": f.size} for f in probe.files)
+    return replace(facts, local=True, path=relpath(path, root), file_type=probe.file_type, files=files,
+                   problems=problems)
+
+
+def load_inputs(recipe: LoadedRecipe, root: Path) -> Inputs:
+    """Read the model directory, probe every dataset, read the lockfiles."""
+    data = recipe.spec.data
+    registry: dict[str, Any] = {}
+    if data.registry:
+        from tkc.compiler.datasets_probe import load_registry
+
+        registry = load_registry(root / data.registry)
+    pos = recipe.position(("data",))
+    datasets = {name: _probe(name, spec, registry, root, pos.file if pos else None)
+                for name, spec in data.datasets.items()}
+    lockfiles = {p.stem: p.read_text(encoding="utf-8") for p in sorted(LOCKFILE_DIR.glob("*.txt"))}
+    return Inputs(recipe, load_model_facts(recipe, root), datasets, lockfiles, __version__)

@@ -1,0 +1,67 @@
+"""Pass 3: the chat template: the tokenizer's own (`auto`), else the family's, else the one the recipe names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tkc.catalog.registry import families, template_text, templates
+from tkc.compiler.passes._util import source_of
+from tkc.compiler.plan import FILES, Plan
+from tkc.schema.diagnostics import Diagnostic, did_you_mean
+
+TEMPLATE_FILE = "template/chat_template.jinja"
+_CHAT_FREE_KINDS = {"pt", "export"}
+
+
+def _catalog_choice(plan: Plan) -> tuple[str | None, str]:
+    """The catalog template for this model: its hub entry's, else its family's default."""
+    family = plan.get("model.family")
+    fam = families().get(family or "")
+    if fam is None:
+        return None, "default"
+    hub = {k.lower(): v.template for k, v in fam.hub_models.items()}.get(plan.inputs.model.path.lower())
+    if hub:
+        return hub, f"family:{family}:hub_models"
+    return fam.template, f"family:{family}"
+
+
+def _auto_values(plan: Plan) -> dict[str, tuple[Any, str]]:
+    facts = plan.inputs.model
+    text = facts.chat_template or ""
+    tokens = facts.special_tokens
+    src = "derived:tokenizer_config"
+    return {
+        "template.id": ("auto", source_of(plan, ("template",))), "template.source": ("tokenizer", src),
+        "template.bos_token": (tokens.get("bos_token", ""), src),
+        "template.eos_token": (tokens.get("eos_token", ""), src),
+        "template.stop_tokens": (sorted({tokens[k] for k in ("eos_token",) if k in tokens}), src),
+        "template.supports_system": ("system" in text, src), "template.supports_tools": ("tools" in text, src),
+        "template.default_system": (None, src), "template.render_kwargs": ({}, src),
+        FILES + TEMPLATE_FILE: (text, src),
+    }
+
+
+def _catalog_values(tid: str, src: str) -> dict[str, tuple[Any, str]]:
+    meta = templates()[tid]
+    out: dict[str, tuple[Any, str]] = {"template.id": (tid, src), "template.source": (meta.source, f"template:{tid}")}
+    for key in ("bos_token", "eos_token", "stop_tokens", "supports_system", "supports_tools", "default_system",
+                "render_kwargs"):
+        out[f"template.{key}"] = (getattr(meta, key), f"template:{tid}")
+    out[FILES + TEMPLATE_FILE] = (template_text(tid), f"template:{tid}")
+    return out
+
+
+def resolve_chat_template(plan: Plan) -> Plan:
+    kinds = {plan.get(f"stages.{i}.kind") for i in range(plan.stage_count())}
+    if kinds <= _CHAT_FREE_KINDS:
+        return plan.with_values({"template": (None, "derived:resolve_chat_template")})
+    requested = plan.inputs.recipe.spec.template
+    if requested == "auto" and plan.inputs.model.chat_template:
+        return plan.with_values(_auto_values(plan))
+    tid, src = (requested, source_of(plan, ("template",))) if requested != "auto" else _catalog_choice(plan)
+    if tid not in templates():
+        pos = plan.inputs.recipe.position(("template",))
+        hint = did_you_mean(tid or "", templates()) or "see `tkc catalog templates`"
+        return plan.with_diagnostics([Diagnostic("TMPL001", f"unknown chat template {tid!r}", "template",
+                                                 pos and pos.file, pos and pos.line, pos and pos.col, hint)])
+    return plan.with_values(_catalog_values(tid, src))

@@ -1,0 +1,70 @@
+"""Pass 2: which model family this is, from config.json (model_type/architectures) or the hub catalog."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tkc.catalog.registry import Family, families
+from tkc.compiler.passes._util import source_of
+from tkc.compiler.plan import Plan
+from tkc.schema.diagnostics import Diagnostic, did_you_mean
+
+
+def _by_config(config: dict[str, Any], fams: dict[str, Family]) -> tuple[list[str], str]:
+    model_type = str(config.get("model_type", ""))
+    hits = [fid for fid, f in fams.items() if model_type and model_type in f.model_types]
+    if not hits:
+        archs = set(config.get("architectures") or [])
+        hits = [fid for fid, f in fams.items() if archs & set(f.architectures)]
+    return hits, model_type
+
+
+def _by_hub_id(hub_id: str, fams: dict[str, Family]) -> list[str]:
+    return [fid for fid, f in fams.items() if hub_id.lower() in {k.lower() for k in f.hub_models}]
+
+
+def _detect(plan: Plan, fams: dict[str, Family]) -> tuple[str | None, str, str | None]:
+    """(family, model_type, error message)."""
+    facts = plan.inputs.model
+    if facts.config is not None:
+        hits, model_type = _by_config(dict(facts.config), fams)
+        what = f"config.json model_type {model_type!r}"
+    else:
+        hits, model_type = _by_hub_id(facts.path, fams), ""
+        what = f"hub id {facts.path!r} (not on disk, not in the catalog)"
+    if len(hits) == 1:
+        return hits[0], model_type or (fams[hits[0]].model_types or [""])[0], None
+    if not hits:
+        return None, model_type, f"cannot detect the model family from {what}; set model.family"
+    return None, model_type, f"{what} matches several families ({', '.join(sorted(hits))}); set model.family"
+
+
+def resolve_model_family(plan: Plan) -> Plan:
+    spec = plan.inputs.recipe.spec.model
+    facts = plan.inputs.model
+    fams = families()
+    src = "recipe"
+    if spec.family:
+        family, model_type, error = spec.family, "", None
+        if family not in fams:
+            error = f"unknown family {family!r} ({did_you_mean(family, fams) or 'see tkc catalog families'})"
+        elif facts.config is not None:
+            model_type = str(facts.config.get("model_type", ""))
+    else:
+        (family, model_type, error), src = _detect(plan, fams), "derived:resolve_model_family"
+    out = {
+        "model.source": ("local" if facts.local else "hub", "derived:resolve_model_family"),
+        "model.path": (facts.path, source_of(plan, ("model", "path"))),
+        "model.revision": (spec.revision, source_of(plan, ("model", "revision"))),
+        "model.init": (spec.init, source_of(plan, ("model", "init"))),
+        "model.trust_remote_code": (spec.trust_remote_code, source_of(plan, ("model", "trust_remote_code"))),
+        "model.files": (dict(facts.files), "derived:load_inputs"),
+        "model.family": (family, src),
+        "model.model_type": (model_type or None, "derived:resolve_model_family"),
+    }
+    plan = plan.with_values(out)
+    if error:
+        pos = plan.inputs.recipe.position(("model",))
+        plan = plan.with_diagnostics([Diagnostic("MODEL001", error, "model", pos and pos.file,
+                                                 pos and pos.line, pos and pos.col)])
+    return plan

@@ -1,0 +1,116 @@
+"""Cross-field rules: a table of small named checks with stable codes; all violations are reported at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from tkc.compiler.dataset_formats import check_stage_dataset_kind
+from tkc.compiler.plan import Plan
+from tkc.schema.diagnostics import did_you_mean
+from tkc.schema.stages import TRAINING_KINDS
+
+Violation = tuple[tuple[str | int, ...], str, str | None]   # (recipe key path, message, hint)
+_PACKABLE = {"pt", "sft"}
+
+
+def _stages(plan: Plan) -> Iterator[tuple[int, str, str]]:
+    for i in range(plan.stage_count()):
+        yield i, plan.get(f"stages.{i}.kind"), plan.get(f"stages.{i}.name")
+
+
+def batch_divisible(plan: Plan) -> Iterator[Violation]:
+    for i, _, name in _stages(plan):
+        p = f"stages.{i}.train."
+        if p + "global_batch_size" not in plan.values:
+            continue
+        gbs, world, micro = (plan.get(p + k) for k in ("global_batch_size", "world_size", "micro_batch_size"))
+        if gbs % (world * micro):
+            yield (("train", "global_batch_size"), f"stage {name!r}: global batch {gbs} is not divisible by "
+                   f"devices ({world}) x micro batch ({micro})", f"use a multiple of {world * micro}")
+
+
+def vllm_needs_gpu(plan: Plan) -> Iterator[Violation]:
+    for i, kind, name in _stages(plan):
+        if kind == "infer" and plan.get(f"stages.{i}.options.engine") == "vllm" and \
+                plan.get("hardware.accelerator") not in ("cuda", "rocm"):
+            yield (("stages", i, "engine"), f"stage {name!r}: vLLM needs a CUDA/ROCm profile, not "
+                   f"{plan.get('hardware.accelerator')!r}", "use engine: hf")
+
+
+def packing_stage(plan: Plan) -> Iterator[Violation]:
+    if not plan.get("data.packing"):
+        return
+    for i, kind, name in _stages(plan):
+        if kind in TRAINING_KINDS and kind not in _PACKABLE:
+            yield (("data", "packing"), f"stage {name!r} ({kind}) cannot train on packed sequences",
+                   "packing applies to pt and sft; set packing: false")
+
+
+def dataset_refs(plan: Plan) -> Iterator[Violation]:
+    known = list(plan.inputs.datasets)
+    for i, kind, name in _stages(plan):
+        for ds in plan.get(f"stages.{i}.datasets") or []:
+            if ds not in known:
+                yield (("stages", i, "datasets"), f"stage {name!r} uses unknown dataset {ds!r}",
+                       did_you_mean(ds, known))
+            elif (msg := check_stage_dataset_kind(kind, ds, plan.get(f"datasets.{ds}.kind"))):
+                yield (("stages", i, "datasets"), msg, None)
+        if kind in TRAINING_KINDS and not plan.get(f"stages.{i}.datasets"):
+            yield (("stages", i), f"stage {name!r} ({kind}) has no dataset it can train on", None)
+
+
+def stage_refs(plan: Plan) -> Iterator[Violation]:
+    names = [plan.get(f"stages.{i}.name") for i in range(plan.stage_count())]
+    for i, kind, name in _stages(plan):
+        src = plan.get(f"stages.{i}.init_from")
+        if src is not None and src not in names[:i]:
+            yield (("stages", i, "init_from"), f"stage {name!r} starts from {src!r}, which is not an earlier stage",
+                   did_you_mean(src, names[:i]))
+        if kind == "ppo":
+            rm = plan.get(f"stages.{i}.options.reward_model")
+            if "/" not in rm and rm not in names[:i]:
+                yield (("stages", i, "reward_model"), f"ppo reward_model {rm!r} is neither an earlier rm stage "
+                       "nor a bundle path", did_you_mean(rm, names[:i]))
+
+
+def precision_supported(plan: Plan) -> Iterator[Violation]:
+    for i, _, name in _stages(plan):
+        prec = plan.get(f"stages.{i}.train.precision")
+        if prec in ("bf16", "fp16") and not plan.get(f"hardware.supports_{prec}"):
+            yield (("train", "precision"), f"stage {name!r}: {prec} requested but the hardware "
+                   f"({plan.get('hardware.profile')}) does not support it", "use precision: auto")
+
+
+def quantization_needs_lora(plan: Plan) -> Iterator[Violation]:
+    for i, _, name in _stages(plan):
+        if f"stages.{i}.finetuning.quantization.bits" in plan.values and \
+                plan.get(f"stages.{i}.finetuning.method") != "lora":
+            yield (("finetuning", "quantization"), f"stage {name!r}: quantization (QLoRA) needs method: lora", None)
+
+
+def template_capabilities(plan: Plan) -> Iterator[Violation]:
+    if plan.get("template.id") is None:
+        return
+    for name in plan.inputs.datasets:
+        cols = plan.get(f"datasets.{name}.columns") or {}
+        if cols.get("tools") and not plan.get("template.supports_tools"):
+            yield (("data", "datasets", name), f"dataset {name!r} has tool calls but template "
+                   f"{plan.get('template.id')!r} has no tool support", "choose a template with tools")
+
+
+def hub_revision(plan: Plan) -> Iterator[Violation]:
+    if plan.get("model.source") == "hub" and plan.get("model.init") == "scratch":
+        yield (("model", "init"), "init: scratch needs a local model directory with config.json", None)
+
+
+RULES: dict[str, Callable[[Plan], Iterator[Violation]]] = {
+    "BATCH001": batch_divisible,
+    "INFER001": vllm_needs_gpu,
+    "PACK001": packing_stage,
+    "DATA010": dataset_refs,
+    "STAGE001": stage_refs,
+    "PREC001": precision_supported,
+    "PEFT001": quantization_needs_lora,
+    "TMPL002": template_capabilities,
+    "MODEL002": hub_revision,
+}
