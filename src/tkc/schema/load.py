@@ -114,6 +114,8 @@ def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Load
     diags: list[Diagnostic] = []
     files: dict[Path, bytes] = {}
     data, positions = _read_chain(Path(path), (), files, diags)
+    if any(d.code in ("YAML001", "RECIPE001") for d in diags):
+        raise CompileError(_sorted(diags))  # unreadable input: schema errors would only be noise
     for i, text in enumerate(overrides):
         key, value = parse_override(text)
         _apply_override(data, key, value)

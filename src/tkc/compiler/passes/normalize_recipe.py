@@ -58,7 +58,10 @@ def _stage(plan: Plan, i: int, stage: Any, name: str) -> dict[str, tuple[Any, st
         p + "init_from": (stage.init_from, source_of(plan, ("stages", i, "init_from"))),
         p + "datasets": (stage.datasets, source_of(plan, ("stages", i, "datasets"))),
     }
-    for key, value in stage.model_dump(exclude=_BASE_FIELDS).items():
+    options = stage.model_dump(exclude=_BASE_FIELDS)
+    if not options:
+        out[p + "options"] = ({}, "default")
+    for key, value in options.items():
         out[p + f"options.{key}"] = (value, source_of(plan, ("stages", i, key)))
     if stage.kind in TRAINING_KINDS:
         out.update(_train(plan, i, stage))
