@@ -1,0 +1,230 @@
+"""`build_stage_data`: resolved.json dataset entries -> verified, converted, mixed, tokenized, cached rows."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tkc.runtime.data import store
+from tkc.runtime.data.convert import convert_record
+from tkc.runtime.data.encode import ChatSpec, Counters, EncodeOptions, encode_pairwise, encode_pt, encode_sft
+from tkc.runtime.data.errors import BadRecord, DataError
+from tkc.runtime.data.mixing import mix, split_eval
+from tkc.runtime.data.packing import pack_rows, padding_fraction
+from tkc.runtime.data.readers import read_entry, verify_files
+
+log = logging.getLogger(__name__)
+
+STAGE_DATASET_KIND = {"pt": "text", "sft": "sft", "rm": "preference", "dpo": "preference", "kto": "kto"}
+COLUMNS = {
+    "pt": ["input_ids", "labels", "attention_mask"],
+    "sft": ["input_ids", "labels", "attention_mask"],
+    "kto": ["input_ids", "labels", "attention_mask", "label"],
+    "rm": [f"{s}_{c}" for s in ("chosen", "rejected") for c in ("input_ids", "labels", "attention_mask")],
+}
+COLUMNS["dpo"] = COLUMNS["rm"]
+_MAX_REASONS = 50
+
+
+@dataclass
+class StageData:
+    train: object  # datasets.Dataset (memory-mapped Arrow) of rows; see tkc.runtime.data docstring
+    eval: object | None
+    stats: dict
+    cache_path: Path
+
+
+class _BadRecords:
+    """Applies `on_bad_record` per dataset: raise at once, or count and keep the first reasons."""
+
+    def __init__(self):
+        self.count, self.reasons, self.per_dataset = 0, [], {}
+        self.policy = "error"
+        self.dataset = ""
+
+    def __call__(self, exc: BadRecord) -> None:
+        if self.policy != "skip":
+            raise exc
+        self.count += 1
+        self.per_dataset[self.dataset] = self.per_dataset.get(self.dataset, 0) + 1
+        if len(self.reasons) < _MAX_REASONS:
+            self.reasons.append(exc.to_json())
+
+
+def _template_text(resolved: dict, tokenizer, template_text: str | None, bundle_dir: Path | None) -> str:
+    if template_text is not None:
+        return template_text
+    tpl = resolved.get("template") or {}
+    if bundle_dir is not None and tpl.get("file") and (Path(bundle_dir) / tpl["file"]).is_file():
+        return (Path(bundle_dir) / tpl["file"]).read_text(encoding="utf-8")
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.chat_template
+    raise DataError("this stage renders conversations but no chat template was given (bundle template/ or tokenizer)")
+
+
+def _chat_spec(resolved: dict, tokenizer, template_text, bundle_dir, spans_fn) -> ChatSpec:
+    tpl = resolved.get("template") or {}
+    text = _template_text(resolved, tokenizer, template_text, bundle_dir)
+    return ChatSpec(text, tpl.get("bos_token") or "", tpl.get("eos_token") or (tokenizer.eos_token or ""),
+                    dict(tpl.get("render_kwargs") or {}), spans_fn)  # fmt: skip
+
+
+def _key_parts(resolved, stage, entries, tokenizer, chat: ChatSpec | None, source_root: Path) -> dict:
+    media = any(e["columns"].get(m) for e in entries for m in ("images", "videos", "audios"))
+    chat_src = Path(__file__).parents[2] / "catalog" / "chat.py"
+    return {
+        "stage_kind": stage["kind"],
+        "datasets": entries,
+        "data": resolved["data"],
+        "seed": resolved["seed"],
+        "tokenizer": store.tokenizer_fingerprint(tokenizer),
+        "template": None if chat is None else [chat.template_text, chat.bos_token, chat.eos_token, chat.extra,
+                                               getattr(chat.spans_fn, "__qualname__", None)],
+        "renderer": hashlib.sha256(chat_src.read_bytes()).hexdigest() if chat_src.is_file() else None,
+        # media paths are stored resolved, so they are only valid for this source root
+        "source_root": str(Path(source_root).resolve()) if media else None,
+    }  # fmt: skip
+
+
+def _base_dir(entry: dict, where_file: str, source_root: Path) -> Path:
+    if entry["file_type"] == "hub":
+        return source_root
+    if entry["file_type"] == "hf_disk":
+        return source_root / entry["path"]
+    return (source_root / where_file).parent
+
+
+def _convert(entry: dict, source_root: Path, bad: _BadRecords) -> tuple[list, int]:
+    """[(where, canonical example)] of one dataset, plus how many raw records it had."""
+    bad.policy, bad.dataset = entry.get("on_bad_record", "error"), entry["name"]
+    raw = read_entry(entry, source_root, verify=False)
+    out = []
+    for where, record in raw:
+        try:
+            out.append((where, convert_record(record, entry, _base_dir(entry, where.file, source_root))))
+        except BadRecord as exc:
+            bad(exc.at(where))
+    return out, len(raw)
+
+
+def _encode(kind: str, items: list, tokenizer, chat, opts: EncodeOptions, bad, counters) -> list[dict]:
+    if kind == "pt":
+        if tokenizer.eos_token_id is None:
+            raise DataError("pretraining appends eos after each text, but the tokenizer has no eos token")
+        return encode_pt(items, tokenizer, opts, tokenizer.eos_token_id)
+    if kind in ("rm", "dpo"):
+        return encode_pairwise(items, tokenizer, chat, opts, bad, counters)
+    return encode_sft(items, tokenizer, chat, opts, bad, counters, kto=kind == "kto")
+
+
+def _lengths(rows: list[dict], kind: str) -> list[int]:
+    key = "chosen_input_ids" if kind in ("rm", "dpo") else "input_ids"
+    return [len(r[key]) for r in rows]
+
+
+def _token_counts(rows: list[dict], kind: str) -> dict:
+    prefixes = ("chosen_", "rejected_") if kind in ("rm", "dpo") else ("",)
+    total = sum(len(r[f"{p}input_ids"]) for r in rows for p in prefixes)
+    trained = sum(int((r[f"{p}labels"][1:] != -100).sum()) for r in rows for p in prefixes)
+    return {"total": total, "trained": trained}
+
+
+def _check_stage(resolved: dict, stage: dict) -> list[dict]:
+    kind = stage["kind"]
+    if kind not in STAGE_DATASET_KIND:
+        raise DataError(f"stage {stage['name']!r}: kind {kind!r} has no tokenized training data in tkc.runtime.data")
+    entries = [resolved["datasets"][n] for n in stage["datasets"]]
+    for e in entries:
+        if e["kind"] != STAGE_DATASET_KIND[kind]:
+            raise DataError(f"stage {stage['name']!r} ({kind}) needs {STAGE_DATASET_KIND[kind]} datasets; "
+                            f"{e['name']!r} is {e['kind']!r}")  # fmt: skip
+    return entries
+
+
+def build_stage_data(
+    resolved: dict,
+    stage: dict,
+    tokenizer,
+    source_root: Path,
+    cache_dir: Path,
+    *,
+    template_text: str | None = None,
+    bundle_dir: Path | None = None,
+    spans_fn=None,
+) -> StageData:
+    """Tokenized train/eval rows for one stage, from the cache when every input is unchanged.
+
+    The chat template text comes from `template_text`, else `bundle_dir/<resolved.template.file>`, else
+    the tokenizer's own `chat_template`. `spans_fn` replaces `tkc.catalog.chat.assistant_spans` (tests).
+    """
+    entries = _check_stage(resolved, stage)
+    source_root = Path(source_root)
+    for e in entries:
+        verify_files(e, source_root)  # refuse changed data before trusting a cache keyed on recorded hashes
+    chat = None if stage["kind"] == "pt" else _chat_spec(resolved, tokenizer, template_text, bundle_dir, spans_fn)
+    parts = _key_parts(resolved, stage, entries, tokenizer, chat, source_root)
+    key = store.cache_key(parts)
+    hit = store.load(cache_dir, key)
+    if hit is not None:
+        splits, stats = hit
+        return StageData(splits["train"], splits.get("eval"), {**stats, "cache_hit": True}, store.entry_dir(cache_dir, key))
+    tables, stats = _build(resolved, stage, entries, tokenizer, chat, source_root)
+    stats["key"] = key
+    path = store.save(cache_dir, key, tables, stats, parts)
+    splits, stats = store.load(cache_dir, key)
+    return StageData(splits["train"], splits.get("eval"), {**stats, "cache_hit": False}, path)
+
+
+def _build(resolved, stage, entries, tokenizer, chat, source_root) -> tuple[dict, dict]:
+    start = time.perf_counter()
+    kind, data, seed = stage["kind"], resolved["data"], resolved["seed"]
+    bad, per_dataset = _BadRecords(), {}
+    parts = []
+    for e in entries:
+        items, n_raw = _convert(e, source_root, bad)
+        parts.append(items)
+        per_dataset[e["name"]] = {"records": n_raw, "converted": len(items)}
+    mixed = mix(parts, [e.get("weight", 1.0) for e in entries], data.get("mix", "concat"), seed)
+    train_items, eval_items = split_eval(mixed, data.get("val_size") or 0.0, seed)
+    media = tuple(m for m in ("images", "videos", "audios") if kind in ("sft", "kto") and any(e["columns"].get(m) for e in entries))
+    opts = EncodeOptions(data["cutoff_len"], bool(data.get("train_on_prompt")), bool(data.get("mask_history")),
+                         data.get("truncation", "keep_response"), media)  # fmt: skip
+    counters = Counters()
+    train = _encode(kind, train_items, tokenizer, chat, opts, bad, counters)
+    evals = _encode(kind, eval_items, tokenizer, chat, opts, bad, counters)
+    stats = _stats(stage, per_dataset, bad, counters, train, evals, len(train_items), len(eval_items))
+    if data.get("packing") and kind == "sft":
+        train, evals = pack_rows(train, data["cutoff_len"]), pack_rows(evals, data["cutoff_len"])
+        stats["padding_fraction"]["packed"] = padding_fraction(_lengths(train, kind), stats["padding_fraction"]["batch_size"])
+    stats["rows"] = {"train": len(train), "eval": len(evals)}
+    stats["seconds"] = round(time.perf_counter() - start, 4)
+    stats["examples_per_second"] = round((len(train_items) + len(eval_items)) / max(stats["seconds"], 1e-9), 1)
+    columns = COLUMNS[kind] + (["position_ids"] if data.get("packing") and kind == "sft" else []) + list(media)
+    tables = {"train": store.rows_to_table(train, columns)}
+    if evals or eval_items:
+        tables["eval"] = store.rows_to_table(evals, columns)
+    if bad.count:
+        log.warning("skipped %d bad records (first: %s)", bad.count, bad.reasons[0])
+    return tables, stats
+
+
+def _stats(stage, per_dataset, bad, counters, train, evals, n_train, n_eval) -> dict:
+    kind = stage["kind"]
+    for name, n in bad.per_dataset.items():
+        per_dataset[name]["skipped"] = n
+    batch = int((stage.get("train") or {}).get("micro_batch_size") or 1)
+    lengths = _lengths(train, kind)
+    return {
+        "stage": stage["name"], "kind": kind, "datasets": per_dataset,
+        "skipped": {"count": bad.count, "reasons": bad.reasons},
+        "examples": {"train": n_train, "eval": n_eval},
+        "truncated": counters.truncated, "dropped_no_labels": counters.dropped_no_labels,
+        "tokens": _token_counts(train, kind),
+        "length": {"max": max(lengths, default=0), "mean": float(np.mean(lengths)) if lengths else 0.0},
+        "padding_fraction": {"batch_size": batch, "unpacked": padding_fraction(lengths, batch), "packed": None},
+    }  # fmt: skip

@@ -1,0 +1,242 @@
+"""Tokenize canonical examples per stage kind: labels from the template's assistant spans, truncation policies.
+
+Rows are dicts of numpy int32 arrays (converted to Arrow columns by `tkc.runtime.data.store`).
+
+Truncation (`data.truncation`):
+* `keep_response` (default): when prompt + response exceed cutoff_len, the prompt is trimmed from the
+  LEFT first (the turns nearest the response survive), down to at most a quarter of cutoff_len; only then
+  is the response's TAIL cut. "Prompt" is everything before the last assistant turn's span.
+* `right`: keep the first cutoff_len tokens.
+A row whose labels are all -100 after truncation trains nothing (and makes a NaN loss); it is dropped
+and counted in `stats["dropped_no_labels"]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tkc.runtime.data.errors import BadRecord
+
+IGNORE = -100
+Span = tuple[int, int, int]
+
+
+@dataclass
+class ChatSpec:
+    """What the runtime needs to render a conversation: the template text and the bundle's special tokens."""
+
+    template_text: str
+    bos_token: str = ""
+    eos_token: str = ""
+    extra: dict = field(default_factory=dict)
+    spans_fn: Callable[..., tuple[str, list[Span]]] | None = None
+
+    def spans(self, messages: list[dict], tools: list[dict] | None) -> tuple[str, list[Span]]:
+        fn = self.spans_fn
+        if fn is None:
+            from tkc.catalog.chat import assistant_spans as fn
+        return fn(self.template_text, messages, tools=tools, bos_token=self.bos_token,
+                  eos_token=self.eos_token, **self.extra)  # fmt: skip
+
+
+@dataclass
+class EncodeOptions:
+    cutoff_len: int
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    truncation: str = "keep_response"
+    media: tuple[str, ...] = ()  # media columns passed through to sft/kto rows (lists of absolute paths)
+
+    def __post_init__(self):
+        if self.truncation not in ("keep_response", "right"):
+            raise ValueError(f"unknown data.truncation {self.truncation!r}; expected 'keep_response' or 'right'")
+        if self.cutoff_len < 2:
+            raise ValueError(f"data.cutoff_len must be at least 2, got {self.cutoff_len}")
+
+
+@dataclass
+class Counters:
+    truncated: int = 0
+    dropped_no_labels: int = 0
+
+
+# ---------------------------------------------------------------- tokenizer access
+
+
+class Encoded:
+    """Token ids of one text and a map from character positions to token indices."""
+
+    __slots__ = ("ids", "_enc", "_starts", "_text_len")
+
+    def __init__(self, ids: np.ndarray, text_len: int, enc=None, starts: np.ndarray | None = None):
+        self.ids, self._enc, self._starts, self._text_len = ids, enc, starts, text_len
+
+    def first_token_at(self, char: int) -> int:
+        """Index of the first token that starts at or after `char` (len(ids) when none does)."""
+        if char >= self._text_len:
+            return len(self.ids)
+        if self._enc is not None:
+            # two lookups per span boundary instead of materialising every offset tuple in Python
+            t = self._enc.char_to_token(char)
+            if t is not None:
+                return t if self._enc.token_to_chars(t)[0] >= char else t + 1
+            self._starts = _starts(self._enc.offsets)
+            self._enc = None
+        return int(np.searchsorted(self._starts, char, "left"))
+
+
+def encode_texts(tokenizer, texts: list[str]) -> list[Encoded]:
+    """Tokenize a batch in the Rust tokenizer (no special tokens added), keeping char -> token lookups."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        encs = backend.encode_batch(texts, add_special_tokens=False)
+        return [Encoded(np.asarray(e.ids, dtype=np.int32), len(t), enc=e) for e, t in zip(encs, texts, strict=True)]
+    out = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return [Encoded(np.asarray(i, dtype=np.int32), len(t), starts=_starts(o))
+            for i, o, t in zip(out["input_ids"], out["offset_mapping"], texts, strict=True)]  # fmt: skip
+
+
+def _starts(offsets) -> np.ndarray:
+    return np.fromiter((o[0] for o in offsets), dtype=np.int64, count=len(offsets))
+
+
+def label_mask(encoded: Encoded, spans: list[Span]) -> np.ndarray:
+    """True for tokens whose first character lies inside one of the spans."""
+    mask = np.zeros(len(encoded.ids), dtype=bool)
+    for s, e, _ in spans:
+        mask[encoded.first_token_at(s) : encoded.first_token_at(e)] = True
+    return mask
+
+
+# ---------------------------------------------------------------- truncation
+
+
+def keep_response_bounds(prompt_len: int, resp_len: int, cutoff: int) -> tuple[int, int]:
+    """How many prompt tokens (kept from the right) and response tokens (kept from the left) fit in cutoff."""
+    if prompt_len + resp_len <= cutoff:
+        return prompt_len, resp_len
+    min_prompt = min(prompt_len, cutoff // 4)
+    if resp_len <= cutoff - min_prompt:
+        return cutoff - resp_len, resp_len
+    return min_prompt, cutoff - min_prompt
+
+
+def truncate(ids: np.ndarray, labels: np.ndarray, prompt_len: int, opts: EncodeOptions, keep: tuple[int, int] | None = None):
+    n, cutoff = len(ids), opts.cutoff_len
+    if n <= cutoff:
+        return ids, labels, False
+    if opts.truncation == "right":
+        return ids[:cutoff], labels[:cutoff], True
+    p, r = keep or keep_response_bounds(prompt_len, n - prompt_len, cutoff)
+    sel = np.r_[prompt_len - p : prompt_len, prompt_len : prompt_len + r]
+    return ids[sel], labels[sel], True
+
+
+def _trains(labels: np.ndarray) -> bool:
+    # the first label is never used: a causal LM predicts token t from tokens < t
+    return bool((labels[1:] != IGNORE).any())
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def render_all(items: list, chat: ChatSpec, pick: Callable[[dict], list[dict]], on_bad) -> list:
+    """[(where, example, text, spans)] for the examples whose conversation renders; others go to on_bad."""
+    out = []
+    for where, ex in items:
+        try:
+            text, spans = chat.spans(pick(ex), ex.get("tools"))
+            if not spans:
+                raise BadRecord("the rendered conversation has no assistant turn to train on", "an assistant turn")
+        except BadRecord as exc:
+            on_bad(exc.at(where))
+            continue
+        except Exception as exc:  # TemplateRefused, SpanError, jinja errors: the record, not the run, is bad
+            on_bad(BadRecord(f"chat template: {type(exc).__name__}: {exc}", "a conversation the template accepts", where))
+            continue
+        out.append((where, ex, text, spans))
+    return out
+
+
+def _masked(encoded: Encoded, spans: list[Span], train_all: bool, last_only: bool):
+    ids = encoded.ids
+    if train_all:
+        labels = ids.copy()
+    else:
+        keep = spans[-1:] if last_only else spans
+        labels = np.where(label_mask(encoded, keep), ids, IGNORE).astype(np.int32)
+    return ids, labels, encoded.first_token_at(spans[-1][0])
+
+
+# ---------------------------------------------------------------- per stage kind
+
+
+def encode_sft(items, tokenizer, chat: ChatSpec, opts: EncodeOptions, on_bad, counters: Counters, *, kto=False):
+    """sft rows {input_ids, labels, attention_mask}; kto rows add `label` and train the last turn only."""
+    rendered = render_all(items, chat, lambda ex: ex["messages"], on_bad)
+    encoded = encode_texts(tokenizer, [r[2] for r in rendered])
+    rows = []
+    for (_, ex, _, spans), te in zip(rendered, encoded, strict=True):
+        ids, labels, plen = _masked(te, spans, opts.train_on_prompt and not kto, opts.mask_history or kto)
+        ids, labels, cut = truncate(ids, labels, plen, opts)
+        counters.truncated += cut
+        if not _trains(labels):
+            counters.dropped_no_labels += 1
+            continue
+        row = {"input_ids": ids, "labels": labels, "attention_mask": np.ones(len(ids), dtype=np.int32)}
+        if kto:
+            row["label"] = int(ex["label"])
+        row.update({m: list(ex[m]) for m in opts.media})
+        rows.append(row)
+    return rows
+
+
+def encode_pairwise(items, tokenizer, chat: ChatSpec, opts: EncodeOptions, on_bad, counters: Counters):
+    """rm/dpo rows {chosen_,rejected_}{input_ids, labels, attention_mask}: same prompt, labels on the answer only."""
+    sides = {}
+    for side in ("chosen", "rejected"):
+        rendered = render_all(items, chat, lambda ex, s=side: [*ex["messages"], ex[s]], on_bad)
+        sides[side] = {id(r[1]): (r[2], r[3]) for r in rendered}
+    both = [ex for _, ex in items if id(ex) in sides["chosen"] and id(ex) in sides["rejected"]]
+    texts = [sides[s][id(ex)][0] for ex in both for s in ("chosen", "rejected")]
+    encoded = encode_texts(tokenizer, texts)
+    rows = []
+    for k, ex in enumerate(both):
+        pair = [_masked(encoded[2 * k + j], sides[s][id(ex)][1], False, True) for j, s in enumerate(("chosen", "rejected"))]
+        row = _pair_row(pair, opts, counters)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def _pair_row(pair, opts: EncodeOptions, counters: Counters) -> dict | None:
+    prompt_len = min(p for _, _, p in pair)
+    resp_len = max(len(ids) - p for ids, _, p in pair)
+    keep = keep_response_bounds(prompt_len, resp_len, opts.cutoff_len)
+    row, cut_any = {}, False
+    for side, (ids, labels, plen) in zip(("chosen", "rejected"), pair, strict=True):
+        ids, labels, cut = truncate(ids, labels, plen, opts, (min(keep[0], plen), min(keep[1], len(ids) - plen)))
+        cut_any |= cut
+        if not _trains(labels):
+            counters.dropped_no_labels += 1
+            return None
+        row.update({f"{side}_input_ids": ids, f"{side}_labels": labels,
+                    f"{side}_attention_mask": np.ones(len(ids), dtype=np.int32)})  # fmt: skip
+    counters.truncated += cut_any
+    return row
+
+
+def encode_pt(items, tokenizer, opts: EncodeOptions, eos_id: int) -> list[dict]:
+    """pt rows: every text + eos, concatenated in order and cut into cutoff_len chunks (the last may be shorter)."""
+    encoded = encode_texts(tokenizer, [ex["text"] for _, ex in items])
+    eos = np.asarray([eos_id], dtype=np.int32)
+    stream = np.concatenate([part for e in encoded for part in (e.ids, eos)]) if encoded else np.zeros(0, np.int32)
+    rows = []
+    for start in range(0, len(stream), opts.cutoff_len):
+        chunk = stream[start : start + opts.cutoff_len]
+        if len(chunk) > 1:  # a one-token chunk predicts nothing
+            rows.append({"input_ids": chunk, "labels": chunk.copy(), "attention_mask": np.ones(len(chunk), np.int32)})
+    return rows

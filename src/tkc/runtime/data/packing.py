@@ -1,0 +1,67 @@
+"""Greedy bin-packing of sft rows into cutoff_len sequences (position_ids restart per example) and padding figures.
+
+Why position_ids and no attention_mask: transformers 5.23 (`masking_utils._preprocess_mask_arguments`) detects
+packed sequences from `position_ids` (each restart at 0 opens a new sequence) only when the 2D attention_mask
+is None, and then builds a block-diagonal causal mask for sdpa, eager and flex; flash-attention uses the same
+position_ids to derive `cu_seqlens`. So `collate` drops attention_mask for packed batches, and padding
+tokens get position 0 (each a sequence of its own, label -100) so nothing ever attends across examples.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+
+from tkc.runtime.data.encode import IGNORE
+
+
+def plan_bins(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing: row indices per bin; deterministic (ties broken by index)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    free: list[tuple[int, int]] = []  # (space left, bin id), kept sorted
+    bins: list[list[int]] = []
+    for i in order:
+        n = lengths[i]
+        at = bisect.bisect_left(free, (n, -1))
+        if at < len(free):
+            space, b = free.pop(at)
+        else:
+            space, b = capacity, len(bins)
+            bins.append([])
+        bins[b].append(i)
+        if space - n > 0:
+            bisect.insort(free, (space - n, b))
+    return bins
+
+
+def pack_rows(rows: list[dict], capacity: int) -> list[dict]:
+    """Pack sft rows; each packed row has input_ids, labels, attention_mask (all ones) and position_ids."""
+    bins = plan_bins([len(r["input_ids"]) for r in rows], capacity)
+    packed = []
+    for members in bins:
+        parts = [rows[i] for i in members]
+        labels = []
+        for r in parts:
+            lab = r["labels"].copy()
+            lab[0] = IGNORE  # never predict an example's first token from the previous example's last one
+            labels.append(lab)
+        ids = np.concatenate([r["input_ids"] for r in parts])
+        positions = np.concatenate([np.arange(len(r["input_ids"]), dtype=np.int32) for r in parts])
+        row = {"input_ids": ids, "labels": np.concatenate(labels),
+               "attention_mask": np.ones(len(ids), np.int32), "position_ids": positions}  # fmt: skip
+        row.update({m: [x for r in parts for x in r[m]] for m in ("images", "videos", "audios") if m in parts[0]})
+        packed.append(row)
+    return packed
+
+
+def padding_fraction(lengths: list[int], batch_size: int) -> float:
+    """Share of pad tokens when rows are batched in order, `batch_size` at a time, each padded to its longest."""
+    if not lengths:
+        return 0.0
+    arr = np.asarray(lengths, dtype=np.int64)
+    total = 0
+    for start in range(0, len(arr), batch_size):
+        chunk = arr[start : start + batch_size]
+        total += int(chunk.max()) * len(chunk)
+    return 1.0 - float(arr.sum()) / total

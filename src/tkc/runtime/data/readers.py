@@ -1,0 +1,165 @@
+"""Read a resolved dataset entry's raw records (with their file:line) after checking every file's sha256."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from tkc.runtime.data.errors import BadRecord, DataError, Where
+
+_BY_LINE = {"jsonl", "csv", "txt"}
+_SPLIT_RE = re.compile(r"^(?P<name>[\w.-]+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_files(entry: dict, source_root: Path) -> None:
+    """Refuse to use a dataset whose files differ from what the bundle recorded."""
+    for f in entry.get("files") or []:
+        path = source_root / f["path"]
+        if not path.is_file():
+            raise DataError(f"dataset {entry['name']!r}: file {f['path']} is missing under {source_root}")
+        actual = sha256_file(path)
+        if actual != f["sha256"]:
+            raise DataError(
+                f"dataset {entry['name']!r}: {f['path']} changed since compile "
+                f"(sha256 {actual[:12]}…, bundle recorded {f['sha256'][:12]}…); recompile the recipe"
+            )
+
+
+def parse_split(split: str) -> tuple[str, str | None, str | None]:
+    """`train`, `train[:100]`, `train[10%:]` -> (name, start, stop)."""
+    m = _SPLIT_RE.match(split or "train")
+    if not m:
+        raise DataError(f"bad split {split!r}; expected e.g. 'train', 'train[:1000]' or 'train[10%:90%]'")
+    return m["name"], m["start"], m["stop"]
+
+
+def _bound(text: str | None, n: int) -> int | None:
+    if text is None:
+        return None
+    return int(n * int(text[:-1]) / 100) if text.endswith("%") else int(text)
+
+
+def slice_bounds(split: str, n: int) -> range:
+    """Record indices a split expression selects out of n records."""
+    _, start, stop = parse_split(split)
+    return range(n)[slice(_bound(start, n), _bound(stop, n))]
+
+
+# ---------------------------------------------------------------- per file type: yield (line or index, record)
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, object]]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield lineno, _loads(line, lineno)
+
+
+def _loads(text: str, where: int) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        return BadRecord(f"invalid JSON ({exc.msg} at column {exc.colno})", "one JSON object per line")
+
+
+def _json(path: Path) -> Iterator[tuple[int, object]]:
+    with open(path, encoding="utf-8") as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith("["):
+        yield from _jsonl(path)  # a `.json` file holding JSON lines, as HF datasets accepts
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path.name}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    yield from enumerate(data)
+
+
+def _csv(path: Path) -> Iterator[tuple[int, object]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            yield reader.line_num, row
+
+
+def _txt(path: Path) -> Iterator[tuple[int, object]]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield lineno, {"text": line.rstrip("\n")}
+
+
+def _parquet(path: Path) -> Iterator[tuple[int, object]]:
+    import pyarrow.parquet as pq
+
+    yield from enumerate(pq.read_table(path).to_pylist())
+
+
+def _arrow(path: Path) -> Iterator[tuple[int, object]]:
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        try:
+            table = pa.ipc.open_stream(source).read_all()
+        except pa.ArrowInvalid:
+            table = pa.ipc.open_file(source).read_all()
+    yield from enumerate(table.to_pylist())
+
+
+_READERS = {"jsonl": _jsonl, "json": _json, "csv": _csv, "txt": _txt, "parquet": _parquet, "arrow": _arrow}
+
+
+def iter_entry_records(entry: dict, source_root: Path) -> Iterator[tuple[Where, object]]:
+    """All raw records of a dataset entry in file order, before split/max_samples."""
+    ftype = entry["file_type"]
+    if ftype in ("hf_disk", "hub"):
+        yield from _hf_records(entry, source_root)
+        return
+    if ftype not in _READERS:
+        raise DataError(f"dataset {entry['name']!r}: unsupported file_type {ftype!r}")
+    for f in entry["files"]:
+        path = source_root / f["path"]
+        for where, record in _READERS[ftype](path):
+            yield Where(f["path"], where, ftype in _BY_LINE), record
+
+
+def _hf_records(entry: dict, source_root: Path) -> Iterator[tuple[Where, object]]:
+    import datasets
+
+    name, _, _ = parse_split(entry.get("split") or "train")
+    if entry["file_type"] == "hf_disk":
+        ds = datasets.load_from_disk(str(source_root / entry["path"]))
+        if isinstance(ds, datasets.DatasetDict):
+            if name not in ds:
+                raise DataError(f"dataset {entry['name']!r}: no split {name!r}; it has {sorted(ds)}")
+            ds = ds[name]
+        label = entry["path"]
+    else:
+        # hub datasets come from the local HF cache only: `tkc run` never downloads behind the bundle's back
+        ds = datasets.load_dataset(entry["path"], revision=entry.get("revision"), split=name,
+                                   download_mode="reuse_cache_if_exists")  # fmt: skip
+        label = f"hub:{entry['path']}"
+    for i, record in enumerate(ds):
+        yield Where(label, i, False), record
+
+
+def read_entry(entry: dict, source_root: Path, *, verify: bool = True) -> list[tuple[Where, object]]:
+    """Verified, split-sliced, max_samples-capped raw records of one dataset entry."""
+    if verify:
+        verify_files(entry, source_root)
+    records = list(iter_entry_records(entry, source_root))
+    name, _, _ = parse_split(entry.get("split") or "train")
+    if name != "train" and entry["file_type"] not in ("hf_disk", "hub"):
+        raise DataError(f"dataset {entry['name']!r}: local files only have a 'train' split, not {name!r}")
+    records = [records[i] for i in slice_bounds(entry.get("split") or "train", len(records))]
+    cap = entry.get("max_samples")
+    return records[:cap] if cap is not None else records
