@@ -256,35 +256,60 @@ def _trim_end(text: str, start: int) -> int:
 
 
 def _rewritten_span(template_text: str, messages: list[dict], i: int, full: str, kw: dict) -> Span:
-    """Locate turn i in `full` when rendering the turn as the last one differs from its final form.
+    """Locate turn i inside `full` when the prefix renders disagree with it.
 
-    Start: the text before the turn (`add_generation_prompt=False`) must still be a prefix of `full`; the
-    turn starts after the part of the generation prompt that `full` repeats (Qwen3 without thinking prompts
-    with an empty `<think></think>` block that history turns do not carry). End: the first occurrence, from
-    there, of the turn's closing text, learned as the common tail of the turn rendered with two different
-    sentinel contents (so it excludes the content itself).
+    This happens when a template rewrites a turn once later turns exist (Qwen3 drops earlier reasoning),
+    appends text only to the last turn (Phi-3.5's trailing eos) or moves the system prompt (Mistral v3 puts
+    it before the last user message). The turn's content is found in the full conversation by rendering it
+    twice with two sentinel contents: outside the content the three renders agree. The span starts where
+    the generation prompt ends, when the text before the turn survives in `full`, else at the content; it
+    ends after the closing text the template writes after the turn's content (`_closing_len`).
     """
+    renders = [render(template_text, _with_content(messages, i, s), **kw) for s in _SENTINELS]
+    head = _common_prefix_len(renders[0], renders[1])
+    tail = _common_prefix_len(renders[0][::-1], renders[1][::-1])
+    if full[:head] != renders[0][:head] or not full.endswith(renders[0][len(renders[0]) - tail :]):
+        raise SpanError(f"turn {i}: its content changes the text around it; cannot locate it")
+    content_end = len(full) - tail
+    start = min(_turn_start(template_text, messages, i, full, kw), head)
+    closing = _closing_text(template_text, messages, i, kw)
+    return start, content_end + _closing_len(closing, full[content_end:]), i
+
+
+def _with_content(messages: list[dict], i: int, content: str) -> list[dict]:
+    return [*messages[:i], {**messages[i], "content": content}, *messages[i + 1 :]]
+
+
+def _turn_start(template_text: str, messages: list[dict], i: int, full: str, kw: dict) -> int:
+    """Where the model starts generating turn i: after the part of the generation prompt `full` repeats."""
+    before = render(template_text, messages[:i], add_generation_prompt=True, **kw)
+    if full.startswith(before):
+        return len(before)
     head = render(template_text, messages[:i], **kw)
     if not full.startswith(head):
-        raise SpanError(f"turn {i}: the conversation before it renders differently once later turns exist")
-    prompt = render(template_text, messages[:i], add_generation_prompt=True, **kw)[len(head) :]
-    start = len(head) + _common_prefix_len(prompt, full[len(head) :])
-    closing = _closing_text(template_text, messages, i, kw)
-    at = full.find(closing, start)
-    if not closing or at < 0:
-        raise SpanError(f"turn {i}: cannot find its end-of-turn text {closing!r} in the conversation")
-    return start, at + len(closing), i
+        return len(full)  # the caller falls back to the content start
+    # Qwen3 without thinking prompts with an empty <think></think> block that history turns do not carry
+    return len(head) + _common_prefix_len(before[len(head) :], full[len(head) :])
 
 
 def _closing_text(template_text: str, messages: list[dict], i: int, kw: dict) -> str:
-    tails = []
-    for sentinel in _SENTINELS:
-        turn = {**messages[i], "content": sentinel}
-        for field in _REASONING_FIELDS:
-            turn.pop(field, None)
-        tails.append(render(template_text, [*messages[:i], turn], **kw))
+    """What the template writes after turn i's content when it is the last turn (`<|im_end|>`, ...)."""
+    tails = [render(template_text, _with_content(messages[: i + 1], i, s), **kw) for s in _SENTINELS]
     n = _common_prefix_len(tails[0][::-1], tails[1][::-1])
-    return tails[0][len(tails[0]) - n :].strip()
+    return tails[0][len(tails[0]) - n :].rstrip()
+
+
+def _closing_len(closing: str, after: str) -> int:
+    """How much of `after` (the text after the content) is the turn's closing text.
+
+    The closing text of a last turn may carry more than a middle turn does (Phi-3.5 adds eos at the end
+    of the conversation): keep the part `after` repeats, cut back to whitespace so that a half-matched
+    token (`<|` of `<|endoftext|>` against `<|user|>`) is not taken, and drop trailing whitespace.
+    """
+    n = _common_prefix_len(closing, after)
+    if n < len(closing):
+        n = max((k + 1 for k in range(n) if closing[k].isspace()), default=0)
+    return len(closing[:n].rstrip())
 
 
 def _common_prefix_len(a: str, b: str) -> int:

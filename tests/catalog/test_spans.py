@@ -1,0 +1,133 @@
+"""assistant_spans: the trained characters are exactly each assistant turn's content plus its end marker."""
+
+import pytest
+from conversations import COMMON, THINKING, TOOL_ROUND_TRIP, assistant, system, user
+
+from tkc.catalog.chat import TemplateRefused, assistant_spans, list_templates, load_template, render
+
+# These templates end an assistant turn with the next role header, not with an end-of-turn token
+NO_END_MARKER = {"chatglm3", "glm4", "glm4_5"}
+
+
+def _conversations(meta: dict) -> dict:
+    convs = {n: COMMON[n] for n in ("multi_turn", "system_multi_turn", "newlines_unicode")}
+    if meta["supports_tools"]:
+        convs["tool_round_trip"] = TOOL_ROUND_TRIP
+    if "enable_thinking" in meta["render_kwargs"]:
+        convs.update(THINKING)
+    return convs
+
+
+def _spans(template_id: str, case: dict) -> tuple[str, list, dict]:
+    text, meta = load_template(template_id)
+    kw = {
+        "bos_token": meta["bos_token"],
+        "eos_token": meta["eos_token"],
+        **meta["render_kwargs"],
+        **case["extra"],
+    }
+    full, spans = assistant_spans(text, case["messages"], tools=case["tools"], **kw)
+    assert full == render(text, case["messages"], tools=case["tools"], **kw)
+    return full, spans, meta
+
+
+CASES = [(t, n) for t in list_templates() for n in _conversations(load_template(t)[1])]
+
+
+@pytest.mark.parametrize(("template_id", "name"), CASES, ids=[f"{t}/{n}" for t, n in CASES])
+def test_spans_cover_content_and_end_marker(template_id, name):
+    case = _conversations(load_template(template_id)[1])[name]
+    try:
+        full, spans, meta = _spans(template_id, case)
+    except TemplateRefused:
+        pytest.skip("the vendor template refuses this conversation")
+    turns = [i for i, m in enumerate(case["messages"]) if m["role"] == "assistant"]
+    assert [i for _, _, i in spans] == turns
+    ends = [0] + [e for _, e, _ in spans]
+    for (start, end, i), previous_end in zip(spans, ends, strict=False):
+        assert previous_end <= start < end <= len(full)
+        piece = full[start:end]
+        content = case["messages"][i]["content"].strip()
+        assert content in piece
+        others = [m["content"] for j, m in enumerate(case["messages"]) if j != i and m["content"]]
+        assert not any(o.strip() and o.strip() in piece and o.strip() not in content for o in others)
+        if template_id not in NO_END_MARKER:
+            markers = [*meta["stop_tokens"], meta["eos_token"]]
+            assert any(piece.endswith(m) for m in markers), piece
+
+
+def test_chatml_spans_exact():
+    text, _ = load_template("qwen2_5")
+    msgs = [system("S"), user("Hi"), assistant("Hello"), user("Q"), assistant("A\n")]
+    full, spans = assistant_spans(text, msgs)
+    assert [full[s:e] for s, e, _ in spans] == ["Hello<|im_end|>", "A\n<|im_end|>"]
+    assert full[: spans[0][0]].endswith("<|im_start|>assistant\n")
+    assert full[spans[0][1] :].startswith(
+        "\n<|im_start|>user\nQ"
+    )  # the newline after the marker is not trained
+
+
+def test_llama2_strips_content_and_keeps_the_space_before_eos():
+    text, _ = load_template("llama2")
+    full, spans = assistant_spans(
+        text, [user("Hi"), assistant("  Yo  "), user("Q"), assistant("A")], bos_token="<s>", eos_token="</s>"
+    )
+    assert [full[s:e] for s, e, _ in spans] == [" Yo </s>", " A </s>"]
+
+
+def test_qwen3_thinking_history_uses_the_final_text():
+    """Qwen3 drops an earlier turn's reasoning once a later user turn exists: spans follow the final text."""
+    text, _ = load_template("qwen3")
+    msgs = THINKING["thinking_history"]["messages"]
+    first_alone = render(text, msgs[:2])
+    full, spans = assistant_spans(text, msgs)
+    assert "2 plus 3 is 5." in first_alone and not full.startswith(first_alone)  # the fallback path is taken
+    assert [full[s:e] for s, e, _ in spans] == [
+        "5<|im_end|>",
+        "<think>\n4 plus 4 is 8.\n</think>\n\n8<|im_end|>",
+    ]
+    assert [i for _, _, i in spans] == [1, 3]
+
+
+def test_qwen3_thinking_off_history():
+    text, _ = load_template("qwen3")
+    msgs = THINKING["thinking_off_history"]["messages"]
+    full, spans = assistant_spans(text, msgs, enable_thinking=False)
+    assert [full[s:e] for s, e, _ in spans] == ["Hello!<|im_end|>", "Bye!<|im_end|>"]
+    assert full[: spans[0][0]].endswith("<|im_start|>assistant\n")
+
+
+def test_phi3_5_middle_turn_excludes_the_final_eos():
+    text, meta = load_template("phi3_5")
+    full, spans = assistant_spans(text, COMMON["multi_turn"]["messages"], eos_token=meta["eos_token"])
+    assert [full[s:e] for s, e, _ in spans] == [
+        "Hello! How can I help?<|end|>",
+        "Blue.<|end|>\n<|endoftext|>",
+    ]
+
+
+def test_mistral_v3_moved_system_prompt_falls_back_to_the_content():
+    text, _ = load_template("mistral_v3")
+    msgs = COMMON["system_multi_turn"]["messages"]
+    full, spans = assistant_spans(text, msgs, bos_token="<s>", eos_token="</s>")
+    assert [full[s:e] for s, e, _ in spans] == ["Hello!</s>", "Bye!</s>"]
+
+
+GENERATION_CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>' }}"
+    "{% endgeneration %}{% else %}{{ message['content'] + '<|im_end|>' }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_generation_markers_match_transformers():
+    msgs = COMMON["multi_turn"]["messages"]
+    full, spans = assistant_spans(GENERATION_CHATML, msgs)
+    assert [full[s:e] for s, e, _ in spans] == ["Hello! How can I help?<|im_end|>", "Blue.<|im_end|>"]
+    hf = pytest.importorskip("transformers.utils.chat_template_utils")
+    rendered, indices = hf.render_jinja_template(
+        [msgs], chat_template=GENERATION_CHATML, return_assistant_tokens_mask=True
+    )
+    assert rendered[0] == full
+    assert [(s, e) for s, e, _ in spans] == [tuple(x) for x in indices[0]]
