@@ -53,7 +53,8 @@ def diff_bundles(a: Path, b: Path) -> BundleDiff:
         if fa.get(key, "<absent>") != fb.get(key, "<absent>"):
             out.values.append((key, fa.get(key, "<absent>"), fb.get(key, "<absent>"),
                                _prov(prov_a, key), _prov(prov_b, key)))
-    files_a, files_b = man_a["files"], man_b["files"]
+    files_a = {**man_a.get("sources", {}), **man_a["files"]}
+    files_b = {**man_b.get("sources", {}), **man_b["files"]}
     for path in sorted(set(files_a) | set(files_b)):
         if files_a.get(path) != files_b.get(path):
             out.files.append((path, files_a.get(path), files_b.get(path)))

@@ -21,9 +21,13 @@ def bundle_hash(files: dict[str, str]) -> str:
     return sha256_bytes(canonical_bytes({"format_version": FORMAT_VERSION, "files": files}))
 
 
-def build_manifest(contents: dict[str, bytes], tkc_version: str) -> dict[str, Any]:
+def build_manifest(contents: dict[str, bytes], tkc_version: str,
+                   sources: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """`files` (what the runtime consumes) make the bundle hash; `sources` (recipe copies, provenance) are
+    verified too but left out of the hash, so reformatting a recipe or renaming it keeps the hash."""
     files = {path: sha256_bytes(data) for path, data in sorted(contents.items())}
     return {"format_version": FORMAT_VERSION, "tkc_version": tkc_version, "files": files,
+            "sources": {path: sha256_bytes(data) for path, data in sorted((sources or {}).items())},
             "bundle_hash": bundle_hash(files)}
 
 
@@ -48,17 +52,17 @@ def _write_tree(root: Path, contents: dict[str, bytes]) -> None:
 
 
 def write_bundle(out: Path, contents: dict[str, bytes], volatile: dict[str, Any], tkc_version: str,
-                 force: bool = False) -> dict[str, Any]:
+                 force: bool = False, sources: dict[str, bytes] | None = None) -> dict[str, Any]:
     """Write into a temp dir beside `out`, verify it, then rename into place.
 
     An existing bundle is replaced only with `force`, and its `outputs/` (checkpoints, models) is moved
     into the new bundle when the hash is unchanged; otherwise the old one is kept under `<out>.old-<hash>`.
     """
     out = Path(out)
-    manifest = build_manifest(contents, tkc_version)
+    manifest = build_manifest(contents, tkc_version, sources)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent if out.parent.exists() else None))
     try:
-        _write_tree(tmp, {**contents, MANIFEST: pretty_json_bytes(manifest),
+        _write_tree(tmp, {**contents, **(sources or {}), MANIFEST: pretty_json_bytes(manifest),
                           "volatile.json": pretty_json_bytes(volatile)})
         problems = verify_bundle(tmp)
         if problems:
@@ -137,7 +141,7 @@ def check_bundle(root: Path) -> list[FileProblem]:
     if not (root / MANIFEST).is_file():
         return [FileProblem(MANIFEST, "missing: not a tkc bundle")]
     manifest = read_manifest(root)
-    expected: dict[str, str] = manifest.get("files", {})
+    expected: dict[str, str] = {**manifest.get("sources", {}), **manifest.get("files", {})}
     problems: list[FileProblem] = []
     if bundle_hash(expected) != manifest.get("bundle_hash"):
         problems.append(FileProblem(MANIFEST, "bundle_hash does not match the file list"))

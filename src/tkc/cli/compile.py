@@ -17,11 +17,13 @@ from tkc.schema.diagnostics import CompileError
 
 def _from_bundle(bundle: Path) -> tuple[Path, list[str], Path | None]:
     """A bundle as input: its recipe copy, its --set overrides and the source root it was compiled from."""
-    resolved = json.loads((bundle / "resolved.json").read_text(encoding="utf-8"))
+    from tkc.compiler.pipeline import SOURCE_FILE
+
+    source = json.loads((bundle / SOURCE_FILE).read_text(encoding="utf-8"))
     volatile_path = bundle / "volatile.json"
     volatile = json.loads(volatile_path.read_text(encoding="utf-8")) if volatile_path.is_file() else {}
     root = Path(volatile["source_root"]) if "source_root" in volatile else None
-    return bundle / resolved["recipe"]["entry"], list(resolved["recipe"]["overrides"]), root
+    return bundle / source["entry"], list(source["overrides"]), root
 
 
 def compile_(
@@ -60,7 +62,8 @@ def compile_(
     volatile = {"compiled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
                 "source_root": str(compiled.source_root), "python": platform.python_version()}
     try:
-        manifest = write_bundle(out, compiled.files, volatile, compiled.plan.inputs.tkc_version, force)
+        manifest = write_bundle(out, compiled.files, volatile, compiled.plan.inputs.tkc_version, force,
+                                compiled.sources)
     except BundleExists as exc:
         print(f"tkc: {exc}", file=sys.stderr)
         raise typer.Exit(EXIT_INVALID) from None

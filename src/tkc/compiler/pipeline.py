@@ -26,6 +26,7 @@ from tkc.compiler.plan import Plan, bundle_files, unflatten
 from tkc.schema.diagnostics import CompileError
 from tkc.schema.load import LoadedRecipe, load_recipe
 
+SOURCE_FILE = "recipe/tkc-source.json"   # which recipe file is the entry, and the --set overrides
 PASSES: tuple[Callable[[Plan], Plan], ...] = (
     normalize_recipe,
     resolve_model_family,
@@ -48,7 +49,8 @@ class Compiled:
 
     plan: Plan
     resolved: dict[str, Any]
-    files: dict[str, bytes]
+    files: dict[str, bytes]        # hashed: what the runtime consumes
+    sources: dict[str, bytes]      # verified, not hashed: recipe copies, overrides, provenance
     source_root: Path
 
 
@@ -74,14 +76,13 @@ def compile_loaded(recipe: LoadedRecipe, source_root: Path | None = None,
     if plan.diagnostics:
         raise CompileError(sorted(plan.diagnostics, key=lambda d: (d.file or "~", d.line or 0, d.code)))
     resolved = unflatten(plan.values)
-    recipe_files, entry = _recipe_files(recipe)
-    resolved["recipe"] = {"entry": entry, "overrides": list(recipe.overrides)}
+    sources, entry = _recipe_files(recipe)
+    sources[SOURCE_FILE] = pretty_json_bytes({"entry": entry, "overrides": list(recipe.overrides)})
+    sources["provenance.json"] = pretty_json_bytes({k: v for k, v in plan.provenance.items()
+                                                    if not k.startswith("_files.")})
     files: dict[str, bytes] = {path: text.encode("utf-8") for path, text in bundle_files(plan.values).items()}
-    files.update(recipe_files)
     files["resolved.json"] = pretty_json_bytes(resolved)
-    files["provenance.json"] = pretty_json_bytes({k: v for k, v in plan.provenance.items()
-                                                  if not k.startswith("_files.")})
-    return Compiled(plan, resolved, files, root)
+    return Compiled(plan, resolved, files, sources, root)
 
 
 def compile_recipe(path: Path | str, overrides: list[str] | tuple[str, ...] = (),

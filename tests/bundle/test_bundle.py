@@ -1,0 +1,112 @@
+"""Bundles on disk: byte-identical compiles, verification of every file, atomic replacement, diff."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tkc.bundle.canonical import canonical_json
+from tkc.bundle.diff import diff_bundles, render_diff
+from tkc.bundle.io import check_bundle, read_manifest
+
+
+def _compile(tkc, recipe: Path, out: Path, *extra: str) -> str:
+    code, stdout, stderr = tkc("compile", recipe, "-o", out, *extra)
+    assert code == 0, stderr
+    return stdout.strip().splitlines()[-1]
+
+
+def test_canonical_json_is_order_independent():
+    assert canonical_json({"b": 1, "a": [1, {"d": 2, "c": "é"}]}) == '{"a":[1,{"c":"é","d":2}],"b":1}'
+
+
+def test_compile_writes_a_verified_bundle(tkc, demo_copy, tmp_path):
+    out = tmp_path / "run"
+    digest = _compile(tkc, demo_copy / "demo.yaml", out)
+    manifest = read_manifest(out)
+    assert manifest["bundle_hash"] == digest
+    assert {"resolved.json", "template/chat_template.jinja", "env/requirements.lock"} <= set(manifest["files"])
+    assert "recipe/demo.yaml" in manifest["sources"]
+    assert any(p.startswith("launch/") and p.endswith(".sh") for p in manifest["files"])
+    assert check_bundle(out) == []
+    assert tkc("verify", out)[0] == 0
+    text = (out / "resolved.json").read_text()
+    assert str(demo_copy) not in text and str(tmp_path) not in text  # no absolute paths in hashed files
+
+
+def test_verify_names_a_flipped_byte(tkc, demo_copy, tmp_path):
+    out = tmp_path / "run"
+    _compile(tkc, demo_copy / "demo.yaml", out)
+    target = out / "resolved.json"
+    data = bytearray(target.read_bytes())
+    data[10] ^= 1
+    target.write_bytes(bytes(data))
+    code, _, err = tkc("verify", out)
+    assert code == 1 and "resolved.json: changed since compile" in err and "expected sha256" in err
+
+
+def test_verify_refuses_added_removed_and_symlinked_files(tkc, demo_copy, tmp_path):
+    out = tmp_path / "run"
+    _compile(tkc, demo_copy / "demo.yaml", out)
+    (out / "extra.txt").write_text("x")
+    (out / "provenance.json").unlink()
+    os.symlink(out / "resolved.json", out / "link.json")
+    problems = {p.path: p.problem for p in check_bundle(out)}
+    assert problems["extra.txt"] == "added after compile"
+    assert problems["provenance.json"] == "removed since compile"
+    assert "symlink" in problems["link.json"]
+    (out / "outputs").mkdir()
+    (out / "outputs" / "anything").write_text("runtime files are not part of the contract")
+    assert "outputs/anything" not in {p.path for p in check_bundle(out)}
+
+
+def test_recompile_keeps_outputs_and_refuses_other_bundle_without_force(tkc, demo_copy, tmp_path):
+    out = tmp_path / "run"
+    _compile(tkc, demo_copy / "demo.yaml", out)
+    (out / "outputs").mkdir()
+    (out / "outputs" / "ckpt").write_text("precious")
+    _compile(tkc, demo_copy / "demo.yaml", out)
+    assert (out / "outputs" / "ckpt").read_text() == "precious"
+    code, _, err = tkc("compile", demo_copy / "demo.yaml", "-o", out, "--set", "train.seed=7")
+    assert code == 2 and "--force" in err
+    assert (out / "outputs" / "ckpt").read_text() == "precious"
+    _compile(tkc, demo_copy / "demo.yaml", out, "--set", "train.seed=7", "--force")
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(kept) == 1 and (kept[0] / "outputs" / "ckpt").read_text() == "precious"
+
+
+def test_bad_recipe_writes_nothing(tkc, demo_copy, tmp_path):
+    recipe = demo_copy / "demo.yaml"
+    recipe.write_text(recipe.read_text().replace("cutoff_len: 64", "cutoff_len: 64\n  cutof_len: 3"))
+    code, _, err = tkc("compile", recipe, "-o", tmp_path / "run")
+    assert code == 2 and "did you mean 'cutoff_len'?" in err
+    assert not (tmp_path / "run").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["recipes"]
+
+
+def test_diff_shows_exactly_the_changed_learning_rate(tkc, demo_copy, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _compile(tkc, demo_copy / "demo.yaml", a)
+    _compile(tkc, demo_copy / "demo.yaml", b, "--set", "stages.1.train.learning_rate=0.001")
+    result = diff_bundles(a, b)
+    assert [(k, va, vb) for k, va, vb, _, _ in result.values] == [("stages.1.train.learning_rate", 0.002, 0.001)]
+    assert result.values[0][3:] == ("recipe", "override")
+    text = render_diff(result)
+    assert "stages.1.train.learning_rate: 0.002 -> 0.001   [recipe -> override]" in text
+    code, out, _ = tkc("diff", a, b, "--plain")
+    assert code == 1 and "learning_rate" in out
+    assert tkc("diff", a, a, "--plain")[0] == 0
+
+
+def test_resolved_is_fully_explicit(tkc, demo_copy, tmp_path):
+    out = tmp_path / "run"
+    _compile(tkc, demo_copy / "demo.yaml", out)
+    resolved = json.loads((out / "resolved.json").read_text())
+    sft = resolved["stages"][1]
+    assert sft["train"]["precision"] == "fp32"             # never left to a library default
+    assert sft["train"]["gradient_checkpointing"] is False
+    assert sft["train"]["micro_batch_size"] * sft["train"]["gradient_accumulation_steps"] == 16
+    assert sft["finetuning"]["lora"]["targets"] == ["all-linear"]
+    assert sft["init_from"] == "pretrain"
+    assert resolved["model"]["family"] == "qwen2" and resolved["template"]["id"] == "auto"

@@ -1,0 +1,81 @@
+"""The CLI verbs as a user runs them: explain, schema, catalog, and the three-mistakes recipe."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_three_mistakes_reported_in_one_run(tkc, demo_copy, tmp_path):
+    recipe = demo_copy / "demo.yaml"
+    text = recipe.read_text()
+    text = text.replace("cutoff_len: 64", "cutoff_len: 64\n  pakcing: true")            # a typo'd key
+    text = text.replace("max_new_tokens: 6", "max_new_tokens: six")                     # a wrong type
+    text = text.replace("global_batch_size: 16, warmup", "global_batch_size: 6, micro_batch_size: 4, warmup")
+    recipe.write_text(text)
+    code, _, err = tkc("compile", recipe, "-o", tmp_path / "out")
+    assert code == 2
+    assert "demo.yaml:20:3: SCHEMA001 data.pakcing: unknown key (did you mean 'packing'?)" in err
+    assert "demo.yaml:35:21: SCHEMA002 stages[2].max_new_tokens" in err
+    assert not (tmp_path / "out").exists()
+    # The cross-field rule runs once the schema is valid; it too names file:line and offers a fix.
+    recipe.write_text(text.replace("pakcing", "packing").replace("packing: true", "packing: false")
+                      .replace("max_new_tokens: six", "max_new_tokens: 6"))
+    code, _, err = tkc("compile", recipe, "-o", tmp_path / "out")
+    assert code == 2 and "BATCH001" in err and "demo.yaml:" in err and "use a multiple of 4" in err
+
+
+def test_cross_field_rules_all_reported(tkc, demo_copy):
+    recipe = demo_copy / "demo.yaml"
+    recipe.write_text(recipe.read_text().replace("cutoff_len: 64", "cutoff_len: 64\n  packing: true")
+                      + "  - kind: infer\n    engine: vllm\n  - kind: dpo\n    datasets: [arith_sfft]\n")
+    code, _, err = tkc("compile", recipe, "--check")
+    assert code == 2
+    for expected in ("INFER001", "DATA010", "did you mean 'arith_sft'?"):
+        assert expected in err
+
+
+def test_explain_names_provenance_and_line(tkc):
+    code, out, _ = tkc("explain", REPO / "recipes" / "demo.yaml", "train.learning_rate")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert "stages.0.train.learning_rate = 0.003    [recipe (" in lines[0] and "demo.yaml:26)]" in lines[0]
+    code, out, _ = tkc("explain", REPO / "recipes" / "demo.yaml", "precision")
+    assert "[derived:derive_precision]" in out
+    code, out, _ = tkc("explain", REPO / "recipes" / "demo.yaml", "model.family")
+    assert "model.family = \"qwen2\"    [derived:resolve_model_family]" in out
+
+
+def test_schema_is_valid_json_schema(tkc):
+    code, out, _ = tkc("schema")
+    schema = json.loads(out)
+    assert code == 0 and schema["title"] == "tkc recipe" and "stages" in schema["properties"]
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_catalog_listing(tkc):
+    for what in ("templates", "families", "profiles"):
+        code, out, _ = tkc("catalog", what)
+        assert code == 0 and out.strip()
+
+
+def test_catalog_render_prints_exactly_the_text(tmp_path):
+    conv = tmp_path / "c.json"
+    conv.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}]}))
+    out = subprocess.run([sys.executable, "-m", "tkc.cli.main", "catalog", "render", "chatml", str(conv)],
+                         capture_output=True, check=True)
+    assert out.stdout == b"<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_catalog_render_refusal_exits_nonzero(tmp_path):
+    conv = tmp_path / "c.json"
+    conv.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}))
+    out = subprocess.run([sys.executable, "-m", "tkc.cli.main", "catalog", "render", "llama2", str(conv)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "refuses" in out.stderr and out.stdout == ""
