@@ -1,0 +1,120 @@
+"""Catalog registration: template pairs, ids, metadata fields, families (unique model_types, existing templates)."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tkc.catalog import chat
+from tkc.catalog.chat import list_templates, load_template
+
+CATALOG = Path(chat.__file__).parent
+FAMILIES = {
+    p.stem: yaml.safe_load(p.read_text(encoding="utf-8"))
+    for p in sorted((CATALOG / "families").glob("*.yaml"))
+}
+# Remote-code families: their model_type/architecture are not transformers classes
+REMOTE_CODE = {"chatglm", "internlm2", "baichuan"}
+META_KEYS = {
+    "description",
+    "source",
+    "bos_token",
+    "eos_token",
+    "stop_tokens",
+    "supports_system",
+    "supports_tools",
+    "default_system",
+    "render_kwargs",
+}
+
+
+def test_every_jinja_has_a_yaml_and_ids_are_valid():
+    jinja = {p.stem for p in (CATALOG / "templates").glob("*.jinja")}
+    meta = {p.stem for p in (CATALOG / "templates").glob("*.yaml")}
+    assert jinja == meta == set(list_templates())
+    assert all(re.fullmatch(r"[a-z0-9_]+", t) for t in jinja)
+    assert len(jinja) >= 35
+
+
+@pytest.mark.parametrize("template_id", list_templates())
+def test_template_metadata(template_id):
+    text, meta = load_template(template_id)
+    assert set(meta) == META_KEYS
+    assert meta["source"].strip() and meta["description"].strip()
+    assert isinstance(meta["bos_token"], str) and isinstance(meta["eos_token"], str)
+    assert meta["stop_tokens"] and all(isinstance(s, str) and s for s in meta["stop_tokens"])
+    assert isinstance(meta["render_kwargs"], dict)
+    assert text.strip()
+
+
+def test_unknown_template_suggests_close_ids():
+    with pytest.raises(KeyError, match="did you mean.*qwen2_5"):
+        load_template("qwen25")
+
+
+def _fake_catalog(tmp_path, monkeypatch, *names):
+    for name in names:
+        (tmp_path / name).write_text("x", encoding="utf-8")
+    monkeypatch.setattr(chat, "TEMPLATES_DIR", tmp_path)
+    chat._registry.cache_clear()
+
+
+def test_unpaired_template_is_rejected(tmp_path, monkeypatch):
+    _fake_catalog(tmp_path, monkeypatch, "a.jinja", "a.yaml", "b.jinja")
+    try:
+        with pytest.raises(ValueError, match=r"\.jinja only \['b'\]"):
+            list_templates()
+    finally:
+        chat._registry.cache_clear()
+
+
+def test_bad_template_id_is_rejected(tmp_path, monkeypatch):
+    _fake_catalog(tmp_path, monkeypatch, "Qwen-2.jinja", "Qwen-2.yaml")
+    try:
+        with pytest.raises(ValueError, match="must match"):
+            list_templates()
+    finally:
+        chat._registry.cache_clear()
+
+
+def test_catalog_loader_accepts_every_record():
+    registry = pytest.importorskip("tkc.catalog.registry")
+    assert set(registry.templates()) == set(list_templates())
+    assert set(registry.families()) == set(FAMILIES)
+
+
+def test_no_two_families_claim_a_model_type_or_architecture():
+    for key in ("model_types", "architectures"):
+        seen: dict[str, str] = {}
+        for fid, fam in FAMILIES.items():
+            for value in fam[key]:
+                assert value not in seen, f"{key} {value!r} claimed by {seen.get(value)} and {fid}"
+                seen[value] = fid
+
+
+def test_hub_ids_are_unique_across_families():
+    seen: dict[str, str] = {}
+    for fid, fam in FAMILIES.items():
+        for hub_id in fam["hub_models"]:
+            assert hub_id.lower() not in seen, f"{hub_id} in {seen.get(hub_id.lower())} and {fid}"
+            seen[hub_id.lower()] = fid
+
+
+@pytest.mark.parametrize("family_id", sorted(FAMILIES))
+def test_family_templates_exist(family_id):
+    fam = FAMILIES[family_id]
+    known = set(list_templates())
+    assert fam["template"] in known
+    assert {ref["template"] for ref in fam["hub_models"].values()} <= known
+    assert fam["model_types"] and fam["architectures"] and fam["lora_targets"] and fam["layers_path"]
+
+
+@pytest.mark.parametrize("family_id", sorted(set(FAMILIES) - REMOTE_CODE))
+def test_family_names_real_transformers_classes(family_id):
+    auto = pytest.importorskip("transformers.models.auto.configuration_auto")
+    transformers = pytest.importorskip("transformers")
+    fam = FAMILIES[family_id]
+    assert set(fam["model_types"]) <= set(auto.CONFIG_MAPPING_NAMES)
+    for arch in fam["architectures"]:
+        assert hasattr(transformers, arch), arch
