@@ -22,11 +22,16 @@ def _where(compiled: Any, key: str, source: str) -> str:
     """For recipe-set values, the file:line the value came from."""
     if not source.startswith(("recipe", "override")):
         return ""
-    parts = key.split(".")
-    path = tuple(int(p) if p.isdigit() else p for p in parts)
-    if parts[0] == "datasets":
-        path = ("data", *path)
-    pos = compiled.plan.inputs.recipe.position(path)
+    path = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+    candidates = [path]
+    if path[0] == "datasets":
+        candidates = [("data", *path)]
+    elif path[0] == "stages" and len(path) > 3 and path[2] in ("train", "finetuning"):
+        candidates.append(path[2:])          # inherited from the top-level block
+    elif path[0] == "stages" and len(path) > 3 and path[2] == "options":
+        candidates = [(*path[:2], *path[3:])]
+    positions = compiled.plan.inputs.recipe.positions
+    pos = next((positions[c] for c in candidates if c in positions), None)
     return f" ({pos.file}:{pos.line})" if pos else ""
 
 

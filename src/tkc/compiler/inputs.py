@@ -108,11 +108,24 @@ def _probe(name: str, spec: Any, registry: dict[str, Any], root: Path, file: str
         probe = probe_dataset(path, None, cols, fmt, kind, tags=tags, root=root)
     except (OSError, ValueError) as exc:
         return replace(facts, file_type="missing", problems=(Diagnostic("DATA001", str(exc), key, file),))
-    problems = tuple(Diagnostic("DATA001", p.message + (f" (expected {p.expected})" if p.expected else ""),
-                                key, p.file, p.line) for p in probe.problems)
+    problems = _collapse(probe.problems, key)
     files = tuple({"path": relpath(root / f.path, root), "sha256": f.sha256, "size": f.size} for f in probe.files)
     return replace(facts, local=True, path=relpath(path, root), file_type=probe.file_type, files=files,
                    problems=problems)
+
+
+def _collapse(found: Any, key: str) -> tuple[Diagnostic, ...]:
+    """One diagnostic per distinct problem, at its first record, with how many other records share it."""
+    groups: dict[str, list[Any]] = {}
+    for p in found:
+        groups.setdefault(p.message, []).append(p)
+    out = []
+    for message, items in groups.items():
+        first, more = items[0], len(items) - 1
+        text = message + (f" (expected {first.expected})" if first.expected else "")
+        text += f"; {more} more of the records checked have the same problem" if more else ""
+        out.append(Diagnostic("DATA001", text, key, first.file, first.line))
+    return tuple(out)
 
 
 def load_inputs(recipe: LoadedRecipe, root: Path) -> Inputs:

@@ -59,6 +59,8 @@ def resolve_chat_template(plan: Plan) -> Plan:
     if requested == "auto" and plan.inputs.model.chat_template:
         return plan.with_values(_auto_values(plan))
     tid, src = (requested, source_of(plan, ("template",))) if requested != "auto" else _catalog_choice(plan)
+    if tid is None:
+        return plan  # no family, so no family template: resolve_model_family already reported why
     if tid not in templates():
         pos = plan.inputs.recipe.position(("template",))
         hint = did_you_mean(tid or "", templates()) or "see `tkc catalog templates`"

@@ -1,0 +1,46 @@
+# tkc developer targets. The README's two set-up commands are `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tkc-installed
+
+.PHONY: install demo test test-fast snapshots lock bench quality clean
+
+# Fresh machine -> pinned environment (hash-checked lockfiles), then tkc itself in editable mode.
+$(STAMP): lockfiles/cpu.txt lockfiles/dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet --require-hashes -r lockfiles/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: compile the demo recipe into a bundle and run it end to end on CPU.
+demo: $(STAMP)
+	$(BIN)/tkc compile recipes/demo.yaml -o run/demo --force
+	$(BIN)/tkc run run/demo
+
+# Every test, slow ones included (CI runs exactly this).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1800
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+snapshots: $(STAMP)
+	$(BIN)/python -m pytest -q tests/golden --snapshot-update
+
+lock:
+	bash scripts/lock.sh
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+quality: $(STAMP)
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf run .pytest_cache
