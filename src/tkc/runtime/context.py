@@ -1,0 +1,105 @@
+"""RunContext: what every stage reads (the resolved plan, paths inside the bundle, tokenizer, ranks, stop flag)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tkc.runtime.distributed import Dist
+
+# Exit codes of `tkc run` (documented in tkc.runtime.run).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_BUNDLE = 2
+EXIT_BUNDLE_CHANGED = 3
+EXIT_ENV_MISMATCH = 4
+EXIT_SIGTERM = 143  # 128 + SIGTERM: a checkpoint was written; `tkc run` again resumes exactly
+
+
+class BundleChanged(RuntimeError):
+    """A checkpoint or DONE marker belongs to a different bundle hash than the one being run."""
+
+
+@dataclass
+class RunContext:
+    bundle_dir: Path
+    resolved: dict[str, Any]
+    source_root: Path
+    bundle_hash: str
+    dist: Dist = field(default_factory=Dist)
+    stop_requested: bool = False
+    _tokenizer: Any = None
+
+    @property
+    def outputs(self) -> Path:
+        return self.bundle_dir / "outputs"
+
+    def stage_dir(self, stage: dict | str) -> Path:
+        name = stage if isinstance(stage, str) else stage["name"]
+        return self.outputs / name
+
+    def stage_by_name(self, name: str) -> dict:
+        for st in self.resolved["stages"]:
+            if st["name"] == name:
+                return st
+        raise KeyError(f"no stage named {name!r} in resolved.json")
+
+    def chat_template(self) -> str | None:
+        tpl = self.resolved.get("template")
+        if not tpl:
+            return None
+        return (self.bundle_dir / tpl["file"]).read_text(encoding="utf-8")
+
+    def model_path(self) -> str:
+        m = self.resolved["model"]
+        return str(self.source_root / m["path"]) if m["source"] == "local" else m["path"]
+
+    def tokenizer(self):
+        """The model's tokenizer, with the bundle's chat template (never the one shipped beside the weights)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            m = self.resolved["model"]
+            tok = AutoTokenizer.from_pretrained(self.model_path(), revision=m.get("revision"),
+                                                trust_remote_code=bool(m.get("trust_remote_code")))
+            text = self.chat_template()
+            if text is not None:
+                tok.chat_template = text
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+            self._tokenizer = tok
+        return self._tokenizer
+
+    def log(self, msg: str) -> None:
+        if self.dist.is_main:
+            print(msg, flush=True)
+
+
+def load_bundle_hash(bundle_dir: Path) -> str:
+    """manifest.json's bundle_hash; for a hand-written bundle without a manifest, sha256 of resolved.json."""
+    manifest = bundle_dir / "manifest.json"
+    if manifest.exists():
+        return json.loads(manifest.read_text(encoding="utf-8"))["bundle_hash"]
+    return hashlib.sha256((bundle_dir / "resolved.json").read_bytes()).hexdigest()
+
+
+def resolve_source_root(bundle_dir: Path, override: Path | None) -> Path:
+    if override is not None:
+        return Path(override).resolve()
+    volatile = bundle_dir / "volatile.json"
+    if volatile.exists():
+        root = json.loads(volatile.read_text(encoding="utf-8")).get("source_root")
+        if root:
+            return Path(root)
+    return bundle_dir.resolve()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

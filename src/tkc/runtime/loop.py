@@ -1,0 +1,235 @@
+"""Our own small training loop: seeded data order, exact loss scaling across accumulation and ranks, exact resume.
+
+Why not transformers.Trainer or TRL's trainers: their resume skips batches through sampler state and
+restores RNG approximately. Here the data order is a pure function of (seed, step), the per-step RNG is
+reseeded from (seed, step, rank), and a checkpoint holds the trainable weights, the optimizer state and
+the step, so a resumed run (after SIGTERM or kill -9, mid-epoch or mid-accumulation) reproduces the
+uninterrupted run's per-step losses and final weights bit for bit. Checkpoints are taken only at
+optimizer-step boundaries; an interruption mid-accumulation replays that step's micro-batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from tkc.runtime import checkpoint
+from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, RunContext
+from tkc.runtime.distributed import all_sum, any_rank, barrier
+from tkc.runtime.progress import Progress
+
+Rows = list[dict[str, Any]]
+
+
+@dataclass
+class Task:
+    """What a stage plugs into the loop. The global-batch loss is sum(loss_sum over micro-batches) / units(batch)."""
+
+    loss_sum: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]  # summed (not averaged) micro-batch loss
+    units: Callable[[Rows], int]  # what the global batch's loss is divided by: label tokens, or examples
+    tokens: Callable[[Rows], int]  # tokens processed, for tokens/s and tokens_seen
+    collate: Callable[[Rows], dict[str, torch.Tensor]]
+
+
+@dataclass
+class LoopResult:
+    exit_code: int
+    steps: int
+    total_steps: int
+    tokens_seen: int
+    wall_s: float
+    resumed_from: int | None
+    records: list[dict] = field(default_factory=list)
+    eval_loss: float | None = None
+
+
+def plan_steps(n_rows: int, train: dict) -> tuple[int, int]:
+    """(steps per epoch, total steps). An incomplete last global batch is dropped so every step sees G rows."""
+    g = train["global_batch_size"]
+    per_epoch = n_rows // g
+    if per_epoch == 0:
+        raise RuntimeError(f"{n_rows} training rows is fewer than one global batch of {g}")
+    total = train["max_steps"] if train["max_steps"] and train["max_steps"] > 0 else math.ceil(train["epochs"] * per_epoch)
+    return per_epoch, total
+
+
+def batch_indices(n_rows: int, train: dict, step: int, per_epoch: int) -> list[int]:
+    """Row indices of global batch `step`: epoch e shuffles with seed + e; the data position is just the step."""
+    epoch, b = divmod(step, per_epoch)
+    perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(train["seed"] + epoch)).tolist()
+    g = train["global_batch_size"]
+    return perm[b * g:(b + 1) * g]
+
+
+def lr_factor(train: dict, step: int, total: int) -> float:
+    """Linear warmup over warmup_steps (reaching 1 at the end of warmup), then cosine / linear / constant."""
+    warm = train["warmup_steps"]
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    kind = train["lr_scheduler"]
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if kind == "linear":
+        return max(0.0, 1.0 - progress)
+    if kind == "constant":
+        return 1.0
+    raise ValueError(f"unknown lr_scheduler {kind!r}")
+
+
+def micro_batches(ctx: RunContext, rows: Rows, train: dict) -> list[Rows]:
+    """This rank's contiguous share of the global batch, cut into micro-batches."""
+    w, m = ctx.dist.world_size, train["micro_batch_size"]
+    if len(rows) % (w * m):
+        raise RuntimeError(f"global batch {len(rows)} is not a multiple of world_size {w} x micro_batch {m}")
+    per = len(rows) // w
+    mine = rows[ctx.dist.rank * per:(ctx.dist.rank + 1) * per]
+    return [mine[i:i + m] for i in range(0, per, m)]
+
+
+class StepLog:
+    """steps.jsonl: one record per optimizer step; on resume, records after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, keep_through: int, enabled: bool):
+        self.path, self.enabled, self.records = path, enabled, []
+        if path.exists():
+            self.records = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= keep_through]
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save(ctx: RunContext, stage: dict, model: nn.Module, optimizer, step: int, per_epoch: int, tokens: int) -> None:
+    if ctx.dist.is_main:
+        state = {"bundle_hash": ctx.bundle_hash, "stage": stage["name"], "step": step, "tokens_seen": tokens,
+                 "epoch": step // per_epoch, "batch_in_epoch": step % per_epoch, "seed": stage["train"]["seed"]}
+        checkpoint.save_checkpoint(ctx.stage_dir(stage) / "checkpoints", step, tensors=trainable_state(model),
+                                   optimizer_state=optimizer.state_dict(), state=state,
+                                   keep=stage["train"]["save_total_limit"])
+    barrier(ctx.dist)
+
+
+def _restore(ctx: RunContext, stage: dict, model: nn.Module, optimizer) -> tuple[int, int, int | None]:
+    path = checkpoint.latest_checkpoint(ctx.stage_dir(stage) / "checkpoints")
+    if path is None:
+        return 0, 0, None
+    tensors, opt_state, state = checkpoint.load_checkpoint(path, bundle_hash=ctx.bundle_hash)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(opt_state)
+    ctx.log(f"[{stage['name']}] resuming from {path.name} (step {state['step']})")
+    return state["step"], state["tokens_seen"], state["step"]
+
+
+def _set_lr(optimizer, train: dict, step: int, total: int) -> float:
+    lr = train["learning_rate"] * lr_factor(train, step, total)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+    return lr
+
+
+def _one_step(ctx, runner, task: Task, rows: Rows, train: dict, params: list) -> tuple[float, float]:
+    """Forward/backward every micro-batch of one global batch; returns (global-batch loss, grad norm)."""
+    units = max(1, task.units(rows))
+    parts = micro_batches(ctx, rows, train)
+    total = torch.zeros((), dtype=torch.float64)
+    for k, mb in enumerate(parts):
+        sync = not ctx.dist.enabled or k == len(parts) - 1
+        with nullcontext() if sync else runner.no_sync():
+            loss_sum = task.loss_sum(runner, task.collate(mb))
+            # DDP averages gradients over ranks; scaling by world_size makes the sum exact.
+            (loss_sum * (ctx.dist.world_size / units)).backward()
+        total += loss_sum.detach().double()
+    loss = all_sum(ctx.dist, total).item() / units
+    max_norm = train["max_grad_norm"] if train["max_grad_norm"] and train["max_grad_norm"] > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return loss, float(grad_norm)
+
+
+@torch.no_grad()
+def evaluate(ctx: RunContext, runner: nn.Module, task: Task, rows: Rows, micro: int) -> float | None:
+    """Mean eval loss over all eval rows (each rank takes every world_size-th row)."""
+    if not rows:
+        return None
+    runner.eval()
+    mine = rows[ctx.dist.rank::ctx.dist.world_size]
+    total = torch.zeros(2, dtype=torch.float64)
+    for i in range(0, len(mine), micro):
+        mb = mine[i:i + micro]
+        total[0] += task.loss_sum(runner, task.collate(mb)).double()
+        total[1] += task.units(mb)
+    runner.train()
+    total = all_sum(ctx.dist, total)
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+def _wrap(ctx: RunContext, model: nn.Module) -> nn.Module:
+    if not ctx.dist.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, find_unused_parameters=False)
+
+
+def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task, train_rows: Rows,
+          eval_rows: Rows) -> LoopResult:
+    """Run (or resume) the stage's optimizer steps; on SIGTERM checkpoint and return EXIT_SIGTERM."""
+    t = stage["train"]
+    per_epoch, total = plan_steps(len(train_rows), t)
+    step, tokens_seen, resumed_from = _restore(ctx, stage, model, optimizer)
+    log = StepLog(ctx.stage_dir(stage) / "steps.jsonl", keep_through=step, enabled=ctx.dist.is_main)
+    runner, params = _wrap(ctx, model), [p for p in model.parameters() if p.requires_grad]
+    bar = Progress(stage["name"], total, start=step, enabled=ctx.dist.is_main, every=t["logging_steps"])
+    t0, eval_loss = time.perf_counter(), None
+    try:
+        while step < total:
+            ts = time.perf_counter()
+            torch.manual_seed(t["seed"] * 1_000_003 + step * 1_009 + ctx.dist.rank)  # dropout/NEFTune per step
+            rows = [train_rows[i] for i in batch_indices(len(train_rows), t, step, per_epoch)]
+            lr = _set_lr(optimizer, t, step, total)
+            loss, grad_norm = _one_step(ctx, runner, task, rows, t, params)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            ntok = task.tokens(rows)
+            tokens_seen += ntok
+            tps = ntok / max(1e-9, time.perf_counter() - ts)
+            log.add({"step": step, "epoch": round(step / per_epoch, 4), "loss": loss, "lr": lr,
+                     "grad_norm": grad_norm, "tokens_seen": tokens_seen})
+            bar.update(step, loss=loss, lr=lr, tokens_per_s=tps)
+            if t.get("eval_steps") and step % t["eval_steps"] == 0 and eval_rows:
+                eval_loss = evaluate(ctx, runner, task, eval_rows, t["micro_batch_size"])
+                log.add({"step": step, "eval_loss": eval_loss})
+                bar.note(f"[{stage['name']}] step {step} eval_loss {eval_loss:.4f}")
+            stop = any_rank(ctx.dist, ctx.stop_requested)
+            if stop or (t["save_steps"] and step % t["save_steps"] == 0 and step < total):
+                _save(ctx, stage, model, optimizer, step, per_epoch, tokens_seen)
+            if stop:
+                bar.note(f"[{stage['name']}] stop requested: checkpoint at step {step} written; run again to resume")
+                return LoopResult(EXIT_SIGTERM, step, total, tokens_seen, time.perf_counter() - t0, resumed_from,
+                                  log.records, eval_loss)
+    finally:
+        bar.close()
+    if eval_rows:
+        eval_loss = evaluate(ctx, runner, task, eval_rows, t["micro_batch_size"])
+    return LoopResult(EXIT_OK, step, total, tokens_seen, time.perf_counter() - t0, resumed_from, log.records, eval_loss)

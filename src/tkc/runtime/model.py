@@ -1,0 +1,185 @@
+"""Build the model a stage trains: start weights (scratch / pretrained / a previous stage), then full, freeze or LoRA."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from tkc.runtime.context import RunContext
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def dtype_of(stage: dict) -> torch.dtype:
+    return DTYPES[stage["train"]["precision"]] if stage.get("train") else torch.float32
+
+
+def _auto_class(head: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
+
+
+def _from_bundle_model(ctx: RunContext, head: str, dtype: torch.dtype, seed: int, quant: dict | None):
+    """The bundle's model: random init from config.json with `seed` (init: scratch) or its pretrained weights."""
+    from transformers import AutoConfig
+
+    m = ctx.resolved["model"]
+    common: dict[str, Any] = {"revision": m.get("revision"), "trust_remote_code": bool(m.get("trust_remote_code"))}
+    config = AutoConfig.from_pretrained(ctx.model_path(), **common)
+    if head == "seq_cls":
+        config.num_labels = 1
+        config.pad_token_id = ctx.tokenizer().pad_token_id
+    torch.manual_seed(seed)
+    if m["init"] == "scratch":
+        return _auto_class(head).from_config(config, dtype=dtype, attn_implementation="sdpa")
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa", "config": config, **common}
+    if quant:
+        kwargs["quantization_config"] = _bnb_config(quant, dtype)
+    return _auto_class(head).from_pretrained(ctx.model_path(), **kwargs)
+
+
+def _bnb_config(quant: dict, dtype: torch.dtype):
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(
+            "this stage asks for QLoRA (finetuning.quantization) but bitsandbytes is not installed; "
+            "install it (pip install bitsandbytes) on a machine it supports, or drop `quantization:` from the recipe"
+        ) from e
+    from transformers import BitsAndBytesConfig
+
+    if quant["bits"] == 4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.get("quant_type", "nf4"),
+                                  bnb_4bit_use_double_quant=bool(quant.get("double_quant")),
+                                  bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_stage_output(ctx: RunContext, name: str, *, dtype: torch.dtype = torch.float32, head: str = "causal_lm"):
+    """A finished stage's model: full weights as saved, or its adapter merged into the weights it started from."""
+    model_dir = ctx.stage_dir(name) / "model"
+    if not model_dir.is_dir():
+        raise RuntimeError(f"stage {name!r} has no output model at {model_dir}; run it first")
+    if (model_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base = start_weights(ctx, ctx.stage_by_name(name), head=head, dtype=dtype)
+        return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+    return _auto_class(head).from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
+
+
+def start_weights(ctx: RunContext, stage: dict, *, head: str = "causal_lm", dtype: torch.dtype | None = None):
+    """The weights a stage starts from: its init_from stage's output, else the bundle's model."""
+    dtype = dtype or dtype_of(stage)
+    seed = stage.get("train", {}).get("seed", ctx.resolved["seed"])
+    quant = (stage.get("finetuning") or {}).get("quantization")
+    if not stage.get("init_from"):
+        return _from_bundle_model(ctx, head, dtype, seed, quant)
+    lm = load_stage_output(ctx, stage["init_from"], dtype=dtype)
+    if head == "causal_lm":
+        return lm
+    torch.manual_seed(seed)  # the value head starts from seeded random weights
+    config = lm.config
+    config.num_labels, config.pad_token_id = 1, ctx.tokenizer().pad_token_id
+    cls_model = _auto_class(head).from_config(config, dtype=dtype, attn_implementation="sdpa")
+    cls_model.base_model.load_state_dict(lm.base_model.state_dict())
+    return cls_model
+
+
+def decoder_layers(model: nn.Module, layers_path: str | None = None) -> nn.ModuleList:
+    """The decoder layer list: at `layers_path` when the plan names it, else the largest ModuleList named *layers."""
+    if layers_path:
+        return model.get_submodule(layers_path)
+    lists = [m for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and n.endswith("layers")]
+    if not lists:
+        raise RuntimeError("freeze tuning: no decoder layer list found; the plan should name finetuning.freeze.layers_path")
+    return max(lists, key=len)
+
+
+def apply_freeze(model: nn.Module, freeze: dict) -> None:
+    """Freeze everything, then unfreeze the last N decoder layers (only `trainable_modules` in them, if listed)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers = decoder_layers(model, freeze.get("layers_path"))
+    n = int(freeze["trainable_layers"])
+    chosen = layers[-n:] if n > 0 else layers[:-n]
+    modules = freeze.get("trainable_modules") or []
+    for layer in chosen:
+        for name, p in layer.named_parameters():
+            if not modules or any(name.split(".")[0] == m or name.startswith(m + ".") for m in modules):
+                p.requires_grad_(True)
+
+
+def apply_lora(model: nn.Module, lora: dict, *, task_type: str, quantized: bool):
+    """Wrap with a PEFT LoRA adapter: variants lora / dora / rslora, init default / pissa."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = LoraConfig(
+        r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=list(lora["targets"]),
+        use_dora=lora.get("variant") == "dora", use_rslora=lora.get("variant") == "rslora",
+        init_lora_weights="pissa" if lora.get("init") == "pissa" else True,
+        modules_to_save=list(lora.get("modules_to_save") or []) or None, bias="none", task_type=task_type,
+    )
+    return get_peft_model(model, config)
+
+
+def add_neftune(model: nn.Module, alpha: float) -> None:
+    """NEFTune: uniform noise of scale alpha/sqrt(L*d) on input embeddings, in training mode only."""
+    def hook(module, inputs, output):
+        if module.training:
+            mag = alpha / math.sqrt(output.size(1) * output.size(2))
+            output = output + torch.empty_like(output).uniform_(-mag, mag)
+        return output
+
+    model.get_input_embeddings().register_forward_hook(hook)
+
+
+def build_trainable(ctx: RunContext, stage: dict, *, head: str = "causal_lm"):
+    """Start weights plus the stage's fine-tuning method; returns the model in train mode."""
+    ft = stage["finetuning"]
+    train = stage["train"]
+    model = start_weights(ctx, stage, head=head)
+    model.config.use_cache = False
+    if ft["method"] == "freeze":
+        apply_freeze(model, ft["freeze"])
+    elif ft["method"] == "lora":
+        torch.manual_seed(train["seed"])  # LoRA A matrices are random: seed them
+        model = apply_lora(model, ft["lora"], task_type="CAUSAL_LM" if head == "causal_lm" else "SEQ_CLS",
+                           quantized=bool(ft.get("quantization")))
+    if train.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if ft["method"] == "lora":
+            model.enable_input_require_grads()
+    if train.get("neftune_alpha"):
+        add_neftune(model, float(train["neftune_alpha"]))
+    model.train()
+    return model
+
+
+def build_optimizer(model: nn.Module, stage: dict) -> torch.optim.Optimizer:
+    """AdamW over trainable params; no decay on vectors; LoRA+ gives lora_B a `plus_ratio` times larger lr."""
+    train = stage["train"]
+    lora = (stage["finetuning"] or {}).get("lora") or {}
+    plus = lora.get("plus_ratio") or 1.0
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        mult = plus if "lora_B" in name else 1.0
+        wd = train["weight_decay"] if p.ndim >= 2 else 0.0
+        groups.setdefault((mult, wd), []).append(p)
+    param_groups = [{"params": ps, "lr_mult": m, "weight_decay": wd, "lr": train["learning_rate"] * m}
+                    for (m, wd), ps in sorted(groups.items())]
+    return torch.optim.AdamW(param_groups, lr=train["learning_rate"], betas=(train["adam_beta1"], train["adam_beta2"]),
+                             eps=train["adam_epsilon"], weight_decay=train["weight_decay"], foreach=False)
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

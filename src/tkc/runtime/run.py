@@ -1,0 +1,149 @@
+"""`tkc run`: verify the bundle, check the environment, seed everything, run each stage in order, resume exactly.
+
+Exit codes:
+  0    every selected stage finished (stages with outputs/<stage>/DONE are skipped)
+  1    a stage raised an error (Python's exit status for an uncaught exception)
+  2    the bundle is invalid (verify_bundle failed, resolved.json unreadable, unknown stage)
+  3    outputs or checkpoints belong to a different bundle hash: refused rather than mixing two plans
+  4    installed packages differ from resolved.environment.pins and --strict-env was given
+  143  SIGTERM: a checkpoint was written at the current optimizer step; `tkc run` again resumes exactly
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import random
+import signal
+from importlib import metadata
+from pathlib import Path
+
+from tkc.runtime.context import (
+    EXIT_BAD_BUNDLE,
+    EXIT_BUNDLE_CHANGED,
+    EXIT_ENV_MISMATCH,
+    EXIT_OK,
+    BundleChanged,
+    RunContext,
+    load_bundle_hash,
+    resolve_source_root,
+)
+
+STAGE_MODULES = {"pt": "pt", "sft": "sft", "rm": "rm", "dpo": "dpo", "kto": "kto", "ppo": "ppo", "eval": "eval",
+                 "export": "export"}
+
+
+def verify(bundle_dir: Path) -> str | None:
+    """Run tkc.bundle.verify_bundle when it exists; return an error message or None."""
+    try:
+        from tkc.bundle import verify_bundle  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    try:
+        result = verify_bundle(bundle_dir)
+    except Exception as e:  # the verifier reports problems by raising
+        return str(e)
+    problems = getattr(result, "problems", None) or (result if isinstance(result, list) else None)
+    return "; ".join(map(str, problems)) if problems else None
+
+
+def _public(version: str) -> str:
+    return version.split("+", 1)[0]
+
+
+def check_environment(resolved: dict) -> list[str]:
+    """Differences between installed packages and the bundle's pins, as readable lines."""
+    diffs = []
+    for name, pinned in sorted((resolved.get("environment") or {}).get("pins", {}).items()):
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            diffs.append(f"{name}: pinned {pinned}, not installed")
+            continue
+        if _public(have) != _public(str(pinned)):
+            diffs.append(f"{name}: pinned {pinned}, installed {have}")
+    return diffs
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+
+
+def _install_sigterm(ctx: RunContext) -> None:
+    def handler(signum, frame):
+        ctx.stop_requested = True  # the loop checkpoints after the current optimizer step and exits 143
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _run_stage(ctx: RunContext, stage: dict) -> int:
+    from tkc.runtime import outputs
+
+    if outputs.is_done(ctx, stage):
+        ctx.log(f"[{stage['name']}] already done (outputs/{stage['name']}/DONE); skipping")
+        return EXIT_OK
+    module = importlib.import_module(f"tkc.runtime.stages.{STAGE_MODULES[stage['kind']]}")
+    ctx.log(f"== stage {stage['index']}: {stage['name']} ({stage['kind']})")
+    return module.run(ctx, stage)
+
+
+def _select(resolved: dict, stage: str | None) -> list[dict]:
+    stages = sorted(resolved["stages"], key=lambda s: s["index"])
+    if stage is None:
+        return stages
+    chosen = [s for s in stages if s["name"] == stage]
+    if not chosen:
+        raise KeyError(f"no stage {stage!r}; the bundle has {[s['name'] for s in stages]}")
+    return chosen
+
+
+def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path | None = None,
+               strict_env: bool = False) -> int:
+    """Run the bundle's stages (or one), skipping finished ones and resuming interrupted ones; returns an exit code."""
+    bundle_dir = Path(bundle_dir).resolve()
+    problem = verify(bundle_dir)
+    if problem:
+        print(f"tkc run: bundle {bundle_dir} failed verification: {problem}")
+        return EXIT_BAD_BUNDLE
+    resolved = json.loads((bundle_dir / "resolved.json").read_text(encoding="utf-8"))
+    diffs = check_environment(resolved)
+    for line in diffs:
+        print(f"tkc run: environment differs from the bundle's pins: {line}")
+    if diffs and strict_env:
+        print("tkc run: --strict-env: refusing to run in an environment that differs from the pins")
+        return EXIT_ENV_MISMATCH
+    from tkc.runtime.distributed import init_distributed, shutdown
+
+    dist = init_distributed((resolved.get("launch") or {}).get("backend", "gloo"))
+    ctx = RunContext(bundle_dir, resolved, resolve_source_root(bundle_dir, source_root), load_bundle_hash(bundle_dir),
+                     dist=dist)
+    try:
+        selected = _select(resolved, stage)
+    except KeyError as e:
+        print(f"tkc run: {e}")
+        shutdown(dist)
+        return EXIT_BAD_BUNDLE
+    _install_sigterm(ctx)
+    try:
+        for st in selected:
+            seed_everything(st.get("train", {}).get("seed", resolved["seed"]),
+                            st.get("train", {}).get("deterministic", True))
+            code = _run_stage(ctx, st)
+            if code != EXIT_OK:
+                return code
+        return EXIT_OK
+    except BundleChanged as e:
+        print(f"tkc run: refusing to resume: {e}")
+        return EXIT_BUNDLE_CHANGED
+    finally:
+        shutdown(dist)

@@ -1,0 +1,81 @@
+"""Preference stage (kind: dpo): DPO sigmoid / IPO / hinge against a frozen reference, or reference-free ORPO / SimPO."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tkc.runtime import loop
+from tkc.runtime.context import RunContext
+from tkc.runtime.model import build_optimizer, build_trainable, count_params
+from tkc.runtime.stages.common import Reference, concat_pairs, finish, load_rows, pad, save_model, sequence_logps
+from tkc.runtime.stages.common import token_count
+
+REFERENCE_LOSSES = {"sigmoid", "ipo", "hinge"}
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, stable."""
+    return torch.log(-torch.expm1(x.clamp(max=-1e-6)))
+
+
+def preference_loss(opts: dict, pol: tuple, ref: tuple | None, counts: tuple) -> torch.Tensor:
+    """Per-pair losses. pol/ref = (chosen, rejected) summed log-probs; counts = their label-token counts."""
+    beta, (pc, pr), (nc, nr) = opts["beta"], pol, counts
+    kind = opts["loss"]
+    if kind in REFERENCE_LOSSES:
+        rc, rr = ref
+        if kind == "ipo":  # IPO regresses the length-normalised log-ratio gap onto 1/(2 beta)
+            gap = (pc / nc - pr / nr) - (rc / nc - rr / nr)
+            return (gap - 1.0 / (2.0 * beta)) ** 2
+        margin = beta * ((pc - pr) - (rc - rr))
+        if kind == "hinge":
+            return F.relu(1.0 - margin)
+        ls = opts.get("label_smoothing", 0.0)
+        return -(1.0 - ls) * F.logsigmoid(margin) - ls * F.logsigmoid(-margin)
+    ac, ar = pc / nc, pr / nr  # average per-token log-probs
+    if kind == "orpo":  # NLL on chosen plus beta * odds-ratio term
+        log_odds = (ac - ar) - (_log1mexp(ac) - _log1mexp(ar))
+        return -ac - beta * F.logsigmoid(log_odds)
+    if kind == "simpo":  # length-normalised margin with target reward margin gamma
+        return -F.logsigmoid(beta * (ac - ar) - opts.get("simpo_gamma", 0.5))
+    raise ValueError(f"unknown dpo loss {kind!r}")
+
+
+def make_loss(opts: dict, reference: Reference | None, pad_id: int):
+    def loss_sum(runner, batch) -> torch.Tensor:
+        ids, mask, labels = concat_pairs(batch, pad_id)
+        logps, counts = sequence_logps(runner, ids, mask, labels)
+        n = batch["chosen_input_ids"].size(0)
+        pol, cnt = (logps[:n], logps[n:]), (counts[:n], counts[n:])
+        ref = None
+        if reference is not None:
+            r = reference.logps(ids, mask, labels)
+            ref = (r[:n], r[n:])
+        losses = preference_loss(opts, pol, ref, cnt)
+        if opts.get("ftx"):  # auxiliary SFT loss on the chosen response
+            losses = losses + opts["ftx"] * (-pol[0] / cnt[0])
+        return losses.sum()
+
+    return loss_sum
+
+
+def run(ctx: RunContext, stage: dict) -> int:
+    opts = stage["options"]
+    model = build_trainable(ctx, stage)
+    needs_ref = opts["loss"] in REFERENCE_LOSSES and opts.get("reference", "init") != "none"
+    reference = Reference(model, lora=stage["finetuning"]["method"] == "lora") if needs_ref else None
+    optimizer = build_optimizer(model, stage)
+    train_rows, eval_rows = load_rows(ctx, stage)
+    pad_id = ctx.tokenizer().pad_token_id
+    task = loop.Task(loss_sum=make_loss(opts, reference, pad_id), units=len, tokens=token_count,
+                     collate=lambda rows: pad(rows, pad_id))
+    trainable, total = count_params(model)
+    ctx.log(f"[{stage['name']}] dpo loss={opts['loss']} beta={opts['beta']}: {len(train_rows)} pairs, "
+            f"{trainable:,}/{total:,} trainable params, reference={'init' if reference else 'none'}")
+    result = loop.train(ctx, stage, model, optimizer, task, train_rows, eval_rows)
+    if result.exit_code:
+        return result.exit_code
+    save_model(ctx, stage, model)
+    finish(ctx, stage, result, {"trainable_params": trainable, "total_params": total, "loss": opts["loss"]})
+    return 0

@@ -1,0 +1,42 @@
+"""Reward-model stage (kind: rm): a sequence-classification value head trained with the pairwise Bradley-Terry loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tkc.runtime import loop
+from tkc.runtime.context import RunContext
+from tkc.runtime.model import build_optimizer, build_trainable, count_params
+from tkc.runtime.stages.common import concat_pairs, finish, load_rows, pad, save_model, token_count
+
+
+def scores(model, input_ids, attention_mask) -> torch.Tensor:
+    """One scalar per sequence: the head's output at the last non-pad token (transformers pools it)."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.squeeze(-1).float()
+
+
+def make_loss(pad_id: int):
+    def loss_sum(runner, batch) -> torch.Tensor:
+        ids, mask, _ = concat_pairs(batch, pad_id)
+        s = scores(runner, ids, mask)
+        n = batch["chosen_input_ids"].size(0)
+        return -F.logsigmoid(s[:n] - s[n:]).sum()  # -log P(chosen preferred over rejected)
+
+    return loss_sum
+
+
+def run(ctx: RunContext, stage: dict) -> int:
+    model = build_trainable(ctx, stage, head="seq_cls")
+    optimizer = build_optimizer(model, stage)
+    train_rows, eval_rows = load_rows(ctx, stage)
+    pad_id = ctx.tokenizer().pad_token_id
+    task = loop.Task(loss_sum=make_loss(pad_id), units=len, tokens=token_count, collate=lambda rows: pad(rows, pad_id))
+    trainable, total = count_params(model)
+    ctx.log(f"[{stage['name']}] rm: {len(train_rows)} pairs, {trainable:,}/{total:,} trainable params")
+    result = loop.train(ctx, stage, model, optimizer, task, train_rows, eval_rows)
+    if result.exit_code:
+        return result.exit_code
+    save_model(ctx, stage, model)
+    finish(ctx, stage, result, {"trainable_params": trainable, "total_params": total})
+    return 0

@@ -1,0 +1,213 @@
+"""Runtime test helpers: hand-written bundles (resolved.json per ARCHITECTURE.md), a tiny pretrained model, data."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = REPO / "recipes"
+SHARED = Path(os.environ.get("TKC_SHARED", REPO.parent / "shared")) / "datasets"
+TINY = RECIPES / "assets" / "tiny-qwen2"
+PY = sys.executable
+
+TRAIN = {"learning_rate": 1e-3, "lr_scheduler": "constant", "warmup_steps": 0, "epochs": 1.0, "max_steps": 6,
+         "global_batch_size": 8, "micro_batch_size": 4, "gradient_accumulation_steps": 2, "world_size": 1,
+         "seed": 42, "precision": "fp32", "gradient_checkpointing": False, "save_steps": 2, "save_total_limit": 2,
+         "logging_steps": 1, "eval_steps": None, "weight_decay": 0.0, "max_grad_norm": 1.0, "optimizer": "adamw",
+         "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "neftune_alpha": None, "deterministic": True}
+LORA = {"rank": 8, "alpha": 16, "dropout": 0.0, "targets": ["q_proj", "v_proj"], "variant": "lora",
+        "init": "default", "plus_ratio": None, "modules_to_save": []}
+COLUMNS = {k: None for k in ("prompt", "query", "response", "system", "history", "tools", "messages", "chosen",
+                             "rejected", "kto_tag", "images", "videos", "audios", "text")}
+TAGS = {"role": "from", "content": "value", "user": "human", "assistant": "gpt", "observation": "observation",
+        "function": "function_call", "system": "system"}
+
+
+def dataset(name: str, path: str, fmt: str, kind: str, file_type: str = "jsonl", max_samples=None, **columns) -> dict:
+    cols = {**COLUMNS, **columns}
+    return {"name": name, "source": "local", "path": path, "revision": None, "file_type": file_type,
+            "files": [{"path": path, "sha256": None, "size": None}], "format": fmt, "kind": kind, "columns": cols,
+            "tags": dict(TAGS), "split": "train", "max_samples": max_samples, "weight": 1.0, "on_bad_record": "error"}
+
+
+DATASETS = {
+    "arith_text": dataset("arith_text", "data/arith_text.jsonl", "text", "text", text="text"),
+    "arith_sft": dataset("arith_sft", "data/arith_sft.jsonl", "alpaca", "sft", prompt="instruction", query="input",
+                         response="output"),
+    "arith_eval": dataset("arith_eval", "data/arith_eval.jsonl", "alpaca", "sft", prompt="instruction",
+                          query="input", response="output"),
+    "alpaca": dataset("alpaca", "../../shared/datasets/alpaca_en_demo.json", "alpaca", "sft", "json", 64,
+                      prompt="instruction", query="input", response="output"),
+    "dpo_pairs": dataset("dpo_pairs", "../../shared/datasets/dpo_en_demo.json", "sharegpt", "preference", "json", 48,
+                         messages="conversations", chosen="chosen", rejected="rejected"),
+    "kto": dataset("kto", "../../shared/datasets/kto_en_demo.json", "sharegpt", "kto", "json", 48,
+                   messages="messages", kto_tag="label"),
+    "c4": dataset("c4", "../../shared/datasets/c4_demo.jsonl", "text", "text", "jsonl", 64, text="text"),
+}
+DATASETS["kto"]["tags"] = {**TAGS, "role": "role", "content": "content", "user": "user", "assistant": "assistant"}
+
+
+def stage(name: str, kind: str, index: int, datasets: list[str], *, method: str = "full", init_from=None,
+          options=None, lora=None, freeze=None, **train) -> dict:
+    return {"name": name, "kind": kind, "index": index, "datasets": datasets, "init_from": init_from,
+            "finetuning": {"method": method, "freeze": freeze, "lora": {**LORA, **(lora or {})} if method == "lora" else None,
+                           "quantization": None},
+            "train": {**TRAIN, **train}, "options": options or {}}
+
+
+def _with_hashes(ds: dict) -> dict:
+    """Fill files[].sha256/size the way the compiler records them (relative to RECIPES, the source root)."""
+    import hashlib
+
+    for f in ds["files"]:
+        data = (RECIPES / f["path"]).read_bytes()
+        f["sha256"], f["size"] = hashlib.sha256(data).hexdigest(), len(data)
+    return ds
+
+
+def resolved(stages: list[dict], *, model_path: str = "assets/tiny-qwen2", init: str = "scratch",
+             datasets: list[str] | None = None, cutoff_len: int = 128, seed: int = 42) -> dict:
+    used = datasets or sorted({d for s in stages for d in s["datasets"] + s["options"].get("datasets", [])})
+    return {
+        "format_version": 1, "name": "test", "seed": seed,
+        "model": {"source": "local", "path": model_path, "revision": None, "init": init, "family": "qwen2",
+                  "model_type": "qwen2", "trust_remote_code": False, "files": {}},
+        "template": {"id": "qwen2_5", "file": "template/chat_template.jinja", "bos_token": "",
+                     "eos_token": "<|im_end|>", "stop_tokens": ["<|im_end|>"], "supports_system": True,
+                     "supports_tools": True, "default_system": None},
+        "datasets": {d: _with_hashes(copy.deepcopy(DATASETS[d])) for d in used},
+        "data": {"cutoff_len": cutoff_len, "packing": False, "train_on_prompt": False, "mask_history": False,
+                 "val_size": 0.0, "mix": "concat", "truncation": "keep_response", "preprocessing_batch_size": 1000},
+        "hardware": {"profile": "cpu", "accelerator": "cpu", "devices_per_node": 1, "nodes": 1, "memory_gb": 8,
+                     "supports_bf16": False, "supports_fp16": False, "interconnect": "none"},
+        "launch": {"kind": "local", "backend": "gloo", "nnodes": 1, "nproc_per_node": 1, "master_port": 29500},
+        "tracking": {"kind": "none", "project": None},
+        "environment": {"lockfile": "cpu", "file": "env/requirements.lock", "pins": {}},
+        "hermetic": True, "non_hermetic_reasons": [], "stages": stages,
+    }
+
+
+def write_bundle(directory: Path, plan: dict, *, source_root: Path = RECIPES) -> Path:
+    """A hand-written bundle written by tkc.bundle (manifest + hash): resolved.json, template, volatile.json."""
+    from tkc.bundle import write_bundle as write
+    from tkc.runtime.tiny import QWEN2_5_CHAT_TEMPLATE
+
+    text = json.dumps(plan, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+    contents = {"resolved.json": text.encode(), "template/chat_template.jinja": QWEN2_5_CHAT_TEMPLATE.encode()}
+    write(directory, contents, {"source_root": str(source_root)}, "test", force=True)
+    return directory
+
+
+# --- data: the real tkc.runtime.data when it exists, else a small tokenizer-based stand-in -----------------------
+
+def _read(path: Path, file_type: str) -> list[dict]:
+    if file_type == "json":
+        return json.loads(path.read_text(encoding="utf-8"))
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _turns(rec: dict, ds: dict) -> list[dict]:
+    cols, tags = ds["columns"], ds["tags"]
+    if ds["format"] == "alpaca":
+        user = rec[cols["prompt"]] + (("\n" + rec[cols["query"]]) if cols["query"] and rec.get(cols["query"]) else "")
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": rec[cols["response"]]}]
+    roles = {tags["user"]: "user", tags["assistant"]: "assistant", tags["system"]: "system"}
+    return [{"role": roles[m[tags["role"]]], "content": m[tags["content"]]} for m in rec[cols["messages"]]]
+
+
+def _chat_ids(tok, prompt_msgs: list[dict], answer: str, cutoff: int) -> tuple[list[int], list[int]]:
+    prompt = tok.apply_chat_template(prompt_msgs, tokenize=False, add_generation_prompt=True)
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    r = tok(answer + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    p = p[-max(8, cutoff - len(r)):] if len(p) + len(r) > cutoff else p
+    r = r[: cutoff - len(p)]
+    return p + r, [-100] * len(p) + r
+
+
+def _row(rec: dict, ds: dict, tok, cutoff: int) -> dict:
+    if ds["kind"] == "text":
+        ids = tok(rec[ds["columns"]["text"]], add_special_tokens=False)["input_ids"][: cutoff - 1] + [tok.pad_token_id]
+        return {"input_ids": ids, "labels": list(ids), "attention_mask": [1] * len(ids)}
+    turns = _turns(rec, ds)
+    if ds["kind"] == "preference":
+        tags = ds["tags"]
+        out = {}
+        for side in ("chosen", "rejected"):
+            ids, labels = _chat_ids(tok, turns, rec[side][tags["content"]], cutoff)
+            out[f"{side}_input_ids"], out[f"{side}_labels"] = ids, labels
+        return out
+    ids, labels = _chat_ids(tok, turns[:-1], turns[-1]["content"], cutoff)
+    row = {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
+    if ds["kind"] == "kto":
+        row["label"] = bool(rec[ds["columns"]["kto_tag"]])
+    return row
+
+
+class StandInData:
+    def __init__(self, train, eval_):
+        self.train, self.eval = train, eval_
+
+
+def stand_in_build_stage_data(resolved_plan, stage_plan, tokenizer, source_root, cache_dir, **_):
+    rows = []
+    for name in stage_plan["datasets"]:
+        ds = resolved_plan["datasets"][name]
+        recs = _read(Path(source_root) / ds["path"], ds["file_type"])
+        recs = recs[: ds["max_samples"]] if ds["max_samples"] else recs
+        rows += [_row(r, ds, tokenizer, resolved_plan["data"]["cutoff_len"]) for r in recs]
+    return StandInData(rows, [])
+
+
+def install_data() -> str:
+    """Use tkc.runtime.data.build_stage_data when it exists; otherwise install the stand-in. Returns which."""
+    from tkc.runtime import data
+
+    if os.environ.get("TKC_TEST_STANDIN_DATA") != "1" and hasattr(data, "build_stage_data"):
+        return "tkc.runtime.data"
+    data.build_stage_data = stand_in_build_stage_data
+    return "stand-in"
+
+
+def run_in_subprocess(bundle: Path, *extra: str, timeout: float = 300, wait: bool = True, env=None):
+    """`python -c` driver: install the data source, run_bundle, exit with its code."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import conftest; conftest.install_data(); "
+            f"from tkc.runtime.run import run_bundle; sys.exit(run_bundle(__import__('pathlib').Path({str(bundle)!r})))")
+    full_env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
+    if not wait:
+        return subprocess.Popen([PY, "-c", code, *extra], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    return subprocess.run([PY, "-c", code, *extra], env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _data_source():
+    install_data()
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory) -> Path:
+    """The tiny Qwen2 with seeded random weights saved as a 'pretrained' local model."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-pretrained")
+    for f in TINY.iterdir():
+        shutil.copy(f, out / f.name)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY)).save_pretrained(out)
+    return out
+
+
+def steps(bundle: Path, stage_name: str) -> list[dict]:
+    path = bundle / "outputs" / stage_name / "steps.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
