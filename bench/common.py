@@ -1,0 +1,215 @@
+"""Bench plumbing: run a command while timestamping its output and sampling the process tree's RSS.
+
+Every figure the benchmarks report is measured here, the same way for tkc and for the peer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import selectors
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORK = BENCH / ".work"
+RESULTS = BENCH / "results"
+DATASETS = Path(os.environ.get("TKC_BENCH_DATASETS", "/work/shared/datasets"))
+TKC = ROOT / ".venv" / "bin" / "tkc"
+TKC_PY = ROOT / ".venv" / "bin" / "python"
+
+
+@dataclass
+class Run:
+    """One finished command: exit code, wall time, timestamped output lines, peak RSS of its process tree."""
+
+    cmd: list[str]
+    returncode: int
+    wall_s: float
+    peak_rss_bytes: int
+    lines: list[tuple[float, str]] = field(default_factory=list)  # (seconds since launch, text)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(t for _, t in self.lines)
+
+    def first(self, pattern: str) -> float | None:
+        """Seconds from launch to the first output fragment matching `pattern` (regex)."""
+        rx = re.compile(pattern)
+        return next((t for t, s in self.lines if rx.search(s)), None)
+
+    def last(self, pattern: str) -> float | None:
+        rx = re.compile(pattern)
+        hits = [t for t, s in self.lines if rx.search(s)]
+        return hits[-1] if hits else None
+
+
+def _tree_rss(pid: int) -> int:
+    """Sum of RSS over `pid` and all its descendants (from /proc; 0 when gone)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+            fields = stat[stat.rindex(")") + 2 :].split()
+            ppid, rss_pages = int(fields[1]), int(fields[21])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+        rss[int(d)] = rss_pages * page
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo.extend(children.get(p, []))
+    return total
+
+
+def run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+        timeout: float = 900.0, sample_every: float = 0.05, echo: bool = False,
+        watch_file: Path | None = None, watch_tag: str = "@file", stop_on: str | None = None) -> Run:
+    """Run `cmd`, recording each output fragment (split on \\n and \\r) with its arrival time.
+
+    `watch_file`: a file the command appends lines to (e.g. steps.jsonl); each new line is recorded
+    as `watch_tag + line`, so its first appearance can be timed like an output line.
+    `stop_on`: a regex; the first output fragment matching it ends the command (its process group is
+    killed) and `wall_s` is the time of that fragment.
+    """
+    import signal
+
+    stop_rx = re.compile(stop_on) if stop_on else None
+    stopped_at: float | None = None
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    t0 = time.monotonic()
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    lines: list[tuple[float, str]] = []
+    buf, peak, next_sample, watched = b"", 0, 0.0, 0
+    while True:
+        now = time.monotonic() - t0
+        if now >= next_sample:
+            peak = max(peak, _tree_rss(proc.pid))
+            next_sample = now + sample_every
+            if watch_file is not None and watch_file.exists():
+                got = watch_file.read_text(errors="replace").splitlines()
+                for s in got[watched:]:
+                    lines.append((now, watch_tag + s))
+                watched = max(watched, len(got))
+        for _key, _ in sel.select(timeout=sample_every):
+            chunk = proc.stdout.read() or b""
+            buf += chunk
+            parts = re.split(rb"[\r\n]", buf)
+            buf = parts.pop()
+            t = time.monotonic() - t0
+            for p in parts:
+                if p.strip():
+                    s = p.decode(errors="replace")
+                    lines.append((t, s))
+                    if echo:
+                        print(s, file=sys.stderr)
+                    if stop_rx is not None and stopped_at is None and stop_rx.search(s):
+                        stopped_at = t
+                        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is not None:
+            rest = proc.stdout.read() or b""
+            t = time.monotonic() - t0
+            for p in re.split(rb"[\r\n]", buf + rest):
+                if p.strip():
+                    lines.append((t, p.decode(errors="replace")))
+            break
+        if now > timeout:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            lines.append((now, f"[bench] killed after {timeout:.0f} s"))
+            break
+    wall = stopped_at if stopped_at is not None else time.monotonic() - t0
+    if watch_file is not None and watch_file.exists():
+        got = watch_file.read_text(errors="replace").splitlines()
+        lines.extend((wall, watch_tag + s) for s in got[watched:])
+    sel.close()
+    return Run([str(c) for c in cmd], proc.returncode if proc.returncode is not None else -9, wall, peak, lines)
+
+
+def median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either side is missing."""
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def machine() -> dict:
+    """The facts BENCHMARKS.md prints about the machine, from nproc / free / lscpu."""
+    def sh(*c: str) -> str:
+        try:
+            return subprocess.run(c, capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            return ""
+
+    lscpu = dict(
+        (k.strip(), v.strip())
+        for k, v in (ln.split(":", 1) for ln in sh("lscpu").splitlines() if ":" in ln)
+    )
+    mem = sh("free", "-b").splitlines()
+    total = int(mem[1].split()[1]) if len(mem) > 1 else 0
+    return {
+        "nproc": int(sh("nproc") or 0),
+        "cpu_model": lscpu.get("Model name", platform.processor()),
+        "mem_total_gib": round(total / 2**30, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],  # the machine is shared: context for noise
+    }
+
+
+def tkc_versions() -> dict:
+    code = (
+        "import json, importlib.metadata as m;"
+        "print(json.dumps({p: m.version(p) for p in "
+        "('tkc','torch','transformers','peft','trl','datasets','accelerate','tokenizers')}))"
+    )
+    r = subprocess.run([str(TKC_PY), "-c", code], capture_output=True, text=True)
+    return json.loads(r.stdout) if r.returncode == 0 else {}
+
+
+def save(name: str, payload: dict) -> Path:
+    """Write bench/results/<name>.json (pretty, sorted) with the run's context attached."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "machine": machine(), **payload}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return path
+
+
+def tkc_ready(verb: str = "compile") -> bool:
+    """Whether `tkc <verb> --help` works yet (the tkc side lands while the harness exists)."""
+    if not TKC.exists():
+        return False
+    r = subprocess.run([str(TKC), verb, "--help"], capture_output=True, text=True, timeout=120)
+    return r.returncode == 0
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
