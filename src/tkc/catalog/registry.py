@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tkc.schema.diagnostics import CompileError, Diagnostic, did_you_mean
 
 CATALOG_DIR = Path(__file__).parent
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster catalog loading
 _ID = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 M = TypeVar("M", bound=BaseModel)
 
@@ -71,7 +72,7 @@ def load_records(folder: Path, model: type[M]) -> dict[str, M]:
             problems.append(Diagnostic("CAT001", f"catalog id {rid!r} must match [a-z0-9_]+", "", str(path)))
             continue
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER) or {}
             out[rid] = model.model_validate({**raw, "id": rid})
         except (ValidationError, yaml.YAMLError) as exc:
             problems.append(Diagnostic("CAT002", f"invalid catalog record: {exc}", "", str(path)))

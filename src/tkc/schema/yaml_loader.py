@@ -11,6 +11,7 @@ import yaml
 from tkc.schema.diagnostics import Diagnostic
 
 KeyPath = tuple[str | int, ...]
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _PLAIN_TAGS = {
     "tag:yaml.org,2002:str",
     "tag:yaml.org,2002:int",
@@ -93,7 +94,7 @@ def dotted(path: KeyPath) -> str:
 def load_yaml(text: str, file: str) -> LoadedYaml:
     """Parse one YAML document; syntax errors, tags and duplicate keys become diagnostics, never exceptions."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
