@@ -94,6 +94,6 @@ def render_diff(d: BundleDiff) -> str:
     for path, ha, hb in d.files:
         state = "added" if ha is None else "removed" if hb is None else "changed"
         lines.append(f"  {state:8} {path}")
-    for path, text in d.texts.items():
+    for text in d.texts.values():
         lines += ["", *text]
     return "\n".join(lines) + "\n"

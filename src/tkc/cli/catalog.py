@@ -59,8 +59,10 @@ def render(
     conversation: Annotated[Path, typer.Argument(help="JSON with messages, optional tools, add_generation_prompt.")],
 ) -> None:
     """Print exactly the rendered text (nothing added); exit 1 with the reason if the template refuses."""
-    from tkc.catalog.chat import TemplateRefused, render as render_chat
-    from tkc.catalog.registry import lookup, template_text, templates as load
+    from tkc.catalog.chat import TemplateRefused
+    from tkc.catalog.chat import render as render_chat
+    from tkc.catalog.registry import lookup, template_text
+    from tkc.catalog.registry import templates as load
     from tkc.schema.diagnostics import CompileError
 
     try:

@@ -40,7 +40,7 @@ def vllm_needs_gpu(plan: Plan) -> Iterator[Violation]:
 def packing_stage(plan: Plan) -> Iterator[Violation]:
     if not plan.get("data.packing"):
         return
-    for i, kind, name in _stages(plan):
+    for _i, kind, name in _stages(plan):
         if kind in TRAINING_KINDS and kind not in _PACKABLE:
             yield (("data", "packing"), f"stage {name!r} ({kind}) cannot train on packed sequences",
                    "packing applies to pt and sft; set packing: false")
