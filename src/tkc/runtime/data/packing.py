@@ -5,6 +5,11 @@ packed sequences from `position_ids` (each restart at 0 opens a new sequence) on
 is None, and then builds a block-diagonal causal mask for sdpa, eager and flex; flash-attention uses the same
 position_ids to derive `cu_seqlens`. So `collate` drops attention_mask for packed batches, and padding
 tokens get position 0 (each a sequence of its own, label -100) so nothing ever attends across examples.
+
+THE TRAINING LOOP MUST CALL THE MODEL WITH `use_cache=False` on packed batches: the same function skips
+packed detection when `past_key_values` is not None, and Qwen2Model (like most decoders) builds a
+DynamicCache whenever use_cache is on (config default True), silently letting examples attend to each
+other. tests/runtime/test_data_packing.py pins both facts.
 """
 
 from __future__ import annotations
