@@ -71,6 +71,15 @@ class Plan:
             prov[key] = source
         return replace(self, values=MappingProxyType(values), provenance=MappingProxyType(prov))
 
+    def diagnostic(self, code: str, message: str, path: tuple[str | int, ...], hint: str | None = None) -> Diagnostic:
+        """A diagnostic placed at the recipe line that set `path` (or its nearest parent)."""
+        from tkc.schema.yaml_loader import dotted
+
+        pos = self.inputs.recipe.position(path)
+        if pos is None:
+            return Diagnostic(code, message, dotted(path), hint=hint)
+        return Diagnostic(code, message, dotted(path), pos.file, pos.line, pos.col, hint)
+
     def with_diagnostics(self, diags: list[Diagnostic]) -> Plan:
         return replace(self, diagnostics=self.diagnostics + tuple(diags)) if diags else self
 

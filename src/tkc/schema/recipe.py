@@ -107,7 +107,7 @@ TrainOverride = create_model(  # type: ignore[call-overload]
     "TrainOverride",
     __base__=Spec,
     **{
-        name: (info.annotation | None, Field(None, description=info.description))
+        name: (info.annotation | None, Field(None, description=info.description))  # type: ignore[operator]
         for name, info in TrainSpec.model_fields.items()
     },
 )

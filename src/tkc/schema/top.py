@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from tkc.schema.recipe import SCHEMA_VERSION, DataSpec, FinetuningSpec, ModelSpec, Name, Spec, TrainSpec
+from tkc.schema.recipe import DataSpec, FinetuningSpec, ModelSpec, Name, Spec, TrainSpec
 from tkc.schema.stages import StageSpec
 
 
@@ -49,7 +49,7 @@ class TrackingSpec(Spec):
 
 
 class RecipeSpec(Spec):
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Recipe schema version.")
+    schema_version: Literal[1] = Field(1, description="Recipe schema version (see schema/migrate.py).")
     name: Name = Field(description="Run name.")
     extends: list[str] = Field(default_factory=list, description="Base recipes merged under this one.")
     model: ModelSpec

@@ -7,7 +7,7 @@ from typing import Any
 from tkc.catalog.registry import families, template_text, templates
 from tkc.compiler.passes._util import source_of
 from tkc.compiler.plan import FILES, Plan
-from tkc.schema.diagnostics import Diagnostic, did_you_mean
+from tkc.schema.diagnostics import did_you_mean
 
 TEMPLATE_FILE = "template/chat_template.jinja"
 _CHAT_FREE_KINDS = {"pt", "export"}
@@ -62,8 +62,7 @@ def resolve_chat_template(plan: Plan) -> Plan:
     if tid is None:
         return plan  # no family, so no family template: resolve_model_family already reported why
     if tid not in templates():
-        pos = plan.inputs.recipe.position(("template",))
         hint = did_you_mean(tid or "", templates()) or "see `tkc catalog templates`"
-        return plan.with_diagnostics([Diagnostic("TMPL001", f"unknown chat template {tid!r}", "template",
-                                                 pos and pos.file, pos and pos.line, pos and pos.col, hint)])
+        return plan.with_diagnostics([plan.diagnostic("TMPL001", f"unknown chat template {tid!r}", ("template",),
+                                                      hint)])
     return plan.with_values(_catalog_values(tid, src))

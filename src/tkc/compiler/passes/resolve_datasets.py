@@ -6,12 +6,13 @@ from typing import Any
 
 from tkc.compiler.passes._util import source_of
 from tkc.compiler.plan import Plan
+from tkc.schema.diagnostics import Diagnostic
 
 
 def resolve_datasets(plan: Plan) -> Plan:
     spec = plan.inputs.recipe.spec.data
     out: dict[str, tuple[Any, str]] = {}
-    diags = []
+    diags: list[Diagnostic] = []
     for name, facts in plan.inputs.datasets.items():
         ds = spec.datasets[name]
         p, at = f"datasets.{name}.", ("data", "datasets", name)

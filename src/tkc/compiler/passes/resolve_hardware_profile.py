@@ -7,7 +7,7 @@ from typing import Any
 from tkc.catalog.registry import profiles
 from tkc.compiler.passes._util import source_of
 from tkc.compiler.plan import Plan
-from tkc.schema.diagnostics import Diagnostic, did_you_mean
+from tkc.schema.diagnostics import did_you_mean
 
 _KEYS = ("accelerator", "devices_per_node", "nodes", "memory_gb", "supports_bf16", "supports_fp16", "interconnect")
 _LOCKFILE_FOR = {"cpu": "cpu", "cuda": "cuda", "rocm": "rocm", "npu": "npu"}
@@ -17,10 +17,9 @@ def resolve_hardware_profile(plan: Plan) -> Plan:
     hw = plan.inputs.recipe.spec.hardware
     if isinstance(hw, str):
         if hw not in profiles():
-            pos = plan.inputs.recipe.position(("hardware",))
-            return plan.with_diagnostics([Diagnostic(
-                "HW001", f"unknown hardware profile {hw!r}", "hardware", pos and pos.file, pos and pos.line,
-                pos and pos.col, did_you_mean(hw, profiles()) or "see `tkc catalog profiles`")])
+            hint = did_you_mean(hw, profiles()) or "see `tkc catalog profiles`"
+            return plan.with_diagnostics([plan.diagnostic("HW001", f"unknown hardware profile {hw!r}",
+                                                          ("hardware",), hint)])
         prof = profiles()[hw]
         src = f"profile:{hw}"
         out: dict[str, tuple[Any, str]] = {f"hardware.{k}": (getattr(prof, k), src) for k in _KEYS}

@@ -7,7 +7,7 @@ from typing import Any
 from tkc.catalog.registry import Family, families
 from tkc.compiler.passes._util import source_of
 from tkc.compiler.plan import Plan
-from tkc.schema.diagnostics import Diagnostic, did_you_mean
+from tkc.schema.diagnostics import did_you_mean
 
 
 def _by_config(config: dict[str, Any], fams: dict[str, Family]) -> tuple[list[str], str]:
@@ -44,6 +44,7 @@ def resolve_model_family(plan: Plan) -> Plan:
     facts = plan.inputs.model
     fams = families()
     src = "recipe"
+    family: str | None
     if spec.family:
         family, model_type, error = spec.family, "", None
         if family not in fams:
@@ -64,7 +65,5 @@ def resolve_model_family(plan: Plan) -> Plan:
     }
     plan = plan.with_values(out)
     if error:
-        pos = plan.inputs.recipe.position(("model",))
-        plan = plan.with_diagnostics([Diagnostic("MODEL001", error, "model", pos and pos.file,
-                                                 pos and pos.line, pos and pos.col)])
+        plan = plan.with_diagnostics([plan.diagnostic("MODEL001", error, ("model",))])
     return plan
