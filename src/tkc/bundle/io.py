@@ -143,7 +143,7 @@ def check_bundle(root: Path) -> list[FileProblem]:
     manifest = read_manifest(root)
     expected: dict[str, str] = {**manifest.get("sources", {}), **manifest.get("files", {})}
     problems: list[FileProblem] = []
-    if bundle_hash(expected) != manifest.get("bundle_hash"):
+    if bundle_hash(manifest.get("files", {})) != manifest.get("bundle_hash"):
         problems.append(FileProblem(MANIFEST, "bundle_hash does not match the file list"))
     present = _listed(root)
     for rel, path in sorted(present.items()):

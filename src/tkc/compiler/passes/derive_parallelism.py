@@ -8,12 +8,14 @@ from tkc.compiler.passes._util import source_of
 from tkc.compiler.plan import Plan
 
 _BACKEND = {"cpu": "gloo", "cuda": "nccl", "rocm": "nccl", "npu": "hccl"}
-_MICRO_CAP = {"cpu": 4, "npu": 8, "cuda": 8, "rocm": 8}
+_MICRO_CAP = {"cpu": 4, "npu": 4, "cuda": 4, "rocm": 4}
+TOKENS_PER_GB = 128   # activation budget per micro batch: a conservative rule of thumb, not a measurement
 
 
-def _micro_batch(per_device: int, memory_gb: float, accelerator: str) -> int:
-    """The largest power of two dividing the per-device batch, capped by device kind and memory."""
-    cap = _MICRO_CAP[accelerator] * (2 if memory_gb >= 80 and accelerator != "cpu" else 1)
+def _micro_batch(per_device: int, memory_gb: float, accelerator: str, cutoff_len: int, checkpointing: bool) -> int:
+    """The largest power of two dividing the per-device batch, within the device's cap and token budget."""
+    budget = int(memory_gb * TOKENS_PER_GB * (4 if checkpointing else 1)) // max(cutoff_len, 1)
+    cap = min(_MICRO_CAP[accelerator] * (2 if memory_gb >= 80 else 1), max(budget, 1))
     micro = 1
     while micro * 2 <= min(per_device, cap) and per_device % (micro * 2) == 0:
         micro *= 2
@@ -63,7 +65,8 @@ def derive_parallelism(plan: Plan) -> Plan:
         per_device = max(gbs // world, 1)
         micro = plan.get(p + "micro_batch_size")
         if micro is None:
-            micro = _micro_batch(per_device, plan.get("hardware.memory_gb", 16), acc)
+            micro = _micro_batch(per_device, plan.get("hardware.memory_gb", 16), acc, plan.get("data.cutoff_len"),
+                                 bool(plan.get(p + "gradient_checkpointing")))
             out[p + "micro_batch_size"] = (micro, "derived:derive_parallelism")
         out[p + "world_size"] = (world, "derived:derive_parallelism")
         out[p + "gradient_accumulation_steps"] = (max(per_device // micro, 1), "derived:derive_parallelism")
