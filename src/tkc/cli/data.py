@@ -1,0 +1,138 @@
+"""`tkc data inspect`: datasets as the runtime will see them (counts, token lengths, truncation, label masks)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect datasets as the runtime will see them.")
+
+_TRAINABLE = ("pt", "sft", "rm", "dpo", "kto")
+
+
+@app.callback()
+def _group() -> None:
+    """Inspect datasets as the runtime will see them."""
+    # a callback keeps `data` a command group even while it has a single verb: `tkc data inspect ...`
+
+
+def default_cache_dir() -> Path:
+    """Content-addressed, so one cache serves every bundle: $TKC_CACHE_DIR/data or ~/.cache/tkc/data."""
+    return Path(os.environ.get("TKC_CACHE_DIR") or Path.home() / ".cache" / "tkc") / "data"
+
+
+def _load_target(target: Path, source_root: Path | None) -> tuple[dict, str | None, Path, Path | None]:
+    """(resolved, template text, source root, bundle dir) from a bundle folder or a recipe file."""
+    if target.is_dir():
+        resolved = json.loads((target / "resolved.json").read_text(encoding="utf-8"))
+        tpl = target / ((resolved.get("template") or {}).get("file") or "template/chat_template.jinja")
+        volatile = target / "volatile.json"
+        if source_root is None:
+            recorded = json.loads(volatile.read_text()).get("source_root") if volatile.is_file() else None
+            source_root = Path(recorded) if recorded else target
+        return resolved, tpl.read_text(encoding="utf-8") if tpl.is_file() else None, source_root, target
+    from tkc.compiler import compile_recipe
+
+    compiled = compile_recipe(target, source_root=source_root)
+    files = {k: v for k, v in compiled.files.items() if k.startswith("template/")}
+    text = next(iter(files.values())).decode("utf-8") if files else None
+    return compiled.resolved, text, compiled.source_root, None
+
+
+def _tokenizer(resolved: dict, source_root: Path):
+    from transformers import AutoTokenizer
+
+    model = resolved["model"]
+    if model["source"] == "local":
+        return AutoTokenizer.from_pretrained(str(source_root / model["path"]))
+    return AutoTokenizer.from_pretrained(model["path"], revision=model.get("revision"), local_files_only=True)
+
+
+def _histogram(lengths: list[int], bins: int) -> list[str]:
+    if not lengths:
+        return ["  (no rows)"]
+    lo, hi = min(lengths), max(lengths)
+    width = -(-(hi - lo + 1) // bins)
+    counts = [0] * -(-(hi - lo + 1) // width)
+    for n in lengths:
+        counts[(n - lo) // width] += 1
+    top = max(counts)
+    return [f"  {lo + i * width:>6}-{lo + (i + 1) * width - 1:<6} {c:>7}  {'#' * round(40 * c / top)}"
+            for i, c in enumerate(counts)]  # fmt: skip
+
+
+def _highlight(tokenizer, ids: list[int], labels: list[int]) -> str:
+    """Decode runs of trained / untrained tokens; trained runs in bold green."""
+    from rich.markup import escape
+
+    out, start = [], 0
+    for k in range(1, len(ids) + 1):
+        if k == len(ids) or (labels[k] != -100) != (labels[start] != -100):
+            text = escape(tokenizer.decode(ids[start:k]))
+            out.append(f"[bold green]{text}[/]" if labels[start] != -100 else f"[dim]{text}[/]")
+            start = k
+    return "".join(out)
+
+
+def _print_stage(console, stage: dict, data: Any, tokenizer, bins: int, example: int) -> None:
+    s = data.stats
+    console.print(f"[bold]stage {stage['name']}[/] ({stage['kind']})  cache {'hit' if s['cache_hit'] else 'built'}:"
+                  f" {data.cache_path}")  # fmt: skip
+    for name, d in s["datasets"].items():
+        console.print(f"  dataset {name}: {d['records']} records, {d['converted']} converted, {d.get('skipped', 0)} skipped")
+    for reason in s["skipped"]["reasons"][:5]:
+        console.print(f"    skipped {reason['file']}:{reason['line']}: {reason['message']} (expected {reason['expected']})")
+    console.print(f"  examples: train {s['examples']['train']}, eval {s['examples']['eval']}; rows: train "
+                  f"{s['rows']['train']}, eval {s['rows']['eval']}")  # fmt: skip
+    console.print(f"  truncated to cutoff: {s['truncated']}; dropped (nothing to train): {s['dropped_no_labels']}")
+    pad = s["padding_fraction"]
+    packed = "n/a" if pad["packed"] is None else f"{pad['packed']:.1%}"
+    console.print(f"  tokens: {s['tokens']['total']} ({s['tokens']['trained']} trained); padding at batch "
+                  f"{pad['batch_size']}: unpacked {pad['unpacked']:.1%}, packed {packed}")  # fmt: skip
+    prefix = "chosen_" if stage["kind"] in ("rm", "dpo") else ""
+    lengths = [len(x) for x in data.train[f"{prefix}input_ids"]]
+    console.print(f"  token length histogram ({prefix or ''}input_ids):", markup=False)
+    for line in _histogram(lengths, bins):
+        console.print(line, markup=False)
+    if len(data.train):
+        row = data.train[min(example, len(data.train) - 1)]
+        console.print(f"  example row {min(example, len(data.train) - 1)} ([bold green]trained[/], [dim]masked[/]):")
+        console.print(_highlight(tokenizer, row[f"{prefix}input_ids"], row[f"{prefix}labels"]), highlight=False)
+
+
+@app.command()
+def inspect(
+    target: Annotated[Path, typer.Argument(help="A recipe .yaml (compiled in memory) or a bundle directory.")],
+    stage: Annotated[str | None, typer.Option(help="Only this stage (default: every training stage).")] = None,
+    source_root: Annotated[Path | None, typer.Option(help="Where relative data/model paths resolve.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Tokenized-data cache (default $TKC_CACHE_DIR/data "
+                                                        "or ~/.cache/tkc/data).")] = None,  # fmt: skip
+    bins: Annotated[int, typer.Option(help="Histogram bins.")] = 10,
+    example: Annotated[int, typer.Option(help="Which train row to show.")] = 0,
+) -> None:
+    """Record counts, token-length histogram, truncation, and one example with its trained tokens highlighted."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from tkc.runtime.data import BadRecord, DataError, build_stage_data
+
+    console = Console()
+    resolved, template_text, root, bundle_dir = _load_target(target, source_root)
+    tokenizer = _tokenizer(resolved, root)
+    stages = [s for s in resolved["stages"] if s["kind"] in _TRAINABLE and s.get("datasets")]
+    if stage is not None:
+        stages = [s for s in stages if s["name"] == stage]
+        if not stages:
+            raise typer.BadParameter(f"no training stage named {stage!r}", param_hint="--stage")
+    for st in stages:
+        try:
+            data = build_stage_data(resolved, st, tokenizer, root, cache_dir or default_cache_dir(),
+                                    template_text=template_text, bundle_dir=bundle_dir)  # fmt: skip
+        except (BadRecord, DataError) as exc:
+            console.print(f"[bold red]stage {st['name']}:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(2) from None
+        _print_stage(console, st, data, tokenizer, bins, example)

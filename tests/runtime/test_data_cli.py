@@ -1,0 +1,53 @@
+"""`tkc data inspect` on a bundle folder: counts, histogram, truncation, highlighted example, bad-record exit."""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from tkc.cli.data import _histogram, app
+
+_spec = importlib.util.spec_from_file_location("data_helpers", Path(__file__).parents[1] / "fixtures/data/data_helpers.py")
+H = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(H)
+
+
+def _bundle(tmp_path: Path, data_file: str, **entry_kw) -> Path:
+    src = tmp_path / "src"
+    (src / "data").mkdir(parents=True)
+    shutil.copy(H.FIXTURES / data_file, src / "data" / data_file)
+    H.tokenizer().save_pretrained(src / "tok")
+    e = H.entry("d", f"data/{data_file}", "alpaca", "sft", src, **entry_kw)
+    resolved = {**H.resolved([e], cutoff_len=16), "model": {"source": "local", "path": "tok", "revision": None},
+                "stages": [H.stage("sft", ["d"])]}  # fmt: skip
+    bundle = tmp_path / "bundle"
+    (bundle / "template").mkdir(parents=True)
+    (bundle / "resolved.json").write_text(json.dumps(resolved))
+    (bundle / "template" / "chat_template.jinja").write_text(H.CHATML)
+    (bundle / "volatile.json").write_text(json.dumps({"source_root": str(src)}))
+    return bundle
+
+
+def test_inspect_bundle(tmp_path):
+    bundle = _bundle(tmp_path, "sft_ok.jsonl")
+    result = CliRunner().invoke(app, ["inspect", str(bundle), "--cache-dir", str(tmp_path / "cache")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "dataset d: 3 records, 3 converted, 0 skipped" in out
+    assert "truncated to cutoff: 3" in out and "token length histogram" in out
+    assert "example row 0" in out and "<|im_end|>" in out
+
+
+def test_inspect_reports_bad_record(tmp_path):
+    bundle = _bundle(tmp_path, "sft_broken.jsonl")
+    result = CliRunner().invoke(app, ["inspect", str(bundle), "--cache-dir", str(tmp_path / "cache")], terminal_width=200)
+    assert result.exit_code == 2
+    assert "data/sft_broken.jsonl:3: column 'output' (response) is int 2" in result.output
+
+
+def test_histogram_bins():
+    lines = _histogram([1, 2, 2, 10], 3)
+    assert len(lines) == 3 and lines[0].split()[:2] == ["1-4", "3"]
+    assert _histogram([5, 5], 10) == ["       5-5            2  ########################################"]
