@@ -57,7 +57,7 @@ class _GenerationTracker(jinja2.ext.Extension):
         self._blocks: list[str] | None = None
         self._spans: list[tuple[int, int]] | None = None
 
-    def parse(self, parser: Any) -> jinja2.nodes.CallBlock:
+    def parse(self, parser: Any) -> jinja2.nodes.Node:
         lineno = next(parser.stream).lineno
         body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
         return jinja2.nodes.CallBlock(self.call_method("_wrap"), [], [], body).set_lineno(lineno)
@@ -189,14 +189,8 @@ def render(
     **extra: Any,
 ) -> str:
     """Render `messages` exactly as `tokenizer.apply_chat_template(..., tokenize=False)` would."""
-    ctx = _context(
-        messages, tools, add_generation_prompt, {"bos_token": bos_token, "eos_token": eos_token, **extra}
-    )
-    template = _compile(template_text)
-    try:
-        return template.render(**ctx)
-    except _Refusal as exc:
-        raise TemplateRefused(str(exc.message)) from None
+    extra = {"bos_token": bos_token, "eos_token": eos_token, **extra}
+    return _render_tracked(template_text, _context(messages, tools, add_generation_prompt, extra))[0]
 
 
 def has_generation_markers(template_text: str) -> bool:
@@ -224,6 +218,10 @@ def assistant_spans(
     ends where turn i starts, `render(messages[:i+1])` ends where it ends. Templates that rewrite a turn
     once later turns exist (Qwen3 drops earlier reasoning) fail that prefix check; such turns are located
     segment by segment instead (see `_rewritten_span`). Templates with `{% generation %}` markers use them.
+
+    Consequences worth knowing: a final turn also carries what the template appends only at the very end
+    (Phi-3.5's `<|endoftext|>`); templates whose turns end with the next role header rather than a token
+    (ChatGLM3, GLM-4) give spans without an end marker, so the runtime must append the stop token itself.
     """
     kw = {"tools": tools, "bos_token": bos_token, "eos_token": eos_token, **extra}
     full = render(template_text, messages, **kw)
