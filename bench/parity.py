@@ -1,0 +1,104 @@
+"""Check that both tools feed the model the same tokens: the peer's `qwen` template vs tkc's `qwen2_5`.
+
+    .venv/bin/python bench/parity.py
+
+Every record of alpaca_en_demo (SFT) and dpo_en_demo (DPO pairs) is tokenized by each tool: the peer via
+`llamafactory-cli train` with `tokenized_path` (its saved rows are read back), tkc via its data pipeline
+(bench/tkc_prep.py). Both insert Qwen2.5's default system prompt. Compared per record, in order: input_ids
+and labels. At a cutoff no record reaches (4096) this isolates the chat format; at the benchmark cutoff
+(512) the two tools' truncation rules also show. Results: bench/results/parity.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import TKC, TKC_PY, run, save, tkc_ready  # noqa: E402
+from errors import PEER_ENV  # noqa: E402
+from peer import CLI as PEER_CLI  # noqa: E402
+from peer import ensure as ensure_peer  # noqa: E402
+from tiny_assets import build as build_assets  # noqa: E402
+from workloads import WORKLOADS, workdir, write_peer_config, write_tkc_recipe  # noqa: E402
+
+DUMP_PEER = (
+    "import json,sys; from datasets import load_from_disk; d=load_from_disk(sys.argv[1]); t=d['train'];"
+    "cols=[c for c in t.column_names if c.endswith(('input_ids','labels'))];"
+    "json.dump([{c: r[c] for c in cols} for r in t], open(sys.argv[2],'w'))"
+)
+FULL = {"sft_lora": 999, "dpo_lora": 300}
+
+
+def peer_rows(w, model: Path, d: Path) -> list[dict] | str:
+    shutil.rmtree(d, ignore_errors=True)
+    cfg = write_peer_config(w, model, d / "out", d / "cfg.yaml", tokenized_path=str(d / "tokenized"), do_train=False)
+    r = run([PEER_CLI, "train", cfg], env={**PEER_ENV, "HF_DATASETS_CACHE": str(d / "hf")}, timeout=300,
+            stop_on=r"Tokenized dataset is saved")
+    if not (d / "tokenized").exists():
+        return "peer failed: " + " | ".join(s for _, s in r.lines[-5:])
+    dump = d / "rows.json"
+    run([TKC_PY, "-c", DUMP_PEER, d / "tokenized", dump], timeout=120)
+    return json.loads(dump.read_text())
+
+
+def tkc_rows(w, model: Path, d: Path) -> list[dict] | str:
+    shutil.rmtree(d, ignore_errors=True)
+    recipe = write_tkc_recipe(w, model, d / "recipe.yaml")
+    c = run([TKC, "compile", recipe, "-o", d / "run"], timeout=120)
+    if c.returncode != 0:
+        return "tkc compile failed: " + " | ".join(s for _, s in c.lines[-5:])
+    r = run([TKC_PY, Path(__file__).resolve().parent / "tkc_prep.py", d / "run", d / "cache", "--dump",
+             d / "rows.json"], timeout=300)
+    if r.returncode != 0:
+        return "tkc data pipeline failed: " + " | ".join(s for _, s in r.lines[-5:])
+    return json.loads((d / "rows.json").read_text())
+
+
+def compare(p: list[dict], t: list[dict]) -> dict:
+    keys = sorted(k for k in p[0] if k in t[0]) if p and t else []
+    ids = [k for k in keys if k.endswith("input_ids")]
+    lab = [k for k in keys if k.endswith("labels")]
+    same_ids = sum(all(a[k] == b[k] for k in ids) for a, b in zip(p, t, strict=False))
+    same_lab = sum(all(a[k] == b[k] for k in lab) for a, b in zip(p, t, strict=False))
+    first = next((i for i, (a, b) in enumerate(zip(p, t, strict=False)) if any(a[k] != b[k] for k in keys)), None)
+    detail = None
+    if first is not None:
+        a, b = p[first], t[first]
+        k = next(k for k in keys if a[k] != b[k])
+        j = next((j for j, (x, y) in enumerate(zip(a[k], b[k], strict=False)) if x != y), min(len(a[k]), len(b[k])))
+        detail = {"record": first, "column": k, "position": j, "peer_len": len(a[k]), "tkc_len": len(b[k]),
+                  "peer_around": a[k][max(0, j - 3): j + 4], "tkc_around": b[k][max(0, j - 3): j + 4]}
+    return {"records": {"peer": len(p), "tkc": len(t)}, "columns": keys,
+            "identical_input_ids": same_ids, "identical_labels": same_lab,
+            "all_input_ids_identical": same_ids == len(p) == len(t),
+            "all_labels_identical": same_lab == len(p) == len(t), "first_difference": detail}
+
+
+def main() -> dict:
+    model = build_assets()
+    ensure_peer()
+    res: dict = {"template": {"peer": "qwen (default system prompt inserted)",
+                              "tkc": "qwen2_5 (default system prompt inserted)"}, "cases": {}}
+    ready = tkc_ready("run")
+    for n, records in FULL.items():
+        for cutoff in (4096, 512):
+            w = WORKLOADS[n].__class__(**{**WORKLOADS[n].__dict__, "records": records, "cutoff": cutoff})
+            d = workdir("parity", f"{n}-{cutoff}")
+            p = peer_rows(w, model, d / "peer")
+            t = tkc_rows(w, model, d / "tkc") if ready else "tkc runtime not available yet"
+            key = f"{'sft' if n.startswith('sft') else 'dpo'}_cutoff{cutoff}"
+            if isinstance(p, str) or isinstance(t, str):
+                res["cases"][key] = {"error": p if isinstance(p, str) else t}
+            else:
+                res["cases"][key] = compare(p, t)
+            print(key, {k: v for k, v in res["cases"][key].items() if k != "first_difference"}, flush=True)
+    save("parity", res)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""Write BENCHMARKS.md from bench/results/*.json. Every figure in it comes from those files, never by hand.
+
+    .venv/bin/python bench/report.py [--check]      # --check: exit 1 if BENCHMARKS.md is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, ROOT  # noqa: E402
+
+OUT = ROOT / "BENCHMARKS.md"
+DASH = "—"
+
+
+def _load(name: str) -> dict:
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def f(x, digits: int = 2, unit: str = "") -> str:
+    if x is None:
+        return DASH
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}{unit}"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def r(x) -> str:
+    return DASH if x is None else f"{x:.2f}×"
+
+
+def met(ok) -> str:
+    return DASH if ok is None else ("met" if ok else "**not met**")
+
+
+def _side(d: dict, side: str) -> dict:
+    s = d.get(side) or {}
+    return {} if "status" in s else s
+
+
+def _note(d: dict, side: str) -> str:
+    s = d.get(side) or {}
+    if "status" in s:
+        return f" ({s['status']})"
+    if "from_earlier_run" in s:
+        return f" (from the run of {s['from_earlier_run']})"
+    return ""
+
+
+def section_machine(res: dict[str, dict]) -> list[str]:
+    any_res = next((v for v in res.values() if v), {})
+    m = any_res.get("machine", {})
+    tv = (res.get("train", {}).get("versions") or {})
+    errs = res.get("errors", {})
+    tkc_v = tv.get("tkc") or _side(errs, "tkc").get("versions") or {}
+    peer_v = tv.get("peer") or _side(errs, "peer").get("versions") or {}
+    lines = ["## Machine and versions", "",
+             f"* CPU: {m.get('cpu_model', DASH)}, {m.get('nproc', DASH)} cores (`nproc`), "
+             f"{m.get('mem_total_gib', DASH)} GiB RAM (`free`), no GPU; Python {m.get('python', DASH)}, "
+             f"kernel {m.get('kernel', DASH)}.",
+             "* The machine is shared with other work; the 1/5/15-minute load average at the end of each "
+             "benchmark is recorded below. Runs alternate the two tools so that background load falls on both.",
+             "* tkc side: " + (", ".join(f"{k} {v}" for k, v in sorted(tkc_v.items())) or DASH),
+             "* peer side (its own venv, `bench/.peer/venv`): "
+             + (", ".join(f"{k} {v}" for k, v in sorted(peer_v.items())) or DASH), ""]
+    lines += ["| results file | generated (UTC) | load average at the end |", "|---|---|---|"]
+    for name, d in res.items():
+        if d:
+            lines.append(f"| `bench/results/{name}.json` | {d.get('generated_utc', DASH)} | "
+                         f"{d.get('machine', {}).get('loadavg_1_5_15', DASH)} |")
+    return lines + [""]
+
+
+def section_summary(res: dict[str, dict]) -> list[str]:
+    e, p, t = res.get("errors", {}), res.get("preprocess", {}), res.get("train", {})
+    et, ep = _side(e, "tkc"), _side(e, "peer")
+    pt, pp = _side(p, "tkc"), _side(p, "peer")
+    rows = ["| what | tkc | peer (LLaMA-Factory) | tkc vs peer | target | status |", "|---|---|---|---|---|---|"]
+    sp = (e.get("ratios") or {}).get("typo_report_speedup")
+    fl = (et.get("typo") or {}).get("file_line")
+    rows.append(f"| misspelled key reported (median s) | {f(et.get('typo_report_s'), 3)} | "
+                f"{f(ep.get('typo_report_s'))} | {r(sp)} faster | ≥ 25× faster, with file:line | "
+                f"{met(None if sp is None else (sp >= 25 and bool(fl)))} |")
+    cs = et.get("compile_s")
+    rows.append(f"| correct recipe compiled (median s) | {f(cs, 3)} | {f(ep.get('config_accepted_s'))} "
+                f"(args accepted) | {r((e.get('ratios') or {}).get('validate_speedup'))} faster | < 0.5 s | "
+                f"{met(None if cs is None else cs < 0.5)} |")
+    pr = (p.get("ratios") or {}).get("cold_throughput")
+    rows.append(f"| preprocessing, cold (examples/s) | {f(pt.get('cold_examples_per_s'), 0)} | "
+                f"{f(pp.get('cold_examples_per_s'), 0)} | {r(pr)} | ≥ 3× | {met(None if pr is None else pr >= 3)} |")
+    cr = (p.get("ratios") or {}).get("cached_throughput")
+    rows.append(f"| preprocessing, cached re-run (examples/s) | {f(pt.get('cached_examples_per_s'), 0)} | "
+                f"{f(pp.get('cached_examples_per_s'), 0)} | {r(cr)} | {DASH} | {DASH} |")
+    for n, w in (t.get("workloads") or {}).items():
+        wt, wp, ra = _side(w, "tkc"), _side(w, "peer"), w.get("ratios") or {}
+        tr, mr = ra.get("tokens_per_s"), ra.get("peak_rss")
+        ok = None if tr is None or mr is None else (tr >= 1.5 and mr <= 1.0)
+        rows.append(f"| {n}: tokens/s (peak RSS GiB) | {f(wt.get('tokens_per_s'), 0)} ({f(wt.get('peak_rss_gib'))}) | "
+                    f"{f(wp.get('tokens_per_s'), 0)} ({f(wp.get('peak_rss_gib'))}) | {r(tr)} ({r(mr)} memory) | "
+                    f"≥ 1.5× at ≤ 1× memory | {met(ok)} |")
+        lf = wt.get("launch_to_first_step_s")
+        rows.append(f"| {n}: launch → first step (s) | {f(lf)} | {f(wp.get('launch_to_first_step_s'))} | "
+                    f"{r(ra.get('launch_to_first_step_speedup'))} faster | ≤ 5 s | {met(None if lf is None else lf <= 5)} |")
+    return ["## Summary", "", *rows, ""]
+
+
+def section_errors(e: dict) -> list[str]:
+    et, ep = _side(e, "tkc"), _side(e, "peer")
+    out = ["## 1. Reporting a mistake in a config", "",
+           "Command: `.venv/bin/python bench/errors.py`. The same SFT+LoRA config with `learning_rate` "
+           "misspelled `learning_rat`. tkc: `tkc compile typo.yaml -o DIR`; peer: `llamafactory-cli train "
+           "typo.yaml`. Wall time from launch to exit, median of "
+           f"{(e.get('reps') or {}).get('tkc', DASH)} (tkc) and {(e.get('reps') or {}).get('peer', DASH)} (peer) runs. "
+           "The peer has no validate-only command; its 'correct config' figure is launch → its "
+           "`Process rank` log line (arguments parsed and checked, before any data is read).", "",
+           "| | tkc" + _note(e, "tkc") + " | peer" + _note(e, "peer") + " |", "|---|---|---|",
+           f"| typo reported (median s) | {f(et.get('typo_report_s'), 3)} | {f(ep.get('typo_report_s'))} |",
+           f"| runs (s) | {et.get('typo_runs_s', DASH)} | {ep.get('typo_runs_s', DASH)} |",
+           f"| exits non-zero | {f((et.get('typo') or {}).get('exit_nonzero'))} | {f((ep.get('typo') or {}).get('exit_nonzero'))} |",
+           f"| names the key | {f((et.get('typo') or {}).get('names_key'))} | {f((ep.get('typo') or {}).get('names_key'))} |",
+           f"| gives file:line (`{(et.get('typo') or ep.get('typo') or {}).get('expected_location', DASH)}`) | "
+           f"{f((et.get('typo') or {}).get('file_line'))} | {f((ep.get('typo') or {}).get('file_line'))} |",
+           f"| correct config compiled / accepted (median s) | {f(et.get('compile_s'), 3)} | {f(ep.get('config_accepted_s'))} |",
+           f"| speed-up, typo report | {r((e.get('ratios') or {}).get('typo_report_speedup'))} | |", ""]
+    for side, s in (("tkc", et), ("peer", ep)):
+        msg = (s.get("typo") or {}).get("message")
+        if msg:
+            out += [f"{side}'s message (last lines):", "", "```", *[m[:160] for m in msg[-4:]], "```", ""]
+    return out
+
+
+def section_preprocess(p: dict) -> list[str]:
+    pt, pp = _side(p, "tkc"), _side(p, "peer")
+    ra = p.get("ratios") or {}
+    return ["## 2. Preprocessing", "",
+            f"Command: `.venv/bin/python bench/preprocess.py`. All {p.get('records', DASH)} records of "
+            f"`{p.get('dataset', DASH)}`, Qwen ChatML with the default system prompt, cutoff {p.get('cutoff', DASH)}, "
+            f"one process each (the peer's default), median of {p.get('reps', DASH)} cold + cached pairs. "
+            "tkc: `build_stage_data` as `tkc run` calls it (sha256 check, read, convert, tokenize, write the "
+            "Arrow cache), timed in-process by `bench/tkc_prep.py`. Peer: from its `Loading dataset` log line to "
+            "its `training example:` line (read, convert, tokenize). Cold = empty cache; cached = the same "
+            "command again.", "",
+            "| | tkc" + _note(p, "tkc") + " | peer" + _note(p, "peer") + " | tkc / peer |", "|---|---|---|---|",
+            f"| cold: seconds | {f(pt.get('cold_prep_s'), 3)} | {f(pp.get('cold_prep_s'), 3)} | |",
+            f"| cold: examples/s | {f(pt.get('cold_examples_per_s'), 0)} | {f(pp.get('cold_examples_per_s'), 0)} | {r(ra.get('cold_throughput'))} |",
+            f"| cached re-run: seconds | {f(pt.get('cached_prep_s'), 3)} | {f(pp.get('cached_prep_s'), 3)} | |",
+            f"| cached re-run: examples/s | {f(pt.get('cached_examples_per_s'), 0)} | {f(pp.get('cached_examples_per_s'), 0)} | {r(ra.get('cached_throughput'))} |",
+            f"| launch → data ready, cold (s) | {f(pt.get('cold_launch_to_data_s'))} | {f(pp.get('cold_launch_to_data_s'))} | {r(ra.get('cold_launch_to_data_speedup'))} faster |",
+            f"| peer's own tqdm rate for its tokenize step (examples/s) | | {f(pp.get('tqdm_tokenize_rate_median'), 0)} | |", ""]
+
+
+def section_train(t: dict) -> list[str]:
+    out = ["## 3. Training", "",
+           "Command: `.venv/bin/python bench/train.py`. " + (
+               "Tokens = non-padding tokens actually processed, counted from each tool's own tokenized rows; "
+               "tokens/s = tokens ÷ the tool's training-loop wall time. Peak RSS of the whole process tree. "
+               f"Median of {t.get('reps', DASH)} runs per tool; runs alternate tools."), ""]
+    for n, w in (t.get("workloads") or {}).items():
+        c, wt, wp, ra = w.get("config", {}), _side(w, "tkc"), _side(w, "peer"), w.get("ratios") or {}
+        out += [f"### {n}: {c.get('kind', '').upper()} {c.get('method', '')}, {c.get('records')} records × 1 epoch, "
+                f"batch {c.get('batch')}, {c.get('steps')} steps, cutoff {c.get('cutoff')}, lr {c.get('learning_rate')}", "",
+                "| | tkc" + _note(w, "tkc") + " | peer" + _note(w, "peer") + " | tkc vs peer |", "|---|---|---|---|",
+                f"| tokens processed | {f(wt.get('tokens'), 0)} | {f(wp.get('tokens'), 0)} | |",
+                f"| training wall (s) | {f(wt.get('train_wall_s'), 1)} | {f(wp.get('train_wall_s'), 1)} | |",
+                f"| tokens/s | {f(wt.get('tokens_per_s'), 0)} | {f(wp.get('tokens_per_s'), 0)} | {r(ra.get('tokens_per_s'))} |",
+                f"| peak RSS (GiB) | {f(wt.get('peak_rss_gib'))} | {f(wp.get('peak_rss_gib'))} | {r(ra.get('peak_rss'))} |",
+                f"| launch → first step (s) | {f(wt.get('launch_to_first_step_s'))} | {f(wp.get('launch_to_first_step_s'))} | {r(ra.get('launch_to_first_step_speedup'))} faster |",
+                f"| launch → exit (s) | {f(wt.get('launch_to_exit_s'), 1)} | {f(wp.get('launch_to_exit_s'), 1)} | {r(ra.get('launch_to_exit_speedup'))} faster |",
+                f"| final loss (mean of last 5 steps) | {f(wt.get('final_loss'), 4)} ({f(wt.get('final_loss_last5'), 4)}) | "
+                f"{f(wp.get('final_loss'), 4)} ({f(wp.get('final_loss_last5'), 4)}) | Δ {f(ra.get('final_loss_diff'), 4)} |",
+                f"| runs ok | {wt.get('runs_ok', DASH)}/{wt.get('runs', DASH)} | {wp.get('runs_ok', DASH)}/{wp.get('runs', DASH)} | |", ""]
+        if wp.get("tokens") and wp.get("per_run"):
+            seen = [x.get("peer_num_input_tokens_seen") for x in wp["per_run"] if x.get("ok")]
+            out += [f"Peer cross-check: its `num_input_tokens_seen` (non_padding) = {seen[:1] or DASH} "
+                    f"(0 means it does not count for this trainer).", ""]
+    pd = t.get("peer_defaults_sft_lora")
+    if pd:
+        s = _side(pd, "peer")
+        out += [f"Peer with its own defaults on sft_lora ({pd.get('differs_by')}): tokens/s {f(s.get('tokens_per_s'), 0)}, "
+                f"peak RSS {f(s.get('peak_rss_gib'))} GiB, training wall {f(s.get('train_wall_s'), 1)} s, "
+                f"final loss {f(s.get('final_loss'), 4)}.", ""]
+    return out
+
+
+def section_determinism(t: dict) -> list[str]:
+    rows = ["## 4. Determinism", "",
+            "Same config run again: are the full-precision per-step losses identical? (from `bench/train.py`)", "",
+            "| workload | tkc identical | tkc max |Δloss| | peer identical | peer max |Δloss| |", "|---|---|---|---|---|"]
+    for n, w in (t.get("workloads") or {}).items():
+        wt, wp = _side(w, "tkc"), _side(w, "peer")
+        rows.append(f"| {n} | {f(wt.get('deterministic'))} | {f(wt.get('max_loss_diff_between_runs'), 6)} | "
+                    f"{f(wp.get('deterministic'))} | {f(wp.get('max_loss_diff_between_runs'), 6)} |")
+    return rows + [""]
+
+
+def section_parity(pa: dict) -> list[str]:
+    out = ["## Token parity (the two tools see the same tokens)", "",
+           "Command: `.venv/bin/python bench/parity.py`. Every record tokenized by both tools "
+           f"(peer: {(pa.get('template') or {}).get('peer', DASH)}; tkc: {(pa.get('template') or {}).get('tkc', DASH)}), "
+           "compared record by record.", "",
+           "| case | records (tkc / peer) | identical input_ids | identical labels | first difference |",
+           "|---|---|---|---|---|"]
+    for k, c in (pa.get("cases") or {}).items():
+        if "error" in c:
+            out.append(f"| {k} | {DASH} | {DASH} | {DASH} | {c['error'][:120]} |")
+            continue
+        n = c["records"]
+        fd = c.get("first_difference")
+        fds = DASH if not fd else (f"record {fd['record']}, `{fd['column']}` at token {fd['position']} "
+                                   f"(lengths tkc {fd['tkc_len']} / peer {fd['peer_len']})")
+        out.append(f"| {k} | {n['tkc']} / {n['peer']} | {c['identical_input_ids']} | {c['identical_labels']} | {fds} |")
+    return out + [""]
+
+
+STATIC = """## How to reproduce
+
+```bash
+.venv/bin/python bench/peer.py         # once: the peer's private venv (bench/.peer/venv, gitignored)
+make bench                             # = .venv/bin/python bench/run_all.py  (~20 min; --quick ~8 min)
+.venv/bin/python bench/errors.py       # or each benchmark alone: errors, preprocess, parity, train
+.venv/bin/python bench/report.py       # rewrite this file from bench/results/*.json
+```
+
+Each script takes `--side tkc|peer|both` (the other side's figures are then kept from the previous results
+file and marked as such) and `--quick`. Scratch files go to `bench/.work/` (gitignored).
+
+The shared workload: a tiny Qwen2-architecture model (hidden 256, 4 layers, 4 heads, 2 KV heads,
+intermediate 1024, tied embeddings) built by `tkc.runtime.tiny` with seeded random weights saved as
+safetensors (`bench/tiny_assets.py`), and its byte-level BPE tokenizer with ChatML special tokens and
+Qwen2's own pre-tokenizer. Both tools load these same files. Data is read from `/work/shared/datasets`
+(override with `TKC_BENCH_DATASETS`), never copied.
+
+## The peer and its venv workaround
+
+LLaMA-Factory 0.9.5 from PyPI (the newest release; it accepts transformers ≤ 5.6.0, so its venv has
+transformers 5.6.0, peft 0.18.1, trl 0.24.0, datasets 4.0.0, torch 2.13.0+cpu — pinned in
+`bench/peer-lock.txt`). It is driven only through `llamafactory-cli train cfg.yaml`; nothing of it is
+imported by or copied into tkc. `bench/peer.py` installs `torch==2.13.0` first (an open range would pull a
+multi-GB CUDA build), then the lock file, then applies this workaround inside the peer venv only:
+
+* the registry's torchvision build does not load beside CPU torch 2.13.0 (`operator torchvision::nms does
+  not exist`): it is uninstalled (text-only training never uses it);
+* the registry's torchaudio build fails to load its native library (`Could not load this library:
+  .../_torchaudio.abi3.so`), yet LLaMA-Factory imports torchaudio even for text-only training: its
+  `torchaudio/lib/*.so` files are renamed `*.so.disabled`, so torchaudio imports as pure Python without
+  its extension, which text-only runs never call.
+
+Matched settings (`bench/workloads.py`): same model files, first N records, Qwen ChatML with Qwen2.5's
+default system prompt inserted on both sides (peer template `qwen`, tkc template `qwen2_5`), cutoff 512,
+batch 4 (no accumulation), 1 epoch, seed 42, AdamW, lr cosine without warmup, weight decay 0, clip 1.0,
+LoRA r 8 / alpha 16 / dropout 0 on q,k,v,o,gate,up,down, fp32, gradient checkpointing off (the peer's
+default is on: shown as a separate row), one data process, no eval, no checkpoints. DPO: sigmoid loss,
+beta 0.1, reference = the frozen base (adapter disabled).
+"""
+
+
+def render() -> str:
+    res = {n: _load(n) for n in ("errors", "preprocess", "parity", "train")}
+    parts = ["# Benchmarks: tkc vs LLaMA-Factory", "",
+             "<!-- generated by bench/report.py from bench/results/*.json; edit the generator, not this file -->", "",
+             "Side-by-side on the same tiny model, data and settings. Ratios are tkc ÷ peer for rates and "
+             "peer ÷ tkc for times (so > 1× favours tkc), except memory (tkc ÷ peer, < 1× favours tkc). "
+             "A dash means not measured; the text next to a tool says why.", ""]
+    parts += section_summary(res)
+    parts += section_errors(res["errors"]) + section_preprocess(res["preprocess"])
+    parts += section_train(res["train"]) + section_determinism(res["train"]) + section_parity(res["parity"])
+    parts += section_machine(res)
+    parts += [STATIC]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true")
+    a = ap.parse_args(argv)
+    text = render()
+    if a.check:
+        stale = not OUT.exists() or OUT.read_text() != text
+        print("BENCHMARKS.md is stale: run bench/report.py" if stale else "BENCHMARKS.md is current")
+        return int(stale)
+    OUT.write_text(text)
+    print(f"wrote {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Run every benchmark against the peer, then regenerate BENCHMARKS.md from bench/results/*.json.
+
+    .venv/bin/python bench/run_all.py [--quick] [--side both|tkc|peer]      # `make bench`
+
+Full: ~20 minutes on 2 cores (errors 7 reps, preprocessing 3 cold+cached, three training workloads x 2
+repetitions per tool, the peer-defaults row, token parity). --quick: ~8 minutes (fewer repetitions,
+SFT+LoRA only). Benchmarks are not tests: nothing here runs in `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import errors  # noqa: E402
+import parity  # noqa: E402
+import preprocess  # noqa: E402
+import report  # noqa: E402
+import train  # noqa: E402
+from peer import ensure as ensure_peer  # noqa: E402
+from tiny_assets import build as build_assets  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--side", choices=["both", "tkc", "peer"], default="both")
+    a = ap.parse_args()
+    flags = (["--quick"] if a.quick else []) + ["--side", a.side]
+    t0 = time.monotonic()
+    if a.side != "tkc":
+        ensure_peer()
+    build_assets()
+    for name, step in (("errors", lambda: errors.main(flags)), ("preprocess", lambda: preprocess.main(flags)),
+                       ("parity", parity.main), ("train", lambda: train.main(flags))):
+        t = time.monotonic()
+        print(f"== {name}", flush=True)
+        step()
+        print(f"== {name}: {time.monotonic() - t:.0f} s", flush=True)
+    report.main([])
+    print(f"run_all: {time.monotonic() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""tkc side of the preprocessing benchmark: run tkc's data pipeline for one stage of a compiled bundle.
+
+    .venv/bin/python bench/tkc_prep.py BUNDLE CACHE_DIR [--dump rows.json]
+
+Times `tkc.runtime.data.build_stage_data` exactly as `tkc run` calls it (tokenizer from the bundle's model,
+the bundle's chat template, content-addressed cache in CACHE_DIR). Prints one JSON line:
+{"prep_s", "cache_hit", "rows", "tokens"}; --dump writes the token ids and labels (parity check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("cache_dir", type=Path)
+    ap.add_argument("--dump", type=Path)
+    a = ap.parse_args()
+    from tkc.runtime import data
+    from tkc.runtime.context import RunContext, load_bundle_hash, resolve_source_root
+
+    bundle = a.bundle.resolve()
+    resolved = json.loads((bundle / "resolved.json").read_text(encoding="utf-8"))
+    ctx = RunContext(bundle, resolved, resolve_source_root(bundle, None), load_bundle_hash(bundle))
+    stage = resolved["stages"][0]
+    tok = ctx.tokenizer()
+    t0 = time.perf_counter()
+    built = data.build_stage_data(resolved, stage, tok, ctx.source_root, a.cache_dir,
+                                  template_text=ctx.chat_template(), bundle_dir=bundle)
+    rows = list(built.train)
+    prep = time.perf_counter() - t0
+    tokens = sum(len(v) for r in rows for k, v in r.items() if k.endswith("input_ids"))
+    if a.dump:
+        keep = [{k: list(v) for k, v in r.items() if k.endswith(("input_ids", "labels"))} for r in rows]
+        a.dump.write_text(json.dumps(keep))
+    print(json.dumps({"prep_s": prep, "cache_hit": bool(built.stats.get("cache_hit")), "rows": len(rows),
+                      "tokens": tokens}))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
