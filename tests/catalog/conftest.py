@@ -1,4 +1,4 @@
-"""Make the catalog test helpers (conversations.py, make_cases.py) importable under --import-mode=importlib."""
+"""Make the catalog test helpers (chat_conversations.py, make_cases.py) importable under --import-mode=importlib."""
 
 import sys
 from pathlib import Path

@@ -17,7 +17,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from conversations import cases_for  # noqa: E402
+from chat_conversations import cases_for  # noqa: E402
 
 from tkc.catalog.chat import list_templates, load_template  # noqa: E402
 

@@ -1,7 +1,7 @@
 """assistant_spans: the trained characters are exactly each assistant turn's content plus its end marker."""
 
 import pytest
-from conversations import COMMON, THINKING, TOOL_ROUND_TRIP, assistant, system, user
+from chat_conversations import COMMON, THINKING, TOOL_ROUND_TRIP, assistant, system, user
 
 from tkc.catalog.chat import TemplateRefused, assistant_spans, list_templates, load_template, render
 

@@ -1,7 +1,7 @@
 """tkc's render equals a real tokenizer's `apply_chat_template(tokenize=False)` (tokenizer built locally, no hub)."""
 
 import pytest
-from conversations import COMMON, THINKING, TOOL_ROUND_TRIP
+from chat_conversations import COMMON, THINKING, TOOL_ROUND_TRIP
 
 from tkc.catalog.chat import TemplateRefused, list_templates, load_template, render
 
