@@ -3,7 +3,14 @@
 import pytest
 from chat_conversations import COMMON, THINKING, TOOL_ROUND_TRIP, assistant, system, user
 
-from tkc.catalog.chat import TemplateRefused, assistant_spans, list_templates, load_template, render
+from tkc.catalog.chat import (
+    SpanError,
+    TemplateRefused,
+    assistant_spans,
+    list_templates,
+    load_template,
+    render,
+)
 
 # These templates end an assistant turn with the next role header, not with an end-of-turn token
 NO_END_MARKER = {"chatglm3", "glm4", "glm4_5"}
@@ -131,3 +138,10 @@ def test_generation_markers_match_transformers():
     )
     assert rendered[0] == full
     assert [(s, e) for s, e, _ in spans] == [tuple(x) for x in indices[0]]
+
+
+def test_a_turn_the_template_drops_is_an_error():
+    # Renders only the last assistant turn, so earlier ones cannot be located (and must not be guessed)
+    text = "{% for m in messages %}{% if m['role'] != 'assistant' or loop.last %}{{ m['content'] + '|' }}{% endif %}{% endfor %}"
+    with pytest.raises(SpanError, match="turn 1"):
+        assistant_spans(text, [user("a"), assistant("b"), user("c"), assistant("d")])

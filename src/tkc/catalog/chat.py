@@ -264,6 +264,8 @@ def _rewritten_span(template_text: str, messages: list[dict], i: int, full: str,
     ends after the closing text the template writes after the turn's content (`_closing_len`).
     """
     renders = [render(template_text, _with_content(messages, i, s), **kw) for s in _SENTINELS]
+    if renders[0] == renders[1]:
+        raise SpanError(f"turn {i}: the template does not render this turn's content")
     head = _common_prefix_len(renders[0], renders[1])
     tail = _common_prefix_len(renders[0][::-1], renders[1][::-1])
     if full[:head] != renders[0][:head] or not full.endswith(renders[0][len(renders[0]) - tail :]):
