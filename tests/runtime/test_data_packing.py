@@ -55,7 +55,7 @@ def test_packed_losses_equal_unpacked(tmp_path, attn):
     tok = H.tokenizer()
     lines = [json.dumps({"instruction": f"What is {a}+{b}?" + " Think about it." * (a % 4), "input": "",
                          "output": f"{a}+{b}={a + b}" + " That is the answer." * (b % 3)})
-             for a in range(6) for b in range(5)]  # fmt: skip
+             for a in range(4) for b in range(5)]  # fmt: skip
     (tmp_path / "arith.jsonl").write_text("\n".join(lines) + "\n")
     e = H.entry("arith", "arith.jsonl", "alpaca", "sft", tmp_path)
     stage = H.stage("sft", ["arith"], micro_batch_size=4)

@@ -33,9 +33,10 @@ def _prompt(ids, labels) -> list[int]:
 @pytest.mark.parametrize("kind", ["dpo", "rm"])
 def test_preference_pairs(tmp_path, kind):
     tok = H.tokenizer()
-    e = H.entry("dpo", "dpo_en_demo.json", "sharegpt", "preference", H.SHARED)
+    n = 300 if kind == "dpo" else 40
+    e = H.entry("dpo", "dpo_en_demo.json", "sharegpt", "preference", H.SHARED, max_samples=n)
     data = _build(tmp_path, e, kind, cutoff_len=100_000)
-    records = json.loads((H.SHARED / "dpo_en_demo.json").read_text())
+    records = json.loads((H.SHARED / "dpo_en_demo.json").read_text())[:n]
     assert len(data.train) == len(records) and data.stats["truncated"] == 0
     by_chosen = {tuple(tok.encode(r["chosen"]["value"] + IM_END, add_special_tokens=False)): r for r in records}
     for row in data.train:

@@ -43,15 +43,6 @@ def _load_target(target: Path, source_root: Path | None) -> tuple[dict, str | No
     return compiled.resolved, text, compiled.source_root, None
 
 
-def _tokenizer(resolved: dict, source_root: Path):
-    from transformers import AutoTokenizer
-
-    model = resolved["model"]
-    if model["source"] == "local":
-        return AutoTokenizer.from_pretrained(str(source_root / model["path"]))
-    return AutoTokenizer.from_pretrained(model["path"], revision=model.get("revision"), local_files_only=True)
-
-
 def _histogram(lengths: list[int], bins: int) -> list[str]:
     if not lengths:
         return ["  (no rows)"]
@@ -119,10 +110,11 @@ def inspect(
     from rich.markup import escape
 
     from tkc.runtime.data import BadRecord, DataError, build_stage_data
+    from tkc.runtime.data.tokenizer import load_tokenizer
 
     console = Console()
     resolved, template_text, root, bundle_dir = _load_target(target, source_root)
-    tokenizer = _tokenizer(resolved, root)
+    tokenizer = load_tokenizer(resolved, root)
     stages = [s for s in resolved["stages"] if s["kind"] in _TRAINABLE and s.get("datasets")]
     if stage is not None:
         stages = [s for s in stages if s["name"] == stage]
