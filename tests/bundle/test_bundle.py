@@ -107,6 +107,6 @@ def test_resolved_is_fully_explicit(tkc, demo_copy, tmp_path):
     assert sft["train"]["precision"] == "fp32"             # never left to a library default
     assert sft["train"]["gradient_checkpointing"] is False
     assert sft["train"]["micro_batch_size"] * sft["train"]["gradient_accumulation_steps"] == 16
-    assert sft["finetuning"]["lora"]["targets"] == ["all-linear"]
+    assert sft["finetuning"]["lora"]["targets"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert sft["init_from"] == "pretrain"
     assert resolved["model"]["family"] == "qwen2" and resolved["template"]["id"] == "auto"

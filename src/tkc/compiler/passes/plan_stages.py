@@ -43,12 +43,11 @@ def _lora(plan: Plan, i: int) -> dict[str, tuple[Any, str]]:
     if plan.get(p + "alpha") is None:
         out[p + "alpha"] = (2.0 * plan.get(p + "rank"), D)
     targets = plan.get(p + "targets")
-    if targets == "auto":
+    if targets in ("auto", "all"):
+        # Explicit module names, never PEFT's "all-linear": what is adapted must not depend on the PEFT version.
         fam = families().get(plan.get("model.family") or "")
         out[p + "targets"] = (list(fam.lora_targets) if fam else ["q_proj", "v_proj"],
                               f"family:{plan.get('model.family')}")
-    elif targets == "all":
-        out[p + "targets"] = (["all-linear"], D)
     return out
 
 

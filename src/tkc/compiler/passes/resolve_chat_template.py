@@ -37,7 +37,7 @@ def _auto_values(plan: Plan) -> dict[str, tuple[Any, str]]:
         "template.stop_tokens": (sorted({tokens[k] for k in ("eos_token",) if k in tokens}), src),
         "template.supports_system": ("system" in text, src), "template.supports_tools": ("tools" in text, src),
         "template.default_system": (None, src), "template.render_kwargs": ({}, src),
-        FILES + TEMPLATE_FILE: (text, src),
+        "template.file": (TEMPLATE_FILE, "derived:resolve_chat_template"), FILES + TEMPLATE_FILE: (text, src),
     }
 
 
@@ -48,6 +48,7 @@ def _catalog_values(tid: str, src: str) -> dict[str, tuple[Any, str]]:
                 "render_kwargs"):
         out[f"template.{key}"] = (getattr(meta, key), f"template:{tid}")
     out[FILES + TEMPLATE_FILE] = (template_text(tid), f"template:{tid}")
+    out["template.file"] = (TEMPLATE_FILE, "derived:resolve_chat_template")
     return out
 
 
