@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +195,11 @@ def test_read_lock_pins_round_trip() -> None:
     assert read_lock_pins(text) == dict(sorted(pins.items()))
     assert read_lock_pins("PyYAML==6.0.3\nPydantic_Core==2.50.4 ; python_version >= '3.11'\n-r x.in\n") == {
         "pydantic-core": "2.50.4", "pyyaml": "6.0.3"}
+
+
+def test_rendering_imports_no_heavy_library() -> None:
+    code = ("import sys; from tkc.compiler.launch import render_launch; "
+            "render_launch({'name': 'x', 'stages': [], 'launch': {'kind': 'deepspeed'}}); "
+            "heavy = {'torch', 'transformers', 'accelerate', 'deepspeed', 'datasets'} & set(sys.modules); "
+            "sys.exit(f'imported {sorted(heavy)}' if heavy else 0)")
+    subprocess.run([sys.executable, "-c", code], check=True)
