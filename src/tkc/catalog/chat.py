@@ -188,7 +188,12 @@ def render(
     eos_token: str = "",
     **extra: Any,
 ) -> str:
-    """Render `messages` exactly as `tokenizer.apply_chat_template(..., tokenize=False)` would."""
+    """Render `messages` exactly as `tokenizer.apply_chat_template(..., tokenize=False)` would.
+
+    `**extra` are the template's other variables (`enable_thinking`, `date_string`, a tokenizer's other
+    special tokens). One difference by contract: `bos_token`/`eos_token` are always defined here (empty by
+    default) where transformers leaves them undefined for a tokenizer without them.
+    """
     extra = {"bos_token": bos_token, "eos_token": eos_token, **extra}
     return _render_tracked(template_text, _context(messages, tools, add_generation_prompt, extra))[0]
 
