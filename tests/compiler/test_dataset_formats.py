@@ -21,8 +21,15 @@ def test_alpaca_defaults_fill_every_key():
 def test_sharegpt_and_openai_tags():
     columns, tags = resolve_columns_and_tags("sharegpt", "sft", {"tools": "tools"}, None)
     assert columns["messages"] == "conversations" and columns["tools"] == "tools"
-    assert tags == {"role": "from", "content": "value", "user": "human", "assistant": "gpt",
-                    "observation": "observation", "function": "function_call", "system": "system"}
+    assert tags == {
+        "role": "from",
+        "content": "value",
+        "user": "human",
+        "assistant": "gpt",
+        "observation": "observation",
+        "function": "function_call",
+        "system": "system",
+    }
     columns, tags = resolve_columns_and_tags("openai", "sft", None, {"user": "human"})
     assert columns["messages"] == "messages" and tags["role"] == "role" and tags["user"] == "human"
     assert tags["observation"] == "tool"

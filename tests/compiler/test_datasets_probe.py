@@ -23,11 +23,16 @@ def _cols(fmt="alpaca", kind="sft", **kw):
 
 def test_hashes_and_type(tmp_path):
     cols, tags = _cols()
-    probe = probe_dataset(FIXTURES / "sft_ok.jsonl", None, cols, "alpaca", "sft", tags=tags, root=FIXTURES.parent)
+    probe = probe_dataset(
+        FIXTURES / "sft_ok.jsonl", None, cols, "alpaca", "sft", tags=tags, root=FIXTURES.parent
+    )
     data = (FIXTURES / "sft_ok.jsonl").read_bytes()
     assert probe.ok and probe.file_type == "jsonl" and probe.records_checked == 3
-    assert probe.files[0].to_json() == {"path": "data/sft_ok.jsonl", "sha256": hashlib.sha256(data).hexdigest(),
-                                        "size": len(data)}
+    assert probe.files[0].to_json() == {
+        "path": "data/sft_ok.jsonl",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+    }
 
 
 def test_broken_lines_are_reported_with_line_numbers():
@@ -35,7 +40,9 @@ def test_broken_lines_are_reported_with_line_numbers():
     probe = probe_dataset(FIXTURES / "sft_broken.jsonl", "jsonl", cols, "alpaca", "sft", tags=tags)
     where = [(p.file, p.line) for p in probe.problems]
     assert where == [("sft_broken.jsonl", 3), ("sft_broken.jsonl", 5)]
-    assert "'output' (response) is int" in probe.problems[0].message and probe.problems[0].expected == "a string"
+    assert (
+        "'output' (response) is int" in probe.problems[0].message and probe.problems[0].expected == "a string"
+    )
     assert "invalid JSON" in probe.problems[1].message
 
 
@@ -57,12 +64,17 @@ def test_folder_of_files_csv_parquet(tmp_path):
 
     d = tmp_path / "many"
     d.mkdir()
-    pq.write_table(pa.table({"instruction": ["a", "b"], "input": ["", ""], "output": ["x", "y"]}), d / "b.parquet")
+    pq.write_table(
+        pa.table({"instruction": ["a", "b"], "input": ["", ""], "output": ["x", "y"]}), d / "b.parquet"
+    )
     pq.write_table(pa.table({"instruction": ["c"], "input": [""], "output": ["z"]}), d / "a.parquet")
     (d / ".hidden").write_text("ignored")
     cols, tags = _cols()
     probe = probe_dataset(d, None, cols, "alpaca", "sft", tags=tags, root=tmp_path)
-    assert probe.file_type == "parquet" and [f.path for f in probe.files] == ["many/a.parquet", "many/b.parquet"]
+    assert probe.file_type == "parquet" and [f.path for f in probe.files] == [
+        "many/a.parquet",
+        "many/b.parquet",
+    ]
     assert probe.ok and probe.records_checked == 3
     (tmp_path / "t.csv").write_text("instruction,input,output\nhi,,there\n")
     assert probe_dataset(tmp_path / "t.csv", None, cols, "alpaca", "sft", tags=tags).ok
@@ -95,9 +107,18 @@ def test_registry_and_shared_demos_probe_clean():
     assert reg["c4_demo"]["format"] == "text" and reg["c4_demo"]["columns"]["text"] == "text"
     assert reg["mllm_demo"]["tags"]["role"] == "role" and reg["alpaca_en"]["source"] == "hub"
     start = time.perf_counter()
-    for name in ("alpaca_en_demo", "dpo_en_demo", "kto_en_demo", "glaive_toolcall_en_demo", "c4_demo", "mllm_demo"):
+    for name in (
+        "alpaca_en_demo",
+        "dpo_en_demo",
+        "kto_en_demo",
+        "glaive_toolcall_en_demo",
+        "c4_demo",
+        "mllm_demo",
+    ):
         e = reg[name]
-        probe = probe_dataset(SHARED / e["path"], None, e["columns"], e["format"], e["kind"], tags=e["tags"], root=SHARED)
+        probe = probe_dataset(
+            SHARED / e["path"], None, e["columns"], e["format"], e["kind"], tags=e["tags"], root=SHARED
+        )
         assert probe.ok, (name, probe.problems)
     assert time.perf_counter() - start < 0.5
 

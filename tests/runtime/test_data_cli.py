@@ -9,7 +9,9 @@ from typer.testing import CliRunner
 
 from tkc.cli.data import _histogram, app
 
-_spec = importlib.util.spec_from_file_location("data_helpers", Path(__file__).parents[1] / "fixtures/data/data_helpers.py")
+_spec = importlib.util.spec_from_file_location(
+    "data_helpers", Path(__file__).parents[1] / "fixtures/data/data_helpers.py"
+)
 H = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(H)
 
@@ -32,7 +34,9 @@ def _bundle(tmp_path: Path, data_file: str, **entry_kw) -> Path:
 
 def test_inspect_bundle(tmp_path):
     bundle = _bundle(tmp_path, "sft_ok.jsonl")
-    result = CliRunner().invoke(app, ["inspect", str(bundle), "--cache-dir", str(tmp_path / "cache")], terminal_width=200)
+    result = CliRunner().invoke(
+        app, ["inspect", str(bundle), "--cache-dir", str(tmp_path / "cache")], terminal_width=200
+    )
     assert result.exit_code == 0, result.output
     out = result.output
     assert "dataset d: 3 records, 3 converted, 0 skipped" in out
@@ -42,7 +46,9 @@ def test_inspect_bundle(tmp_path):
 
 def test_inspect_reports_bad_record(tmp_path):
     bundle = _bundle(tmp_path, "sft_broken.jsonl")
-    result = CliRunner().invoke(app, ["inspect", str(bundle), "--cache-dir", str(tmp_path / "cache")], terminal_width=200)
+    result = CliRunner().invoke(
+        app, ["inspect", str(bundle), "--cache-dir", str(tmp_path / "cache")], terminal_width=200
+    )
     assert result.exit_code == 2
     assert "data/sft_broken.jsonl:3: column 'output' (response) is int 2" in result.output
 

@@ -10,10 +10,14 @@ import pytest
 from tkc.runtime.data import build_stage_data, collate, padding_fraction
 from tkc.runtime.data.packing import pack_rows, plan_bins
 
-_spec = importlib.util.spec_from_file_location("data_helpers", Path(__file__).parents[1] / "fixtures/data/data_helpers.py")
+_spec = importlib.util.spec_from_file_location(
+    "data_helpers", Path(__file__).parents[1] / "fixtures/data/data_helpers.py"
+)
 H = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(H)
-needs_shared = pytest.mark.skipif(not H.SHARED.is_dir(), reason=f"shared demo datasets not found at {H.SHARED}")
+needs_shared = pytest.mark.skipif(
+    not H.SHARED.is_dir(), reason=f"shared demo datasets not found at {H.SHARED}"
+)
 
 
 def test_plan_bins_and_padding_fraction():
@@ -60,7 +64,9 @@ def test_packed_losses_equal_unpacked(tmp_path, attn):
     e = H.entry("arith", "arith.jsonl", "alpaca", "sft", tmp_path)
     stage = H.stage("sft", ["arith"], micro_batch_size=4)
     tt = H.template_text("qwen2_5")
-    plain = build_stage_data(H.resolved([e], cutoff_len=256), stage, tok, tmp_path, tmp_path, template_text=tt)
+    plain = build_stage_data(
+        H.resolved([e], cutoff_len=256), stage, tok, tmp_path, tmp_path, template_text=tt
+    )
     packed = build_stage_data(H.resolved([e], cutoff_len=256, packing=True), stage, tok, tmp_path, tmp_path,
                               template_text=tt)  # fmt: skip
     assert len(packed.train) < len(plain.train)
@@ -81,11 +87,15 @@ def test_packed_losses_equal_unpacked(tmp_path, attn):
         for start in range(0, len(rows), 2):
             batch = collate(rows[start : start + 2], pad_id=tok.pad_token_id)
             # use_cache=False: transformers 5.23 only derives the packed mask when no KV cache is built
-            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+            logits = model(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+            ).logits
             for b, row in enumerate(rows[start : start + 2]):
                 for s, t in _segments(row["position_ids"]):
                     got = _loss_sum(logits[b, s:t], batch["labels"][b, s:t])
-                    assert got == pytest.approx(expected.pop(tuple(row["input_ids"][s:t])), rel=1e-5, abs=1e-5)
+                    assert got == pytest.approx(
+                        expected.pop(tuple(row["input_ids"][s:t])), rel=1e-5, abs=1e-5
+                    )
     assert not expected  # every example was found in exactly one bin
 
 

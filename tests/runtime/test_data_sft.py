@@ -11,17 +11,27 @@ import pytest
 from tkc.runtime.data import BadRecord, DataError, build_stage_data, collate
 from tkc.runtime.data.convert import convert_record
 
-_spec = importlib.util.spec_from_file_location("data_helpers", Path(__file__).parents[1] / "fixtures/data/data_helpers.py")
+_spec = importlib.util.spec_from_file_location(
+    "data_helpers", Path(__file__).parents[1] / "fixtures/data/data_helpers.py"
+)
 H = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(H)
-needs_shared = pytest.mark.skipif(not H.SHARED.is_dir(), reason=f"shared demo datasets not found at {H.SHARED}")
+needs_shared = pytest.mark.skipif(
+    not H.SHARED.is_dir(), reason=f"shared demo datasets not found at {H.SHARED}"
+)
 IM_END = "<|im_end|>"
 
 
 def _build(tmp_path, entries, kind="sft", template="qwen2_5", root=None, **data):
     res = H.resolved(entries, **data)
-    return build_stage_data(res, H.stage(kind, [e["name"] for e in entries]), H.tokenizer(), root or H.SHARED,
-                            tmp_path / "cache", template_text=H.template_text(template))
+    return build_stage_data(
+        res,
+        H.stage(kind, [e["name"] for e in entries]),
+        H.tokenizer(),
+        root or H.SHARED,
+        tmp_path / "cache",
+        template_text=H.template_text(template),
+    )
 
 
 def _trained_blocks(row) -> list[list[int]]:
@@ -40,7 +50,9 @@ def _trained_blocks(row) -> list[list[int]]:
 @needs_shared
 def test_alpaca_labels_are_exactly_response_plus_end_marker(tmp_path):
     tok = H.tokenizer()
-    data = _build(tmp_path, [H.entry("alpaca", "alpaca_en_demo.json", "alpaca", "sft", H.SHARED)], cutoff_len=4096)
+    data = _build(
+        tmp_path, [H.entry("alpaca", "alpaca_en_demo.json", "alpaca", "sft", H.SHARED)], cutoff_len=4096
+    )
     records = json.loads((H.SHARED / "alpaca_en_demo.json").read_text())
     assert data.stats["examples"]["train"] == len(records) == len(data.train) and data.stats["truncated"] == 0
     expected = Counter(tuple(tok.encode(r["output"] + IM_END, add_special_tokens=False)) for r in records)
@@ -57,7 +69,9 @@ def test_sharegpt_multi_turn_and_mask_history(tmp_path):
     tok = H.tokenizer()
     e = H.entry("multi", "data/sharegpt_multi.json", "sharegpt", "sft", H.FIXTURES.parent)
     for mask_history, want in ((False, ["Hi there", "4", "Blue"]), (True, ["4", "Blue"])):
-        data = _build(tmp_path, [e], template="chatml_local", root=H.FIXTURES.parent, mask_history=mask_history)
+        data = _build(
+            tmp_path, [e], template="chatml_local", root=H.FIXTURES.parent, mask_history=mask_history
+        )
         texts = sorted(tok.decode(b) for row in data.train for b in _trained_blocks(row))
         assert texts == sorted(w + IM_END for w in want)
     data = _build(tmp_path, [e], template="chatml_local", root=H.FIXTURES.parent, train_on_prompt=True)
@@ -66,12 +80,24 @@ def test_sharegpt_multi_turn_and_mask_history(tmp_path):
 
 @needs_shared
 def test_glaive_tool_calls(tmp_path):
-    e = H.entry("glaive", "glaive_toolcall_en_demo.json", "sharegpt", "sft", H.SHARED, columns={"tools": "tools"})
+    e = H.entry(
+        "glaive", "glaive_toolcall_en_demo.json", "sharegpt", "sft", H.SHARED, columns={"tools": "tools"}
+    )
     record = json.loads((H.SHARED / "glaive_toolcall_en_demo.json").read_text())[0]
     ex = convert_record(record, e, H.SHARED)
-    assert [m["role"] for m in ex["messages"]][:6] == ["user", "assistant", "user", "assistant", "tool", "assistant"]
+    assert [m["role"] for m in ex["messages"]][:6] == [
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
     call = ex["messages"][3]["tool_calls"][0]["function"]
-    assert call == {"name": "search_recipes", "arguments": {"ingredients": ["chicken", "bell peppers", "rice"]}}
+    assert call == {
+        "name": "search_recipes",
+        "arguments": {"ingredients": ["chicken", "bell peppers", "rice"]},
+    }
     assert ex["tools"][0]["type"] == "function" and ex["tools"][0]["function"]["name"] == "search_recipes"
     data = _build(tmp_path, [e], cutoff_len=4096)
     assert data.stats["examples"]["train"] == 300 and data.stats["skipped"]["count"] == 0
@@ -84,9 +110,15 @@ def test_glaive_tool_calls(tmp_path):
 
 @needs_shared
 def test_mllm_images_pass_through(tmp_path):
-    e = H.entry("mllm", "mllm_demo.json", "sharegpt", "sft", H.SHARED,
-                columns={"messages": "messages", "images": "images"},
-                tags={"role": "role", "content": "content", "user": "user", "assistant": "assistant"})
+    e = H.entry(
+        "mllm",
+        "mllm_demo.json",
+        "sharegpt",
+        "sft",
+        H.SHARED,
+        columns={"messages": "messages", "images": "images"},
+        tags={"role": "role", "content": "content", "user": "user", "assistant": "assistant"},
+    )
     data = _build(tmp_path, [e])
     assert len(data.train) == 6
     for row in data.train:
@@ -100,7 +132,9 @@ def test_broken_line_is_named(tmp_path):
     e = H.entry("broken", "data/sft_broken.jsonl", "alpaca", "sft", H.FIXTURES.parent)
     with pytest.raises(BadRecord) as info:
         _build(tmp_path, [e], template="chatml_local", root=H.FIXTURES.parent)
-    assert str(info.value) == "data/sft_broken.jsonl:3: column 'output' (response) is int 2 (expected a string)"
+    assert (
+        str(info.value) == "data/sft_broken.jsonl:3: column 'output' (response) is int 2 (expected a string)"
+    )
 
 
 def test_skip_mode_reports_counts_and_reasons(tmp_path):
@@ -114,11 +148,15 @@ def test_skip_mode_reports_counts_and_reasons(tmp_path):
 
 
 def test_bad_shapes_name_the_record(tmp_path):
-    recs = [{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]},
-            {"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]}]
+    recs = [
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]},
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]},
+    ]
     (tmp_path / "d.json").write_text(json.dumps(recs))
     e = H.entry("d", "d.json", "sharegpt", "sft", tmp_path)
-    with pytest.raises(BadRecord, match=r"^d.json record 1: message 1 has from 'bot' \(expected one of 'human'"):
+    with pytest.raises(
+        BadRecord, match=r"^d.json record 1: message 1 has from 'bot' \(expected one of 'human'"
+    ):
         _build(tmp_path, [e], template="chatml_local", root=tmp_path)
 
 
@@ -134,7 +172,9 @@ def test_cache_hit_and_every_change_misses(tmp_path):
     assert not list((tmp_path / "cache").rglob("*.pkl")) and list((tmp_path / "cache").rglob("train.arrow"))
     assert not _build(tmp_path, [e], template="chatml_local", root=src, cutoff_len=512).stats["cache_hit"]
     assert not _build(tmp_path, [e], template="qwen2_5", root=src).stats["cache_hit"]
-    assert not _build(tmp_path, [{**e, "max_samples": 2}], template="chatml_local", root=src).stats["cache_hit"]
+    assert not _build(tmp_path, [{**e, "max_samples": 2}], template="chatml_local", root=src).stats[
+        "cache_hit"
+    ]
     with (src / "d.jsonl").open("a") as f:
         f.write('{"instruction": "Hi", "input": "", "output": "Hello"}\n')
     with pytest.raises(DataError, match="changed since compile"):

@@ -9,7 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect datasets as the runtime will see them.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Inspect datasets as the runtime will see them."
+)
 
 _TRAINABLE = ("pt", "sft", "rm", "dpo", "kto")
 
@@ -74,12 +76,18 @@ def _print_stage(console, stage: dict, data: Any, tokenizer, bins: int, example:
     console.print(f"[bold]stage {stage['name']}[/] ({stage['kind']})  cache {'hit' if s['cache_hit'] else 'built'}:"
                   f" {data.cache_path}")  # fmt: skip
     for name, d in s["datasets"].items():
-        console.print(f"  dataset {name}: {d['records']} records, {d['converted']} converted, {d.get('skipped', 0)} skipped")
+        console.print(
+            f"  dataset {name}: {d['records']} records, {d['converted']} converted, {d.get('skipped', 0)} skipped"
+        )
     for reason in s["skipped"]["reasons"][:5]:
-        console.print(f"    skipped {reason['file']}:{reason['line']}: {reason['message']} (expected {reason['expected']})")
+        console.print(
+            f"    skipped {reason['file']}:{reason['line']}: {reason['message']} (expected {reason['expected']})"
+        )
     console.print(f"  examples: train {s['examples']['train']}, eval {s['examples']['eval']}; rows: train "
                   f"{s['rows']['train']}, eval {s['rows']['eval']}")  # fmt: skip
-    console.print(f"  truncated to cutoff: {s['truncated']}; dropped (nothing to train): {s['dropped_no_labels']}")
+    console.print(
+        f"  truncated to cutoff: {s['truncated']}; dropped (nothing to train): {s['dropped_no_labels']}"
+    )
     pad = s["padding_fraction"]
     packed = "n/a" if pad["packed"] is None else f"{pad['packed']:.1%}"
     console.print(f"  tokens: {s['tokens']['total']} ({s['tokens']['trained']} trained); padding at batch "
@@ -91,17 +99,27 @@ def _print_stage(console, stage: dict, data: Any, tokenizer, bins: int, example:
         console.print(line, markup=False)
     if len(data.train):
         row = data.train[min(example, len(data.train) - 1)]
-        console.print(f"  example row {min(example, len(data.train) - 1)} ([bold green]trained[/], [dim]masked[/]):")
-        console.print(_highlight(tokenizer, row[f"{prefix}input_ids"], row[f"{prefix}labels"]), highlight=False)
+        console.print(
+            f"  example row {min(example, len(data.train) - 1)} ([bold green]trained[/], [dim]masked[/]):"
+        )
+        console.print(
+            _highlight(tokenizer, row[f"{prefix}input_ids"], row[f"{prefix}labels"]), highlight=False
+        )
 
 
 @app.command()
 def inspect(
-    target: Annotated[Path, typer.Argument(help="A recipe .yaml (compiled in memory) or a bundle directory.")],
-    stage: Annotated[str | None, typer.Option(help="Only this stage (default: every training stage).")] = None,
+    target: Annotated[
+        Path, typer.Argument(help="A recipe .yaml (compiled in memory) or a bundle directory.")
+    ],
+    stage: Annotated[
+        str | None, typer.Option(help="Only this stage (default: every training stage).")
+    ] = None,
     source_root: Annotated[Path | None, typer.Option(help="Where relative data/model paths resolve.")] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="Tokenized-data cache (default $TKC_CACHE_DIR/data "
-                                                        "or ~/.cache/tkc/data).")] = None,  # fmt: skip
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Tokenized-data cache (default $TKC_CACHE_DIR/data or ~/.cache/tkc/data)."),
+    ] = None,  # fmt: skip
     bins: Annotated[int, typer.Option(help="Histogram bins.")] = 10,
     example: Annotated[int, typer.Option(help="Which train row to show.")] = 0,
 ) -> None:

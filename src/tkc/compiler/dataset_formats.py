@@ -32,7 +32,10 @@ _DEFAULT_COLUMNS = {
     "openai": {"messages": "messages"},
     "text": {"text": "text"},
 }
-_DEFAULT_KIND_COLUMNS = {"preference": {"chosen": "chosen", "rejected": "rejected"}, "kto": {"kto_tag": "label"}}
+_DEFAULT_KIND_COLUMNS = {
+    "preference": {"chosen": "chosen", "rejected": "rejected"},
+    "kto": {"kto_tag": "label"},
+}
 _DEFAULT_TAGS = {
     "alpaca": dict.fromkeys(TAG_KEYS),
     "text": dict.fromkeys(TAG_KEYS),
@@ -85,7 +88,9 @@ def infer_kind(fmt: str, columns: dict | None = None, *, ranking: bool = False) 
     return "sft"
 
 
-def resolve_columns_and_tags(fmt: str, kind: str, columns: dict | None, tags: dict | None) -> tuple[dict, dict]:
+def resolve_columns_and_tags(
+    fmt: str, kind: str, columns: dict | None, tags: dict | None
+) -> tuple[dict, dict]:
     """Every column and tag key filled in: the user's names over the format's and kind's defaults.
 
     Raises ValueError naming the first bad key (unknown, wrong type, or not read by this format/kind).
@@ -107,6 +112,8 @@ def resolve_columns_and_tags(fmt: str, kind: str, columns: dict | None, tags: di
     if tags and fmt in ("alpaca", "text") and any(v is not None for v in tags.values()):
         raise ValueError(f"format {fmt!r} has no role tags; tags apply to 'sharegpt' and 'openai'")
     defaults = {**_DEFAULT_COLUMNS[fmt], **_DEFAULT_KIND_COLUMNS.get(kind, {})}
+    if kind == "preference" and fmt == "alpaca":
+        defaults.pop("response", None)  # the answers live in chosen/rejected, not in a response column
     resolved_columns = {k: columns.get(k, defaults.get(k)) for k in COLUMN_KEYS}
     resolved_tags = {k: tags.get(k, _DEFAULT_TAGS[fmt][k]) for k in TAG_KEYS}
     return resolved_columns, resolved_tags

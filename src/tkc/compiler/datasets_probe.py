@@ -65,7 +65,11 @@ def list_data_files(path: Path) -> list[Path]:
     """The files a dataset path stands for, sorted: the file itself, or every non-hidden file under the folder."""
     if path.is_file():
         return [path]
-    files = [p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts)]
+    files = [
+        p
+        for p in path.rglob("*")
+        if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts)
+    ]
     return sorted(files, key=lambda p: p.relative_to(path).as_posix())
 
 
@@ -78,7 +82,9 @@ def infer_file_type(path: Path, files: list[Path]) -> str:
         odd = sorted({p.suffix or p.name for p in files if p.suffix.lower() not in SUFFIX_TYPES})
         raise ValueError(f"{path}: unsupported file type(s) {odd}; expected one of {', '.join(SUFFIX_TYPES)}")
     if len(types) != 1:
-        raise ValueError(f"{path}: mixed file types {sorted(t for t in types if t)}; put one type per dataset")
+        raise ValueError(
+            f"{path}: mixed file types {sorted(t for t in types if t)}; put one type per dataset"
+        )
     return types.pop()  # type: ignore[return-value]
 
 
@@ -119,7 +125,9 @@ def _iter_json_array(path: Path) -> Iterator[tuple[int, object]]:
         if pos >= len(buf):
             return
         if buf[pos] != "[":
-            yield from _iter_jsonl(path)  # `.json` files that are really JSON lines (HF datasets reads them too)
+            yield from _iter_jsonl(
+                path
+            )  # `.json` files that are really JSON lines (HF datasets reads them too)
             return
         buf, pos, eof = _fill(f, text_decoder, buf, pos + 1, eof)
         index = 0
@@ -222,8 +230,11 @@ def _check_messages(v: object, tags: dict) -> tuple[str, str] | None:
 
 def _column_shapes(columns: dict, fmt: str, kind: str, tags: dict) -> dict:
     """column key -> (check(value) -> (what is wrong, expected) | None)."""
+
     def want(pred, expected):
-        return lambda v: None if pred(v) else (f"is {type(v).__name__} {json.dumps(v, default=str)[:60]}", expected)
+        return lambda v: (
+            None if pred(v) else (f"is {type(v).__name__} {json.dumps(v, default=str)[:60]}", expected)
+        )
 
     text = want(lambda v: isinstance(v, str), "a string")
     optional_text = want(lambda v: v is None or isinstance(v, str), "a string or null")
@@ -255,7 +266,9 @@ def _check_record(record: object, columns: dict, shapes: dict) -> list[tuple[str
         name = columns[key]
         if name not in record:
             if key not in _OPTIONAL:
-                problems.append((f"missing column {name!r} ({key})", f"column {name!r}; record has {sorted(record)}"))
+                problems.append(
+                    (f"missing column {name!r} ({key})", f"column {name!r}; record has {sorted(record)}")
+                )
             continue
         bad = check(record[name])
         if bad:
@@ -293,7 +306,9 @@ def probe_dataset(
     file_type = file_type or actual
     hashed = tuple(ProbeFile(_rel(p, root), sha256_file(p), p.stat().st_size) for p in files)
     tags = tags if tags is not None else resolve_columns_and_tags(fmt, kind, None, None)[1]
-    problems, checked, seen = _probe_records(path, files, file_type, columns, fmt, kind, tags, max_records, root)
+    problems, checked, seen = _probe_records(
+        path, files, file_type, columns, fmt, kind, tags, max_records, root
+    )
     return Probe(file_type, hashed, tuple(problems), checked, tuple(sorted(seen)))
 
 
@@ -316,7 +331,9 @@ def _probe_records(path, files, file_type, columns, fmt, kind, tags, max_records
 
 # ---------------------------------------------------------------- LLaMA-Factory style registry
 
-_TAG_NAMES = {f"{k}_tag": k for k in ("role", "content", "user", "assistant", "observation", "function", "system")}
+_TAG_NAMES = {
+    f"{k}_tag": k for k in ("role", "content", "user", "assistant", "observation", "function", "system")
+}
 
 
 def load_registry(path: Path) -> dict:

@@ -64,7 +64,9 @@ def _template_text(resolved: dict, tokenizer, template_text: str | None, bundle_
         return (Path(bundle_dir) / tpl["file"]).read_text(encoding="utf-8")
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.chat_template
-    raise DataError("this stage renders conversations but no chat template was given (bundle template/ or tokenizer)")
+    raise DataError(
+        "this stage renders conversations but no chat template was given (bundle template/ or tokenizer)"
+    )
 
 
 def _chat_spec(resolved: dict, tokenizer, template_text, bundle_dir, spans_fn) -> ChatSpec:
@@ -137,7 +139,9 @@ def _token_counts(rows: list[dict], kind: str) -> dict:
 def _check_stage(resolved: dict, stage: dict) -> list[dict]:
     kind = stage["kind"]
     if kind not in STAGE_DATASET_KIND:
-        raise DataError(f"stage {stage['name']!r}: kind {kind!r} has no tokenized training data in tkc.runtime.data")
+        raise DataError(
+            f"stage {stage['name']!r}: kind {kind!r} has no tokenized training data in tkc.runtime.data"
+        )
     entries = [resolved["datasets"][n] for n in stage["datasets"]]
     for e in entries:
         if e["kind"] != STAGE_DATASET_KIND[kind]:
@@ -166,13 +170,19 @@ def build_stage_data(
     source_root = Path(source_root)
     for e in entries:
         verify_files(e, source_root)  # refuse changed data before trusting a cache keyed on recorded hashes
-    chat = None if stage["kind"] == "pt" else _chat_spec(resolved, tokenizer, template_text, bundle_dir, spans_fn)
+    chat = (
+        None
+        if stage["kind"] == "pt"
+        else _chat_spec(resolved, tokenizer, template_text, bundle_dir, spans_fn)
+    )
     parts = _key_parts(resolved, stage, entries, tokenizer, chat, source_root)
     key = store.cache_key(parts)
     hit = store.load(cache_dir, key)
     if hit is not None:
         splits, stats = hit
-        return StageData(splits["train"], splits.get("eval"), {**stats, "cache_hit": True}, store.entry_dir(cache_dir, key))
+        return StageData(
+            splits["train"], splits.get("eval"), {**stats, "cache_hit": True}, store.entry_dir(cache_dir, key)
+        )
     tables, stats = _build(resolved, stage, entries, tokenizer, chat, source_root)
     stats["key"] = key
     path = store.save(cache_dir, key, tables, stats, parts)
@@ -191,7 +201,11 @@ def _build(resolved, stage, entries, tokenizer, chat, source_root) -> tuple[dict
         per_dataset[e["name"]] = {"records": n_raw, "converted": len(items)}
     mixed = mix(parts, [e.get("weight", 1.0) for e in entries], data.get("mix", "concat"), seed)
     train_items, eval_items = split_eval(mixed, data.get("val_size") or 0.0, seed)
-    media = tuple(m for m in ("images", "videos", "audios") if kind in ("sft", "kto") and any(e["columns"].get(m) for e in entries))
+    media = tuple(
+        m
+        for m in ("images", "videos", "audios")
+        if kind in ("sft", "kto") and any(e["columns"].get(m) for e in entries)
+    )
     opts = EncodeOptions(data["cutoff_len"], bool(data.get("train_on_prompt")), bool(data.get("mask_history")),
                          data.get("truncation", "keep_response"), media)  # fmt: skip
     counters = Counters()
@@ -200,11 +214,17 @@ def _build(resolved, stage, entries, tokenizer, chat, source_root) -> tuple[dict
     stats = _stats(stage, per_dataset, bad, counters, train, evals, len(train_items), len(eval_items))
     if data.get("packing") and kind == "sft":
         train, evals = pack_rows(train, data["cutoff_len"]), pack_rows(evals, data["cutoff_len"])
-        stats["padding_fraction"]["packed"] = padding_fraction(_lengths(train, kind), stats["padding_fraction"]["batch_size"])
+        stats["padding_fraction"]["packed"] = padding_fraction(
+            _lengths(train, kind), stats["padding_fraction"]["batch_size"]
+        )
     stats["rows"] = {"train": len(train), "eval": len(evals)}
     stats["seconds"] = round(time.perf_counter() - start, 4)
-    stats["examples_per_second"] = round((len(train_items) + len(eval_items)) / max(stats["seconds"], 1e-9), 1)
-    columns = COLUMNS[kind] + (["position_ids"] if data.get("packing") and kind == "sft" else []) + list(media)
+    stats["examples_per_second"] = round(
+        (len(train_items) + len(eval_items)) / max(stats["seconds"], 1e-9), 1
+    )
+    columns = (
+        COLUMNS[kind] + (["position_ids"] if data.get("packing") and kind == "sft" else []) + list(media)
+    )
     tables = {"train": store.rows_to_table(train, columns)}
     if evals or eval_items:
         tables["eval"] = store.rows_to_table(evals, columns)

@@ -37,6 +37,12 @@ def collate(batch: list[dict], pad_id: int) -> dict:
         if key in ("images", "videos", "audios"):
             out[key] = values  # paths: the model's processor loads them
             continue
-        pad = IGNORE if key.endswith("labels") else 0 if key.endswith(("attention_mask", "position_ids")) else pad_id
+        pad = (
+            IGNORE
+            if key.endswith("labels")
+            else 0
+            if key.endswith(("attention_mask", "position_ids"))
+            else pad_id
+        )
         out[key] = _pad(values, pad, torch.long)
     return out

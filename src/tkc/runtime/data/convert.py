@@ -16,7 +16,9 @@ def _get(record: dict, columns: dict, key: str, *, required: bool = True, types=
         return None
     if name not in record or record[name] is None:
         if required:
-            raise BadRecord(f"missing column {name!r} ({key})", f"a column {name!r}; the record has {sorted(record)}")
+            raise BadRecord(
+                f"missing column {name!r} ({key})", f"a column {name!r}; the record has {sorted(record)}"
+            )
         return None
     value = record[name]
     if not isinstance(value, types):
@@ -47,7 +49,9 @@ def parse_tools(value) -> list[dict] | None:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise BadRecord(f"tools is not valid JSON ({exc.msg})", "a JSON list of function schemas") from None
+            raise BadRecord(
+                f"tools is not valid JSON ({exc.msg})", "a JSON list of function schemas"
+            ) from None
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
@@ -63,7 +67,9 @@ def parse_tool_calls(content) -> list[dict]:
         try:
             calls = json.loads(content)
         except json.JSONDecodeError as exc:
-            raise BadRecord(f"function call is not valid JSON ({exc.msg})", '{"name": ..., "arguments": {...}}') from None
+            raise BadRecord(
+                f"function call is not valid JSON ({exc.msg})", '{"name": ..., "arguments": {...}}'
+            ) from None
     calls = calls if isinstance(calls, list) else [calls]
     return [_tool_call(c) for c in calls]
 
@@ -71,13 +77,17 @@ def parse_tool_calls(content) -> list[dict]:
 def _tool_call(call) -> dict:
     call = call.get("function", call) if isinstance(call, dict) else call
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-        raise BadRecord(f"function call {json.dumps(call)[:60]}", 'an object {"name": str, "arguments": object}')
+        raise BadRecord(
+            f"function call {json.dumps(call)[:60]}", 'an object {"name": str, "arguments": object}'
+        )
     args = call.get("arguments", {})
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError:
-            raise BadRecord("function call arguments are not valid JSON", "arguments as a JSON object") from None
+            raise BadRecord(
+                "function call arguments are not valid JSON", "arguments as a JSON object"
+            ) from None
     if not isinstance(args, dict):
         raise BadRecord(f"function call arguments are {type(args).__name__}", "arguments as a JSON object")
     return {"type": "function", "function": {"name": call["name"], "arguments": args}}
@@ -90,7 +100,9 @@ def _alpaca_history(history) -> list[dict]:
     messages = []
     for i, pair in enumerate(history or []):
         if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise BadRecord(f"history item {i} is {json.dumps(pair)[:60]}", "a [query, response] pair of strings")
+            raise BadRecord(
+                f"history item {i} is {json.dumps(pair)[:60]}", "a [query, response] pair of strings"
+            )
         messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     return messages
 
@@ -105,8 +117,14 @@ def convert_alpaca(record: dict, columns: dict, kind: str) -> dict:
     messages.append({"role": "user", "content": user})
     example = _base(record, columns)
     if kind == "preference":
-        example["chosen"] = {"role": "assistant", "content": _nonempty(_get(record, columns, "chosen"), "chosen")}
-        example["rejected"] = {"role": "assistant", "content": _nonempty(_get(record, columns, "rejected"), "rejected")}
+        example["chosen"] = {
+            "role": "assistant",
+            "content": _nonempty(_get(record, columns, "chosen"), "chosen"),
+        }
+        example["rejected"] = {
+            "role": "assistant",
+            "content": _nonempty(_get(record, columns, "rejected"), "rejected"),
+        }
     else:
         response = _get(record, columns, "response")
         messages.append({"role": "assistant", "content": _nonempty(response, "response")})
@@ -143,14 +161,20 @@ def _role_map(tags: dict) -> dict:
 def _message(m, i: int, tags: dict, roles: dict) -> dict:
     rtag, ctag = tags["role"], tags["content"]
     if not isinstance(m, dict) or rtag not in m:
-        raise BadRecord(f"message {i} is {json.dumps(m, default=str)[:60]}", f"an object with {rtag!r} and {ctag!r}")
+        raise BadRecord(
+            f"message {i} is {json.dumps(m, default=str)[:60]}", f"an object with {rtag!r} and {ctag!r}"
+        )
     if m[rtag] not in roles:
         raise BadRecord(f"message {i} has {rtag} {m[rtag]!r}", f"one of {', '.join(map(repr, roles))}")
     role, content = roles[m[rtag]], m.get(ctag)
     if role == "function_call":
         return {"role": "assistant", "content": "", "tool_calls": parse_tool_calls(content)}
     if role == "assistant" and m.get("tool_calls"):
-        return {"role": "assistant", "content": content or "", "tool_calls": parse_tool_calls(m["tool_calls"])}
+        return {
+            "role": "assistant",
+            "content": content or "",
+            "tool_calls": parse_tool_calls(m["tool_calls"]),
+        }
     if not isinstance(content, str):
         raise BadRecord(f"message {i} {ctag} is {type(content).__name__}", f"{ctag!r} as a string")
     return {"role": role, "content": content}
@@ -163,13 +187,19 @@ def _check_turns(messages: list[dict], *, ends_with_assistant: bool) -> None:
         want_user = i % 2 == 0
         if (m["role"] in ("user", "tool")) != want_user or m["role"] == "system":
             want = "user or observation" if want_user else "assistant or function_call"
-            raise BadRecord(f"turn {i} is {m['role']!r}", f"{want} (turns must alternate after the system message)")
+            raise BadRecord(
+                f"turn {i} is {m['role']!r}", f"{want} (turns must alternate after the system message)"
+            )
     if not body:
         raise BadRecord("no conversation turns", "at least one user turn")
     if ends_with_assistant and body[-1]["role"] != "assistant":
-        raise BadRecord(f"the last turn is {body[-1]['role']!r}", "the conversation to end with an assistant turn")
+        raise BadRecord(
+            f"the last turn is {body[-1]['role']!r}", "the conversation to end with an assistant turn"
+        )
     if not ends_with_assistant and body[-1]["role"] == "assistant":
-        raise BadRecord("the last turn is 'assistant'", "the prompt to end with a user turn (chosen/rejected follow it)")
+        raise BadRecord(
+            "the last turn is 'assistant'", "the prompt to end with a user turn (chosen/rejected follow it)"
+        )
 
 
 def convert_chat(record: dict, columns: dict, tags: dict, kind: str) -> dict:
@@ -193,7 +223,9 @@ def convert_chat(record: dict, columns: dict, tags: dict, kind: str) -> dict:
 def _pref_turn(record: dict, columns: dict, key: str, tags: dict, roles: dict) -> dict:
     turn = _message(_get(record, columns, key, types=(dict,)), 0, tags, roles)
     if turn["role"] != "assistant":
-        raise BadRecord(f"{key} has role {turn['role']!r}", f"{key} to be an assistant (or function_call) turn")
+        raise BadRecord(
+            f"{key} has role {turn['role']!r}", f"{key} to be an assistant (or function_call) turn"
+        )
     return turn
 
 

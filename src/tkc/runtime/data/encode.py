@@ -52,7 +52,9 @@ class EncodeOptions:
 
     def __post_init__(self):
         if self.truncation not in ("keep_response", "right"):
-            raise ValueError(f"unknown data.truncation {self.truncation!r}; expected 'keep_response' or 'right'")
+            raise ValueError(
+                f"unknown data.truncation {self.truncation!r}; expected 'keep_response' or 'right'"
+            )
         if self.cutoff_len < 2:
             raise ValueError(f"data.cutoff_len must be at least 2, got {self.cutoff_len}")
 
@@ -93,7 +95,10 @@ def encode_texts(tokenizer, texts: list[str]) -> list[Encoded]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         encs = backend.encode_batch(texts, add_special_tokens=False)
-        return [Encoded(np.asarray(e.ids, dtype=np.int32), len(t), enc=e) for e, t in zip(encs, texts, strict=True)]
+        return [
+            Encoded(np.asarray(e.ids, dtype=np.int32), len(t), enc=e)
+            for e, t in zip(encs, texts, strict=True)
+        ]
     out = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     return [Encoded(np.asarray(i, dtype=np.int32), len(t), starts=_starts(o))
             for i, o, t in zip(out["input_ids"], out["offset_mapping"], texts, strict=True)]  # fmt: skip
@@ -124,7 +129,13 @@ def keep_response_bounds(prompt_len: int, resp_len: int, cutoff: int) -> tuple[i
     return min_prompt, cutoff - min_prompt
 
 
-def truncate(ids: np.ndarray, labels: np.ndarray, prompt_len: int, opts: EncodeOptions, keep: tuple[int, int] | None = None):
+def truncate(
+    ids: np.ndarray,
+    labels: np.ndarray,
+    prompt_len: int,
+    opts: EncodeOptions,
+    keep: tuple[int, int] | None = None,
+):
     n, cutoff = len(ids), opts.cutoff_len
     if n <= cutoff:
         return ids, labels, False
@@ -150,12 +161,20 @@ def render_all(items: list, chat: ChatSpec, pick: Callable[[dict], list[dict]], 
         try:
             text, spans = chat.spans(pick(ex), ex.get("tools"))
             if not spans:
-                raise BadRecord("the rendered conversation has no assistant turn to train on", "an assistant turn")
+                raise BadRecord(
+                    "the rendered conversation has no assistant turn to train on", "an assistant turn"
+                )
         except BadRecord as exc:
             on_bad(exc.at(where))
             continue
         except Exception as exc:  # TemplateRefused, SpanError, jinja errors: the record, not the run, is bad
-            on_bad(BadRecord(f"chat template: {type(exc).__name__}: {exc}", "a conversation the template accepts", where))
+            on_bad(
+                BadRecord(
+                    f"chat template: {type(exc).__name__}: {exc}",
+                    "a conversation the template accepts",
+                    where,
+                )
+            )
             continue
         out.append((where, ex, text, spans))
     return out
@@ -174,7 +193,9 @@ def _masked(encoded: Encoded, spans: list[Span], train_all: bool, last_only: boo
 # ---------------------------------------------------------------- per stage kind
 
 
-def encode_sft(items, tokenizer, chat: ChatSpec, opts: EncodeOptions, on_bad, counters: Counters, *, kto=False):
+def encode_sft(
+    items, tokenizer, chat: ChatSpec, opts: EncodeOptions, on_bad, counters: Counters, *, kto=False
+):
     """sft rows {input_ids, labels, attention_mask}; kto rows add `label` and train the last turn only."""
     rendered = render_all(items, chat, lambda ex: ex["messages"], on_bad)
     encoded = encode_texts(tokenizer, [r[2] for r in rendered])
@@ -205,7 +226,10 @@ def encode_pairwise(items, tokenizer, chat: ChatSpec, opts: EncodeOptions, on_ba
     encoded = encode_texts(tokenizer, texts)
     rows = []
     for k, ex in enumerate(both):
-        pair = [_masked(encoded[2 * k + j], sides[s][id(ex)][1], False, True) for j, s in enumerate(("chosen", "rejected"))]
+        pair = [
+            _masked(encoded[2 * k + j], sides[s][id(ex)][1], False, True)
+            for j, s in enumerate(("chosen", "rejected"))
+        ]
         row = _pair_row(pair, opts, counters)
         if row is not None:
             rows.append(row)
@@ -218,7 +242,9 @@ def _pair_row(pair, opts: EncodeOptions, counters: Counters) -> dict | None:
     keep = keep_response_bounds(prompt_len, resp_len, opts.cutoff_len)
     row, cut_any = {}, False
     for side, (ids, labels, plen) in zip(("chosen", "rejected"), pair, strict=True):
-        ids, labels, cut = truncate(ids, labels, plen, opts, (min(keep[0], plen), min(keep[1], len(ids) - plen)))
+        ids, labels, cut = truncate(
+            ids, labels, plen, opts, (min(keep[0], plen), min(keep[1], len(ids) - plen))
+        )
         cut_any |= cut
         if not _trains(labels):
             counters.dropped_no_labels += 1
@@ -233,10 +259,14 @@ def encode_pt(items, tokenizer, opts: EncodeOptions, eos_id: int) -> list[dict]:
     """pt rows: every text + eos, concatenated in order and cut into cutoff_len chunks (the last may be shorter)."""
     encoded = encode_texts(tokenizer, [ex["text"] for _, ex in items])
     eos = np.asarray([eos_id], dtype=np.int32)
-    stream = np.concatenate([part for e in encoded for part in (e.ids, eos)]) if encoded else np.zeros(0, np.int32)
+    stream = (
+        np.concatenate([part for e in encoded for part in (e.ids, eos)]) if encoded else np.zeros(0, np.int32)
+    )
     rows = []
     for start in range(0, len(stream), opts.cutoff_len):
         chunk = stream[start : start + opts.cutoff_len]
         if len(chunk) > 1:  # a one-token chunk predicts nothing
-            rows.append({"input_ids": chunk, "labels": chunk.copy(), "attention_mask": np.ones(len(chunk), np.int32)})
+            rows.append(
+                {"input_ids": chunk, "labels": chunk.copy(), "attention_mask": np.ones(len(chunk), np.int32)}
+            )
     return rows

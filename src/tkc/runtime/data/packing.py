@@ -55,7 +55,9 @@ def pack_rows(rows: list[dict], capacity: int) -> list[dict]:
         positions = np.concatenate([np.arange(len(r["input_ids"]), dtype=np.int32) for r in parts])
         row = {"input_ids": ids, "labels": np.concatenate(labels),
                "attention_mask": np.ones(len(ids), np.int32), "position_ids": positions}  # fmt: skip
-        row.update({m: [x for r in parts for x in r[m]] for m in ("images", "videos", "audios") if m in parts[0]})
+        row.update(
+            {m: [x for r in parts for x in r[m]] for m in ("images", "videos", "audios") if m in parts[0]}
+        )
         packed.append(row)
     return packed
 

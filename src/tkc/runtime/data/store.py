@@ -23,7 +23,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of the tokenizer's full serialized state (vocab, merges, normalizer, added tokens) and special tokens."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     body = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    specials = {k: str(getattr(tokenizer, k, None)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    specials = {
+        k: str(getattr(tokenizer, k, None)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+    }
     return hashlib.sha256(body.encode() + canonical(specials)).hexdigest()
 
 
