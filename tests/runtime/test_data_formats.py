@@ -191,3 +191,15 @@ def test_split_slices_and_max_samples(tmp_path):
         template_text=H.CHATML,
     )
     assert len(data.train) == 1 and "7+1" in H.tokenizer().decode(data.train[0]["input_ids"])
+
+
+def test_preprocessing_batch_size_does_not_change_rows(tmp_path):
+    e = H.entry("m", "data/sharegpt_multi.json", "sharegpt", "sft", H.FIXTURES.parent)
+    j = H.entry("j", "data/sft_ok.jsonl", "alpaca", "sft", H.FIXTURES.parent)
+    rows = []
+    for batch in (1, 1000):
+        res = H.resolved([e, j], preprocessing_batch_size=batch)
+        data = build_stage_data(res, H.stage("sft", ["m", "j"]), H.tokenizer(), H.FIXTURES.parent, tmp_path,
+                                template_text=H.CHATML)  # fmt: skip
+        rows.append(data.train.to_dict())
+    assert rows[0] == rows[1] and len(rows[0]["input_ids"]) == 5

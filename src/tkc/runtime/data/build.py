@@ -114,14 +114,20 @@ def _convert(entry: dict, source_root: Path, bad: _BadRecords) -> tuple[list, in
     return out, len(raw)
 
 
-def _encode(kind: str, items: list, tokenizer, chat, opts: EncodeOptions, bad, counters) -> list[dict]:
+def _encode(kind: str, items: list, tokenizer, chat, opts: EncodeOptions, bad, counters, batch: int) -> list[dict]:
+    """Tokenize in batches of `preprocessing_batch_size`: bounds the memory held by tokenizer Encodings."""
     if kind == "pt":
         if tokenizer.eos_token_id is None:
             raise DataError("pretraining appends eos after each text, but the tokenizer has no eos token")
-        return encode_pt(items, tokenizer, opts, tokenizer.eos_token_id)
-    if kind in ("rm", "dpo"):
-        return encode_pairwise(items, tokenizer, chat, opts, bad, counters)
-    return encode_sft(items, tokenizer, chat, opts, bad, counters, kto=kind == "kto")
+        return encode_pt(items, tokenizer, opts, tokenizer.eos_token_id, batch)
+    rows: list[dict] = []
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        if kind in ("rm", "dpo"):
+            rows += encode_pairwise(chunk, tokenizer, chat, opts, bad, counters)
+        else:
+            rows += encode_sft(chunk, tokenizer, chat, opts, bad, counters, kto=kind == "kto")
+    return rows
 
 
 def _lengths(rows: list[dict], kind: str) -> list[int]:
@@ -209,8 +215,9 @@ def _build(resolved, stage, entries, tokenizer, chat, source_root) -> tuple[dict
     opts = EncodeOptions(data["cutoff_len"], bool(data.get("train_on_prompt")), bool(data.get("mask_history")),
                          data.get("truncation", "keep_response"), media)  # fmt: skip
     counters = Counters()
-    train = _encode(kind, train_items, tokenizer, chat, opts, bad, counters)
-    evals = _encode(kind, eval_items, tokenizer, chat, opts, bad, counters)
+    batch = max(1, int(data.get("preprocessing_batch_size") or 1000))
+    train = _encode(kind, train_items, tokenizer, chat, opts, bad, counters, batch)
+    evals = _encode(kind, eval_items, tokenizer, chat, opts, bad, counters, batch)
     stats = _stats(stage, per_dataset, bad, counters, train, evals, len(train_items), len(eval_items))
     if data.get("packing") and kind == "sft":
         train, evals = pack_rows(train, data["cutoff_len"]), pack_rows(evals, data["cutoff_len"])

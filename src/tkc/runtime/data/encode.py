@@ -255,18 +255,17 @@ def _pair_row(pair, opts: EncodeOptions, counters: Counters) -> dict | None:
     return row
 
 
-def encode_pt(items, tokenizer, opts: EncodeOptions, eos_id: int) -> list[dict]:
+def encode_pt(items, tokenizer, opts: EncodeOptions, eos_id: int, batch: int = 1000) -> list[dict]:
     """pt rows: every text + eos, concatenated in order and cut into cutoff_len chunks (the last may be shorter)."""
-    encoded = encode_texts(tokenizer, [ex["text"] for _, ex in items])
     eos = np.asarray([eos_id], dtype=np.int32)
-    stream = (
-        np.concatenate([part for e in encoded for part in (e.ids, eos)]) if encoded else np.zeros(0, np.int32)
-    )
+    parts = []
+    for start in range(0, len(items), batch):
+        encoded = encode_texts(tokenizer, [ex["text"] for _, ex in items[start : start + batch]])
+        parts += [p for e in encoded for p in (e.ids, eos)]
+    stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
     rows = []
     for start in range(0, len(stream), opts.cutoff_len):
         chunk = stream[start : start + opts.cutoff_len]
         if len(chunk) > 1:  # a one-token chunk predicts nothing
-            rows.append(
-                {"input_ids": chunk, "labels": chunk.copy(), "attention_mask": np.ones(len(chunk), np.int32)}
-            )
+            rows.append({"input_ids": chunk, "labels": chunk.copy(), "attention_mask": np.ones(len(chunk), np.int32)})
     return rows
