@@ -18,6 +18,12 @@ def _stages(plan: Plan) -> Iterator[tuple[int, str, str]]:
         yield i, plan.get(f"stages.{i}.kind"), plan.get(f"stages.{i}.name")
 
 
+def _train_key(plan: Plan, i: int, key: str) -> tuple[str | int, ...]:
+    """Where a stage's train value was set: the stage's own train block, else the top-level one."""
+    stage_path = ("stages", i, "train", key)
+    return stage_path if stage_path in plan.inputs.recipe.positions else ("train", key)
+
+
 def batch_divisible(plan: Plan) -> Iterator[Violation]:
     for i, _, name in _stages(plan):
         p = f"stages.{i}.train."
@@ -25,7 +31,7 @@ def batch_divisible(plan: Plan) -> Iterator[Violation]:
             continue
         gbs, world, micro = (plan.get(p + k) for k in ("global_batch_size", "world_size", "micro_batch_size"))
         if gbs % (world * micro):
-            yield (("train", "global_batch_size"), f"stage {name!r}: global batch {gbs} is not divisible by "
+            yield (_train_key(plan, i, "global_batch_size"), f"stage {name!r}: global batch {gbs} is not divisible by "
                    f"devices ({world}) x micro batch ({micro})", f"use a multiple of {world * micro}")
 
 
@@ -77,7 +83,7 @@ def precision_supported(plan: Plan) -> Iterator[Violation]:
     for i, _, name in _stages(plan):
         prec = plan.get(f"stages.{i}.train.precision")
         if prec in ("bf16", "fp16") and not plan.get(f"hardware.supports_{prec}"):
-            yield (("train", "precision"), f"stage {name!r}: {prec} requested but the hardware "
+            yield (_train_key(plan, i, "precision"), f"stage {name!r}: {prec} requested but the hardware "
                    f"({plan.get('hardware.profile')}) does not support it", "use precision: auto")
 
 

@@ -25,17 +25,44 @@ def _catalog_choice(plan: Plan) -> tuple[str | None, str]:
     return fam.template, f"family:{family}"
 
 
+_PROBE_USER = [{"role": "user", "content": "ping"}]
+_PROBE_TOOL = [{"type": "function", "function": {"name": "tkc_probe_tool", "description": "probe",
+                                                  "parameters": {"type": "object", "properties": {}}}}]
+
+
+def _renders(text: str, messages: list[dict], tools: Any = None, **kw: str) -> str | None:
+    from tkc.catalog.chat import TemplateRefused, render
+
+    try:
+        return render(text, messages, tools=tools, add_generation_prompt=True, **kw)
+    except TemplateRefused:
+        return None
+    except Exception:  # noqa: BLE001 - a template that breaks on a probe does not support the feature
+        return None
+
+
+def probe_capabilities(text: str, bos: str, eos: str) -> tuple[bool, bool]:
+    """(supports_system, supports_tools), found by rendering, not by reading the template's source."""
+    system = [{"role": "system", "content": "tkc-probe-system"}, *_PROBE_USER]
+    with_system = _renders(text, system, bos_token=bos, eos_token=eos)
+    with_tools = _renders(text, _PROBE_USER, _PROBE_TOOL, bos_token=bos, eos_token=eos)
+    return (with_system is not None and "tkc-probe-system" in with_system,
+            with_tools is not None and "tkc_probe_tool" in with_tools)
+
+
 def _auto_values(plan: Plan) -> dict[str, tuple[Any, str]]:
     facts = plan.inputs.model
     text = facts.chat_template or ""
     tokens = facts.special_tokens
     src = "derived:tokenizer_config"
+    system, tools = probe_capabilities(text, tokens.get("bos_token", ""), tokens.get("eos_token", ""))
+    probed = "derived:resolve_chat_template:render_probe"
     return {
         "template.id": ("auto", source_of(plan, ("template",))), "template.source": ("tokenizer", src),
         "template.bos_token": (tokens.get("bos_token", ""), src),
         "template.eos_token": (tokens.get("eos_token", ""), src),
         "template.stop_tokens": (sorted({tokens[k] for k in ("eos_token",) if k in tokens}), src),
-        "template.supports_system": ("system" in text, src), "template.supports_tools": ("tools" in text, src),
+        "template.supports_system": (system, probed), "template.supports_tools": (tools, probed),
         "template.default_system": (None, src), "template.render_kwargs": ({}, src),
         "template.file": (TEMPLATE_FILE, "derived:resolve_chat_template"), FILES + TEMPLATE_FILE: (text, src),
     }
