@@ -177,13 +177,26 @@ def install_data() -> str:
 
 def run_in_subprocess(bundle: Path, *extra: str, timeout: float = 300, wait: bool = True, env=None):
     """`python -c` driver: install the data source, run_bundle, exit with its code."""
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import conftest; conftest.install_data(); "
-            f"from tkc.runtime.run import run_bundle; sys.exit(run_bundle(__import__('pathlib').Path({str(bundle)!r})))")
+    code = ("import importlib.util as u, sys, pathlib; "
+            f"s = u.spec_from_file_location('tkc_rt_helpers', {__file__!r}); h = u.module_from_spec(s); "
+            "s.loader.exec_module(h); h.install_data(); from tkc.runtime.run import run_bundle; "
+            f"sys.exit(run_bundle(pathlib.Path({str(bundle)!r})))")
     full_env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
     if not wait:
         return subprocess.Popen([PY, "-c", code, *extra], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
     return subprocess.run([PY, "-c", code, *extra], env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def rt_module():
+    return sys.modules[__name__]
+
+
+@pytest.fixture
+def rt():
+    """These helpers as a namespace (conftest modules are not importable under --import-mode=importlib)."""
+    return sys.modules[__name__]
 
 
 @pytest.fixture(autouse=True)
@@ -211,3 +224,49 @@ def tiny_pretrained(tmp_path_factory) -> Path:
 def steps(bundle: Path, stage_name: str) -> list[dict]:
     path = bundle / "outputs" / stage_name / "steps.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def make_ctx(bundle: Path):
+    from tkc.runtime.context import RunContext, load_bundle_hash, resolve_source_root
+
+    plan = json.loads((bundle / "resolved.json").read_text())
+    return RunContext(bundle, plan, resolve_source_root(bundle, None), load_bundle_hash(bundle))
+
+
+def train_and_compare(bundle: Path, stage_name: str, head: str = "causal_lm"):
+    """Build the stage's model, train it with the stage's task, return (before, after, model, losses)."""
+    import importlib
+
+    import torch
+
+    from tkc.runtime import loop
+    from tkc.runtime.model import build_optimizer
+
+    ctx = make_ctx(bundle)
+    st = ctx.stage_by_name(stage_name)
+    torch.manual_seed(st["train"]["seed"])
+    module = importlib.import_module(f"tkc.runtime.stages.{st['kind']}")
+    task, model = module.build_task(ctx, st)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, st)
+    from tkc.runtime.stages.common import load_rows
+
+    train_rows, _ = load_rows(ctx, st)
+    result = loop.train(ctx, st, model, optimizer, task, train_rows, [])
+    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return before, after, trainable, model, [r["loss"] for r in result.records if "loss" in r]
+
+
+def assert_trained(before, after, trainable, losses):
+    import math
+
+    import torch
+
+    assert trainable, "nothing trainable"
+    assert all(math.isfinite(x) for x in losses), losses
+    assert sum(losses[-2:]) < sum(losses[:2]), f"loss did not fall: {losses}"
+    changed = {n for n in trainable if not torch.equal(before[n], after[n])}
+    assert changed == trainable, f"trainable params that did not change: {sorted(trainable - changed)[:5]}"
+    frozen_changed = [n for n in before if n not in trainable and not torch.equal(before[n], after[n])]
+    assert not frozen_changed, f"frozen params changed: {frozen_changed[:5]}"

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,8 +71,8 @@ def batch_indices(n_rows: int, train: dict, step: int, per_epoch: int) -> list[i
 
 
 def lr_factor(train: dict, step: int, total: int) -> float:
-    """Linear warmup over warmup_steps (reaching 1 at the end of warmup), then cosine / linear / constant."""
-    warm = train["warmup_steps"]
+    """Linear warmup over ceil(warmup_ratio x total) steps (reaching 1 at its end), then cosine/linear/constant."""
+    warm = math.ceil(train["warmup_ratio"] * total)
     if step < warm:
         return (step + 1) / warm
     progress = (step - warm) / max(1, total - warm)

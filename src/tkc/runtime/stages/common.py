@@ -11,6 +11,7 @@ from tkc.runtime import outputs
 from tkc.runtime.context import RunContext
 from tkc.runtime.loop import LoopResult, Rows
 
+
 def load_rows(ctx: RunContext, stage: dict, *, datasets: list[str] | None = None, kind: str | None = None
               ) -> tuple[Rows, Rows]:
     """Token-id rows for the stage from tkc.runtime.data (looked up at call time so tests can substitute it)."""
@@ -120,3 +121,20 @@ class Reference:
 
         with self.model.disable_adapter() if self.lora else nullcontext():
             return sequence_logps(self.model, input_ids, attention_mask, labels)[0]
+
+
+def train_stage(ctx: RunContext, stage: dict, model, task, *, describe: str, extra: dict | None = None) -> int:
+    """Optimizer, rows, the loop, then model + records + DONE: the tail every training stage shares."""
+    from tkc.runtime import loop
+    from tkc.runtime.model import build_optimizer, count_params
+
+    optimizer = build_optimizer(model, stage)
+    train_rows, eval_rows = load_rows(ctx, stage)
+    trainable, total = count_params(model)
+    ctx.log(f"[{stage['name']}] {describe}: {len(train_rows)} rows, {trainable:,}/{total:,} trainable params")
+    result = loop.train(ctx, stage, model, optimizer, task, train_rows, eval_rows)
+    if result.exit_code:
+        return result.exit_code
+    save_model(ctx, stage, model)
+    finish(ctx, stage, result, {"trainable_params": trainable, "total_params": total, **(extra or {})})
+    return 0

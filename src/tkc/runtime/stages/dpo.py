@@ -7,9 +7,8 @@ import torch.nn.functional as F
 
 from tkc.runtime import loop
 from tkc.runtime.context import RunContext
-from tkc.runtime.model import build_optimizer, build_trainable, count_params
-from tkc.runtime.stages.common import Reference, concat_pairs, finish, load_rows, pad, save_model, sequence_logps
-from tkc.runtime.stages.common import token_count
+from tkc.runtime.model import build_trainable
+from tkc.runtime.stages.common import Reference, concat_pairs, pad, sequence_logps, token_count, train_stage
 
 REFERENCE_LOSSES = {"sigmoid", "ipo", "hinge"}
 
@@ -60,22 +59,19 @@ def make_loss(opts: dict, reference: Reference | None, pad_id: int):
     return loss_sum
 
 
-def run(ctx: RunContext, stage: dict) -> int:
+def build_task(ctx: RunContext, stage: dict):
     opts = stage["options"]
     model = build_trainable(ctx, stage)
     needs_ref = opts["loss"] in REFERENCE_LOSSES and opts.get("reference", "init") != "none"
     reference = Reference(model, lora=stage["finetuning"]["method"] == "lora") if needs_ref else None
-    optimizer = build_optimizer(model, stage)
-    train_rows, eval_rows = load_rows(ctx, stage)
     pad_id = ctx.tokenizer().pad_token_id
     task = loop.Task(loss_sum=make_loss(opts, reference, pad_id), units=len, tokens=token_count,
                      collate=lambda rows: pad(rows, pad_id))
-    trainable, total = count_params(model)
-    ctx.log(f"[{stage['name']}] dpo loss={opts['loss']} beta={opts['beta']}: {len(train_rows)} pairs, "
-            f"{trainable:,}/{total:,} trainable params, reference={'init' if reference else 'none'}")
-    result = loop.train(ctx, stage, model, optimizer, task, train_rows, eval_rows)
-    if result.exit_code:
-        return result.exit_code
-    save_model(ctx, stage, model)
-    finish(ctx, stage, result, {"trainable_params": trainable, "total_params": total, "loss": opts["loss"]})
-    return 0
+    return task, model
+
+
+def run(ctx: RunContext, stage: dict) -> int:
+    task, model = build_task(ctx, stage)
+    opts = stage["options"]
+    return train_stage(ctx, stage, model, task, describe=f"dpo loss={opts['loss']} beta={opts['beta']}",
+                       extra={"loss": opts["loss"]})

@@ -60,7 +60,7 @@ def run(ctx: RunContext, stage: dict) -> int:
     pairs = [split_prompt(r) for r in rows]
     preds = greedy(model, tok, [p for p, _ in pairs], int(opts.get("max_new_tokens", 16)), stop_ids)
     records, correct = [], 0
-    for (prompt, ref), pred in zip(pairs, preds):
+    for (prompt, ref), pred in zip(pairs, preds, strict=True):
         ref_text = tok.decode(ref, skip_special_tokens=True).strip()
         pred_text = tok.decode(pred, skip_special_tokens=True).strip()
         correct += ref_text == pred_text

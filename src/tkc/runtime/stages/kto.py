@@ -6,8 +6,8 @@ import torch
 
 from tkc.runtime import loop
 from tkc.runtime.context import RunContext
-from tkc.runtime.model import build_optimizer, build_trainable, count_params
-from tkc.runtime.stages.common import Reference, finish, load_rows, pad, save_model, sequence_logps, token_count
+from tkc.runtime.model import build_trainable
+from tkc.runtime.stages.common import Reference, pad, sequence_logps, token_count, train_stage
 
 
 def kto_loss(opts: dict, log_ratio: torch.Tensor, desirable: torch.Tensor) -> torch.Tensor:
@@ -28,22 +28,15 @@ def make_loss(opts: dict, reference: Reference):
     return loss_sum
 
 
-def run(ctx: RunContext, stage: dict) -> int:
-    opts = stage["options"]
+def build_task(ctx: RunContext, stage: dict):
     model = build_trainable(ctx, stage)
     reference = Reference(model, lora=stage["finetuning"]["method"] == "lora")
-    optimizer = build_optimizer(model, stage)
-    train_rows, eval_rows = load_rows(ctx, stage)
     pad_id = ctx.tokenizer().pad_token_id
-    task = loop.Task(loss_sum=make_loss(opts, reference), units=len, tokens=token_count,
+    task = loop.Task(loss_sum=make_loss(stage["options"], reference), units=len, tokens=token_count,
                      collate=lambda rows: pad(rows, pad_id))
-    trainable, total = count_params(model)
-    good = sum(bool(r["label"]) for r in train_rows)
-    ctx.log(f"[{stage['name']}] kto beta={opts['beta']}: {good} desirable / {len(train_rows) - good} undesirable, "
-            f"{trainable:,}/{total:,} trainable params")
-    result = loop.train(ctx, stage, model, optimizer, task, train_rows, eval_rows)
-    if result.exit_code:
-        return result.exit_code
-    save_model(ctx, stage, model)
-    finish(ctx, stage, result, {"trainable_params": trainable, "total_params": total})
-    return 0
+    return task, model
+
+
+def run(ctx: RunContext, stage: dict) -> int:
+    task, model = build_task(ctx, stage)
+    return train_stage(ctx, stage, model, task, describe=f"kto beta={stage['options']['beta']}")

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from tkc.runtime import loop
 from tkc.runtime.context import RunContext
-from tkc.runtime.model import build_optimizer, build_trainable, count_params
-from tkc.runtime.stages.common import concat_pairs, finish, load_rows, pad, save_model, token_count
+from tkc.runtime.model import build_trainable
+from tkc.runtime.stages.common import concat_pairs, pad, token_count, train_stage
 
 
 def scores(model, input_ids, attention_mask) -> torch.Tensor:
@@ -26,17 +26,13 @@ def make_loss(pad_id: int):
     return loss_sum
 
 
-def run(ctx: RunContext, stage: dict) -> int:
+def build_task(ctx: RunContext, stage: dict):
     model = build_trainable(ctx, stage, head="seq_cls")
-    optimizer = build_optimizer(model, stage)
-    train_rows, eval_rows = load_rows(ctx, stage)
     pad_id = ctx.tokenizer().pad_token_id
     task = loop.Task(loss_sum=make_loss(pad_id), units=len, tokens=token_count, collate=lambda rows: pad(rows, pad_id))
-    trainable, total = count_params(model)
-    ctx.log(f"[{stage['name']}] rm: {len(train_rows)} pairs, {trainable:,}/{total:,} trainable params")
-    result = loop.train(ctx, stage, model, optimizer, task, train_rows, eval_rows)
-    if result.exit_code:
-        return result.exit_code
-    save_model(ctx, stage, model)
-    finish(ctx, stage, result, {"trainable_params": trainable, "total_params": total})
-    return 0
+    return task, model
+
+
+def run(ctx: RunContext, stage: dict) -> int:
+    task, model = build_task(ctx, stage)
+    return train_stage(ctx, stage, model, task, describe=f"rm ({stage['finetuning']['method']}, pairwise loss)")

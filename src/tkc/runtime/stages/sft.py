@@ -4,22 +4,17 @@ from __future__ import annotations
 
 from tkc.runtime import loop
 from tkc.runtime.context import RunContext
-from tkc.runtime.model import build_optimizer, build_trainable, count_params
-from tkc.runtime.stages.common import finish, label_units, lm_loss_sum, load_rows, pad, save_model, token_count
+from tkc.runtime.model import build_trainable
+from tkc.runtime.stages.common import label_units, lm_loss_sum, pad, token_count, train_stage
+
+
+def build_task(ctx: RunContext, stage: dict):
+    model = build_trainable(ctx, stage)
+    pad_id = ctx.tokenizer().pad_token_id
+    task = loop.Task(loss_sum=lm_loss_sum, units=label_units, tokens=token_count, collate=lambda rows: pad(rows, pad_id))
+    return task, model
 
 
 def run(ctx: RunContext, stage: dict) -> int:
-    model = build_trainable(ctx, stage)
-    optimizer = build_optimizer(model, stage)
-    train_rows, eval_rows = load_rows(ctx, stage)
-    pad_id = ctx.tokenizer().pad_token_id
-    task = loop.Task(loss_sum=lm_loss_sum, units=label_units, tokens=token_count, collate=lambda rows: pad(rows, pad_id))
-    trainable, total = count_params(model)
-    ctx.log(f"[{stage['name']}] sft ({stage['finetuning']['method']}): {len(train_rows)} rows, "
-            f"{trainable:,}/{total:,} trainable params")
-    result = loop.train(ctx, stage, model, optimizer, task, train_rows, eval_rows)
-    if result.exit_code:
-        return result.exit_code
-    save_model(ctx, stage, model)
-    finish(ctx, stage, result, {"trainable_params": trainable, "total_params": total})
-    return 0
+    task, model = build_task(ctx, stage)
+    return train_stage(ctx, stage, model, task, describe=f"sft ({stage['finetuning']['method']})")

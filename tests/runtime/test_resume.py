@@ -1,0 +1,139 @@
+"""Exact resume: kill -9 or SIGTERM mid-training, run again, get the uninterrupted run's losses and weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tkc.runtime.context import EXIT_BUNDLE_CHANGED, EXIT_SIGTERM
+
+# 12 steps, checkpoint every 3; global batch 8 = 2 micro-batches of 4, so a kill lands mid-accumulation often.
+TRAIN = {"max_steps": 12, "global_batch_size": 8, "micro_batch_size": 4, "save_steps": 3, "save_total_limit": 2,
+         "learning_rate": 1e-2}
+
+
+def _plan(rt, tiny_pretrained, method="lora"):
+    st = rt.stage("sft", "sft", 0, ["arith_sft"], method=method, **TRAIN)
+    plan = rt.resolved([st], model_path=str(tiny_pretrained), init="pretrained")
+    plan["datasets"]["arith_sft"]["max_samples"] = 40  # 5 steps per epoch: resume crosses an epoch boundary
+    return plan
+
+
+def _weights_sha(bundle) -> str:
+    model = bundle / "outputs" / "sft" / "model"
+    path = model / "adapter_model.safetensors"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _losses(rt, bundle) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in rt.steps(bundle, "sft") if "loss" in r]
+
+
+def _wait_for_step(rt, bundle, step: int, proc, timeout: float = 240) -> None:
+    path = bundle / "outputs" / "sft" / "steps.jsonl"
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if path.exists() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines() if x.strip()):
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the step in time")
+
+
+@pytest.fixture(scope="module")
+def reference_run(rt_module, tiny_pretrained, tmp_path_factory):
+    rt = rt_module
+    bundle = rt.write_bundle(tmp_path_factory.mktemp("ref") / "run", _plan(rt, tiny_pretrained))
+    proc = rt.run_in_subprocess(bundle)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return _losses(rt, bundle), _weights_sha(bundle)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_then_resume_is_exact(rt, tmp_path, tiny_pretrained, reference_run):
+    bundle = rt.write_bundle(tmp_path / "run", _plan(rt, tiny_pretrained))
+    proc = rt.run_in_subprocess(bundle, wait=False)
+    _wait_for_step(rt, bundle, 7, proc)  # past the step-6 checkpoint, inside the next steps
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (bundle / "outputs" / "sft" / "DONE").exists()
+    again = rt.run_in_subprocess(bundle)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming from ckpt-" in again.stdout
+    ref_losses, ref_sha = reference_run
+    assert _losses(rt, bundle) == ref_losses  # bit-identical floats, every step
+    assert _weights_sha(bundle) == ref_sha
+
+
+@pytest.mark.slow
+def test_sigterm_writes_checkpoint_and_exits_143_then_resumes_exactly(rt, tmp_path, tiny_pretrained, reference_run):
+    bundle = rt.write_bundle(tmp_path / "run", _plan(rt, tiny_pretrained))
+    proc = rt.run_in_subprocess(bundle, wait=False)
+    _wait_for_step(rt, bundle, 4, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_SIGTERM == 143, out
+    ckpts = sorted((bundle / "outputs" / "sft" / "checkpoints").glob("ckpt-*"))
+    stopped_at = max(int(p.name.split("-")[1]) for p in ckpts)
+    assert stopped_at >= 4 and (bundle / "outputs" / "sft" / "checkpoints" / f"ckpt-{stopped_at}" / "COMPLETE").exists()
+    again = rt.run_in_subprocess(bundle)
+    assert again.returncode == 0, again.stdout + again.stderr
+    ref_losses, ref_sha = reference_run
+    assert _losses(rt, bundle) == ref_losses
+    assert _weights_sha(bundle) == ref_sha
+
+
+def test_resume_refuses_a_checkpoint_from_a_changed_bundle(rt, tmp_path, tiny_pretrained):
+    from tkc.runtime import checkpoint
+
+    plan = _plan(rt, tiny_pretrained)
+    plan["stages"][0]["train"]["max_steps"] = 2
+    plan["stages"][0]["train"]["save_steps"] = 1
+    bundle = rt.write_bundle(tmp_path / "run", plan)
+    from tkc.runtime.run import run_bundle
+
+    assert run_bundle(bundle) == 0
+    ckpt = checkpoint.latest_checkpoint(bundle / "outputs" / "sft" / "checkpoints")
+    assert ckpt is not None
+    (bundle / "outputs" / "sft" / "DONE").unlink()
+    plan["stages"][0]["train"]["learning_rate"] = 5e-3  # a semantic change: new bundle hash, same outputs/
+    rt.write_bundle(bundle, plan)
+    assert run_bundle(bundle) == EXIT_BUNDLE_CHANGED
+
+
+def test_done_stage_is_skipped_and_foreign_done_refused(rt, tmp_path, tiny_pretrained, capsys):
+    from tkc.runtime.run import run_bundle
+
+    plan = _plan(rt, tiny_pretrained)
+    plan["stages"][0]["train"].update(max_steps=1, save_steps=0)
+    bundle = rt.write_bundle(tmp_path / "run", plan)
+    assert run_bundle(bundle) == 0
+    assert run_bundle(bundle) == 0
+    assert "already done" in capsys.readouterr().out
+    (bundle / "outputs" / "sft" / "DONE").write_text("0" * 64 + "\n")
+    assert run_bundle(bundle) == EXIT_BUNDLE_CHANGED
+
+
+def test_interrupted_checkpoint_write_leaves_previous_usable(tmp_path):
+    import torch
+
+    from tkc.runtime import checkpoint
+
+    root = tmp_path / "checkpoints"
+    t = {"w": torch.ones(2)}
+    checkpoint.save_checkpoint(root, 3, tensors=t, optimizer_state={"state": {}, "param_groups": []},
+                               state={"bundle_hash": "h", "step": 3}, keep=2)
+    (root / ".tmp-ckpt-6").mkdir()  # a crash mid-write: no COMPLETE, never renamed
+    (root / ".tmp-ckpt-6" / "trainable.safetensors").write_bytes(b"partial")
+    assert checkpoint.latest_checkpoint(root).name == "ckpt-3"
+    tensors, _, state = checkpoint.load_checkpoint(root / "ckpt-3", bundle_hash="h")
+    assert state["step"] == 3 and torch.equal(tensors["w"], t["w"])
+    for step in (6, 9, 12):
+        checkpoint.save_checkpoint(root, step, tensors=t, optimizer_state={}, state={"bundle_hash": "h"}, keep=2)
+    assert [s for s, _ in checkpoint.list_checkpoints(root)] == [9, 12]
+    assert not list(root.glob(".tmp-*"))
