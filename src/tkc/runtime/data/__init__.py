@@ -1,7 +1,8 @@
 """Runtime data pipeline: resolved.json dataset entries -> canonical examples -> token ids + label masks, cached.
 
 Entry point: `build_stage_data(resolved, stage, tokenizer, source_root, cache_dir) -> StageData` with
-`.train` / `.eval` (`datasets.Dataset`, memory-mapped Arrow, or None when val_size is 0) and `.stats`.
+`.train` / `.eval` (`Rows`: a sequence of row dicts over a memory-mapped Arrow file, `.dataset` being the
+`datasets.Dataset`; eval is None when val_size is 0) and `.stats` (see `build._stats`).
 
 Rows per stage kind (all int lists; labels are -100 where not trained; no padding inside rows):
 * pt:    input_ids, labels (== input_ids), attention_mask. Texts + eos concatenated, cut into cutoff_len

@@ -33,8 +33,8 @@ _MAX_REASONS = 50
 
 @dataclass
 class StageData:
-    train: object  # datasets.Dataset (memory-mapped Arrow) of rows; see tkc.runtime.data docstring
-    eval: object | None
+    train: store.Rows  # sequence of row dicts over memory-mapped Arrow; `.dataset` is the datasets.Dataset
+    eval: store.Rows | None
     stats: dict
     cache_path: Path
 
@@ -114,7 +114,9 @@ def _convert(entry: dict, source_root: Path, bad: _BadRecords) -> tuple[list, in
     return out, len(raw)
 
 
-def _encode(kind: str, items: list, tokenizer, chat, opts: EncodeOptions, bad, counters, batch: int) -> list[dict]:
+def _encode(
+    kind: str, items: list, tokenizer, chat, opts: EncodeOptions, bad, counters, batch: int
+) -> list[dict]:
     """Tokenize in batches of `preprocessing_batch_size`: bounds the memory held by tokenizer Encodings."""
     if kind == "pt":
         if tokenizer.eos_token_id is None:

@@ -267,5 +267,7 @@ def encode_pt(items, tokenizer, opts: EncodeOptions, eos_id: int, batch: int = 1
     for start in range(0, len(stream), opts.cutoff_len):
         chunk = stream[start : start + opts.cutoff_len]
         if len(chunk) > 1:  # a one-token chunk predicts nothing
-            rows.append({"input_ids": chunk, "labels": chunk.copy(), "attention_mask": np.ones(len(chunk), np.int32)})
+            rows.append(
+                {"input_ids": chunk, "labels": chunk.copy(), "attention_mask": np.ones(len(chunk), np.int32)}
+            )
     return rows

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -84,12 +85,50 @@ def save(cache_dir: Path, key: str, tables: dict, stats: dict, key_parts: dict) 
     return final
 
 
+class Rows(Sequence):
+    """The rows of one split: a read-only sequence of dicts of int lists over a memory-mapped Arrow file.
+
+    Iterating converts whole record batches at once (`list(rows)` is ~7x faster than iterating a
+    `datasets.Dataset`, which decodes row by row); `.dataset` is the underlying `datasets.Dataset`.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        if isinstance(index, str):
+            return self.dataset[index]  # a whole column
+        if isinstance(index, slice):
+            return self.dataset.select(range(len(self))[index]).to_list()
+        return self.dataset[index]
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.dataset.data.table.to_batches(max_chunksize=1024):
+            yield from batch.to_pylist()
+
+    @property
+    def column_names(self) -> list[str]:
+        return self.dataset.column_names
+
+    def to_list(self) -> list[dict]:
+        return self.dataset.to_list()
+
+    def to_dict(self) -> dict:
+        return self.dataset.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Rows({len(self)} rows: {', '.join(self.column_names)})"
+
+
 def load(cache_dir: Path, key: str) -> tuple[dict, dict] | None:
-    """({split: datasets.Dataset}, stats) for a complete cache entry, else None."""
+    """({split: Rows}, stats) for a complete cache entry, else None."""
     import datasets
 
     where = entry_dir(cache_dir, key)
     if not (where / "COMPLETE").is_file():
         return None
-    splits = {p.stem: datasets.Dataset.from_file(str(p)) for p in sorted(where.glob("*.arrow"))}
+    splits = {p.stem: Rows(datasets.Dataset.from_file(str(p))) for p in sorted(where.glob("*.arrow"))}
     return splits, json.loads((where / "stats.json").read_text())
