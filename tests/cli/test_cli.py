@@ -20,22 +20,22 @@ def test_three_mistakes_reported_in_one_run(tkc, demo_copy, tmp_path):
     code, _, err = tkc("compile", recipe, "-o", tmp_path / "out")
     assert code == 2
     assert "demo.yaml:20:3: SCHEMA001 data.pakcing: unknown key (did you mean 'packing'?)" in err
-    assert "demo.yaml:35:21: SCHEMA002 stages[2].max_new_tokens" in err
+    assert "demo.yaml:35:5: SCHEMA002 stages[2].max_new_tokens: Input should be a valid integer" in err
+    assert "(stages[2].max_new_tokens: Generation length.)" in err
+    assert "demo.yaml:27:47: BATCH001 stages[0].train.global_batch_size: stage 'pretrain': global batch 6 is " \
+           "not divisible by devices (1) x micro batch (4) (use a multiple of 4)" in err
+    assert "3 problems found; nothing was written" in err
     assert not (tmp_path / "out").exists()
-    # The cross-field rule runs once the schema is valid; it too names file:line and offers a fix.
-    recipe.write_text(text.replace("pakcing", "packing").replace("packing: true", "packing: false")
-                      .replace("max_new_tokens: six", "max_new_tokens: 6"))
-    code, _, err = tkc("compile", recipe, "-o", tmp_path / "out")
-    assert code == 2 and "BATCH001" in err and "demo.yaml:" in err and "use a multiple of 4" in err
 
 
 def test_cross_field_rules_all_reported(tkc, demo_copy):
     recipe = demo_copy / "demo.yaml"
-    recipe.write_text(recipe.read_text().replace("cutoff_len: 64", "cutoff_len: 64\n  packing: true")
-                      + "  - kind: infer\n    engine: vllm\n  - kind: dpo\n    datasets: [arith_sfft]\n")
+    recipe.write_text(recipe.read_text().replace("cutoff_len: 64", "cutoff_len: 64\n  packing: true").replace(
+        "max_new_tokens: 6", "max_new_tokens: 6\n  - kind: infer\n    engine: vllm\n  - kind: dpo\n"
+        "    datasets: [arith_sfft]"))
     code, _, err = tkc("compile", recipe, "--check")
     assert code == 2
-    for expected in ("INFER001", "DATA010", "did you mean 'arith_sft'?"):
+    for expected in ("INFER001", "DATA010", "PACK001", "did you mean 'arith_sft'?"):
         assert expected in err
 
 

@@ -69,9 +69,9 @@ def test_yaml_formatting_does_not_change_the_hash(demo_copy, seed):
 
 
 SEMANTIC_EDITS = [
-    "train.learning_rate=0.0002", "train.seed=1", "data.cutoff_len=128", "stages.1.train.epochs=2",
+    "stages.0.train.learning_rate=0.0002", "train.seed=1", "train.weight_decay=0.1", "data.cutoff_len=128", "stages.1.train.epochs=2",
     "finetuning.lora.rank=8", "finetuning.lora.variant=dora", "data.train_on_prompt=true",
-    "stages.2.max_new_tokens=3", "template=chatml", "train.global_batch_size=32", "launch.kind=torchrun",
+    "stages.2.max_new_tokens=3", "template=chatml", "stages.1.train.global_batch_size=32", "launch.kind=torchrun",
     "data.datasets.arith_sft.max_samples=10",
 ]
 
@@ -82,6 +82,12 @@ def test_every_semantic_edit_changes_the_hash(demo_copy):
     for edit in SEMANTIC_EDITS:
         hashes[edit] = _hash(recipe, edit)
     assert len(set(hashes.values())) == len(hashes), hashes
+
+
+def test_overridden_defaults_do_not_change_the_hash(demo_copy):
+    """Both training stages set their own learning rate, so the top-level one is not part of the plan."""
+    recipe = demo_copy / "demo.yaml"
+    assert _hash(recipe, "train.learning_rate=0.0002") == _hash(recipe)
 
 
 def test_data_bytes_change_the_hash(demo_copy):

@@ -73,8 +73,9 @@ def compile_loaded(recipe: LoadedRecipe, source_root: Path | None = None,
                    trace: Callable[[str, Plan], None] | None = None) -> Compiled:
     root = (source_root or recipe.entry.parent).resolve()
     plan = run_passes(Plan(load_inputs(recipe, root)), trace)
-    if plan.diagnostics:
-        raise CompileError(sorted(plan.diagnostics, key=lambda d: (d.file or "~", d.line or 0, d.code)))
+    found = [*recipe.problems, *plan.diagnostics]
+    if found:
+        raise CompileError(sorted(found, key=lambda d: (d.file or "~", d.line or 0, d.col or 0, d.code)))
     resolved = unflatten(plan.values)
     sources, entry = _recipe_files(recipe)
     sources[SOURCE_FILE] = pretty_json_bytes({"entry": entry, "overrides": list(recipe.overrides)})
@@ -88,4 +89,4 @@ def compile_loaded(recipe: LoadedRecipe, source_root: Path | None = None,
 def compile_recipe(path: Path | str, overrides: list[str] | tuple[str, ...] = (),
                    source_root: Path | None = None) -> Compiled:
     """Recipe file -> Compiled (nothing written). Raises CompileError listing every problem."""
-    return compile_loaded(load_recipe(Path(path), overrides), source_root)
+    return compile_loaded(load_recipe(Path(path), overrides, tolerant=True), source_root)

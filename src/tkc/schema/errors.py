@@ -107,7 +107,21 @@ def _message(err: Any, path: KeyPath, loc: tuple[Any, ...]) -> tuple[str, KeyPat
             return f"unknown stage kind {got!r}; one of {', '.join(expected)}", (*path, "kind"), did_you_mean(
                 str(got), expected)
         return f"{err['msg']} (got {err.get('input')!r})", path, did_you_mean(str(err.get("input")), expected)
-    return f"{err['msg']} (got {err.get('input')!r})", path, None
+    about = field_help(tuple(p for p in loc if not (isinstance(p, str) and _is_type_part(p))))
+    return f"{err['msg']} (got {err.get('input')!r})", path, f"{dotted(path)}: {about}" if about else None
+
+
+def field_help(loc: tuple[Any, ...]) -> str | None:
+    """The schema's description of the field at `loc` (the same text `tkc schema` shows)."""
+    tp: Any = RecipeSpec
+    for part in loc[:-1]:
+        tp = _step(tp, part)
+        if tp is None:
+            return None
+    for member in _members(tp):
+        if isinstance(member, type) and issubclass(member, BaseModel) and loc and loc[-1] in member.model_fields:
+            return member.model_fields[loc[-1]].description
+    return None
 
 
 def diagnostics_from_validation(exc: ValidationError, data: Any,

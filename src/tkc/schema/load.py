@@ -26,6 +26,7 @@ class LoadedRecipe:
     overrides: list[str]                         # the --set strings, in order
     positions: dict[KeyPath, Position] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    problems: list[Diagnostic] = field(default_factory=list)   # found while loading (tolerant mode only)
 
     def position(self, path: KeyPath) -> Position | None:
         while path and path not in self.positions:
@@ -109,8 +110,43 @@ def _apply_override(data: dict, path: KeyPath, value: Any) -> None:
         raise CompileError([Diagnostic("SET002", "no such key to override", dotted(path), "--set")])
 
 
-def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
-    """Read, merge, override, migrate and validate; raise CompileError with every problem found."""
+def _without(data: Any, paths: list[KeyPath]) -> Any:
+    """A copy of `data` with the values at `paths` removed, so schema defaults stand in for bad values."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for path in paths:
+        node = out
+        for part in path[:-1]:
+            node = node[part] if isinstance(node, (dict, list)) and _has(node, part) else None
+        if isinstance(node, dict) and path and path[-1] in node:
+            del node[path[-1]]
+    return out
+
+
+def _has(node: Any, part: Any) -> bool:
+    return (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int)
+                                                         and part < len(node))
+
+
+def _repair(data: dict, diags: list[Diagnostic], positions: dict[KeyPath, Position]) -> RecipeSpec | None:
+    """Validate again without the offending keys: the compiler can then still report cross-field problems."""
+    bad = [path for path, pos in positions.items() if any(
+        d.line == pos.line and d.col == pos.col and d.file == pos.file for d in diags) and path]
+    if any(d.code == "SCHEMA003" for d in diags) or not bad:
+        return None
+    try:
+        return RecipeSpec.model_validate(_without(data, bad))
+    except ValidationError:
+        return None
+
+
+def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = (), tolerant: bool = False) -> LoadedRecipe:
+    """Read, merge, override, migrate and validate; raise CompileError with every problem found.
+
+    With `tolerant`, a recipe whose only problems are bad or unknown keys comes back with those keys dropped
+    and the problems in `.problems`, so one compile run reports schema and cross-field mistakes together.
+    """
     diags: list[Diagnostic] = []
     files: dict[Path, bytes] = {}
     data, positions = _read_chain(Path(path), (), files, diags)
@@ -126,6 +162,10 @@ def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Load
         spec = RecipeSpec.model_validate(data)
     except ValidationError as exc:
         diags.extend(diagnostics_from_validation(exc, data, positions))
+    if (diags or spec is None) and tolerant and not any(d.code.startswith("YAML") for d in diags):
+        spec = spec or _repair(data, diags, positions)
+        if spec is not None:
+            return LoadedRecipe(spec, Path(path).resolve(), files, list(overrides), positions, data, diags)
     if diags or spec is None:
         raise CompileError(_sorted(diags))
     return LoadedRecipe(spec, Path(path).resolve(), files, list(overrides), positions, data)
