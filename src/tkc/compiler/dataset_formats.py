@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 
 FORMATS = ("alpaca", "sharegpt", "openai", "text")
 KINDS = ("sft", "preference", "kto", "text")
@@ -36,7 +37,7 @@ _DEFAULT_KIND_COLUMNS = {
     "preference": {"chosen": "chosen", "rejected": "rejected"},
     "kto": {"kto_tag": "label"},
 }
-_DEFAULT_TAGS = {
+_DEFAULT_TAGS: dict[str, dict[str, str | None]] = {
     "alpaca": dict.fromkeys(TAG_KEYS),
     "text": dict.fromkeys(TAG_KEYS),
     "sharegpt": {"role": "from", "content": "value", "user": "human", "assistant": "gpt",
@@ -128,3 +129,82 @@ def check_stage_dataset_kind(stage_kind: str, dataset_name: str, dataset_kind: s
         f"stage kind {stage_kind!r} needs {' or '.join(wanted)} datasets; "
         f"dataset {dataset_name!r} is {dataset_kind!r}"
     )
+
+
+# ---------------------------------------------------------------- record shapes (the probe checks the first records)
+
+
+def _is_str_list(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _check_messages(v: object, tags: dict) -> tuple[str, str] | None:
+    role, content = tags.get("role") or "role", tags.get("content") or "content"
+    if not isinstance(v, list) or not v:
+        return "is not a non-empty list", f"a list of {{{role!r}: ..., {content!r}: ...}} objects"
+    for i, m in enumerate(v):
+        if not isinstance(m, dict) or role not in m or content not in m:
+            return f"item {i} is {json.dumps(m)[:80]}", f"an object with keys {role!r} and {content!r}"
+    return None
+
+
+def column_checks(columns: dict, fmt: str, tags: dict) -> dict:
+    """For each named column: check(value) -> None, or (what is wrong, what was expected)."""
+
+    def want(pred, expected):
+        return lambda v: (
+            None if pred(v) else (f"is {type(v).__name__} {json.dumps(v, default=str)[:60]}", expected)
+        )
+
+    text = want(lambda v: isinstance(v, str), "a string")
+    optional_text = want(lambda v: v is None or isinstance(v, str), "a string or null")
+    media = want(lambda v: v is None or _is_str_list(v), "a list of file paths (strings)")
+    turn = text if fmt == "alpaca" else want(lambda v: isinstance(v, dict), "one message object")
+    shapes = {
+        "prompt": text, "query": optional_text, "response": text, "system": optional_text, "text": text,
+        "history": want(lambda v: v is None or (isinstance(v, list) and all(_is_str_list(p) and len(p) == 2 for p in v)),
+                        "a list of [query, response] string pairs"),
+        "tools": want(lambda v: v is None or isinstance(v, (str, list)), "a JSON string or a list of tool objects"),
+        "messages": lambda v: _check_messages(v, tags),
+        "chosen": turn, "rejected": turn,
+        "kto_tag": want(lambda v: isinstance(v, bool) or v in (0, 1, "true", "false", "True", "False"), "a boolean"),
+        "images": media, "videos": media, "audios": media,
+    }  # fmt: skip
+    return {k: shapes[k] for k, name in columns.items() if name}
+
+
+OPTIONAL_COLUMNS = ("query", "system", "history", "tools", "images", "videos", "audios")
+
+
+# ---------------------------------------------------------------- LLaMA-Factory `dataset_info.json` records
+
+_TAG_NAMES = {f"{k}_tag": k for k in TAG_KEYS}
+
+
+def registry_entry(name: str, info: dict) -> dict | None:
+    """One `dataset_info.json` record as a tkc dataset entry, or None when it names no file or HF hub id.
+
+    Entry keys: name, source (local|hub), path, format, kind, columns, tags (all resolved), split, and
+    subset/folder when given. A lone `prompt` column is LLaMA-Factory's pretraining convention and becomes
+    format 'text'. Records only on the ModelScope/Modelers hubs are left out.
+    """
+    if "file_name" in info:
+        source, where = "local", info["file_name"]
+    elif "hf_hub_url" in info:
+        source, where = "hub", info["hf_hub_url"]
+    else:
+        return None
+    columns = dict(info.get("columns") or {})
+    fmt = info.get("formatting", "alpaca")
+    if fmt == "alpaca" and set(columns) == {"prompt"}:
+        fmt, columns = "text", {"text": columns["prompt"]}
+    kind = infer_kind(fmt, columns, ranking=bool(info.get("ranking")))
+    tags = {_TAG_NAMES.get(k, k): v for k, v in (info.get("tags") or {}).items()}
+    try:
+        columns, tags = resolve_columns_and_tags(fmt, kind, columns, tags)
+    except ValueError as exc:
+        raise ValueError(f"dataset {name!r}: {exc}") from None
+    entry = {"name": name, "source": source, "path": where, "format": fmt, "kind": kind,
+             "columns": columns, "tags": tags, "split": info.get("split", "train")}  # fmt: skip
+    entry.update({k: info[k] for k in ("subset", "folder") if k in info})
+    return entry

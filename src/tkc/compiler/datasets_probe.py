@@ -10,7 +10,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tkc.compiler.dataset_formats import infer_kind, resolve_columns_and_tags
+from tkc.compiler.dataset_formats import (
+    OPTIONAL_COLUMNS,
+    column_checks,
+    registry_entry,
+    resolve_columns_and_tags,
+)
 
 SUFFIX_TYPES = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow",
                 ".txt": "txt"}  # fmt: skip
@@ -124,10 +129,8 @@ def _iter_json_array(path: Path) -> Iterator[tuple[int, object]]:
         buf, pos, eof = _fill(f, text_decoder, "", 0, False)
         if pos >= len(buf):
             return
-        if buf[pos] != "[":
-            yield from _iter_jsonl(
-                path
-            )  # `.json` files that are really JSON lines (HF datasets reads them too)
+        if buf[pos] != "[":  # a `.json` file holding JSON lines, which HF datasets reads too
+            yield from _iter_jsonl(path)
             return
         buf, pos, eof = _fill(f, text_decoder, buf, pos + 1, eof)
         index = 0
@@ -214,48 +217,6 @@ def iter_records(path: Path, file_type: str, n: int = 20) -> Iterator[tuple[int,
 # ---------------------------------------------------------------- shape checks
 
 
-def _is_str_list(v: object) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-def _check_messages(v: object, tags: dict) -> tuple[str, str] | None:
-    role, content = tags.get("role") or "role", tags.get("content") or "content"
-    if not isinstance(v, list) or not v:
-        return "is not a non-empty list", f"a list of {{{role!r}: ..., {content!r}: ...}} objects"
-    for i, m in enumerate(v):
-        if not isinstance(m, dict) or role not in m or content not in m:
-            return f"item {i} is {json.dumps(m)[:80]}", f"an object with keys {role!r} and {content!r}"
-    return None
-
-
-def _column_shapes(columns: dict, fmt: str, kind: str, tags: dict) -> dict:
-    """column key -> (check(value) -> (what is wrong, expected) | None)."""
-
-    def want(pred, expected):
-        return lambda v: (
-            None if pred(v) else (f"is {type(v).__name__} {json.dumps(v, default=str)[:60]}", expected)
-        )
-
-    text = want(lambda v: isinstance(v, str), "a string")
-    optional_text = want(lambda v: v is None or isinstance(v, str), "a string or null")
-    media = want(lambda v: v is None or _is_str_list(v), "a list of file paths (strings)")
-    turn = text if fmt == "alpaca" else want(lambda v: isinstance(v, dict), "one message object")
-    shapes = {
-        "prompt": text, "query": optional_text, "response": text, "system": optional_text, "text": text,
-        "history": want(lambda v: v is None or (isinstance(v, list) and all(_is_str_list(p) and len(p) == 2 for p in v)),
-                        "a list of [query, response] string pairs"),
-        "tools": want(lambda v: v is None or isinstance(v, (str, list)), "a JSON string or a list of tool objects"),
-        "messages": lambda v: _check_messages(v, tags),
-        "chosen": turn, "rejected": turn,
-        "kto_tag": want(lambda v: isinstance(v, bool) or v in (0, 1, "true", "false", "True", "False"), "a boolean"),
-        "images": media, "videos": media, "audios": media,
-    }  # fmt: skip
-    return {k: shapes[k] for k, name in columns.items() if name}
-
-
-_OPTIONAL = ("query", "system", "history", "tools", "images", "videos", "audios")
-
-
 def _check_record(record: object, columns: dict, shapes: dict) -> list[tuple[str, str]]:
     if isinstance(record, _BadJson):
         return [(record.error, "one JSON object")]
@@ -265,7 +226,7 @@ def _check_record(record: object, columns: dict, shapes: dict) -> list[tuple[str
     for key, check in shapes.items():
         name = columns[key]
         if name not in record:
-            if key not in _OPTIONAL:
+            if key not in OPTIONAL_COLUMNS:
                 problems.append(
                     (f"missing column {name!r} ({key})", f"column {name!r}; record has {sorted(record)}")
                 )
@@ -313,7 +274,7 @@ def probe_dataset(
 
 
 def _probe_records(path, files, file_type, columns, fmt, kind, tags, max_records, root):
-    shapes = _column_shapes(columns, fmt, kind, tags)
+    shapes = column_checks(columns, fmt, tags)
     if file_type == "hf_disk":
         files, file_type = [p for p in files if p.suffix == ".arrow"][:1], "arrow"
     problems: list[ProbeProblem] = []
@@ -331,46 +292,9 @@ def _probe_records(path, files, file_type, columns, fmt, kind, tags, max_records
 
 # ---------------------------------------------------------------- LLaMA-Factory style registry
 
-_TAG_NAMES = {
-    f"{k}_tag": k for k in ("role", "content", "user", "assistant", "observation", "function", "system")
-}
-
 
 def load_registry(path: Path) -> dict:
-    """Read a `dataset_info.json`-style registry into tkc dataset entries keyed by name.
-
-    Each entry: source (local|hub), path, format, kind, columns, tags (all keys resolved), split, and
-    subset/folder when given. A lone `prompt` column with no response is LLaMA-Factory's pretraining
-    convention and becomes format 'text'. Entries only on ModelScope/Modelers hubs are left out.
-    """
+    """Read a `dataset_info.json`-style registry into tkc dataset entries keyed by name (see `registry_entry`)."""
     raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    out = {}
-    for name, info in raw.items():
-        entry = registry_entry(name, info)
-        if entry is not None:
-            out[name] = entry
-    return out
-
-
-def registry_entry(name: str, info: dict) -> dict | None:
-    """One registry record mapped to a tkc dataset entry (None when it names no local file or HF hub id)."""
-    if "file_name" in info:
-        source, where = "local", info["file_name"]
-    elif "hf_hub_url" in info:
-        source, where = "hub", info["hf_hub_url"]
-    else:
-        return None
-    columns = dict(info.get("columns") or {})
-    fmt = info.get("formatting", "alpaca")
-    if fmt == "alpaca" and set(columns) == {"prompt"}:
-        fmt, columns = "text", {"text": columns["prompt"]}
-    kind = infer_kind(fmt, columns, ranking=bool(info.get("ranking")))
-    tags = {_TAG_NAMES.get(k, k): v for k, v in (info.get("tags") or {}).items()}
-    try:
-        columns, tags = resolve_columns_and_tags(fmt, kind, columns, tags)
-    except ValueError as exc:
-        raise ValueError(f"dataset {name!r}: {exc}") from None
-    entry = {"name": name, "source": source, "path": where, "format": fmt, "kind": kind,
-             "columns": columns, "tags": tags, "split": info.get("split", "train")}  # fmt: skip
-    entry.update({k: info[k] for k in ("subset", "folder") if k in info})
-    return entry
+    entries = {name: registry_entry(name, info) for name, info in raw.items()}
+    return {name: e for name, e in entries.items() if e is not None}
