@@ -51,7 +51,7 @@ def test_missing_column_and_json_index(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps(records))
     cols, tags = _cols("sharegpt")
     probe = probe_dataset(tmp_path / "d.json", None, cols, "sharegpt", "sft", tags=tags)
-    assert [(p.line, p.message) for p in probe.problems] == [(1, "missing column 'conversations' (messages)")]
+    assert [(p.line, p.message) for p in probe.problems] == [(1, "missing column 'conversations' (messages); did you mean 'convos'?")]
     cols, tags = _cols("sharegpt", messages="conversations")
     tags = {**tags, "role": "role"}
     probe = probe_dataset(tmp_path / "d.json", None, cols, "sharegpt", "sft", tags=tags)
@@ -127,3 +127,11 @@ def test_probe_imports_no_heavy_libraries():
     code = "import sys, tkc.compiler.datasets_probe; print([m for m in ('torch','transformers','datasets') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_missing_column_suggests_the_near_name(tmp_path):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"instructions": "q", "input": "", "output": "a"}) + "\n")
+    cols, tags = _cols()
+    probe = probe_dataset(tmp_path / "d.jsonl", None, cols, "alpaca", "sft", tags=tags)
+    assert probe.problems[0].message == "missing column 'instruction' (prompt); did you mean 'instructions'?"
+    assert probe.problems[0].line == 1

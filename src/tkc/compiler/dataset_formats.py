@@ -59,6 +59,12 @@ STAGE_DATASET_KINDS = {
 }
 
 
+def suggest(word: str, choices: list[str]) -> str:
+    """ "; did you mean 'x'?" for the closest choice, or "" when none is close."""
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(choices)}"

@@ -15,6 +15,7 @@ from tkc.compiler.dataset_formats import (
     column_checks,
     registry_entry,
     resolve_columns_and_tags,
+    suggest,
 )
 
 SUFFIX_TYPES = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow",
@@ -228,7 +229,10 @@ def _check_record(record: object, columns: dict, shapes: dict) -> list[tuple[str
         if name not in record:
             if key not in OPTIONAL_COLUMNS:
                 problems.append(
-                    (f"missing column {name!r} ({key})", f"column {name!r}; record has {sorted(record)}")
+                    (
+                        f"missing column {name!r} ({key}){suggest(name, [str(k) for k in record])}",
+                        f"column {name!r}; record has {sorted(record)}",
+                    )
                 )
             continue
         bad = check(record[name])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 
@@ -17,7 +18,8 @@ def _get(record: dict, columns: dict, key: str, *, required: bool = True, types=
     if name not in record or record[name] is None:
         if required:
             raise BadRecord(
-                f"missing column {name!r} ({key})", f"a column {name!r}; the record has {sorted(record)}"
+                f"missing column {name!r} ({key}){_close(name, record)}",
+                f"a column {name!r}; the record has {sorted(record)}",
             )
         return None
     value = record[name]
@@ -25,6 +27,11 @@ def _get(record: dict, columns: dict, key: str, *, required: bool = True, types=
         shown = json.dumps(value, default=str, ensure_ascii=False)[:60]
         raise BadRecord(f"column {name!r} ({key}) is {type(value).__name__} {shown}", _type_names(types))
     return value
+
+
+def _close(name: str, record: dict) -> str:
+    close = difflib.get_close_matches(name, [str(k) for k in record], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _type_names(types) -> str:
