@@ -7,16 +7,10 @@ import csv
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from tkc.compiler.dataset_formats import (
-    OPTIONAL_COLUMNS,
-    column_checks,
-    registry_entry,
-    resolve_columns_and_tags,
-    suggest,
-)
+from tkc.compiler import dataset_formats as formats
 
 SUFFIX_TYPES = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow",
                 ".txt": "txt"}  # fmt: skip
@@ -49,7 +43,7 @@ class Probe:
     files: tuple[ProbeFile, ...]
     problems: tuple[ProbeProblem, ...] = ()
     records_checked: int = 0
-    columns_seen: tuple[str, ...] = field(default=())
+    columns_seen: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -95,10 +89,8 @@ def infer_file_type(path: Path, files: list[Path]) -> str:
 
 
 def _rel(p: Path, root: Path) -> str:
-    try:
-        return p.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return p.as_posix()
+    resolved, base = p.resolve(), root.resolve()
+    return resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else p.as_posix()
 
 
 # ---------------------------------------------------------------- bounded readers: yield (line_or_index, record)
@@ -227,10 +219,10 @@ def _check_record(record: object, columns: dict, shapes: dict) -> list[tuple[str
     for key, check in shapes.items():
         name = columns[key]
         if name not in record:
-            if key not in OPTIONAL_COLUMNS:
+            if key not in formats.OPTIONAL_COLUMNS:
                 problems.append(
                     (
-                        f"missing column {name!r} ({key}){suggest(name, [str(k) for k in record])}",
+                        f"missing column {name!r} ({key}){formats.suggest(name, [str(k) for k in record])}",
                         f"column {name!r}; record has {sorted(record)}",
                     )
                 )
@@ -270,7 +262,7 @@ def probe_dataset(
         raise ValueError(f"{path}: declared file_type {file_type!r} but the files are {actual!r}")
     file_type = file_type or actual
     hashed = tuple(ProbeFile(_rel(p, root), sha256_file(p), p.stat().st_size) for p in files)
-    tags = tags if tags is not None else resolve_columns_and_tags(fmt, kind, None, None)[1]
+    tags = tags if tags is not None else formats.resolve_columns_and_tags(fmt, kind, None, None)[1]
     problems, checked, seen = _probe_records(
         path, files, file_type, columns, fmt, kind, tags, max_records, root
     )
@@ -278,7 +270,7 @@ def probe_dataset(
 
 
 def _probe_records(path, files, file_type, columns, fmt, kind, tags, max_records, root):
-    shapes = column_checks(columns, fmt, tags)
+    shapes = formats.column_checks(columns, fmt, tags)
     if file_type == "hf_disk":
         files, file_type = [p for p in files if p.suffix == ".arrow"][:1], "arrow"
     problems: list[ProbeProblem] = []
@@ -300,5 +292,5 @@ def _probe_records(path, files, file_type, columns, fmt, kind, tags, max_records
 def load_registry(path: Path) -> dict:
     """Read a `dataset_info.json`-style registry into tkc dataset entries keyed by name (see `registry_entry`)."""
     raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    entries = {name: registry_entry(name, info) for name, info in raw.items()}
+    entries = {name: formats.registry_entry(name, info) for name, info in raw.items()}
     return {name: e for name, e in entries.items() if e is not None}
