@@ -57,3 +57,13 @@ def test_histogram_bins():
     lines = _histogram([1, 2, 2, 10], 3)
     assert len(lines) == 3 and lines[0].split()[:2] == ["1-4", "3"]
     assert _histogram([5, 5], 10) == ["       5-5            2  ########################################"]
+
+
+def test_inspect_compiles_a_recipe_in_memory(tmp_path):
+    recipe = H.REPO / "recipes" / "tiny_sft_dpo.yaml"
+    result = CliRunner().invoke(
+        app, ["inspect", str(recipe), "--stage", "dpo", "--cache-dir", str(tmp_path)], terminal_width=200
+    )
+    assert result.exit_code == 0, result.output
+    assert "stage dpo (dpo)" in result.output and "chosen_input_ids" in result.output
+    assert not (H.REPO / "recipes" / "run").exists()  # nothing written next to the recipe
