@@ -193,7 +193,7 @@ def section_train(t: dict) -> list[str]:
 def section_determinism(t: dict) -> list[str]:
     rows = ["## 4. Determinism", "",
             "Same config run again: are the full-precision per-step losses identical? (from `bench/train.py`)", "",
-            "| workload | tkc identical | tkc max |Δloss| | peer identical | peer max |Δloss| |", "|---|---|---|---|---|"]
+            "| workload | tkc identical | tkc max abs Δloss | peer identical | peer max abs Δloss |", "|---|---|---|---|---|"]
     for n, w in (t.get("workloads") or {}).items():
         wt, wp = _side(w, "tkc"), _side(w, "peer")
         rows.append(f"| {n} | {f(wt.get('deterministic'))} | {f(wt.get('max_loss_diff_between_runs'), 6)} | "

@@ -69,7 +69,7 @@ def peer_once(w: Workload, model: Path, d: Path) -> dict:
         return res
     tr = json.loads((out / "train_results.json").read_text())
     state = json.loads((out / "trainer_state.json").read_text())
-    losses = [h["loss"] for h in state["log_history"] if "loss" in h and "train_runtime" not in h]
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]  # the closing summary has train_loss
     counted = _peer_tokens(d / "tokenized")
     res.update(train_wall_s=tr["train_runtime"], losses=losses, steps=len(losses),
                peer_num_input_tokens_seen=tr.get("num_input_tokens_seen"),
@@ -187,11 +187,30 @@ def main(argv: list[str] | None = None) -> dict:
                                          "peer": _summary(runs)}
     res["versions"] = {"tkc": tkc_versions() if do_tkc else None, "peer": peer_versions() if do_peer else None}
     res = _merge_train(res, a.side)
+    _keep_other_workloads(res, names)
     for _n, entry in res["workloads"].items():
         entry["ratios"] = _ratios(entry["tkc"], entry["peer"])
     res["targets"] = {"tokens_per_s_ratio_min": 1.5, "peak_rss_ratio_max": 1.0, "launch_to_first_step_max_s": 5.0}
     save("train", res)
     return res
+
+
+def _keep_other_workloads(res: dict, names: list[str]) -> None:
+    """--workloads runs a subset: keep the previous results of the others (flagged with their date)."""
+    from common import RESULTS
+
+    path = RESULTS / "train.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    for n, entry in old.get("workloads", {}).items():
+        if n not in names:
+            res["workloads"][n] = entry
+            for side in ("tkc", "peer"):
+                if "status" not in entry.get(side, {"status": 1}):
+                    entry[side].setdefault("from_earlier_run", old.get("generated_utc"))
+    if "peer_defaults_sft_lora" not in res and "peer_defaults_sft_lora" in old:
+        res["peer_defaults_sft_lora"] = old["peer_defaults_sft_lora"]
 
 
 def _merge_train(res: dict, side: str) -> dict:
