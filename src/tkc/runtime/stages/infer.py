@@ -1,0 +1,95 @@
+"""Inference stage (kind: infer): generate a reply to each chat prompt of the stage's datasets; save predictions."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tkc.runtime import outputs
+from tkc.runtime.context import RunContext
+
+
+def split_example(example: dict) -> tuple[list[dict], str | None]:
+    """(prompt messages, reference): the conversation before its last assistant turn, and that turn's text."""
+    messages = example["messages"]
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[:-1], messages[-1].get("content") or ""
+    return messages, None
+
+
+def load_prompts(ctx: RunContext, stage: dict) -> list[tuple[list[dict], str | None]]:
+    """(messages, reference) per record of the stage's sft datasets, verified and converted like training data."""
+    from tkc.runtime.data.convert import convert_record
+    from tkc.runtime.data.errors import BadRecord, DataError
+    from tkc.runtime.data.readers import read_entry
+
+    out = []
+    for name in stage["datasets"]:
+        entry = ctx.resolved["datasets"][name]
+        if entry["kind"] != "sft":
+            raise DataError(
+                f"stage {stage['name']!r} (infer) needs sft datasets; {name!r} is {entry['kind']!r}"
+            )
+        for where, record in read_entry(entry, ctx.source_root):
+            try:
+                example = convert_record(record, entry, (ctx.source_root / where.file).parent)
+            except BadRecord as exc:
+                if entry.get("on_bad_record", "error") == "error":
+                    raise exc.at(where) from None
+                continue
+            out.append(split_example(example))
+    return out
+
+
+def write_predictions(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+    tmp.replace(path)
+
+
+def run(ctx: RunContext, stage: dict) -> int:
+    from tkc.runtime.infer import load_engine
+
+    opts = stage.get("options") or {}
+    source = stage.get("init_from")
+    pairs = load_prompts(ctx, stage)
+    engine = load_engine(ctx, source, engine=opts.get("engine", "hf"))
+    start = time.perf_counter()
+    completions = engine.generate(
+        [p for p, _ in pairs],
+        max_new_tokens=int(opts.get("max_new_tokens", 128)),
+        temperature=float(opts.get("temperature", 0.0)),
+        top_p=float(opts.get("top_p", 1.0)),
+        seed=int(ctx.resolved["seed"]),
+    )
+    wall = time.perf_counter() - start
+    tokens = sum(len(c.tokens) for c in completions)
+    ctx.log(
+        f"[{stage['name']}] {len(completions)} predictions from {source or 'base model'} "
+        f"({tokens} tokens, {tokens / max(wall, 1e-9):.1f} tok/s)"
+    )
+    if ctx.dist.is_main:
+        out = ctx.stage_dir(stage)
+        write_predictions(
+            out / "predictions.jsonl",
+            [
+                {"prompt": p, "reference": ref, "prediction": c.text, "finish_reason": c.finish_reason}
+                for (p, ref), c in zip(pairs, completions, strict=True)
+            ],
+        )
+        outputs.write_json(
+            out / "metrics.json",
+            {
+                "count": len(completions),
+                "generated_tokens": tokens,
+                "seconds": round(wall, 3),
+                "tokens_per_second": round(tokens / max(wall, 1e-9), 2),
+                "model": source or "base",
+                "engine": opts.get("engine", "hf"),
+            },
+        )
+    outputs.mark_done(ctx, stage)
+    return 0
