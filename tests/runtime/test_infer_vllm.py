@@ -1,0 +1,155 @@
+"""VLLMEngine through the Engine interface: the protocol, the missing-extra error, and the mapping onto vLLM's API.
+
+vLLM needs CUDA and is not installed on the CPU test machines, so the mapping test injects a stand-in `vllm`
+module into sys.modules that records what it is given. This is the one place a stand-in is used: it checks
+our side of the contract (LLM/SamplingParams/LoRARequest arguments, output mapping), not vLLM itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+CHAT = [[{"role": "user", "content": "What is 2+3?"}], [{"role": "user", "content": "Hi"}]]
+
+
+def make_ctx(rt, tmp_path: Path, *, init: str = "pretrained", adapter_stages=("sft",)):
+    """A hand-written bundle (tiny Qwen2 tokenizer, qwen2_5 template) with fake stage outputs on disk."""
+    from tkc.runtime.infer import open_context
+
+    stages = [
+        rt.stage("sft", "sft", 0, ["arith_sft"], method="lora"),
+        rt.stage("dpo", "dpo", 1, ["dpo_pairs"], method="lora", init_from="sft"),
+        {"name": "infer", "kind": "infer", "index": 2, "datasets": ["arith_eval"], "init_from": "sft",
+         "options": {"engine": "vllm", "max_new_tokens": 8, "temperature": 0.0}},
+    ]  # fmt: skip
+    plan = rt.resolved(stages, init=init, datasets=["arith_sft", "arith_eval"])
+    bundle = rt.write_bundle(tmp_path / "b", plan)
+    for name in adapter_stages:
+        model = bundle / "outputs" / name / "model"
+        model.mkdir(parents=True)
+        (model / "adapter_config.json").write_text(json.dumps({"r": 8, "peft_type": "LORA"}))
+    return open_context(bundle)
+
+
+class FakeVLLM(types.ModuleType):
+    """Records LLM(...), SamplingParams(...), LoRARequest(...) and LLM.generate(...) calls."""
+
+    def __init__(self, finish_reason: str = "length"):
+        super().__init__("vllm")
+        calls: dict = {"generate": []}
+        self.calls = calls
+
+        class SamplingParams:
+            def __init__(self, **kw):
+                self.kw = kw
+
+        class LLM:
+            def __init__(self, **kw):
+                calls["llm"] = kw
+
+            def generate(self, prompts, params, lora_request=None, use_tqdm=True):
+                calls["generate"].append((list(prompts), params.kw, lora_request))
+                out = types.SimpleNamespace(text=" five", token_ids=[1, 2], finish_reason=finish_reason)
+                return [types.SimpleNamespace(outputs=[out]) for _ in prompts]
+
+        class LoRARequest:
+            def __init__(self, name, int_id, path):
+                self.args = (name, int_id, path)
+
+        self.LLM, self.SamplingParams = LLM, SamplingParams
+        self.lora = types.ModuleType("vllm.lora")
+        self.lora.request = types.ModuleType("vllm.lora.request")
+        self.lora.request.LoRARequest = LoRARequest
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    fake = FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.lora", fake.lora)
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", fake.lora.request)
+    return fake
+
+
+def test_engines_satisfy_the_protocol():
+    from tkc.runtime.infer import Engine
+    from tkc.runtime.infer.hf import HFEngine
+    from tkc.runtime.infer.vllm_engine import VLLMEngine
+
+    assert issubclass(HFEngine, Engine) and issubclass(VLLMEngine, Engine)
+
+
+def test_missing_vllm_names_the_extra(rt, tmp_path, monkeypatch):
+    from tkc.runtime.infer import load_engine
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    ctx = make_ctx(rt, tmp_path)
+    with pytest.raises(RuntimeError, match=r"pip install 'tkc\[vllm\]'"):
+        load_engine(ctx, "sft", engine="vllm")
+    with pytest.raises(ValueError, match="unknown engine 'tgi'"):
+        load_engine(ctx, "sft", engine="tgi")
+
+
+def test_parameters_map_onto_vllm(rt, tmp_path, fake_vllm):
+    from tkc.catalog.chat import render
+    from tkc.runtime.infer import Completion, load_engine
+
+    ctx = make_ctx(rt, tmp_path)
+    engine = load_engine(ctx, "infer", engine="vllm")  # an infer stage: the model it reads (sft's adapter)
+    llm = fake_vllm.calls["llm"]
+    assert llm["model"] == ctx.model_path() and llm["tokenizer"] == ctx.model_path()
+    assert llm["enable_lora"] is True and llm["max_lora_rank"] == 8 and llm["seed"] == 42
+
+    got = engine.generate(CHAT, max_new_tokens=5, temperature=0.0, stop=["\n\n", "<|endoftext|>"], seed=3)
+    assert got == [Completion(" five", [1, 2], "length")] * 2
+    prompts, params, lora = fake_vllm.calls["generate"][-1]
+    tok = ctx.tokenizer()
+    assert prompts == [
+        render(ctx.chat_template(), m, add_generation_prompt=True, eos_token="<|im_end|>") for m in CHAT
+    ]
+    assert params == {"n": 1, "max_tokens": 5, "temperature": 0.0, "top_p": 1.0, "top_k": -1, "seed": 3,
+                      "stop": ["\n\n"], "skip_special_tokens": True, "include_stop_str_in_output": False,
+                      "repetition_penalty": 1.0,
+                      "stop_token_ids": sorted(tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))}  # fmt: skip
+    assert lora.args == ("sft", 1, str(ctx.stage_dir("sft") / "model"))
+
+    engine.generate(CHAT[:1], temperature=0.7, top_p=0.9, seed=11)
+    _, params, _ = fake_vllm.calls["generate"][-1]
+    assert (params["temperature"], params["top_p"], params["seed"], params["max_tokens"]) == (
+        0.7,
+        0.9,
+        11,
+        128,
+    )
+    assert list(engine.stream(CHAT[0])) == [" five"]
+
+
+def test_finish_reason_stop_and_full_weights(rt, tmp_path, monkeypatch):
+    from tkc.runtime.infer import load_engine
+
+    fake = FakeVLLM(finish_reason="stop")
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    ctx = make_ctx(rt, tmp_path, adapter_stages=())
+    (ctx.stage_dir("sft") / "model").mkdir(parents=True)  # full weights (no adapter_config.json)
+    engine = load_engine(ctx, "sft", engine="vllm")
+    assert (
+        fake.calls["llm"]["model"] == str(ctx.stage_dir("sft") / "model")
+        and "enable_lora" not in fake.calls["llm"]
+    )
+    assert engine.generate(CHAT[:1])[0].finish_reason == "stop"
+
+
+def test_weights_vllm_cannot_load_are_refused(rt, tmp_path, fake_vllm):
+    from tkc.runtime.infer.vllm_engine import weights_for
+
+    ctx = make_ctx(rt, tmp_path, adapter_stages=("sft", "dpo"))
+    with pytest.raises(RuntimeError, match="adapter on another adapter"):
+        weights_for(ctx, "dpo")
+    scratch = make_ctx(rt, tmp_path / "scratch", init="scratch")
+    with pytest.raises(RuntimeError, match="init: scratch"):
+        weights_for(scratch, "sft")
