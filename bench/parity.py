@@ -5,8 +5,9 @@
 Every record of alpaca_en_demo (SFT) and dpo_en_demo (DPO pairs) is tokenized by each tool: the peer via
 `llamafactory-cli train` with `tokenized_path` (its saved rows are read back), tkc via its data pipeline
 (bench/tkc_prep.py). Both insert Qwen2.5's default system prompt. Compared per record, in order: input_ids
-and labels. At a cutoff no record reaches (4096) this isolates the chat format; at the benchmark cutoff
-(512) the two tools' truncation rules also show. Results: bench/results/parity.json.
+and labels, rows matched on their token ids (each tool stores rows in its own order). At a cutoff no
+record reaches (4096) this isolates the chat format; at the benchmark cutoff (512) the two tools'
+truncation rules also show. Results: bench/results/parity.json.
 """
 
 from __future__ import annotations
@@ -58,24 +59,46 @@ def tkc_rows(w, model: Path, d: Path) -> list[dict] | str:
     return json.loads((d / "rows.json").read_text())
 
 
+def _decode(ids: list[int]) -> str:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(build_assets() / "tokenizer.json")).decode(ids, skip_special_tokens=False)
+
+
 def compare(p: list[dict], t: list[dict]) -> dict:
+    """Rows matched as multisets on their token ids (the tools store rows in different orders)."""
     keys = sorted(k for k in p[0] if k in t[0]) if p and t else []
     ids = [k for k in keys if k.endswith("input_ids")]
     lab = [k for k in keys if k.endswith("labels")]
-    same_ids = sum(all(a[k] == b[k] for k in ids) for a, b in zip(p, t, strict=False))
-    same_lab = sum(all(a[k] == b[k] for k in lab) for a, b in zip(p, t, strict=False))
-    first = next((i for i, (a, b) in enumerate(zip(p, t, strict=False)) if any(a[k] != b[k] for k in keys)), None)
-    detail = None
-    if first is not None:
-        a, b = p[first], t[first]
-        k = next(k for k in keys if a[k] != b[k])
-        j = next((j for j, (x, y) in enumerate(zip(a[k], b[k], strict=False)) if x != y), min(len(a[k]), len(b[k])))
-        detail = {"record": first, "column": k, "position": j, "peer_len": len(a[k]), "tkc_len": len(b[k]),
-                  "peer_around": a[k][max(0, j - 3): j + 4], "tkc_around": b[k][max(0, j - 3): j + 4]}
+    by_ids: dict[tuple, list[dict]] = {}
+    for b in t:
+        by_ids.setdefault(tuple(tuple(b[k]) for k in ids), []).append(b)
+    pairs, unmatched = [], []
+    for a in p:
+        bucket = by_ids.get(tuple(tuple(a[k]) for k in ids))
+        (pairs.append((a, bucket.pop())) if bucket else unmatched.append(a))
+    same_lab = sum(all(a[k] == b[k] for k in lab) for a, b in pairs)
+    only_peer: dict[int, int] = {}
+    only_tkc: dict[int, int] = {}
+    for a, b in pairs:
+        for k in lab:
+            for x, y in zip(a[k], b[k], strict=True):
+                if x != y and x != -100:
+                    only_peer[x] = only_peer.get(x, 0) + 1
+                if x != y and y != -100:
+                    only_tkc[y] = only_tkc.get(y, 0) + 1
+
+    def top(d: dict[int, int]) -> list:
+        return [[_decode([k]), n] for k, n in sorted(d.items(), key=lambda kv: -kv[1])[:3]]
+
     return {"records": {"peer": len(p), "tkc": len(t)}, "columns": keys,
-            "identical_input_ids": same_ids, "identical_labels": same_lab,
-            "all_input_ids_identical": same_ids == len(p) == len(t),
-            "all_labels_identical": same_lab == len(p) == len(t), "first_difference": detail}
+            "same_order": [a[ids[0]] for a in p] == [b[ids[0]] for b in t] if ids else None,
+            "identical_input_ids": len(pairs), "identical_labels": same_lab,
+            "all_input_ids_identical": len(pairs) == len(p) == len(t),
+            "all_labels_identical": same_lab == len(p) == len(t),
+            "label_tokens_trained_only_by_peer": {"count": sum(only_peer.values()), "most_common": top(only_peer)},
+            "label_tokens_trained_only_by_tkc": {"count": sum(only_tkc.values()), "most_common": top(only_tkc)},
+            "rows_with_different_input_ids": len(unmatched)}
 
 
 def main() -> dict:

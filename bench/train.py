@@ -149,12 +149,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--side", choices=["both", "tkc", "peer"], default="both")
-    ap.add_argument("--workloads", default=None, help="comma-separated subset of " + ",".join(WORKLOADS))
+    ap.add_argument("--workloads", default=None, help="comma-separated subset of " + ",".join(WORKLOADS) + ", or none")
     ap.add_argument("--peer-defaults", action=argparse.BooleanOptionalAction, default=None,
                     help="also run SFT+LoRA with the peer's defaults (gradient checkpointing on)")
     a = ap.parse_args(argv)
     reps = a.reps or 2
     names = a.workloads.split(",") if a.workloads else (["sft_lora"] if a.quick else list(WORKLOADS))
+    names = [] if names == ["none"] else names  # --workloads none --peer-defaults: only the peer-defaults row
     peer_def = a.peer_defaults if a.peer_defaults is not None else not a.quick
     model = build_assets()
     do_tkc = a.side in ("both", "tkc") and tkc_ready("run")

@@ -116,7 +116,10 @@ def tkc_recipe(w: Workload, model_dir: Path, recipe_dir: Path, **train_extra: ob
     rel = lambda p: os.path.relpath(p, recipe_dir)  # noqa: E731
     if w.kind == "dpo":
         data = {"registry": rel(DATASETS / "dataset_info.json"),
-                "datasets": {"pairs": {"registry": w.dataset, "max_samples": w.records}}}
+                # `path` given too: tkc resolves a registry's file_name against the recipe folder, not
+                # the registry's own folder (reported); the registry entry still supplies the layout.
+                "datasets": {"pairs": {"registry": w.dataset, "path": rel(DATASETS / w.dataset_file),
+                                       "max_samples": w.records}}}
         stage: dict = {"kind": "dpo", "name": "dpo", "datasets": ["pairs"], "beta": w.beta, "loss": "sigmoid"}
     else:
         data = {"datasets": {"alpaca": {"path": rel(DATASETS / w.dataset_file), "format": "alpaca",
