@@ -237,3 +237,36 @@ def test_chat_cli_unknown_stage_is_a_clear_error(bundle):
         timeout=120,
     )
     assert proc.returncode == 2 and "no stage named 'nope'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_chat_cli_interactive_on_a_terminal(bundle, engine):
+    """On a TTY `tkc chat` is a rich REPL: the reply streams after the prompt, /reset and /exit work."""
+    import pty
+    import re
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tkc.cli.chat", str(bundle), "--max-new-tokens", "8"],
+        stdin=slave,
+        stdout=slave,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "200", "TERM": "xterm"},
+    )
+    os.close(slave)
+    os.write(master, b"What is 2+3?\n/reset\n/exit\n")
+    chunks = []
+    while proc.poll() is None or select.select([master], [], [], 0.2)[0]:
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                chunks.append(os.read(master, 4096))
+            except OSError:  # the child closed the terminal
+                break
+    os.close(master)
+    assert proc.wait(timeout=120) == 0
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
+    assert "tkc chat" in screen and "infer_test / sft (hf)" in screen and "(conversation cleared)" in screen
+    reply = engine.generate([[{"role": "user", "content": "What is 2+3?"}]], max_new_tokens=8)[0].text
+    printable = "".join(ch for ch in reply if ch.isprintable()).strip()
+    assert printable[:3] in screen

@@ -27,13 +27,19 @@ _END = object()
 
 
 class _TextStops(StoppingCriteria):
-    """Per row: done once the text generated after `width` prompt positions contains a stop string."""
+    """Per row: done once the text generated after `width` prompt positions contains a stop string.
+
+    Checked every step, so a new match ends at the last token: only a tail of the generated tokens is decoded
+    (a character can take up to 4 byte-level tokens; the slack covers skipped special tokens).
+    """
 
     def __init__(self, tokenizer, width: int, stops: Sequence[str]):
         self.tok, self.width, self.stops = tokenizer, width, list(stops)
+        self.tail = 4 * max(map(len, self.stops)) + 8
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        texts = self.tok.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
+        start = max(self.width, input_ids.shape[1] - self.tail)
+        texts = self.tok.batch_decode(input_ids[:, start:], skip_special_tokens=True)
         return torch.tensor([cut_at_stop(t, self.stops)[1] for t in texts], device=input_ids.device)
 
 
