@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tkc.runtime.distributed import Dist
+from tkc.runtime.dist import DistInfo
 
 # Exit codes of `tkc run` (documented in tkc.runtime.run).
 EXIT_OK = 0
@@ -29,7 +29,7 @@ class RunContext:
     resolved: dict[str, Any]
     source_root: Path
     bundle_hash: str
-    dist: Dist = field(default_factory=Dist)
+    dist: DistInfo = field(default_factory=DistInfo)
     stop_requested: bool = False
     _tokenizer: Any = None
 

@@ -1,51 +1,19 @@
-"""Process-group helpers: one process, or `torchrun` ranks on CPU (gloo) sharing every global batch."""
+"""Collectives the training loop needs (sum, any-rank flag, barrier); identity for one process. Joining: tkc.runtime.dist."""
 
 from __future__ import annotations
-
-import os
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-
-@dataclass(frozen=True)
-class Dist:
-    """Where this process sits: rank 0 of 1 when not launched by torchrun."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+from tkc.runtime.dist import DistInfo
 
 
-def init_distributed(backend: str = "gloo") -> Dist:
-    """Join the process group when WORLD_SIZE > 1 (torchrun sets it); gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend if torch.cuda.is_available() else "gloo")
-    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size())
-
-
-def shutdown(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def barrier(d: Dist) -> None:
+def barrier(d: DistInfo) -> None:
     if d.enabled:
         dist.barrier()
 
 
-def all_sum(d: Dist, value: torch.Tensor) -> torch.Tensor:
+def all_sum(d: DistInfo, value: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks (identity for one process)."""
     if d.enabled:
         value = value.clone()
@@ -53,7 +21,7 @@ def all_sum(d: Dist, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def any_rank(d: Dist, flag: bool) -> bool:
+def any_rank(d: DistInfo, flag: bool) -> bool:
     """True when the flag is set on any rank, so every rank takes the same branch (e.g. SIGTERM)."""
     if not d.enabled:
         return flag

@@ -70,9 +70,16 @@ def batch_indices(n_rows: int, train: dict, step: int, per_epoch: int) -> list[i
     return perm[b * g:(b + 1) * g]
 
 
+def warmup_steps(train: dict, total: int) -> int:
+    """warmup_steps when the plan gives it, else ceil(warmup_ratio x total)."""
+    if train.get("warmup_steps") is not None:
+        return int(train["warmup_steps"])
+    return math.ceil(float(train.get("warmup_ratio") or 0.0) * total)
+
+
 def lr_factor(train: dict, step: int, total: int) -> float:
-    """Linear warmup over ceil(warmup_ratio x total) steps (reaching 1 at its end), then cosine/linear/constant."""
-    warm = math.ceil(train["warmup_ratio"] * total)
+    """Linear warmup (reaching 1 at its last step), then cosine / linear / constant decay."""
+    warm = warmup_steps(train, total)
     if step < warm:
         return (step + 1) / warm
     progress = (step - warm) / max(1, total - warm)

@@ -142,8 +142,7 @@ def add_neftune(model: nn.Module, alpha: float) -> None:
 
 def build_trainable(ctx: RunContext, stage: dict, *, head: str = "causal_lm"):
     """Start weights plus the stage's fine-tuning method; returns the model in train mode."""
-    ft = stage["finetuning"]
-    train = stage["train"]
+    ft, train = stage["finetuning"], stage["train"]
     model = start_weights(ctx, stage, head=head)
     model.config.use_cache = False
     if ft["method"] == "freeze":
@@ -165,7 +164,7 @@ def build_trainable(ctx: RunContext, stage: dict, *, head: str = "causal_lm"):
 def build_optimizer(model: nn.Module, stage: dict) -> torch.optim.Optimizer:
     """AdamW over trainable params; no decay on vectors; LoRA+ gives lora_B a `plus_ratio` times larger lr."""
     train = stage["train"]
-    lora = (stage["finetuning"] or {}).get("lora") or {}
+    lora = stage["finetuning"].get("lora") or {}
     plus = lora.get("plus_ratio") or 1.0
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():

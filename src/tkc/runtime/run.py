@@ -16,7 +16,6 @@ import json
 import os
 import random
 import signal
-from importlib import metadata
 from pathlib import Path
 
 from tkc.runtime.context import (
@@ -29,6 +28,7 @@ from tkc.runtime.context import (
     load_bundle_hash,
     resolve_source_root,
 )
+from tkc.runtime.envcheck import check_environment, format_mismatches
 
 STAGE_MODULES = {"pt": "pt", "sft": "sft", "rm": "rm", "dpo": "dpo", "kto": "kto", "ppo": "ppo", "eval": "eval",
                  "export": "export"}
@@ -48,22 +48,18 @@ def verify(bundle_dir: Path) -> str | None:
     return "; ".join(map(str, problems)) if problems else None
 
 
-def _public(version: str) -> str:
-    return version.split("+", 1)[0]
+def set_cpu_threads() -> int:
+    """Intra-op threads: $OMP_NUM_THREADS when set, else 1.
 
+    One thread is the default because (a) float reductions then run in the same order on every machine, so
+    CPU runs are bit-identical across hosts, and (b) on a shared 2-core box, 2 spinning OpenMP threads per
+    process made the tiny model's steps ~5x slower than 1 thread (measured). Set OMP_NUM_THREADS to use more.
+    """
+    import torch
 
-def check_environment(resolved: dict) -> list[str]:
-    """Differences between installed packages and the bundle's pins, as readable lines."""
-    diffs = []
-    for name, pinned in sorted((resolved.get("environment") or {}).get("pins", {}).items()):
-        try:
-            have = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            diffs.append(f"{name}: pinned {pinned}, not installed")
-            continue
-        if _public(have) != _public(str(pinned)):
-            diffs.append(f"{name}: pinned {pinned}, installed {have}")
-    return diffs
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 1)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -116,14 +112,16 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
         print(f"tkc run: bundle {bundle_dir} failed verification: {problem}")
         return EXIT_BAD_BUNDLE
     resolved = json.loads((bundle_dir / "resolved.json").read_text(encoding="utf-8"))
-    diffs = check_environment(resolved)
-    for line in diffs:
-        print(f"tkc run: environment differs from the bundle's pins: {line}")
-    if diffs and strict_env:
-        print("tkc run: --strict-env: refusing to run in an environment that differs from the pins")
-        return EXIT_ENV_MISMATCH
-    from tkc.runtime.distributed import init_distributed, shutdown
+    env = resolved.get("environment") or {}
+    mismatches = check_environment(env.get("pins") or {})
+    if mismatches:
+        print("tkc run: " + format_mismatches(mismatches, env.get("file", "env/requirements.lock")))
+        if strict_env:
+            print("tkc run: --strict-env: refusing to run in an environment that differs from the pins")
+            return EXIT_ENV_MISMATCH
+    from tkc.runtime.dist import init_distributed, shutdown_distributed
 
+    set_cpu_threads()
     dist = init_distributed((resolved.get("launch") or {}).get("backend", "gloo"))
     ctx = RunContext(bundle_dir, resolved, resolve_source_root(bundle_dir, source_root), load_bundle_hash(bundle_dir),
                      dist=dist)
@@ -131,7 +129,7 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
         selected = _select(resolved, stage)
     except KeyError as e:
         print(f"tkc run: {e}")
-        shutdown(dist)
+        shutdown_distributed(dist)
         return EXIT_BAD_BUNDLE
     _install_sigterm(ctx)
     try:
@@ -146,4 +144,4 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
         print(f"tkc run: refusing to resume: {e}")
         return EXIT_BUNDLE_CHANGED
     finally:
-        shutdown(dist)
+        shutdown_distributed(dist)
