@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -125,31 +125,45 @@ def chat(
     ] = None,
 ) -> None:
     """Chat with a bundle's model; reads one message per line when stdin is not a terminal."""
+    sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+    session, title = open_session(bundle, stage, engine, source_root, system=system, seed=seed, **sampling)
+    if sys.stdin.isatty():
+        repl(session, title)
+    else:
+        pipe_loop(session, iter(sys.stdin), lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+
+
+def open_session(
+    bundle: Path,
+    stage: str | None,
+    engine: str,
+    source_root: Path | None,
+    *,
+    system: str | None,
+    seed: int | None,
+    **sampling: Any,
+) -> tuple[ChatSession, str]:
+    """Verify the bundle, pick the model, load the engine; a problem is one line on stderr and exit code 2."""
     from tkc.runtime.infer import load_engine, model_stage, open_context
     from tkc.runtime.run import verify
 
     problem = verify(Path(bundle))
     if problem:
-        print(f"tkc chat: bundle {bundle} failed verification: {problem}", file=sys.stderr)
-        raise typer.Exit(2)
+        _fail(f"bundle {bundle} failed verification: {problem}")
     ctx = open_context(bundle, source_root)
     try:
         name = model_stage(ctx, stage)
-    except (KeyError, RuntimeError) as e:
-        print(f"tkc chat: {e.args[0] if e.args else e}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    session = ChatSession(
-        load_engine(ctx, name, engine=engine),
-        system=system,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=int(ctx.resolved["seed"] if seed is None else seed),
-    )
-    if sys.stdin.isatty():
-        repl(session, f"{ctx.resolved['name']} / {name or 'base model'} ({engine})")
-    else:
-        pipe_loop(session, iter(sys.stdin), lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+        loaded = load_engine(ctx, name, engine=engine)
+    except (KeyError, RuntimeError, ValueError) as e:
+        _fail(str(e.args[0] if e.args else e))
+    seed = int(ctx.resolved["seed"] if seed is None else seed)
+    session = ChatSession(loaded, system=system, seed=seed, **sampling)
+    return session, f"{ctx.resolved['name']} / {name or 'base model'} ({engine})"
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"tkc chat: {message}", file=sys.stderr)
+    raise typer.Exit(2)
 
 
 if __name__ == "__main__":  # `python -m tkc.cli.chat` until `tkc chat` is registered in tkc.cli.main

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
@@ -37,7 +38,7 @@ class _TextStops(StoppingCriteria):
         self.tok, self.width, self.stops = tokenizer, width, list(stops)
         self.tail = 4 * max(map(len, self.stops)) + 8
 
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.Tensor:
         start = max(self.width, input_ids.shape[1] - self.tail)
         texts = self.tok.batch_decode(input_ids[:, start:], skip_special_tokens=True)
         return torch.tensor([cut_at_stop(t, self.stops)[1] for t in texts], device=input_ids.device)
@@ -49,7 +50,7 @@ class _Cancelled(StoppingCriteria):
     def __init__(self, event: threading.Event):
         self.event = event
 
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
 
 
@@ -211,7 +212,8 @@ class HFEngine:
         """Text deltas of generate([prompt])[0].text, emitted as tokens arrive (a possible stop prefix held back)."""
         stop_ids, strings = self.stops(stop)
         gen = self.config(max_new_tokens, temperature, top_p, stop_ids)
-        ids, q, cancel = self.encode(prompt), queue.Queue(), threading.Event()
+        ids, cancel = self.encode(prompt), threading.Event()
+        q: queue.Queue[Any] = queue.Queue()
 
         def work():
             try:

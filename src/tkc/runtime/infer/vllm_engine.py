@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ def sampling_kwargs(
     top_p: float,
     stop: Sequence[str],
     seed: int,
-    stop_token_ids: Sequence[int] = (),
+    stop_token_ids: Iterable[int] = (),
 ) -> dict[str, Any]:
     """SamplingParams arguments equivalent to HFEngine's: greedy at temperature 0, no top-k, specials skipped."""
     sample = temperature > 0
