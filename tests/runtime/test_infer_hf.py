@@ -270,3 +270,22 @@ def test_chat_cli_interactive_on_a_terminal(bundle, engine):
     reply = engine.generate([[{"role": "user", "content": "What is 2+3?"}]], max_new_tokens=8)[0].text
     printable = "".join(ch for ch in reply if ch.isprintable()).strip()
     assert printable[:3] in screen
+
+
+def test_prompt_tokens_match_the_training_rows(bundle, engine):
+    """What the model sees at inference is exactly the prompt part of a training row (same template, same ids)."""
+    from tkc.runtime.infer import open_context
+    from tkc.runtime.stages.common import load_rows
+    from tkc.runtime.stages.infer import load_prompts
+
+    ctx = open_context(bundle)
+    sft = ctx.stage_by_name("sft")
+    rows, _ = load_rows(ctx, sft)
+    prompts = load_prompts(ctx, sft)
+    assert len(rows) == len(prompts) == 16
+    trained = {}
+    for row in rows:  # the pipeline shuffles: match rows to prompts by their ids
+        first = next(i for i, x in enumerate(row["labels"]) if x != -100)
+        trained[tuple(row["input_ids"][:first])] = engine.tok.decode(row["input_ids"][first:])
+    for messages, reference in prompts:
+        assert trained[tuple(engine.encode(messages))].startswith(reference)
