@@ -200,6 +200,7 @@ def test_infer_stage_writes_predictions(bundle, engine):
     assert [r["prediction"] for r in rows] == [c.text for c in want]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["count"] == 3 and metrics["model"] == "sft" and metrics["tokens_per_second"] > 0
+    assert sum(metrics["finish_reasons"].values()) == 3
     assert (out / "DONE").read_text().strip() == ctx.bundle_hash
 
 

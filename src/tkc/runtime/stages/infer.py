@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 from tkc.runtime import outputs
@@ -50,11 +51,34 @@ def write_predictions(path: Path, records: list[dict]) -> None:
     tmp.replace(path)
 
 
+def write_outputs(ctx: RunContext, stage: dict, pairs: list, completions: list, wall: float) -> None:
+    """predictions.jsonl (prompt messages, reference, prediction) and metrics.json (count, tokens/s)."""
+    out, opts = ctx.stage_dir(stage), stage.get("options") or {}
+    records = [
+        {"prompt": p, "reference": ref, "prediction": c.text, "finish_reason": c.finish_reason}
+        for (p, ref), c in zip(pairs, completions, strict=True)
+    ]
+    write_predictions(out / "predictions.jsonl", records)
+    tokens = sum(len(c.tokens) for c in completions)
+    outputs.write_json(
+        out / "metrics.json",
+        {
+            "count": len(completions),
+            "generated_tokens": tokens,
+            "seconds": round(wall, 3),
+            "tokens_per_second": round(tokens / max(wall, 1e-9), 2),
+            "finish_reasons": dict(Counter(c.finish_reason for c in completions)),
+            "model": stage.get("init_from") or "base",
+            "engine": opts.get("engine", "hf"),
+        },
+    )
+
+
 def run(ctx: RunContext, stage: dict) -> int:
     from tkc.runtime.infer import load_engine
 
     opts = stage.get("options") or {}
-    source = stage.get("init_from")
+    source = stage.get("init_from")  # the compiler resolves it to the previous training stage, or null (base)
     pairs = load_prompts(ctx, stage)
     engine = load_engine(ctx, source, engine=opts.get("engine", "hf"))
     start = time.perf_counter()
@@ -72,24 +96,6 @@ def run(ctx: RunContext, stage: dict) -> int:
         f"({tokens} tokens, {tokens / max(wall, 1e-9):.1f} tok/s)"
     )
     if ctx.dist.is_main:
-        out = ctx.stage_dir(stage)
-        write_predictions(
-            out / "predictions.jsonl",
-            [
-                {"prompt": p, "reference": ref, "prediction": c.text, "finish_reason": c.finish_reason}
-                for (p, ref), c in zip(pairs, completions, strict=True)
-            ],
-        )
-        outputs.write_json(
-            out / "metrics.json",
-            {
-                "count": len(completions),
-                "generated_tokens": tokens,
-                "seconds": round(wall, 3),
-                "tokens_per_second": round(tokens / max(wall, 1e-9), 2),
-                "model": source or "base",
-                "engine": opts.get("engine", "hf"),
-            },
-        )
+        write_outputs(ctx, stage, pairs, completions, wall)
     outputs.mark_done(ctx, stage)
     return 0
