@@ -166,10 +166,16 @@ def test_stop_token_ends_generation(engine):
 
 
 def test_stream_deltas_join_to_generate(engine):
-    for kw in ({}, {"temperature": 1.0, "seed": 3}, {"stop": ["1"]}):
+    full = engine.generate([CHAT[1]], max_new_tokens=12)[0].text
+    assert len(full) >= 6, full
+    multi = full[
+        3:6
+    ]  # a stop string several characters long: its first characters are held back, never emitted
+    for kw in ({}, {"temperature": 1.0, "seed": 3}, {"stop": ["1"]}, {"stop": [multi]}):
         deltas = list(engine.stream(CHAT[1], max_new_tokens=12, **kw))
         assert "".join(deltas) == engine.generate([CHAT[1]], max_new_tokens=12, **kw)[0].text
         assert len(deltas) >= 1
+    assert "".join(engine.stream(CHAT[1], max_new_tokens=12, stop=[multi])) == full[: full.find(multi)]
 
 
 def test_adapter_stage_output_differs_from_base(engine, bundle):
