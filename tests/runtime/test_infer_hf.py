@@ -296,3 +296,17 @@ def test_prompt_tokens_match_the_training_rows(bundle, engine):
         trained[tuple(row["input_ids"][:first])] = engine.tok.decode(row["input_ids"][first:])
     for messages, reference in prompts:
         assert trained[tuple(engine.encode(messages))].startswith(reference)
+
+
+def test_chat_session_commands_and_history(engine):
+    from tkc.cli.chat import ChatSession, escape_line, pipe_loop
+
+    session = ChatSession(engine, system="Be brief.", max_new_tokens=6, temperature=0.0, top_p=1.0, seed=0)
+    written: list[str] = []
+    pipe_loop(session, iter(["Hi\n", "\n", "/exit\n", "never read\n"]), written.append)
+    reply = engine.generate([CHAT[2]], max_new_tokens=6)[0].text
+    assert "".join(written) == escape_line(reply) + "\n"
+    assert session.messages() == [*CHAT[2], {"role": "assistant", "content": reply}]
+    pipe_loop(session, iter(["/reset\n"]), written.append)
+    assert session.messages() == [CHAT[2][0]]
+    assert escape_line("a\\nb\nc") == "a\\\\nb\\nc"
