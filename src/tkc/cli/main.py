@@ -7,6 +7,7 @@ import sys
 import typer
 
 from tkc.cli import catalog as catalog_cmd
+from tkc.cli import chat as chat_cmd
 from tkc.cli import compile as compile_cmd
 from tkc.cli import diff as diff_cmd
 from tkc.cli import explain as explain_cmd
@@ -21,6 +22,7 @@ app.command("diff")(diff_cmd.diff)
 app.command("explain")(explain_cmd.explain)
 app.command("schema")(explain_cmd.schema)
 app.command("run")(run_cmd.run)
+app.command("chat")(chat_cmd.chat)
 app.add_typer(catalog_cmd.app, name="catalog", help="What the compiler knows: templates, families, profiles.")
 
 

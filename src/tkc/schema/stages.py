@@ -80,6 +80,7 @@ class InferStage(StageBase):
     engine: Literal["hf", "vllm"] = Field("hf", description="Inference engine.")
     max_new_tokens: Annotated[int, Field(gt=0)] = Field(128, description="Generation length.")
     temperature: Annotated[float, Field(ge=0)] = Field(0.0, description="0 = greedy.")
+    top_p: Annotated[float, Field(gt=0, le=1)] = Field(1.0, description="Nucleus sampling mass.")
 
 
 StageSpec = Annotated[
