@@ -39,13 +39,23 @@ def explain(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
     key: Annotated[str | None, typer.Argument(help="Only keys matching this, e.g. train.learning_rate.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: a.b=value.")] = None,
-    passes: Annotated[bool, typer.Option(help="Print what each compiler pass set, in order.")] = False,
+    passes: Annotated[bool, typer.Option(help="Also print, pass by pass, which values each one set.")] = False,
 ) -> None:
     """Print every resolved value with its provenance (recipe, default, family:x, profile:x, derived:pass)."""
-    from tkc.compiler.pipeline import compile_recipe
+    from tkc.compiler.pipeline import compile_loaded
+    from tkc.schema.load import load_recipe
+
+    trace_lines: list[str] = []
+    seen: dict[str, Any] = {}
+
+    def trace(name: str, plan: Any) -> None:
+        changed = sorted(k for k, v in plan.values.items() if seen.get(k, object()) != v)
+        seen.update(plan.values)
+        trace_lines.append(f"pass {name}: set {len(changed)} value(s)"
+                           + "".join(f"\n    {k}" for k in changed if _matches(k, key) and not k.startswith("_files.")))
 
     try:
-        compiled = compile_recipe(recipe, list(set_ or []))
+        compiled = compile_loaded(load_recipe(recipe, list(set_ or []), tolerant=True), trace=trace)
     except CompileError as exc:
         raise typer.Exit(report(exc)) from None
     prov = compiled.plan.provenance
@@ -57,9 +67,7 @@ def explain(
         typer.echo(f"{k} = {value}    [{prov.get(k, '?')}{_where(compiled, k, prov.get(k, ''))}]")
         shown += 1
     if passes:
-        from tkc.compiler.pipeline import PASSES
-
-        typer.echo("passes: " + " -> ".join(p.__name__ for p in PASSES))
+        typer.echo("\n".join(trace_lines))
     if not shown:
         typer.echo(f"tkc: no resolved key matches {key!r}", err=True)
         raise typer.Exit(1)

@@ -1,0 +1,98 @@
+"""Passes one by one: each is pure (same plan in, same plan out, input untouched) and sets what it claims."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tkc.compiler.inputs import load_inputs
+from tkc.compiler.passes.derive_parallelism import _micro_batch
+from tkc.compiler.passes.derive_precision import best_precision
+from tkc.compiler.pipeline import PASSES, run_passes
+from tkc.compiler.plan import Plan, unflatten
+from tkc.schema.load import load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _plan(recipe: str = "demo.yaml", *overrides: str) -> Plan:
+    loaded = load_recipe(REPO / "recipes" / recipe, list(overrides))
+    return Plan(load_inputs(loaded, loaded.entry.parent))
+
+
+def test_passes_are_pure_and_deterministic():
+    plan = _plan()
+    for step in PASSES:
+        before = dict(plan.values)
+        once, twice = step(plan), step(plan)
+        assert dict(plan.values) == before, f"{step.__name__} mutated its input"
+        assert dict(once.values) == dict(twice.values), f"{step.__name__} is not deterministic"
+        plan = once
+
+
+def test_every_value_has_a_provenance():
+    plan = run_passes(_plan())
+    assert set(plan.values) == set(plan.provenance)
+    assert all(plan.provenance.values())
+
+
+@pytest.mark.parametrize(("accel", "bf16", "fp16", "expected"), [
+    ("cpu", True, True, "fp32"), ("cuda", True, True, "bf16"), ("cuda", False, True, "fp16"),
+    ("npu", False, False, "fp32")])
+def test_best_precision(accel, bf16, fp16, expected):
+    assert best_precision(accel, bf16, fp16) == expected
+
+
+@pytest.mark.parametrize(("per_device", "mem", "accel", "cutoff", "gc", "expected"), [
+    (16, 24, "cpu", 64, False, 4),      # device cap
+    (6, 24, "cpu", 64, False, 2),       # largest power of two dividing 6
+    (64, 80, "cuda", 2048, False, 4),   # token budget: 80 GB x 128 / 2048 = 5 -> 4
+    (64, 80, "cuda", 2048, True, 8),    # checkpointing frees activations: cap 8
+    (64, 24, "cuda", 8192, False, 1),   # long sequences on a small card
+])
+def test_micro_batch(per_device, mem, accel, cutoff, gc, expected):
+    assert _micro_batch(per_device, mem, accel, cutoff, gc) == expected
+
+
+def test_parallelism_multiplies_out():
+    resolved = unflatten(run_passes(_plan("llama3_1_70b_qlora_multinode_slurm.yaml")).values)
+    train = resolved["stages"][0]["train"]
+    assert resolved["launch"]["world_size"] == 32 and train["world_size"] == 32
+    assert train["micro_batch_size"] * train["gradient_accumulation_steps"] * 32 == train["global_batch_size"]
+
+
+def test_init_from_chains_training_stages():
+    resolved = unflatten(run_passes(_plan("tiny_rm_ppo.yaml")).values)
+    assert [(s["name"], s["init_from"]) for s in resolved["stages"]] == [
+        ("sft", None), ("reward", "sft"), ("ppo", "sft"), ("export", "ppo")]
+
+
+def test_hermeticity():
+    assert unflatten(run_passes(_plan()).values)["hermetic"] is True
+    resolved = unflatten(run_passes(_plan("llama3_8b_dpo_h100_fsdp.yaml")).values)
+    assert resolved["hermetic"] is False
+    assert "without a pinned revision" in resolved["non_hermetic_reasons"][0]
+
+
+def test_strict_refuses_non_hermetic(tkc, tmp_path):
+    recipe = REPO / "recipes" / "llama3_8b_dpo_h100_fsdp.yaml"
+    code, _, err = tkc("compile", recipe, "-o", tmp_path / "b", "--strict")
+    assert code == 2 and "non-hermetic" in err and not (tmp_path / "b").exists()
+    code, _, err = tkc("compile", recipe, "-o", tmp_path / "b")
+    assert code == 0 and "non-hermetic" in err
+
+
+def test_family_detection_errors(tmp_path):
+    from tkc.compiler import compile_recipe
+    from tkc.schema.diagnostics import CompileError
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "brand_new_arch"}')
+    (tmp_path / "d.jsonl").write_text('{"instruction": "q", "input": "", "output": "a"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\nmodel: {path: m}\ndata: {datasets: {d: {path: d.jsonl}}}\nstages: [{kind: sft}]\n")
+    with pytest.raises(CompileError) as info:
+        compile_recipe(recipe)
+    assert [d.code for d in info.value.diagnostics] == ["MODEL001"]
+    assert "set model.family" in info.value.diagnostics[0].message
