@@ -43,6 +43,8 @@ DATASETS = {
                          response="output"),
     "arith_eval": dataset("arith_eval", "data/arith_eval.jsonl", "alpaca", "sft", prompt="instruction",
                           query="input", response="output"),
+    "arith_pref": dataset("arith_pref", "data/arith_pref.jsonl", "alpaca", "preference", prompt="instruction",
+                          query="input", chosen="chosen", rejected="rejected"),
     "alpaca": dataset("alpaca", "../../shared/datasets/alpaca_en_demo.json", "alpaca", "sft", "json", 64,
                       prompt="instruction", query="input", response="output"),
     "dpo_pairs": dataset("dpo_pairs", "../../shared/datasets/dpo_en_demo.json", "sharegpt", "preference", "json", 48,

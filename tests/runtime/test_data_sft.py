@@ -209,3 +209,28 @@ def test_mixing_interleave_and_eval_split(tmp_path):
     again = _build(tmp_path / "other", [a, b], template="chatml_local", root=root, mix="interleave")
     assert inter.train.to_dict() == again.train.to_dict() and 1 <= len(inter.train) <= 5
     assert not np.isnan(inter.stats["padding_fraction"]["unpacked"])
+
+
+def test_template_refusals_follow_each_datasets_policy(tmp_path):
+    refusing = H.CHATML.replace(
+        "{% for m in messages %}", "{% for m in messages %}{% if 'FORBIDDEN' in m['content'] %}"
+        "{{ raise_exception('no forbidden words') }}{% endif %}"
+    )  # fmt: skip
+    (tmp_path / "a.jsonl").write_text(
+        json.dumps({"instruction": "say FORBIDDEN", "input": "", "output": "no"}) + "\n"
+        + json.dumps({"instruction": "say hi", "input": "", "output": "hi"}) + "\n"
+    )  # fmt: skip
+    (tmp_path / "b.jsonl").write_text(json.dumps({"instruction": "What is 2+3?", "input": "", "output": "5"}) + "\n")
+    a = H.entry("a", "a.jsonl", "alpaca", "sft", tmp_path, on_bad_record="skip")
+    b = H.entry("b", "b.jsonl", "alpaca", "sft", tmp_path)  # listed last, policy "error"
+    res = H.resolved([a, b])
+    data = build_stage_data(res, H.stage("sft", ["a", "b"]), H.tokenizer(), tmp_path, tmp_path / "c",
+                            template_text=refusing)  # fmt: skip
+    assert len(data.train) == 2 and data.stats["datasets"]["a"]["skipped"] == 1
+    assert data.stats["skipped"]["reasons"] == [
+        {"file": "a.jsonl", "line": 1, "message": "chat template: TemplateRefused: no forbidden words",
+         "expected": "a conversation the template accepts"}
+    ]  # fmt: skip
+    with pytest.raises(BadRecord, match=r"^a.jsonl:1: chat template: TemplateRefused"):
+        build_stage_data(H.resolved([{**a, "on_bad_record": "error"}, b]), H.stage("sft", ["a", "b"]),
+                         H.tokenizer(), tmp_path, tmp_path / "c", template_text=refusing)  # fmt: skip

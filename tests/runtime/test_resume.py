@@ -101,8 +101,12 @@ def test_resume_refuses_a_checkpoint_from_a_changed_bundle(rt, tmp_path, tiny_pr
     ckpt = checkpoint.latest_checkpoint(bundle / "outputs" / "sft" / "checkpoints")
     assert ckpt is not None
     (bundle / "outputs" / "sft" / "DONE").unlink()
-    plan["stages"][0]["train"]["learning_rate"] = 5e-3  # a semantic change: new bundle hash, same outputs/
-    rt.write_bundle(bundle, plan)
+    plan["stages"][0]["train"]["learning_rate"] = 5e-3  # a semantic change: new bundle hash
+    import shutil
+
+    shutil.move(bundle / "outputs", tmp_path / "old-outputs")
+    rt.write_bundle(bundle, plan)  # (tkc.bundle keeps outputs only when the hash is unchanged)
+    shutil.move(tmp_path / "old-outputs", bundle / "outputs")  # as if a user copied them over
     assert run_bundle(bundle) == EXIT_BUNDLE_CHANGED
 
 
