@@ -220,7 +220,9 @@ def test_template_refusals_follow_each_datasets_policy(tmp_path):
         json.dumps({"instruction": "say FORBIDDEN", "input": "", "output": "no"}) + "\n"
         + json.dumps({"instruction": "say hi", "input": "", "output": "hi"}) + "\n"
     )  # fmt: skip
-    (tmp_path / "b.jsonl").write_text(json.dumps({"instruction": "What is 2+3?", "input": "", "output": "5"}) + "\n")
+    (tmp_path / "b.jsonl").write_text(
+        json.dumps({"instruction": "What is 2+3?", "input": "", "output": "5"}) + "\n"
+    )
     a = H.entry("a", "a.jsonl", "alpaca", "sft", tmp_path, on_bad_record="skip")
     b = H.entry("b", "b.jsonl", "alpaca", "sft", tmp_path)  # listed last, policy "error"
     res = H.resolved([a, b])
@@ -228,7 +230,7 @@ def test_template_refusals_follow_each_datasets_policy(tmp_path):
                             template_text=refusing)  # fmt: skip
     assert len(data.train) == 2 and data.stats["datasets"]["a"]["skipped"] == 1
     assert data.stats["skipped"]["reasons"] == [
-        {"file": "a.jsonl", "line": 1, "message": "chat template: TemplateRefused: no forbidden words",
+        {"dataset": "a", "file": "a.jsonl", "line": 1, "message": "chat template: TemplateRefused: no forbidden words",
          "expected": "a conversation the template accepts"}
     ]  # fmt: skip
     with pytest.raises(BadRecord, match=r"^a.jsonl:1: chat template: TemplateRefused"):

@@ -40,18 +40,18 @@ class StageData:
 
 
 class _BadRecords:
-    """Applies `on_bad_record` per dataset: raise at once, or count and keep the first reasons."""
+    """Applies each dataset's `on_bad_record`: raise at once, or count and keep the first reasons."""
 
-    def __init__(self):
+    def __init__(self, entries: list[dict]):
         self.count, self.reasons, self.per_dataset = 0, [], {}
-        self.policy = "error"
-        self.dataset = ""
+        self.policy = {e["name"]: e.get("on_bad_record", "error") for e in entries}
 
     def __call__(self, exc: BadRecord) -> None:
-        if self.policy != "skip":
+        dataset = exc.where.dataset if exc.where else ""
+        if self.policy.get(dataset, "error") != "skip":
             raise exc
         self.count += 1
-        self.per_dataset[self.dataset] = self.per_dataset.get(self.dataset, 0) + 1
+        self.per_dataset[dataset] = self.per_dataset.get(dataset, 0) + 1
         if len(self.reasons) < _MAX_REASONS:
             self.reasons.append(exc.to_json())
 
@@ -103,7 +103,6 @@ def _base_dir(entry: dict, where_file: str, source_root: Path) -> Path:
 
 def _convert(entry: dict, source_root: Path, bad: _BadRecords) -> tuple[list, int]:
     """[(where, canonical example)] of one dataset, plus how many raw records it had."""
-    bad.policy, bad.dataset = entry.get("on_bad_record", "error"), entry["name"]
     raw = read_entry(entry, source_root, verify=False)
     out = []
     for where, record in raw:
@@ -201,7 +200,7 @@ def build_stage_data(
 def _build(resolved, stage, entries, tokenizer, chat, source_root) -> tuple[dict, dict]:
     start = time.perf_counter()
     kind, data, seed = stage["kind"], resolved["data"], resolved["seed"]
-    bad, per_dataset = _BadRecords(), {}
+    bad, per_dataset = _BadRecords(entries), {}
     parts = []
     for e in entries:
         items, n_raw = _convert(e, source_root, bad)

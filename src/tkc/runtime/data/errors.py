@@ -10,6 +10,7 @@ class Where:
     file: str  # relative POSIX path (as in resolved.json)
     line: int | None  # jsonl/csv/txt: 1-based line; json/parquet/arrow/hf_disk/hub: 0-based record index
     by_line: bool
+    dataset: str = ""  # the resolved.json dataset name (its on_bad_record policy applies)
 
     def __str__(self) -> str:
         if self.line is None:
@@ -33,7 +34,7 @@ class BadRecord(ValueError):
 
     def to_json(self) -> dict:
         w = self.where
-        return {"file": w.file if w else None, "line": w.line if w else None,
+        return {"dataset": w.dataset if w else None, "file": w.file if w else None, "line": w.line if w else None,
                 "message": self.message, "expected": self.expected}  # fmt: skip
 
 

@@ -131,7 +131,7 @@ def iter_entry_records(entry: dict, source_root: Path) -> Iterator[tuple[Where, 
     for f in entry["files"]:
         path = source_root / f["path"]
         for where, record in _READERS[ftype](path):
-            yield Where(f["path"], where, ftype in _BY_LINE), record
+            yield Where(f["path"], where, ftype in _BY_LINE, entry["name"]), record
 
 
 def _hf_records(entry: dict, source_root: Path) -> Iterator[tuple[Where, object]]:
@@ -151,7 +151,7 @@ def _hf_records(entry: dict, source_root: Path) -> Iterator[tuple[Where, object]
                                    download_mode="reuse_cache_if_exists")  # fmt: skip
         label = f"hub:{entry['path']}"
     for i, record in enumerate(ds):
-        yield Where(label, i, False), record
+        yield Where(label, i, False, entry["name"]), record
 
 
 def read_entry(entry: dict, source_root: Path, *, verify: bool = True) -> list[tuple[Where, object]]:
