@@ -38,6 +38,14 @@ class Run:
     wall_s: float
     peak_rss_bytes: int
     lines: list[tuple[float, str]] = field(default_factory=list)  # (seconds since launch, text)
+    cpu_s: float = 0.0  # user+sys CPU seconds of the whole tree (getrusage of reaped children)
+    cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # (t, tree CPU s so far), every sample
+
+    def cpu_at(self, t: float | None) -> float | None:
+        """Tree CPU seconds used by time t (first sample at or after t)."""
+        if t is None:
+            return None
+        return next((c for ts, c in self.cpu_samples if ts >= t), self.cpu_s)
 
     @property
     def text(self) -> str:
@@ -55,10 +63,16 @@ class Run:
 
 
 def _tree_rss(pid: int) -> int:
-    """Sum of RSS over `pid` and all its descendants (from /proc; 0 when gone)."""
+    return _tree_usage(pid)[0]
+
+
+def _tree_usage(pid: int) -> tuple[int, float]:
+    """(RSS bytes, user+sys CPU seconds) summed over `pid` and its live descendants, from /proc."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
+    cpu: dict[int, float] = {}
     page = os.sysconf("SC_PAGE_SIZE")
+    tick = os.sysconf("SC_CLK_TCK")
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -71,12 +85,14 @@ def _tree_rss(pid: int) -> int:
             continue
         children.setdefault(ppid, []).append(int(d))
         rss[int(d)] = rss_pages * page
-    total, todo = 0, [pid]
+        cpu[int(d)] = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / tick
+    total, used, todo = 0, 0.0, [pid]
     while todo:
         p = todo.pop()
         total += rss.get(p, 0)
+        used += cpu.get(p, 0.0)
         todo.extend(children.get(p, []))
-    return total
+    return total, used
 
 
 def run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -95,6 +111,10 @@ def run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None =
     stopped_at: float | None = None
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     prio = PRIORITY
+    import resource
+
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_samples: list[tuple[float, float]] = []
     t0 = time.monotonic()
     proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -108,7 +128,9 @@ def run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None =
     while True:
         now = time.monotonic() - t0
         if now >= next_sample:
-            peak = max(peak, _tree_rss(proc.pid))
+            rss_now, cpu_now = _tree_usage(proc.pid)
+            peak = max(peak, rss_now)
+            cpu_samples.append((now, cpu_now))
             next_sample = now + sample_every
             if watch_file is not None and watch_file.exists():
                 got = watch_file.read_text(errors="replace").splitlines()
@@ -147,7 +169,10 @@ def run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None =
         got = watch_file.read_text(errors="replace").splitlines()
         lines.extend((wall, watch_tag + s) for s in got[watched:])
     sel.close()
-    return Run([str(c) for c in cmd], proc.returncode if proc.returncode is not None else -9, wall, peak, lines)
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    return Run([str(c) for c in cmd], proc.returncode if proc.returncode is not None else -9, wall, peak, lines,
+               cpu_s, cpu_samples)
 
 
 def median(xs: list[float]) -> float | None:

@@ -37,6 +37,13 @@ def r(x) -> str:
     return DASH if x is None else f"{x:.2f}×"
 
 
+def sp(x) -> str:
+    """A tkc-vs-peer time ratio (peer ÷ tkc) in words."""
+    if x is None:
+        return DASH
+    return f"{x:.2f}× faster" if x >= 1 else f"{1 / x:.2f}× slower"
+
+
 def met(ok) -> str:
     return DASH if ok is None else ("met" if ok else "**not met**")
 
@@ -84,11 +91,11 @@ def section_summary(res: dict[str, dict]) -> list[str]:
     et, ep = _side(e, "tkc"), _side(e, "peer")
     pt, pp = _side(p, "tkc"), _side(p, "peer")
     rows = ["| what | tkc | peer (LLaMA-Factory) | tkc vs peer | target | status |", "|---|---|---|---|---|---|"]
-    sp = (e.get("ratios") or {}).get("typo_report_speedup")
+    spd = (e.get("ratios") or {}).get("typo_report_speedup")
     fl = (et.get("typo") or {}).get("file_line")
     rows.append(f"| misspelled key reported (median s) | {f(et.get('typo_report_s'), 3)} | "
-                f"{f(ep.get('typo_report_s'))} | {r(sp)} faster | ≥ 25× faster, with file:line | "
-                f"{met(None if sp is None else (sp >= 25 and bool(fl)))} |")
+                f"{f(ep.get('typo_report_s'))} | {sp(spd)} | ≥ 25× faster, with file:line | "
+                f"{met(None if spd is None else (spd >= 25 and bool(fl)))} |")
     cs = et.get("compile_s")
     rows.append(f"| correct recipe compiled (median s) | {f(cs, 3)} | {f(ep.get('config_accepted_s'))} "
                 f"(args accepted) | {r((e.get('ratios') or {}).get('validate_speedup'))} faster | < 0.5 s | "
@@ -108,7 +115,7 @@ def section_summary(res: dict[str, dict]) -> list[str]:
                     f"≥ 1.5× at ≤ 1× memory | {met(ok)} |")
         lf = wt.get("launch_to_first_step_s")
         rows.append(f"| {n}: launch → first step (s) | {f(lf)} | {f(wp.get('launch_to_first_step_s'))} | "
-                    f"{r(ra.get('launch_to_first_step_speedup'))} faster | ≤ 5 s | {met(None if lf is None else lf <= 5)} |")
+                    f"{sp(ra.get('launch_to_first_step_speedup'))} | ≤ 5 s | {met(None if lf is None else lf <= 5)} |")
     return ["## Summary", "", *rows, ""]
 
 
@@ -153,7 +160,7 @@ def section_preprocess(p: dict) -> list[str]:
             f"| cold: examples/s | {f(pt.get('cold_examples_per_s'), 0)} | {f(pp.get('cold_examples_per_s'), 0)} | {r(ra.get('cold_throughput'))} |",
             f"| cached re-run: seconds | {f(pt.get('cached_prep_s'), 3)} | {f(pp.get('cached_prep_s'), 3)} | |",
             f"| cached re-run: examples/s | {f(pt.get('cached_examples_per_s'), 0)} | {f(pp.get('cached_examples_per_s'), 0)} | {r(ra.get('cached_throughput'))} |",
-            f"| launch → data ready, cold (s) | {f(pt.get('cold_launch_to_data_s'))} | {f(pp.get('cold_launch_to_data_s'))} | {r(ra.get('cold_launch_to_data_speedup'))} faster |",
+            f"| launch → data ready, cold (s) | {f(pt.get('cold_launch_to_data_s'))} | {f(pp.get('cold_launch_to_data_s'))} | {sp(ra.get('cold_launch_to_data_speedup'))} |",
             f"| peer's own tqdm rate for its tokenize step (examples/s) | | {f(pp.get('tqdm_tokenize_rate_median'), 0)} | |", ""]
 
 
@@ -161,19 +168,30 @@ def section_train(t: dict) -> list[str]:
     out = ["## 3. Training", "",
            "Command: `.venv/bin/python bench/train.py`. " + (
                "Tokens = non-padding tokens actually processed, counted from each tool's own tokenized rows; "
-               "tokens/s = tokens ÷ the tool's training-loop wall time. Peak RSS of the whole process tree. "
+               "tokens/s = tokens ÷ the tool's training-loop wall time. Because the machine is shared and "
+               "its load swings, two companions less sensitive to it are shown: the median over steps of each "
+               "step's tokens ÷ its duration, and tokens per CPU-second of the process tree from step 1 to exit. "
+               "Peak RSS of the whole process tree. "
                f"Median of {t.get('reps', DASH)} runs per tool; runs alternate tools."), ""]
     for n, w in (t.get("workloads") or {}).items():
         c, wt, wp, ra = w.get("config", {}), _side(w, "tkc"), _side(w, "peer"), w.get("ratios") or {}
+        runs_t = [round(x["train_wall_s"], 1) for x in wt.get("per_run", []) if x.get("train_wall_s")]
+        runs_p = [round(x["train_wall_s"], 1) for x in wp.get("per_run", []) if x.get("train_wall_s")]
         out += [f"### {n}: {c.get('kind', '').upper()} {c.get('method', '')}, {c.get('records')} records × 1 epoch, "
                 f"batch {c.get('batch')}, {c.get('steps')} steps, cutoff {c.get('cutoff')}, lr {c.get('learning_rate')}", "",
                 "| | tkc" + _note(w, "tkc") + " | peer" + _note(w, "peer") + " | tkc vs peer |", "|---|---|---|---|",
                 f"| tokens processed | {f(wt.get('tokens'), 0)} | {f(wp.get('tokens'), 0)} | |",
-                f"| training wall (s) | {f(wt.get('train_wall_s'), 1)} | {f(wp.get('train_wall_s'), 1)} | |",
+                f"| training wall (s), median | {f(wt.get('train_wall_s'), 1)} | {f(wp.get('train_wall_s'), 1)} | |",
+                f"| training wall (s), each run | {runs_t or DASH} | {runs_p or DASH} | |",
                 f"| tokens/s | {f(wt.get('tokens_per_s'), 0)} | {f(wp.get('tokens_per_s'), 0)} | {r(ra.get('tokens_per_s'))} |",
+                f"| median per-step tokens/s (robust to load spikes) | {f(wt.get('step_tokens_per_s_median'), 0)} | "
+                f"{f(wp.get('step_tokens_per_s_median'), 0)} | {r(ra.get('step_tokens_per_s_median'))} |",
+                f"| tokens per CPU-second, step 1 → exit | {f(wt.get('tokens_per_cpu_s'), 0)} | "
+                f"{f(wp.get('tokens_per_cpu_s'), 0)} | {r(ra.get('tokens_per_cpu_s'))} |",
+                f"| CPU seconds, whole command | {f(wt.get('cpu_s'), 1)} | {f(wp.get('cpu_s'), 1)} | |",
                 f"| peak RSS (GiB) | {f(wt.get('peak_rss_gib'))} | {f(wp.get('peak_rss_gib'))} | {r(ra.get('peak_rss'))} |",
-                f"| launch → first step (s) | {f(wt.get('launch_to_first_step_s'))} | {f(wp.get('launch_to_first_step_s'))} | {r(ra.get('launch_to_first_step_speedup'))} faster |",
-                f"| launch → exit (s) | {f(wt.get('launch_to_exit_s'), 1)} | {f(wp.get('launch_to_exit_s'), 1)} | {r(ra.get('launch_to_exit_speedup'))} faster |",
+                f"| launch → first step (s) | {f(wt.get('launch_to_first_step_s'))} | {f(wp.get('launch_to_first_step_s'))} | {sp(ra.get('launch_to_first_step_speedup'))} |",
+                f"| launch → exit (s) | {f(wt.get('launch_to_exit_s'), 1)} | {f(wp.get('launch_to_exit_s'), 1)} | {sp(ra.get('launch_to_exit_speedup'))} |",
                 f"| final loss (mean of last 5 steps) | {f(wt.get('final_loss'), 4)} ({f(wt.get('final_loss_last5'), 4)}) | "
                 f"{f(wp.get('final_loss'), 4)} ({f(wp.get('final_loss_last5'), 4)}) | Δ {f(ra.get('final_loss_diff'), 4)} |",
                 f"| runs ok | {wt.get('runs_ok', DASH)}/{wt.get('runs', DASH)} | {wp.get('runs_ok', DASH)}/{wp.get('runs', DASH)} | |", ""]

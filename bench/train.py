@@ -15,6 +15,9 @@ Per run, the same way for both tools:
 * launch -> first step = arrival of the first step record (tkc steps.jsonl line; peer "{'loss': ...}" log line).
 * peak RSS = the process tree's resident memory, sampled every 50 ms from /proc.
 * final loss = the last step's loss; the mean of the last 5 steps is shown beside it.
+Contention-robust companions (the machine is shared): the median per-step throughput (steps 2..N, from
+each step record's arrival time and cumulative token count) and tokens per CPU-second of the process tree
+from step 1 to exit.
 Determinism: per tool, every repetition's full-precision loss sequence compared with the first.
 Runs alternate tools (and the order flips every repetition). Results: bench/results/train.json.
 """
@@ -57,6 +60,37 @@ def _peer_tokens(tokenized: Path) -> dict | None:
     return None
 
 
+def _robust(r, marks: list[tuple[float, int]], total_tokens: int | None) -> dict:
+    """Contention-robust figures from (arrival time, cumulative tokens) per step and the tree's CPU time.
+
+    step_tokens_per_s_median: median over steps 2..N of the step's tokens / time since the previous step.
+    tokens_per_cpu_s: tokens of steps 2..N / CPU seconds the process tree used from step 1 to exit.
+    """
+    rates = [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in zip(marks, marks[1:], strict=False) if t1 > t0 and c1 > c0]
+    out: dict = {"step_tokens_per_s_median": median(rates), "cpu_s": r.cpu_s}
+    if marks and total_tokens:
+        cpu_first = r.cpu_at(marks[0][0])
+        train_cpu = r.cpu_s - cpu_first if cpu_first is not None else None
+        out["train_cpu_s"] = train_cpu
+        out["tokens_per_cpu_s"] = (total_tokens - marks[0][1]) / train_cpu if train_cpu else None
+    return out
+
+
+def _peer_marks(r) -> list[tuple[float, int]]:
+    import ast
+
+    marks = []
+    for t, s in r.lines:
+        if s.startswith("{'loss': "):
+            try:
+                d = ast.literal_eval(s.strip())
+            except (ValueError, SyntaxError):
+                continue
+            if d.get("num_input_tokens_seen"):
+                marks.append((t, int(d["num_input_tokens_seen"])))
+    return marks
+
+
 def peer_once(w: Workload, model: Path, d: Path) -> dict:
     shutil.rmtree(d, ignore_errors=True)
     out = d / "out"
@@ -74,6 +108,8 @@ def peer_once(w: Workload, model: Path, d: Path) -> dict:
     res.update(train_wall_s=tr["train_runtime"], losses=losses, steps=len(losses),
                peer_num_input_tokens_seen=tr.get("num_input_tokens_seen"),
                tokens=counted["tokens"] if counted else None, rows=counted["rows"] if counted else None)
+    marks = _peer_marks(r)
+    res.update(_robust(r, marks, marks[-1][1] if marks else None))
     return res
 
 
@@ -96,6 +132,8 @@ def tkc_once(w: Workload, model: Path, d: Path) -> dict:
     steps = [json.loads(s) for s in (sdir / "steps.jsonl").read_text().splitlines() if s.strip()]
     losses = [s["loss"] for s in steps if "loss" in s]
     res.update(train_wall_s=rec["wall_time_s"], tokens=rec["tokens_seen"], losses=losses, steps=len(losses))
+    marks = [(t, json.loads(s[len("@file"):])["tokens_seen"]) for t, s in r.lines if s.startswith("@file{")]
+    res.update(_robust(r, [m for m in marks if m[1]], rec["tokens_seen"]))
     return res
 
 
@@ -122,6 +160,9 @@ def _summary(runs: list[dict]) -> dict:
         "launch_to_exit_s": median([x.get("launch_to_exit_s") for x in ok]),
         "launch_to_first_step_s": median([x.get("launch_to_first_step_s") for x in ok]),
         "peak_rss_gib": median([x.get("peak_rss_gib") for x in ok]),
+        "step_tokens_per_s_median": median([x.get("step_tokens_per_s_median") for x in ok]),
+        "tokens_per_cpu_s": median([x.get("tokens_per_cpu_s") for x in ok]),
+        "cpu_s": median([x.get("cpu_s") for x in ok]),
         "final_loss": median(finals),
         "final_loss_last5": median([x["final_loss_last5"] for x in ok if x["final_loss_last5"] is not None]),
         "steps": ok[0]["steps"] if ok else None,
@@ -137,6 +178,8 @@ def _ratios(t: dict, p: dict) -> dict:
     return {
         "tokens_per_s": ratio(t.get("tokens_per_s"), p.get("tokens_per_s")),
         "peak_rss": ratio(t.get("peak_rss_gib"), p.get("peak_rss_gib")),
+        "step_tokens_per_s_median": ratio(t.get("step_tokens_per_s_median"), p.get("step_tokens_per_s_median")),
+        "tokens_per_cpu_s": ratio(t.get("tokens_per_cpu_s"), p.get("tokens_per_cpu_s")),
         "launch_to_exit_speedup": ratio(p.get("launch_to_exit_s"), t.get("launch_to_exit_s")),
         "launch_to_first_step_speedup": ratio(p.get("launch_to_first_step_s"), t.get("launch_to_first_step_s")),
         "final_loss_diff": (t["final_loss"] - p["final_loss"]) if t.get("final_loss") is not None
