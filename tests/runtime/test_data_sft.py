@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -236,3 +237,26 @@ def test_template_refusals_follow_each_datasets_policy(tmp_path):
     with pytest.raises(BadRecord, match=r"^a.jsonl:1: chat template: TemplateRefused"):
         build_stage_data(H.resolved([{**a, "on_bad_record": "error"}, b]), H.stage("sft", ["a", "b"]),
                          H.tokenizer(), tmp_path, tmp_path / "c", template_text=refusing)  # fmt: skip
+
+
+@needs_shared
+def test_worker_processes_give_the_same_rows(tmp_path):
+    shutil.copy(H.SHARED / "alpaca_en_demo.json", tmp_path / "alpaca.json")  # one source root for both
+    shutil.copy(H.FIXTURES / "sft_broken.jsonl", tmp_path / "broken.jsonl")
+    e = H.entry("alpaca", "alpaca.json", "alpaca", "sft", tmp_path, max_samples=300, on_bad_record="skip")
+    bad = H.entry("broken", "broken.jsonl", "alpaca", "sft", tmp_path, on_bad_record="skip")
+    refusing = H.CHATML.replace(
+        "{% for m in messages %}", "{% for m in messages %}{% if 'poem' in m['content'] %}"
+        "{{ raise_exception('no poems') }}{% endif %}"
+    )  # fmt: skip
+    out = []
+    for workers in (1, 2):
+        res = H.resolved([e, bad], cutoff_len=256, preprocessing_batch_size=64)
+        data = build_stage_data(res, H.stage("sft", ["alpaca", "broken"]), H.tokenizer(), tmp_path,
+                                tmp_path / str(workers), template_text=refusing, workers=workers)  # fmt: skip
+        out.append((data.train.to_dict(), {k: data.stats[k] for k in ("skipped", "truncated", "tokens")}))
+    assert out[0] == out[1]
+    reasons = out[1][1]["skipped"]["reasons"]
+    assert len(reasons) > 2 and {r["message"] for r in reasons if r["dataset"] == "alpaca"} == {
+        "chat template: TemplateRefused: no poems"
+    }

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tkc.runtime.data import store
+from tkc.runtime.data import parallel, store
 from tkc.runtime.data.convert import convert_record
 from tkc.runtime.data.encode import ChatSpec, Counters, EncodeOptions, encode_pairwise, encode_pt, encode_sft
 from tkc.runtime.data.errors import BadRecord, DataError
@@ -114,13 +114,16 @@ def _convert(entry: dict, source_root: Path, bad: _BadRecords) -> tuple[list, in
 
 
 def _encode(
-    kind: str, items: list, tokenizer, chat, opts: EncodeOptions, bad, counters, batch: int
+    kind: str, items: list, tokenizer, chat, opts: EncodeOptions, bad, counters, batch: int, workers
 ) -> list[dict]:
-    """Tokenize in batches of `preprocessing_batch_size`: bounds the memory held by tokenizer Encodings."""
+    """Tokenize in batches of `preprocessing_batch_size` (bounds the memory held by tokenizer Encodings)."""
     if kind == "pt":
         if tokenizer.eos_token_id is None:
             raise DataError("pretraining appends eos after each text, but the tokenizer has no eos token")
         return encode_pt(items, tokenizer, opts, tokenizer.eos_token_id, batch)
+    workers = parallel.auto_workers(len(items)) if workers is None else workers
+    if workers > 1 and len(items) > batch and parallel.can_parallelize(tokenizer, chat):
+        return parallel.encode_parallel(kind, items, tokenizer, chat, opts, bad, counters, batch, workers)
     rows: list[dict] = []
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
@@ -167,11 +170,14 @@ def build_stage_data(
     template_text: str | None = None,
     bundle_dir: Path | None = None,
     spans_fn=None,
+    workers: int | None = None,
 ) -> StageData:
     """Tokenized train/eval rows for one stage, from the cache when every input is unchanged.
 
     The chat template text comes from `template_text`, else `bundle_dir/<resolved.template.file>`, else
     the tokenizer's own `chat_template`. `spans_fn` replaces `tkc.catalog.chat.assistant_spans` (tests).
+    `workers`: processes that render and tokenize (None: one per 5000 examples, up to min(8, CPUs)); the
+    rows do not depend on it, so it is not part of the cache key.
     """
     entries = _check_stage(resolved, stage)
     source_root = Path(source_root)
@@ -190,14 +196,14 @@ def build_stage_data(
         return StageData(
             splits["train"], splits.get("eval"), {**stats, "cache_hit": True}, store.entry_dir(cache_dir, key)
         )
-    tables, stats = _build(resolved, stage, entries, tokenizer, chat, source_root)
+    tables, stats = _build(resolved, stage, entries, tokenizer, chat, source_root, workers)
     stats["key"] = key
     path = store.save(cache_dir, key, tables, stats, parts)
     splits, stats = store.load(cache_dir, key)
     return StageData(splits["train"], splits.get("eval"), {**stats, "cache_hit": False}, path)
 
 
-def _build(resolved, stage, entries, tokenizer, chat, source_root) -> tuple[dict, dict]:
+def _build(resolved, stage, entries, tokenizer, chat, source_root, workers) -> tuple[dict, dict]:
     start = time.perf_counter()
     kind, data, seed = stage["kind"], resolved["data"], resolved["seed"]
     bad, per_dataset = _BadRecords(entries), {}
@@ -217,8 +223,8 @@ def _build(resolved, stage, entries, tokenizer, chat, source_root) -> tuple[dict
                          data.get("truncation", "keep_response"), media)  # fmt: skip
     counters = Counters()
     batch = max(1, int(data.get("preprocessing_batch_size") or 1000))
-    train = _encode(kind, train_items, tokenizer, chat, opts, bad, counters, batch)
-    evals = _encode(kind, eval_items, tokenizer, chat, opts, bad, counters, batch)
+    train = _encode(kind, train_items, tokenizer, chat, opts, bad, counters, batch, workers)
+    evals = _encode(kind, eval_items, tokenizer, chat, opts, bad, counters, batch, workers)
     stats = _stats(stage, per_dataset, bad, counters, train, evals, len(train_items), len(eval_items))
     if data.get("packing") and kind == "sft":
         train, evals = pack_rows(train, data["cutoff_len"]), pack_rows(evals, data["cutoff_len"])

@@ -29,6 +29,9 @@ class BadRecord(ValueError):
         head = f"{self.where}: " if self.where else ""
         return f"{head}{self.message} (expected {self.expected})"
 
+    def __reduce__(self):  # picklable across worker processes (Exception pickles only `args`)
+        return (BadRecord, (self.message, self.expected, self.where))
+
     def at(self, where: Where) -> BadRecord:
         return BadRecord(self.message, self.expected, where)
 
