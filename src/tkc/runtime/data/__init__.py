@@ -8,12 +8,22 @@ Rows per stage kind (all int lists; labels are -100 where not trained; no paddin
 * pt:    input_ids, labels (== input_ids), attention_mask. Texts + eos concatenated, cut into cutoff_len
          chunks; the last chunk may be shorter.
 * sft:   input_ids, labels, attention_mask; with data.packing also position_ids (restart at 0 per example;
-         see `packing` for why collate then drops attention_mask).
+         see `packing` for why collate then drops attention_mask and the model needs use_cache=False).
+         Labels: the tokens whose first character lies in an assistant span of
+         `tkc.catalog.chat.assistant_spans` (content + end-of-turn marker); mask_history keeps the last
+         turn only; train_on_prompt trains every token. Media columns (images/videos/audios) pass through
+         as lists of absolute paths.
 * kto:   input_ids, labels (last assistant turn only), attention_mask, label (1 desirable / 0 undesirable).
 * rm/dpo: chosen_input_ids, chosen_labels, chosen_attention_mask, rejected_input_ids, rejected_labels,
          rejected_attention_mask: prompt + answer each, labels on the answer (and its end marker) only;
          the prompt is truncated identically on both sides.
+Truncation to cutoff_len: see `encode` (keep_response: trim the prompt from the left, then the answer's tail).
 `collate(batch, pad_id)` pads any of these into torch tensors.
+
+Cache: `<cache_dir>/<key[:2]>/<key>/{train,eval}.arrow + stats.json`, key = sha256 over the data-format
+version, the stage's dataset entries (with their files' sha256), data options, seed, the tokenizer's
+serialized state, the template text and the renderer source. Files are re-hashed on every call and a
+mismatch with the bundle is refused before the cache is consulted.
 """
 
 from tkc.runtime.data.build import StageData, build_stage_data
