@@ -8,7 +8,8 @@ peer: `llamafactory-cli train cfg.yaml`; prep time = arrival of its "Loading dat
       its "training example:" line (JSON load + format conversion + tokenization, single process, the
       default); the process is killed there. Cold = fresh HF datasets cache; cached = same cache again.
 tkc:  bench/tkc_prep.py times `tkc.runtime.data.build_stage_data` as `tkc run` calls it (verify sha256 +
-      read + convert + tokenize + write the Arrow cache). Cold = empty cache dir; cached = same dir again.
+      read + convert + tokenize + write the Arrow cache), after library imports, like the peer's window.
+      Cold = empty cache dir; cached = same dir again.
 Also reported: launch -> data ready for the whole command (imports included). Runs alternate the tools.
 """
 

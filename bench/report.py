@@ -86,6 +86,18 @@ def section_machine(res: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
+def _loss_gap(wt: dict, wp: dict) -> tuple[float | None, float | None]:
+    """(tkc - peer) of the last-5-step mean loss, and the noise: the larger of the two tools' standard
+    deviations of the per-step loss over their last 10 steps (first run)."""
+    import statistics
+
+    a, b = wt.get("final_loss_last5"), wp.get("final_loss_last5")
+    la, lb = wt.get("losses_first_run") or [], wp.get("losses_first_run") or []
+    if a is None or b is None or len(la) < 3 or len(lb) < 3:
+        return None, None
+    return a - b, max(statistics.stdev(la[-10:]), statistics.stdev(lb[-10:]))
+
+
 def section_summary(res: dict[str, dict]) -> list[str]:
     e, p, t = res.get("errors", {}), res.get("preprocess", {}), res.get("train", {})
     et, ep = _side(e, "tkc"), _side(e, "peer")
@@ -113,6 +125,14 @@ def section_summary(res: dict[str, dict]) -> list[str]:
         rows.append(f"| {n}: tokens/s (peak RSS GiB) | {f(wt.get('tokens_per_s'), 0)} ({f(wt.get('peak_rss_gib'))}) | "
                     f"{f(wp.get('tokens_per_s'), 0)} ({f(wp.get('peak_rss_gib'))}) | {r(tr)} ({r(mr)} memory) | "
                     f"≥ 1.5× at ≤ 1× memory | {met(ok)} |")
+        rows.append(f"| {n}: same, load-robust (per-step median; per CPU-second) | "
+                    f"{f(wt.get('step_tokens_per_s_median'), 0)}; {f(wt.get('tokens_per_cpu_s'), 0)} | "
+                    f"{f(wp.get('step_tokens_per_s_median'), 0)}; {f(wp.get('tokens_per_cpu_s'), 0)} | "
+                    f"{r(ra.get('step_tokens_per_s_median'))}; {r(ra.get('tokens_per_cpu_s'))} | ≥ 1.5× | {DASH} |")
+        dl, noise = _loss_gap(wt, wp)
+        rows.append(f"| {n}: final loss, mean of last 5 steps (noise) | {f(wt.get('final_loss_last5'), 4)} | "
+                    f"{f(wp.get('final_loss_last5'), 4)} | Δ {f(dl, 4)} (noise {f(noise, 4)}) | abs(Δ) ≤ noise | "
+                    f"{met(None if dl is None or noise is None else abs(dl) <= noise)} |")
         lf = wt.get("launch_to_first_step_s")
         rows.append(f"| {n}: launch → first step (s) | {f(lf)} | {f(wp.get('launch_to_first_step_s'))} | "
                     f"{sp(ra.get('launch_to_first_step_speedup'))} | ≤ 5 s | {met(None if lf is None else lf <= 5)} |")
@@ -152,8 +172,9 @@ def section_preprocess(p: dict) -> list[str]:
             f"`{p.get('dataset', DASH)}`, Qwen ChatML with the default system prompt, cutoff {p.get('cutoff', DASH)}, "
             f"one process each (the peer's default), median of {p.get('reps', DASH)} cold + cached pairs. "
             "tkc: `build_stage_data` as `tkc run` calls it (sha256 check, read, convert, tokenize, write the "
-            "Arrow cache), timed in-process by `bench/tkc_prep.py`. Peer: from its `Loading dataset` log line to "
-            "its `training example:` line (read, convert, tokenize). Cold = empty cache; cached = the same "
+            "Arrow cache), timed in-process by `bench/tkc_prep.py` after library imports. Peer: from its "
+            "`Loading dataset` log line to its `training example:` line (read, convert, tokenize; its imports "
+            "are done by then). Launch → data ready includes everything for both. Cold = empty cache; cached = the same "
             "command again.", "",
             "| | tkc" + _note(p, "tkc") + " | peer" + _note(p, "peer") + " | tkc / peer |", "|---|---|---|---|",
             f"| cold: seconds | {f(pt.get('cold_prep_s'), 3)} | {f(pp.get('cold_prep_s'), 3)} | |",
@@ -242,7 +263,18 @@ def section_parity(pa: dict) -> list[str]:
                   "different rules).", ""]
 
 
-STATIC = """## How to reproduce
+STATIC = """## Reading these figures
+
+* The machine is shared with other jobs (see the load averages above); wall-clock figures swing by 2× or
+  more between identical runs. Each table shows every run, the runs alternate the two tools, and the
+  per-step median and per-CPU-second figures are given because they move less with the load.
+* Final losses are not expected to be bit-equal across tools: each tool shuffles the same records in its
+  own order, and (see Token parity) the peer also trains on the newline after `<|im_end|>`, which tkc
+  masks. "Same within noise" is judged against the spread of the per-step losses.
+* Tokens are counted, not estimated: both sides count the non-padding tokens of the rows they trained on
+  (for SFT the peer's own `num_input_tokens_seen` in "non_padding" mode agrees exactly with the count).
+
+## How to reproduce
 
 ```bash
 .venv/bin/python bench/peer.py         # once: the peer's private venv (bench/.peer/venv, gitignored)
