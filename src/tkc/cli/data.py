@@ -118,7 +118,10 @@ def inspect(
     source_root: Annotated[Path | None, typer.Option(help="Where relative data/model paths resolve.")] = None,
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Tokenized-data cache (default $TKC_CACHE_DIR/data or ~/.cache/tkc/data)."),
+        typer.Option(
+            help="Tokenized-data cache (default: a bundle's outputs/.cache, the one `tkc run` "
+            "reads; for a recipe $TKC_CACHE_DIR/data or ~/.cache/tkc/data)."
+        ),
     ] = None,  # fmt: skip
     bins: Annotated[int, typer.Option(help="Histogram bins.")] = 10,
     example: Annotated[int, typer.Option(help="Which train row to show.")] = 0,
@@ -138,9 +141,11 @@ def inspect(
         stages = [s for s in stages if s["name"] == stage]
         if not stages:
             raise typer.BadParameter(f"no training stage named {stage!r}", param_hint="--stage")
+    if cache_dir is None:
+        cache_dir = bundle_dir / "outputs" / ".cache" if bundle_dir is not None else default_cache_dir()
     for st in stages:
         try:
-            data = build_stage_data(resolved, st, tokenizer, root, cache_dir or default_cache_dir(),
+            data = build_stage_data(resolved, st, tokenizer, root, cache_dir,
                                     template_text=template_text, bundle_dir=bundle_dir)  # fmt: skip
         except (BadRecord, DataError) as exc:
             console.print(f"[bold red]stage {st['name']}:[/] {escape(str(exc))}", highlight=False)
