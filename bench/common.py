@@ -39,7 +39,9 @@ class Run:
     peak_rss_bytes: int
     lines: list[tuple[float, str]] = field(default_factory=list)  # (seconds since launch, text)
     cpu_s: float = 0.0  # user+sys CPU seconds of the whole tree (getrusage of reaped children)
-    cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # (t, tree CPU s so far), every sample
+    cpu_samples: list[tuple[float, float]] = field(
+        default_factory=list
+    )  # (t, tree CPU s so far), every sample
 
     def cpu_at(self, t: float | None) -> float | None:
         """Tree CPU seconds used by time t (first sample at or after t)."""
@@ -95,9 +97,56 @@ def _tree_usage(pid: int) -> tuple[int, float]:
     return total, used
 
 
-def run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
-        timeout: float = 900.0, sample_every: float = 0.05, echo: bool = False,
-        watch_file: Path | None = None, watch_tag: str = "@file", stop_on: str | None = None) -> Run:
+class _Recorder:
+    """Output fragments with arrival times, the watched file's new lines, RSS/CPU samples, stop_on."""
+
+    def __init__(self, echo: bool, watch_file: Path | None, watch_tag: str, stop_on: str | None):
+        self.echo, self.watch_file, self.watch_tag = echo, watch_file, watch_tag
+        self.stop_rx = re.compile(stop_on) if stop_on else None
+        self.stopped_at: float | None = None
+        self.lines: list[tuple[float, str]] = []
+        self.cpu_samples: list[tuple[float, float]] = []
+        self.buf, self.peak, self.watched = b"", 0, 0
+
+    def sample(self, now: float, pid: int) -> None:
+        rss_now, cpu_now = _tree_usage(pid)
+        self.peak = max(self.peak, rss_now)
+        self.cpu_samples.append((now, cpu_now))
+        self.watch(now)
+
+    def watch(self, now: float) -> None:
+        if self.watch_file is not None and self.watch_file.exists():
+            got = self.watch_file.read_text(errors="replace").splitlines()
+            self.lines.extend((now, self.watch_tag + s) for s in got[self.watched :])
+            self.watched = max(self.watched, len(got))
+
+    def feed(self, chunk: bytes, t: float, final: bool = False) -> bool:
+        """Record complete fragments; True when a fragment matched stop_on."""
+        parts = re.split(rb"[\r\n]", self.buf + chunk)
+        self.buf = b"" if final else parts.pop()
+        hit = False
+        for p in (p for p in parts if p.strip()):
+            s = p.decode(errors="replace")
+            self.lines.append((t, s))
+            if self.echo:
+                print(s, file=sys.stderr)
+            if self.stop_rx is not None and self.stopped_at is None and self.stop_rx.search(s):
+                self.stopped_at, hit = t, True
+        return hit
+
+
+def run(
+    cmd: list[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 900.0,
+    sample_every: float = 0.05,
+    echo: bool = False,
+    watch_file: Path | None = None,
+    watch_tag: str = "@file",
+    stop_on: str | None = None,
+) -> Run:
     """Run `cmd`, recording each output fragment (split on \\n and \\r) with its arrival time.
 
     `watch_file`: a file the command appends lines to (e.g. steps.jsonl); each new line is recorded
@@ -105,74 +154,59 @@ def run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None =
     `stop_on`: a regex; the first output fragment matching it ends the command (its process group is
     killed) and `wall_s` is the time of that fragment.
     """
+    import resource
     import signal
 
-    stop_rx = re.compile(stop_on) if stop_on else None
-    stopped_at: float | None = None
+    rec = _Recorder(echo, watch_file, watch_tag, stop_on)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     prio = PRIORITY
-    import resource
-
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_samples: list[tuple[float, float]] = []
     t0 = time.monotonic()
-    proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=(lambda: os.nice(prio)) if prio else None)
+    proc = subprocess.Popen(
+        [str(c) for c in cmd],
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=(lambda: os.nice(prio)) if prio else None,
+    )
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
-    lines: list[tuple[float, str]] = []
-    buf, peak, next_sample, watched = b"", 0, 0.0, 0
+    next_sample = 0.0
     while True:
         now = time.monotonic() - t0
         if now >= next_sample:
-            rss_now, cpu_now = _tree_usage(proc.pid)
-            peak = max(peak, rss_now)
-            cpu_samples.append((now, cpu_now))
+            rec.sample(now, proc.pid)
             next_sample = now + sample_every
-            if watch_file is not None and watch_file.exists():
-                got = watch_file.read_text(errors="replace").splitlines()
-                for s in got[watched:]:
-                    lines.append((now, watch_tag + s))
-                watched = max(watched, len(got))
         for _key, _ in sel.select(timeout=sample_every):
-            chunk = proc.stdout.read() or b""
-            buf += chunk
-            parts = re.split(rb"[\r\n]", buf)
-            buf = parts.pop()
-            t = time.monotonic() - t0
-            for p in parts:
-                if p.strip():
-                    s = p.decode(errors="replace")
-                    lines.append((t, s))
-                    if echo:
-                        print(s, file=sys.stderr)
-                    if stop_rx is not None and stopped_at is None and stop_rx.search(s):
-                        stopped_at = t
-                        os.killpg(proc.pid, signal.SIGKILL)
+            if rec.feed(proc.stdout.read() or b"", time.monotonic() - t0):
+                os.killpg(proc.pid, signal.SIGKILL)
         if proc.poll() is not None:
-            rest = proc.stdout.read() or b""
-            t = time.monotonic() - t0
-            for p in re.split(rb"[\r\n]", buf + rest):
-                if p.strip():
-                    lines.append((t, p.decode(errors="replace")))
+            rec.feed(proc.stdout.read() or b"", time.monotonic() - t0, final=True)
             break
         if now > timeout:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            lines.append((now, f"[bench] killed after {timeout:.0f} s"))
+            rec.lines.append((now, f"[bench] killed after {timeout:.0f} s"))
             break
-    wall = stopped_at if stopped_at is not None else time.monotonic() - t0
-    if watch_file is not None and watch_file.exists():
-        got = watch_file.read_text(errors="replace").splitlines()
-        lines.extend((wall, watch_tag + s) for s in got[watched:])
+    wall = rec.stopped_at if rec.stopped_at is not None else time.monotonic() - t0
+    rec.watch(wall)
     sel.close()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
-    return Run([str(c) for c in cmd], proc.returncode if proc.returncode is not None else -9, wall, peak, lines,
-               cpu_s, cpu_samples)
+    return Run(
+        [str(c) for c in cmd],
+        proc.returncode if proc.returncode is not None else -9,
+        wall,
+        rec.peak,
+        rec.lines,
+        cpu_s,
+        rec.cpu_samples,
+    )
 
 
 def median(xs: list[float]) -> float | None:
@@ -189,6 +223,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def machine() -> dict:
     """The facts BENCHMARKS.md prints about the machine, from nproc / free / lscpu."""
+
     def sh(*c: str) -> str:
         try:
             return subprocess.run(c, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -196,8 +231,7 @@ def machine() -> dict:
             return ""
 
     lscpu = dict(
-        (k.strip(), v.strip())
-        for k, v in (ln.split(":", 1) for ln in sh("lscpu").splitlines() if ":" in ln)
+        (k.strip(), v.strip()) for k, v in (ln.split(":", 1) for ln in sh("lscpu").splitlines() if ":" in ln)
     )
     mem = sh("free", "-b").splitlines()
     total = int(mem[1].split()[1]) if len(mem) > 1 else 0
@@ -225,8 +259,12 @@ def tkc_versions() -> dict:
 def save(name: str, payload: dict) -> Path:
     """Write bench/results/<name>.json (pretty, sorted) with the run's context attached."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "machine": machine(), **payload}
+    payload = {
+        "benchmark": name,
+        "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        **payload,
+    }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     print(f"wrote {path.relative_to(ROOT)}")

@@ -125,8 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
             "versions": tkc_versions(),
         }
     else:
-        res["tkc"] = {"status": "not measured: `tkc compile` not available yet" if a.side != "peer"
-                      else "not measured (--side peer)"}
+        res["tkc"] = {
+            "status": "not measured: `tkc compile` not available yet"
+            if a.side != "peer"
+            else "not measured (--side peer)"
+        }
     if do_peer:
         res["peer"] = {
             "typo_report_s": median([r.wall_s for r in p_typo]),

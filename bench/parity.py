@@ -36,9 +36,15 @@ FULL = {"sft_lora": 999, "dpo_lora": 300}
 
 def peer_rows(w, model: Path, d: Path) -> list[dict] | str:
     shutil.rmtree(d, ignore_errors=True)
-    cfg = write_peer_config(w, model, d / "out", d / "cfg.yaml", tokenized_path=str(d / "tokenized"), do_train=False)
-    r = run([PEER_CLI, "train", cfg], env={**PEER_ENV, "HF_DATASETS_CACHE": str(d / "hf")}, timeout=300,
-            stop_on=r"Tokenized dataset is saved")
+    cfg = write_peer_config(
+        w, model, d / "out", d / "cfg.yaml", tokenized_path=str(d / "tokenized"), do_train=False
+    )
+    r = run(
+        [PEER_CLI, "train", cfg],
+        env={**PEER_ENV, "HF_DATASETS_CACHE": str(d / "hf")},
+        timeout=300,
+        stop_on=r"Tokenized dataset is saved",
+    )
     if not (d / "tokenized").exists():
         return "peer failed: " + " | ".join(s for _, s in r.lines[-5:])
     dump = d / "rows.json"
@@ -52,8 +58,17 @@ def tkc_rows(w, model: Path, d: Path) -> list[dict] | str:
     c = run([TKC, "compile", recipe, "-o", d / "run"], timeout=120)
     if c.returncode != 0:
         return "tkc compile failed: " + " | ".join(s for _, s in c.lines[-5:])
-    r = run([TKC_PY, Path(__file__).resolve().parent / "tkc_prep.py", d / "run", d / "cache", "--dump",
-             d / "rows.json"], timeout=300)
+    r = run(
+        [
+            TKC_PY,
+            Path(__file__).resolve().parent / "tkc_prep.py",
+            d / "run",
+            d / "cache",
+            "--dump",
+            d / "rows.json",
+        ],
+        timeout=300,
+    )
     if r.returncode != 0:
         return "tkc data pipeline failed: " + " | ".join(s for _, s in r.lines[-5:])
     return json.loads((d / "rows.json").read_text())
@@ -91,21 +106,33 @@ def compare(p: list[dict], t: list[dict]) -> dict:
     def top(d: dict[int, int]) -> list:
         return [[_decode([k]), n] for k, n in sorted(d.items(), key=lambda kv: -kv[1])[:3]]
 
-    return {"records": {"peer": len(p), "tkc": len(t)}, "columns": keys,
-            "same_order": [a[ids[0]] for a in p] == [b[ids[0]] for b in t] if ids else None,
-            "identical_input_ids": len(pairs), "identical_labels": same_lab,
-            "all_input_ids_identical": len(pairs) == len(p) == len(t),
-            "all_labels_identical": same_lab == len(p) == len(t),
-            "label_tokens_trained_only_by_peer": {"count": sum(only_peer.values()), "most_common": top(only_peer)},
-            "label_tokens_trained_only_by_tkc": {"count": sum(only_tkc.values()), "most_common": top(only_tkc)},
-            "rows_with_different_input_ids": len(unmatched)}
+    return {
+        "records": {"peer": len(p), "tkc": len(t)},
+        "columns": keys,
+        "same_order": [a[ids[0]] for a in p] == [b[ids[0]] for b in t] if ids else None,
+        "identical_input_ids": len(pairs),
+        "identical_labels": same_lab,
+        "all_input_ids_identical": len(pairs) == len(p) == len(t),
+        "all_labels_identical": same_lab == len(p) == len(t),
+        "label_tokens_trained_only_by_peer": {
+            "count": sum(only_peer.values()),
+            "most_common": top(only_peer),
+        },
+        "label_tokens_trained_only_by_tkc": {"count": sum(only_tkc.values()), "most_common": top(only_tkc)},
+        "rows_with_different_input_ids": len(unmatched),
+    }
 
 
 def main() -> dict:
     model = build_assets()
     ensure_peer()
-    res: dict = {"template": {"peer": "qwen (default system prompt inserted)",
-                              "tkc": "qwen2_5 (default system prompt inserted)"}, "cases": {}}
+    res: dict = {
+        "template": {
+            "peer": "qwen (default system prompt inserted)",
+            "tkc": "qwen2_5 (default system prompt inserted)",
+        },
+        "cases": {},
+    }
     ready = tkc_ready("run")
     for n, records in FULL.items():
         for cutoff in (4096, 512):

@@ -86,7 +86,9 @@ def ensure(force: bool = False) -> Path:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--force", action="store_true", help="rebuild the venv from scratch")
-    ap.add_argument("--workaround-only", action="store_true", help="only (re)apply the torchaudio/torchvision fix")
+    ap.add_argument(
+        "--workaround-only", action="store_true", help="only (re)apply the torchaudio/torchvision fix"
+    )
     a = ap.parse_args()
     if a.workaround_only:
         apply_workaround()

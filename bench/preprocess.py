@@ -36,19 +36,32 @@ WORKLOAD = WORKLOADS["sft_lora"]
 
 
 def peer_once(cfg: Path, cache: Path) -> dict:
-    r = run([PEER_CLI, "train", cfg], env={**PEER_ENV, "HF_DATASETS_CACHE": str(cache)}, timeout=300,
-            stop_on=r"^training example:")
+    r = run(
+        [PEER_CLI, "train", cfg],
+        env={**PEER_ENV, "HF_DATASETS_CACHE": str(cache)},
+        timeout=300,
+        stop_on=r"^training example:",
+    )
     start, end = r.first(r"llamafactory\.data\.loader.*Loading dataset"), r.first(r"^training example:")
-    rates = [float(m.group(1)) for _, s in r.lines if "Running tokenizer" in s
-             for m in [re.search(r"([\d.]+) examples/s", s)] if m]
+    rates = [
+        float(m.group(1))
+        for _, s in r.lines
+        if "Running tokenizer" in s
+        for m in [re.search(r"([\d.]+) examples/s", s)]
+        if m
+    ]
     ok = start is not None and end is not None
-    return {"prep_s": (end - start) if ok else None, "e2e_s": end, "ok": ok,
-            "tqdm_tokenize_rate": rates[-1] if rates else None}
+    return {
+        "prep_s": (end - start) if ok else None,
+        "e2e_s": end,
+        "ok": ok,
+        "tqdm_tokenize_rate": rates[-1] if rates else None,
+    }
 
 
 def tkc_once(bundle: Path, cache: Path) -> dict:
     r = run([TKC_PY, Path(__file__).resolve().parent / "tkc_prep.py", bundle, cache], timeout=300)
-    out = next((json.loads(s) for _, s in reversed(r.lines) if s.startswith("{\"prep_s\"")), None)
+    out = next((json.loads(s) for _, s in reversed(r.lines) if s.startswith('{"prep_s"')), None)
     if r.returncode != 0 or out is None:
         return {"ok": False, "error": [s for _, s in r.lines][-6:]}
     return {**out, "e2e_s": r.wall_s, "ok": True}
@@ -107,12 +120,27 @@ def main(argv: list[str] | None = None) -> dict:
             pw.append(peer_once(pcfg, cache))
         print(f"rep {i + 1}/{reps}: tkc {tc[-1:]}{tw[-1:]} peer {pc[-1:]}{pw[-1:]}", flush=True)
     res: dict = {"records": N_RECORDS, "dataset": "alpaca_en_demo.json", "cutoff": w.cutoff, "reps": reps}
-    res["tkc"] = ({**_side_summary(tc, tw), "versions": tkc_versions()} if do_tkc
-                  else {"status": "not measured: `tkc run` runtime not available" if a.side != "peer"
-                        else "not measured (--side peer)"})
-    res["peer"] = (_side_summary(pc, pw) | {"tqdm_tokenize_rate_median": median(
-        [x["tqdm_tokenize_rate"] for x in pc if x.get("tqdm_tokenize_rate")])}) if do_peer else {
-        "status": "not measured (--side tkc)"}
+    res["tkc"] = (
+        {**_side_summary(tc, tw), "versions": tkc_versions()}
+        if do_tkc
+        else {
+            "status": "not measured: `tkc run` runtime not available"
+            if a.side != "peer"
+            else "not measured (--side peer)"
+        }
+    )
+    res["peer"] = (
+        (
+            _side_summary(pc, pw)
+            | {
+                "tqdm_tokenize_rate_median": median(
+                    [x["tqdm_tokenize_rate"] for x in pc if x.get("tqdm_tokenize_rate")]
+                )
+            }
+        )
+        if do_peer
+        else {"status": "not measured (--side tkc)"}
+    )
     res = _merge_previous("preprocess", res, a.side)
     t, p = res["tkc"], res["peer"]
     res["ratios"] = {

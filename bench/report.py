@@ -1,6 +1,6 @@
 """Write BENCHMARKS.md from bench/results/*.json. Every figure in it comes from those files, never by hand.
 
-    .venv/bin/python bench/report.py [--check]      # --check: exit 1 if BENCHMARKS.md is stale
+.venv/bin/python bench/report.py [--check]      # --check: exit 1 if BENCHMARKS.md is stale
 """
 
 from __future__ import annotations
@@ -65,24 +65,30 @@ def _note(d: dict, side: str) -> str:
 def section_machine(res: dict[str, dict]) -> list[str]:
     any_res = next((v for v in res.values() if v), {})
     m = any_res.get("machine", {})
-    tv = (res.get("train", {}).get("versions") or {})
+    tv = res.get("train", {}).get("versions") or {}
     errs = res.get("errors", {})
     tkc_v = tv.get("tkc") or _side(errs, "tkc").get("versions") or {}
     peer_v = tv.get("peer") or _side(errs, "peer").get("versions") or {}
-    lines = ["## Machine and versions", "",
-             f"* CPU: {m.get('cpu_model', DASH)}, {m.get('nproc', DASH)} cores (`nproc`), "
-             f"{m.get('mem_total_gib', DASH)} GiB RAM (`free`), no GPU; Python {m.get('python', DASH)}, "
-             f"kernel {m.get('kernel', DASH)}.",
-             "* The machine is shared with other work; the 1/5/15-minute load average at the end of each "
-             "benchmark is recorded below. Runs alternate the two tools so that background load falls on both.",
-             "* tkc side: " + (", ".join(f"{k} {v}" for k, v in sorted(tkc_v.items())) or DASH),
-             "* peer side (its own venv, `bench/.peer/venv`): "
-             + (", ".join(f"{k} {v}" for k, v in sorted(peer_v.items())) or DASH), ""]
+    lines = [
+        "## Machine and versions",
+        "",
+        f"* CPU: {m.get('cpu_model', DASH)}, {m.get('nproc', DASH)} cores (`nproc`), "
+        f"{m.get('mem_total_gib', DASH)} GiB RAM (`free`), no GPU; Python {m.get('python', DASH)}, "
+        f"kernel {m.get('kernel', DASH)}.",
+        "* The machine is shared with other work; the 1/5/15-minute load average at the end of each "
+        "benchmark is recorded below. Runs alternate the two tools so that background load falls on both.",
+        "* tkc side: " + (", ".join(f"{k} {v}" for k, v in sorted(tkc_v.items())) or DASH),
+        "* peer side (its own venv, `bench/.peer/venv`): "
+        + (", ".join(f"{k} {v}" for k, v in sorted(peer_v.items())) or DASH),
+        "",
+    ]
     lines += ["| results file | generated (UTC) | load average at the end |", "|---|---|---|"]
     for name, d in res.items():
         if d:
-            lines.append(f"| `bench/results/{name}.json` | {d.get('generated_utc', DASH)} | "
-                         f"{d.get('machine', {}).get('loadavg_1_5_15', DASH)} |")
+            lines.append(
+                f"| `bench/results/{name}.json` | {d.get('generated_utc', DASH)} | "
+                f"{d.get('machine', {}).get('loadavg_1_5_15', DASH)} |"
+            )
     return lines + [""]
 
 
@@ -102,61 +108,86 @@ def section_summary(res: dict[str, dict]) -> list[str]:
     e, p, t = res.get("errors", {}), res.get("preprocess", {}), res.get("train", {})
     et, ep = _side(e, "tkc"), _side(e, "peer")
     pt, pp = _side(p, "tkc"), _side(p, "peer")
-    rows = ["| what | tkc | peer (LLaMA-Factory) | tkc vs peer | target | status |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| what | tkc | peer (LLaMA-Factory) | tkc vs peer | target | status |",
+        "|---|---|---|---|---|---|",
+    ]
     spd = (e.get("ratios") or {}).get("typo_report_speedup")
     fl = (et.get("typo") or {}).get("file_line")
-    rows.append(f"| misspelled key reported (median s) | {f(et.get('typo_report_s'), 3)} | "
-                f"{f(ep.get('typo_report_s'))} | {sp(spd)} | ≥ 25× faster, with file:line | "
-                f"{met(None if spd is None else (spd >= 25 and bool(fl)))} |")
+    rows.append(
+        f"| misspelled key reported (median s) | {f(et.get('typo_report_s'), 3)} | "
+        f"{f(ep.get('typo_report_s'))} | {sp(spd)} | ≥ 25× faster, with file:line | "
+        f"{met(None if spd is None else (spd >= 25 and bool(fl)))} |"
+    )
     cs = et.get("compile_s")
-    rows.append(f"| correct recipe compiled (median s) | {f(cs, 3)} | {f(ep.get('config_accepted_s'))} "
-                f"(args accepted) | {r((e.get('ratios') or {}).get('validate_speedup'))} faster | < 0.5 s | "
-                f"{met(None if cs is None else cs < 0.5)} |")
+    rows.append(
+        f"| correct recipe compiled (median s) | {f(cs, 3)} | {f(ep.get('config_accepted_s'))} "
+        f"(args accepted) | {r((e.get('ratios') or {}).get('validate_speedup'))} faster | < 0.5 s | "
+        f"{met(None if cs is None else cs < 0.5)} |"
+    )
     pr = (p.get("ratios") or {}).get("cold_throughput")
-    rows.append(f"| preprocessing, cold (examples/s) | {f(pt.get('cold_examples_per_s'), 0)} | "
-                f"{f(pp.get('cold_examples_per_s'), 0)} | {r(pr)} | ≥ 3× | {met(None if pr is None else pr >= 3)} |")
+    rows.append(
+        f"| preprocessing, cold (examples/s) | {f(pt.get('cold_examples_per_s'), 0)} | "
+        f"{f(pp.get('cold_examples_per_s'), 0)} | {r(pr)} | ≥ 3× | {met(None if pr is None else pr >= 3)} |"
+    )
     cr = (p.get("ratios") or {}).get("cached_throughput")
-    rows.append(f"| preprocessing, cached re-run (examples/s) | {f(pt.get('cached_examples_per_s'), 0)} | "
-                f"{f(pp.get('cached_examples_per_s'), 0)} | {r(cr)} | {DASH} | {DASH} |")
+    rows.append(
+        f"| preprocessing, cached re-run (examples/s) | {f(pt.get('cached_examples_per_s'), 0)} | "
+        f"{f(pp.get('cached_examples_per_s'), 0)} | {r(cr)} | {DASH} | {DASH} |"
+    )
     for n, w in (t.get("workloads") or {}).items():
         wt, wp, ra = _side(w, "tkc"), _side(w, "peer"), w.get("ratios") or {}
         tr, mr = ra.get("tokens_per_s"), ra.get("peak_rss")
         ok = None if tr is None or mr is None else (tr >= 1.5 and mr <= 1.0)
-        rows.append(f"| {n}: tokens/s (peak RSS GiB) | {f(wt.get('tokens_per_s'), 0)} ({f(wt.get('peak_rss_gib'))}) | "
-                    f"{f(wp.get('tokens_per_s'), 0)} ({f(wp.get('peak_rss_gib'))}) | {r(tr)} ({r(mr)} memory) | "
-                    f"≥ 1.5× at ≤ 1× memory | {met(ok)} |")
-        rows.append(f"| {n}: same, load-robust (per-step median; per CPU-second) | "
-                    f"{f(wt.get('step_tokens_per_s_median'), 0)}; {f(wt.get('tokens_per_cpu_s'), 0)} | "
-                    f"{f(wp.get('step_tokens_per_s_median'), 0)}; {f(wp.get('tokens_per_cpu_s'), 0)} | "
-                    f"{r(ra.get('step_tokens_per_s_median'))}; {r(ra.get('tokens_per_cpu_s'))} | ≥ 1.5× | {DASH} |")
+        rows.append(
+            f"| {n}: tokens/s (peak RSS GiB) | {f(wt.get('tokens_per_s'), 0)} ({f(wt.get('peak_rss_gib'))}) | "
+            f"{f(wp.get('tokens_per_s'), 0)} ({f(wp.get('peak_rss_gib'))}) | {r(tr)} ({r(mr)} memory) | "
+            f"≥ 1.5× at ≤ 1× memory | {met(ok)} |"
+        )
+        rows.append(
+            f"| {n}: same, load-robust (per-step median; per CPU-second) | "
+            f"{f(wt.get('step_tokens_per_s_median'), 0)}; {f(wt.get('tokens_per_cpu_s'), 0)} | "
+            f"{f(wp.get('step_tokens_per_s_median'), 0)}; {f(wp.get('tokens_per_cpu_s'), 0)} | "
+            f"{r(ra.get('step_tokens_per_s_median'))}; {r(ra.get('tokens_per_cpu_s'))} | ≥ 1.5× | {DASH} |"
+        )
         dl, noise = _loss_gap(wt, wp)
-        rows.append(f"| {n}: final loss, mean of last 5 steps (noise) | {f(wt.get('final_loss_last5'), 4)} | "
-                    f"{f(wp.get('final_loss_last5'), 4)} | Δ {f(dl, 4)} (noise {f(noise, 4)}) | abs(Δ) ≤ noise | "
-                    f"{met(None if dl is None or noise is None else abs(dl) <= noise)} |")
+        rows.append(
+            f"| {n}: final loss, mean of last 5 steps (noise) | {f(wt.get('final_loss_last5'), 4)} | "
+            f"{f(wp.get('final_loss_last5'), 4)} | Δ {f(dl, 4)} (noise {f(noise, 4)}) | abs(Δ) ≤ noise | "
+            f"{met(None if dl is None or noise is None else abs(dl) <= noise)} |"
+        )
         lf = wt.get("launch_to_first_step_s")
-        rows.append(f"| {n}: launch → first step (s) | {f(lf)} | {f(wp.get('launch_to_first_step_s'))} | "
-                    f"{sp(ra.get('launch_to_first_step_speedup'))} | ≤ 5 s | {met(None if lf is None else lf <= 5)} |")
+        rows.append(
+            f"| {n}: launch → first step (s) | {f(lf)} | {f(wp.get('launch_to_first_step_s'))} | "
+            f"{sp(ra.get('launch_to_first_step_speedup'))} | ≤ 5 s | {met(None if lf is None else lf <= 5)} |"
+        )
     return ["## Summary", "", *rows, ""]
 
 
 def section_errors(e: dict) -> list[str]:
     et, ep = _side(e, "tkc"), _side(e, "peer")
-    out = ["## 1. Reporting a mistake in a config", "",
-           "Command: `.venv/bin/python bench/errors.py`. The same SFT+LoRA config with `learning_rate` "
-           "misspelled `learning_rat`. tkc: `tkc compile typo.yaml -o DIR`; peer: `llamafactory-cli train "
-           "typo.yaml`. Wall time from launch to exit, median of "
-           f"{(e.get('reps') or {}).get('tkc', DASH)} (tkc) and {(e.get('reps') or {}).get('peer', DASH)} (peer) runs. "
-           "The peer has no validate-only command; its 'correct config' figure is launch → its "
-           "`Process rank` log line (arguments parsed and checked, before any data is read).", "",
-           "| | tkc" + _note(e, "tkc") + " | peer" + _note(e, "peer") + " |", "|---|---|---|",
-           f"| typo reported (median s) | {f(et.get('typo_report_s'), 3)} | {f(ep.get('typo_report_s'))} |",
-           f"| runs (s) | {et.get('typo_runs_s', DASH)} | {ep.get('typo_runs_s', DASH)} |",
-           f"| exits non-zero | {f((et.get('typo') or {}).get('exit_nonzero'))} | {f((ep.get('typo') or {}).get('exit_nonzero'))} |",
-           f"| names the key | {f((et.get('typo') or {}).get('names_key'))} | {f((ep.get('typo') or {}).get('names_key'))} |",
-           f"| gives file:line (`{(et.get('typo') or ep.get('typo') or {}).get('expected_location', DASH)}`) | "
-           f"{f((et.get('typo') or {}).get('file_line'))} | {f((ep.get('typo') or {}).get('file_line'))} |",
-           f"| correct config compiled / accepted (median s) | {f(et.get('compile_s'), 3)} | {f(ep.get('config_accepted_s'))} |",
-           f"| speed-up, typo report | {r((e.get('ratios') or {}).get('typo_report_speedup'))} | |", ""]
+    out = [
+        "## 1. Reporting a mistake in a config",
+        "",
+        "Command: `.venv/bin/python bench/errors.py`. The same SFT+LoRA config with `learning_rate` "
+        "misspelled `learning_rat`. tkc: `tkc compile typo.yaml -o DIR`; peer: `llamafactory-cli train "
+        "typo.yaml`. Wall time from launch to exit, median of "
+        f"{(e.get('reps') or {}).get('tkc', DASH)} (tkc) and {(e.get('reps') or {}).get('peer', DASH)} (peer) runs. "
+        "The peer has no validate-only command; its 'correct config' figure is launch → its "
+        "`Process rank` log line (arguments parsed and checked, before any data is read).",
+        "",
+        "| | tkc" + _note(e, "tkc") + " | peer" + _note(e, "peer") + " |",
+        "|---|---|---|",
+        f"| typo reported (median s) | {f(et.get('typo_report_s'), 3)} | {f(ep.get('typo_report_s'))} |",
+        f"| runs (s) | {et.get('typo_runs_s', DASH)} | {ep.get('typo_runs_s', DASH)} |",
+        f"| exits non-zero | {f((et.get('typo') or {}).get('exit_nonzero'))} | {f((ep.get('typo') or {}).get('exit_nonzero'))} |",
+        f"| names the key | {f((et.get('typo') or {}).get('names_key'))} | {f((ep.get('typo') or {}).get('names_key'))} |",
+        f"| gives file:line (`{(et.get('typo') or ep.get('typo') or {}).get('expected_location', DASH)}`) | "
+        f"{f((et.get('typo') or {}).get('file_line'))} | {f((ep.get('typo') or {}).get('file_line'))} |",
+        f"| correct config compiled / accepted (median s) | {f(et.get('compile_s'), 3)} | {f(ep.get('config_accepted_s'))} |",
+        f"| speed-up, typo report | {r((e.get('ratios') or {}).get('typo_report_speedup'))} | |",
+        "",
+    ]
     for side, s in (("tkc", et), ("peer", ep)):
         msg = (s.get("typo") or {}).get("message")
         if msg:
@@ -167,100 +198,144 @@ def section_errors(e: dict) -> list[str]:
 def section_preprocess(p: dict) -> list[str]:
     pt, pp = _side(p, "tkc"), _side(p, "peer")
     ra = p.get("ratios") or {}
-    return ["## 2. Preprocessing", "",
-            f"Command: `.venv/bin/python bench/preprocess.py`. All {p.get('records', DASH)} records of "
-            f"`{p.get('dataset', DASH)}`, Qwen ChatML with the default system prompt, cutoff {p.get('cutoff', DASH)}, "
-            f"one process each (the peer's default), median of {p.get('reps', DASH)} cold + cached pairs. "
-            "tkc: `build_stage_data` as `tkc run` calls it (sha256 check, read, convert, tokenize, write the "
-            "Arrow cache), timed in-process by `bench/tkc_prep.py` after library imports. Peer: from its "
-            "`Loading dataset` log line to its `training example:` line (read, convert, tokenize; its imports "
-            "are done by then). Launch → data ready includes everything for both. Cold = empty cache; cached = the same "
-            "command again.", "",
-            "| | tkc" + _note(p, "tkc") + " | peer" + _note(p, "peer") + " | tkc / peer |", "|---|---|---|---|",
-            f"| cold: seconds | {f(pt.get('cold_prep_s'), 3)} | {f(pp.get('cold_prep_s'), 3)} | |",
-            f"| cold: examples/s | {f(pt.get('cold_examples_per_s'), 0)} | {f(pp.get('cold_examples_per_s'), 0)} | {r(ra.get('cold_throughput'))} |",
-            f"| cached re-run: seconds | {f(pt.get('cached_prep_s'), 3)} | {f(pp.get('cached_prep_s'), 3)} | |",
-            f"| cached re-run: examples/s | {f(pt.get('cached_examples_per_s'), 0)} | {f(pp.get('cached_examples_per_s'), 0)} | {r(ra.get('cached_throughput'))} |",
-            f"| launch → data ready, cold (s) | {f(pt.get('cold_launch_to_data_s'))} | {f(pp.get('cold_launch_to_data_s'))} | {sp(ra.get('cold_launch_to_data_speedup'))} |",
-            f"| peer's own tqdm rate for its tokenize step (examples/s) | | {f(pp.get('tqdm_tokenize_rate_median'), 0)} | |", ""]
+    return [
+        "## 2. Preprocessing",
+        "",
+        f"Command: `.venv/bin/python bench/preprocess.py`. All {p.get('records', DASH)} records of "
+        f"`{p.get('dataset', DASH)}`, Qwen ChatML with the default system prompt, cutoff {p.get('cutoff', DASH)}, "
+        f"one process each (the peer's default), median of {p.get('reps', DASH)} cold + cached pairs. "
+        "tkc: `build_stage_data` as `tkc run` calls it (sha256 check, read, convert, tokenize, write the "
+        "Arrow cache), timed in-process by `bench/tkc_prep.py` after library imports. Peer: from its "
+        "`Loading dataset` log line to its `training example:` line (read, convert, tokenize; its imports "
+        "are done by then). Launch → data ready includes everything for both. Cold = empty cache; cached = the same "
+        "command again.",
+        "",
+        "| | tkc" + _note(p, "tkc") + " | peer" + _note(p, "peer") + " | tkc / peer |",
+        "|---|---|---|---|",
+        f"| cold: seconds | {f(pt.get('cold_prep_s'), 3)} | {f(pp.get('cold_prep_s'), 3)} | |",
+        f"| cold: examples/s | {f(pt.get('cold_examples_per_s'), 0)} | {f(pp.get('cold_examples_per_s'), 0)} | {r(ra.get('cold_throughput'))} |",
+        f"| cached re-run: seconds | {f(pt.get('cached_prep_s'), 3)} | {f(pp.get('cached_prep_s'), 3)} | |",
+        f"| cached re-run: examples/s | {f(pt.get('cached_examples_per_s'), 0)} | {f(pp.get('cached_examples_per_s'), 0)} | {r(ra.get('cached_throughput'))} |",
+        f"| launch → data ready, cold (s) | {f(pt.get('cold_launch_to_data_s'))} | {f(pp.get('cold_launch_to_data_s'))} | {sp(ra.get('cold_launch_to_data_speedup'))} |",
+        f"| peer's own tqdm rate for its tokenize step (examples/s) | | {f(pp.get('tqdm_tokenize_rate_median'), 0)} | |",
+        "",
+    ]
 
 
 def section_train(t: dict) -> list[str]:
-    out = ["## 3. Training", "",
-           "Command: `.venv/bin/python bench/train.py`. " + (
-               "Tokens = non-padding tokens actually processed, counted from each tool's own tokenized rows; "
-               "tokens/s = tokens ÷ the tool's training-loop wall time. Because the machine is shared and "
-               "its load swings, two companions less sensitive to it are shown: the median over steps of each "
-               "step's tokens ÷ its duration, and tokens per CPU-second of the process tree from step 1 to exit. "
-               "Peak RSS of the whole process tree. "
-               f"Median of {t.get('reps', DASH)} runs per tool; runs alternate tools."), ""]
+    out = [
+        "## 3. Training",
+        "",
+        "Command: `.venv/bin/python bench/train.py`. "
+        + (
+            "Tokens = non-padding tokens actually processed, counted from each tool's own tokenized rows; "
+            "tokens/s = tokens ÷ the tool's training-loop wall time. Because the machine is shared and "
+            "its load swings, two companions less sensitive to it are shown: the median over steps of each "
+            "step's tokens ÷ its duration, and tokens per CPU-second of the process tree from step 1 to exit. "
+            "Peak RSS of the whole process tree. "
+            f"Median of {t.get('reps', DASH)} runs per tool; runs alternate tools."
+        ),
+        "",
+    ]
     for n, w in (t.get("workloads") or {}).items():
         c, wt, wp, ra = w.get("config", {}), _side(w, "tkc"), _side(w, "peer"), w.get("ratios") or {}
         runs_t = [round(x["train_wall_s"], 1) for x in wt.get("per_run", []) if x.get("train_wall_s")]
         runs_p = [round(x["train_wall_s"], 1) for x in wp.get("per_run", []) if x.get("train_wall_s")]
-        out += [f"### {n}: {c.get('kind', '').upper()} {c.get('method', '')}, {c.get('records')} records × 1 epoch, "
-                f"batch {c.get('batch')}, {c.get('steps')} steps, cutoff {c.get('cutoff')}, lr {c.get('learning_rate')}", "",
-                "| | tkc" + _note(w, "tkc") + " | peer" + _note(w, "peer") + " | tkc vs peer |", "|---|---|---|---|",
-                f"| tokens processed | {f(wt.get('tokens'), 0)} | {f(wp.get('tokens'), 0)} | |",
-                f"| training wall (s), median | {f(wt.get('train_wall_s'), 1)} | {f(wp.get('train_wall_s'), 1)} | |",
-                f"| training wall (s), each run | {runs_t or DASH} | {runs_p or DASH} | |",
-                f"| tokens/s | {f(wt.get('tokens_per_s'), 0)} | {f(wp.get('tokens_per_s'), 0)} | {r(ra.get('tokens_per_s'))} |",
-                f"| median per-step tokens/s (robust to load spikes) | {f(wt.get('step_tokens_per_s_median'), 0)} | "
-                f"{f(wp.get('step_tokens_per_s_median'), 0)} | {r(ra.get('step_tokens_per_s_median'))} |",
-                f"| tokens per CPU-second, step 1 → exit | {f(wt.get('tokens_per_cpu_s'), 0)} | "
-                f"{f(wp.get('tokens_per_cpu_s'), 0)} | {r(ra.get('tokens_per_cpu_s'))} |",
-                f"| CPU seconds, whole command | {f(wt.get('cpu_s'), 1)} | {f(wp.get('cpu_s'), 1)} | |",
-                f"| peak RSS (GiB) | {f(wt.get('peak_rss_gib'))} | {f(wp.get('peak_rss_gib'))} | {r(ra.get('peak_rss'))} |",
-                f"| launch → first step (s) | {f(wt.get('launch_to_first_step_s'))} | {f(wp.get('launch_to_first_step_s'))} | {sp(ra.get('launch_to_first_step_speedup'))} |",
-                f"| launch → exit (s) | {f(wt.get('launch_to_exit_s'), 1)} | {f(wp.get('launch_to_exit_s'), 1)} | {sp(ra.get('launch_to_exit_speedup'))} |",
-                f"| final loss (mean of last 5 steps) | {f(wt.get('final_loss'), 4)} ({f(wt.get('final_loss_last5'), 4)}) | "
-                f"{f(wp.get('final_loss'), 4)} ({f(wp.get('final_loss_last5'), 4)}) | Δ {f(ra.get('final_loss_diff'), 4)} |",
-                f"| runs ok | {wt.get('runs_ok', DASH)}/{wt.get('runs', DASH)} | {wp.get('runs_ok', DASH)}/{wp.get('runs', DASH)} | |", ""]
+        out += [
+            f"### {n}: {c.get('kind', '').upper()} {c.get('method', '')}, {c.get('records')} records × 1 epoch, "
+            f"batch {c.get('batch')}, {c.get('steps')} steps, cutoff {c.get('cutoff')}, lr {c.get('learning_rate')}",
+            "",
+            "| | tkc" + _note(w, "tkc") + " | peer" + _note(w, "peer") + " | tkc vs peer |",
+            "|---|---|---|---|",
+            f"| tokens processed | {f(wt.get('tokens'), 0)} | {f(wp.get('tokens'), 0)} | |",
+            f"| training wall (s), median | {f(wt.get('train_wall_s'), 1)} | {f(wp.get('train_wall_s'), 1)} | |",
+            f"| training wall (s), each run | {runs_t or DASH} | {runs_p or DASH} | |",
+            f"| tokens/s | {f(wt.get('tokens_per_s'), 0)} | {f(wp.get('tokens_per_s'), 0)} | {r(ra.get('tokens_per_s'))} |",
+            f"| median per-step tokens/s (robust to load spikes) | {f(wt.get('step_tokens_per_s_median'), 0)} | "
+            f"{f(wp.get('step_tokens_per_s_median'), 0)} | {r(ra.get('step_tokens_per_s_median'))} |",
+            f"| tokens per CPU-second, step 1 → exit | {f(wt.get('tokens_per_cpu_s'), 0)} | "
+            f"{f(wp.get('tokens_per_cpu_s'), 0)} | {r(ra.get('tokens_per_cpu_s'))} |",
+            f"| CPU seconds, whole command | {f(wt.get('cpu_s'), 1)} | {f(wp.get('cpu_s'), 1)} | |",
+            f"| peak RSS (GiB) | {f(wt.get('peak_rss_gib'))} | {f(wp.get('peak_rss_gib'))} | {r(ra.get('peak_rss'))} |",
+            f"| launch → first step (s) | {f(wt.get('launch_to_first_step_s'))} | {f(wp.get('launch_to_first_step_s'))} | {sp(ra.get('launch_to_first_step_speedup'))} |",
+            f"| launch → exit (s) | {f(wt.get('launch_to_exit_s'), 1)} | {f(wp.get('launch_to_exit_s'), 1)} | {sp(ra.get('launch_to_exit_speedup'))} |",
+            f"| final loss (mean of last 5 steps) | {f(wt.get('final_loss'), 4)} ({f(wt.get('final_loss_last5'), 4)}) | "
+            f"{f(wp.get('final_loss'), 4)} ({f(wp.get('final_loss_last5'), 4)}) | Δ {f(ra.get('final_loss_diff'), 4)} |",
+            f"| runs ok | {wt.get('runs_ok', DASH)}/{wt.get('runs', DASH)} | {wp.get('runs_ok', DASH)}/{wp.get('runs', DASH)} | |",
+            "",
+        ]
         if wp.get("tokens") and wp.get("per_run"):
             seen = [x.get("peer_num_input_tokens_seen") for x in wp["per_run"] if x.get("ok")]
-            out += [f"Peer cross-check: its `num_input_tokens_seen` (non_padding) = {seen[:1] or DASH} "
-                    f"(0 means it does not count for this trainer).", ""]
+            out += [
+                f"Peer cross-check: its `num_input_tokens_seen` (non_padding) = {seen[:1] or DASH} "
+                f"(0 means it does not count for this trainer).",
+                "",
+            ]
     pd = t.get("peer_defaults_sft_lora")
     if pd:
         s = _side(pd, "peer")
-        out += [f"Peer with its own defaults on sft_lora ({pd.get('differs_by')}): tokens/s {f(s.get('tokens_per_s'), 0)}, "
-                f"peak RSS {f(s.get('peak_rss_gib'))} GiB, training wall {f(s.get('train_wall_s'), 1)} s, "
-                f"final loss {f(s.get('final_loss'), 4)}.", ""]
+        out += [
+            f"Peer with its own defaults on sft_lora ({pd.get('differs_by')}): tokens/s {f(s.get('tokens_per_s'), 0)}, "
+            f"peak RSS {f(s.get('peak_rss_gib'))} GiB, training wall {f(s.get('train_wall_s'), 1)} s, "
+            f"final loss {f(s.get('final_loss'), 4)}.",
+            "",
+        ]
     return out
 
 
 def section_determinism(t: dict) -> list[str]:
-    rows = ["## 4. Determinism", "",
-            "Same config run again: are the full-precision per-step losses identical? (from `bench/train.py`)", "",
-            "| workload | tkc identical | tkc max abs Δloss | peer identical | peer max abs Δloss |", "|---|---|---|---|---|"]
+    rows = [
+        "## 4. Determinism",
+        "",
+        "Same config run again: are the full-precision per-step losses identical? (from `bench/train.py`)",
+        "",
+        "| workload | tkc identical | tkc max abs Δloss | peer identical | peer max abs Δloss |",
+        "|---|---|---|---|---|",
+    ]
     for n, w in (t.get("workloads") or {}).items():
         wt, wp = _side(w, "tkc"), _side(w, "peer")
-        rows.append(f"| {n} | {f(wt.get('deterministic'))} | {f(wt.get('max_loss_diff_between_runs'), 6)} | "
-                    f"{f(wp.get('deterministic'))} | {f(wp.get('max_loss_diff_between_runs'), 6)} |")
+        rows.append(
+            f"| {n} | {f(wt.get('deterministic'))} | {f(wt.get('max_loss_diff_between_runs'), 6)} | "
+            f"{f(wp.get('deterministic'))} | {f(wp.get('max_loss_diff_between_runs'), 6)} |"
+        )
     return rows + [""]
 
 
 def section_parity(pa: dict) -> list[str]:
-    out = ["## Token parity (the two tools see the same tokens)", "",
-           "Command: `.venv/bin/python bench/parity.py`. Every record tokenized by both tools "
-           f"(peer: {(pa.get('template') or {}).get('peer', DASH)}; tkc: {(pa.get('template') or {}).get('tkc', DASH)}), "
-           "rows matched on their token ids (each tool stores rows in its own order).", "",
-           "| case | records (tkc / peer) | identical input_ids | identical labels | label tokens only the peer trains on | only tkc |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "## Token parity (the two tools see the same tokens)",
+        "",
+        "Command: `.venv/bin/python bench/parity.py`. Every record tokenized by both tools "
+        f"(peer: {(pa.get('template') or {}).get('peer', DASH)}; tkc: {(pa.get('template') or {}).get('tkc', DASH)}), "
+        "rows matched on their token ids (each tool stores rows in its own order).",
+        "",
+        "| case | records (tkc / peer) | identical input_ids | identical labels | label tokens only the peer trains on | only tkc |",
+        "|---|---|---|---|---|---|",
+    ]
     for k, c in (pa.get("cases") or {}).items():
         if "error" in c:
             out.append(f"| {k} | {DASH} | {DASH} | {DASH} | {c['error'][:120]} | |")
             continue
-        n, lp, lt = c["records"], c.get("label_tokens_trained_only_by_peer") or {}, c.get("label_tokens_trained_only_by_tkc") or {}
+        n, lp, lt = (
+            c["records"],
+            c.get("label_tokens_trained_only_by_peer") or {},
+            c.get("label_tokens_trained_only_by_tkc") or {},
+        )
 
         def mc(d: dict) -> str:
             return ", ".join(f"`{json.dumps(t)}` ×{m}" for t, m in d.get("most_common", [])) or DASH
 
-        out.append(f"| {k} | {n['tkc']} / {n['peer']} | {c['identical_input_ids']} | {c['identical_labels']} | "
-                   f"{lp.get('count', DASH)} ({mc(lp)}) | {lt.get('count', DASH)} ({mc(lt)}) |")
-    return out + ["", "At cutoff 4096 the input ids show whether the chat formats agree; at 512 rows that differ "
-                  "were truncated differently (the tools split the cutoff between prompt and response by "
-                  "different rules).", ""]
+        out.append(
+            f"| {k} | {n['tkc']} / {n['peer']} | {c['identical_input_ids']} | {c['identical_labels']} | "
+            f"{lp.get('count', DASH)} ({mc(lp)}) | {lt.get('count', DASH)} ({mc(lt)}) |"
+        )
+    return out + [
+        "",
+        "At cutoff 4096 the input ids show whether the chat formats agree; at 512 rows that differ "
+        "were truncated differently (the tools split the cutoff between prompt and response by "
+        "different rules).",
+        "",
+    ]
 
 
 STATIC = """## Reading these figures
@@ -318,11 +393,16 @@ beta 0.1, reference = the frozen base (adapter disabled).
 
 def render() -> str:
     res = {n: _load(n) for n in ("errors", "preprocess", "parity", "train")}
-    parts = ["# Benchmarks: tkc vs LLaMA-Factory", "",
-             "<!-- generated by bench/report.py from bench/results/*.json; edit the generator, not this file -->", "",
-             "Side-by-side on the same tiny model, data and settings. Ratios are tkc ÷ peer for rates and "
-             "peer ÷ tkc for times (so > 1× favours tkc), except memory (tkc ÷ peer, < 1× favours tkc). "
-             "A dash means not measured; the text next to a tool says why.", ""]
+    parts = [
+        "# Benchmarks: tkc vs LLaMA-Factory",
+        "",
+        "<!-- generated by bench/report.py from bench/results/*.json; edit the generator, not this file -->",
+        "",
+        "Side-by-side on the same tiny model, data and settings. Ratios are tkc ÷ peer for rates and "
+        "peer ÷ tkc for times (so > 1× favours tkc), except memory (tkc ÷ peer, < 1× favours tkc). "
+        "A dash means not measured; the text next to a tool says why.",
+        "",
+    ]
     parts += section_summary(res)
     parts += section_errors(res["errors"]) + section_preprocess(res["preprocess"])
     parts += section_train(res["train"]) + section_determinism(res["train"]) + section_parity(res["parity"])

@@ -35,8 +35,12 @@ def main() -> None:
     if a.side != "tkc":
         ensure_peer()
     build_assets()
-    for name, step in (("errors", lambda: errors.main(flags)), ("preprocess", lambda: preprocess.main(flags)),
-                       ("parity", parity.main), ("train", lambda: train.main(flags))):
+    for name, step in (
+        ("errors", lambda: errors.main(flags)),
+        ("preprocess", lambda: preprocess.main(flags)),
+        ("parity", parity.main),
+        ("train", lambda: train.main(flags)),
+    ):
         t = time.monotonic()
         print(f"== {name}", flush=True)
         step()

@@ -22,9 +22,7 @@ SEED = 0
 VOCAB_SIZE = 8192
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Qwen2Tokenizer's own pre-tokenizer regex (transformers 5 rebuilds any Qwen2 tokenizer with it).
-QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN2_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 # ChatML without tools; the default system prompt is Qwen2.5's (the peer's `qwen` template inserts it too).
 CHAT_TEMPLATE = (
     "{%- if messages[0]['role'] == 'system' %}"
@@ -76,8 +74,14 @@ def build_tokenizer(out: Path) -> None:
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     added = {
-        str(tok.token_to_id(t)): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                                  "single_word": False, "special": True}
+        str(tok.token_to_id(t)): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
         for t in SPECIALS
     }
     cfg = {
@@ -96,8 +100,14 @@ def build_tokenizer(out: Path) -> None:
     }
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
     (out / "special_tokens_map.json").write_text(
-        json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-                    "additional_special_tokens": ["<|im_start|>", "<|im_end|>"]}, indent=2),
+        json.dumps(
+            {
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+            },
+            indent=2,
+        ),
         encoding="utf-8",
     )
 
@@ -108,9 +118,15 @@ def build_model(out: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(out)
     cfg = Qwen2Config(
-        vocab_size=VOCAB_SIZE, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=False, bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+        vocab_size=VOCAB_SIZE,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
     )

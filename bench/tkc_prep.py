@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--dump", type=Path)
     a = ap.parse_args()
     import datasets  # noqa: F401  imported before the clock starts, as the peer's are before its window
+
     from tkc.runtime import data
     from tkc.runtime.context import RunContext, load_bundle_hash, resolve_source_root
 
@@ -36,8 +37,15 @@ def main() -> None:
     stage = resolved["stages"][0]
     tok = ctx.tokenizer()
     t0 = time.perf_counter()
-    built = data.build_stage_data(resolved, stage, tok, ctx.source_root, a.cache_dir,
-                                  template_text=ctx.chat_template(), bundle_dir=bundle)
+    built = data.build_stage_data(
+        resolved,
+        stage,
+        tok,
+        ctx.source_root,
+        a.cache_dir,
+        template_text=ctx.chat_template(),
+        bundle_dir=bundle,
+    )
     prep = time.perf_counter() - t0  # the pipeline itself: rows ready as a memory-mapped Arrow dataset
     rows = list(built.train)  # what a stage then does (load_rows): Python lists, timed apart
     materialize = time.perf_counter() - t0 - prep
@@ -45,8 +53,17 @@ def main() -> None:
     if a.dump:
         keep = [{k: list(v) for k, v in r.items() if k.endswith(("input_ids", "labels"))} for r in rows]
         a.dump.write_text(json.dumps(keep))
-    print(json.dumps({"prep_s": prep, "materialize_s": materialize, "cache_hit": bool(built.stats.get("cache_hit")), "rows": len(rows),
-                      "tokens": tokens}))
+    print(
+        json.dumps(
+            {
+                "prep_s": prep,
+                "materialize_s": materialize,
+                "cache_hit": bool(built.stats.get("cache_hit")),
+                "rows": len(rows),
+                "tokens": tokens,
+            }
+        )
+    )
     sys.stdout.flush()
 
 

@@ -66,7 +66,11 @@ def _robust(r, marks: list[tuple[float, int]], total_tokens: int | None) -> dict
     step_tokens_per_s_median: median over steps 2..N of the step's tokens / time since the previous step.
     tokens_per_cpu_s: tokens of steps 2..N / CPU seconds the process tree used from step 1 to exit.
     """
-    rates = [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in zip(marks, marks[1:], strict=False) if t1 > t0 and c1 > c0]
+    rates = [
+        (c1 - c0) / (t1 - t0)
+        for (t0, c0), (t1, c1) in zip(marks, marks[1:], strict=False)
+        if t1 > t0 and c1 > c0
+    ]
     out: dict = {"step_tokens_per_s_median": median(rates), "cpu_s": r.cpu_s}
     if marks and total_tokens:
         cpu_first = r.cpu_at(marks[0][0])
@@ -96,8 +100,12 @@ def peer_once(w: Workload, model: Path, d: Path) -> dict:
     out = d / "out"
     cfg = write_peer_config(w, model, out, d / "cfg.yaml", tokenized_path=str(d / "tokenized"))
     r = run([PEER_CLI, "train", cfg], env={**PEER_ENV, "HF_DATASETS_CACHE": str(d / "hf-cache")}, timeout=900)
-    res: dict = {"ok": r.returncode == 0, "launch_to_exit_s": r.wall_s, "peak_rss_gib": r.peak_rss_bytes / GiB,
-                 "launch_to_first_step_s": r.first(r"^\{'loss': ")}
+    res: dict = {
+        "ok": r.returncode == 0,
+        "launch_to_exit_s": r.wall_s,
+        "peak_rss_gib": r.peak_rss_bytes / GiB,
+        "launch_to_first_step_s": r.first(r"^\{'loss': "),
+    }
     if not res["ok"]:
         res["error"] = [s for _, s in r.lines][-8:]
         return res
@@ -105,9 +113,14 @@ def peer_once(w: Workload, model: Path, d: Path) -> dict:
     state = json.loads((out / "trainer_state.json").read_text())
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]  # the closing summary has train_loss
     counted = _peer_tokens(d / "tokenized")
-    res.update(train_wall_s=tr["train_runtime"], losses=losses, steps=len(losses),
-               peer_num_input_tokens_seen=tr.get("num_input_tokens_seen"),
-               tokens=counted["tokens"] if counted else None, rows=counted["rows"] if counted else None)
+    res.update(
+        train_wall_s=tr["train_runtime"],
+        losses=losses,
+        steps=len(losses),
+        peer_num_input_tokens_seen=tr.get("num_input_tokens_seen"),
+        tokens=counted["tokens"] if counted else None,
+        rows=counted["rows"] if counted else None,
+    )
     marks = _peer_marks(r)
     res.update(_robust(r, marks, marks[-1][1] if marks else None))
     return res
@@ -123,8 +136,13 @@ def tkc_once(w: Workload, model: Path, d: Path) -> dict:
     stage = "dpo" if w.kind == "dpo" else "sft"
     sdir = bundle / "outputs" / stage
     r = run([TKC, "run", bundle], timeout=900, watch_file=sdir / "steps.jsonl")
-    res: dict = {"ok": r.returncode == 0, "launch_to_exit_s": r.wall_s, "peak_rss_gib": r.peak_rss_bytes / GiB,
-                 "launch_to_first_step_s": r.first(r"^@file\{"), "compile_s": c.wall_s}
+    res: dict = {
+        "ok": r.returncode == 0,
+        "launch_to_exit_s": r.wall_s,
+        "peak_rss_gib": r.peak_rss_bytes / GiB,
+        "launch_to_first_step_s": r.first(r"^@file\{"),
+        "compile_s": c.wall_s,
+    }
     if not res["ok"]:
         res["error"] = [s for _, s in r.lines][-8:]
         return res
@@ -132,7 +150,7 @@ def tkc_once(w: Workload, model: Path, d: Path) -> dict:
     steps = [json.loads(s) for s in (sdir / "steps.jsonl").read_text().splitlines() if s.strip()]
     losses = [s["loss"] for s in steps if "loss" in s]
     res.update(train_wall_s=rec["wall_time_s"], tokens=rec["tokens_seen"], losses=losses, steps=len(losses))
-    marks = [(t, json.loads(s[len("@file"):])["tokens_seen"]) for t, s in r.lines if s.startswith("@file{")]
+    marks = [(t, json.loads(s[len("@file") :])["tokens_seen"]) for t, s in r.lines if s.startswith("@file{")]
     res.update(_robust(r, [m for m in marks if m[1]], rec["tokens_seen"]))
     return res
 
@@ -146,14 +164,17 @@ def _final(losses: list[float]) -> tuple[float | None, float | None]:
 def _summary(runs: list[dict]) -> dict:
     ok = [x for x in runs if x.get("ok")]
     for x in ok:
-        x["tokens_per_s"] = x["tokens"] / x["train_wall_s"] if x.get("tokens") and x.get("train_wall_s") else None
+        x["tokens_per_s"] = (
+            x["tokens"] / x["train_wall_s"] if x.get("tokens") and x.get("train_wall_s") else None
+        )
         x["final_loss"], x["final_loss_last5"] = _final(x.get("losses", []))
     first = ok[0]["losses"] if ok else None
     same = [x["losses"] == first for x in ok[1:]]
     diffs = [max((abs(a - b) for a, b in zip(x["losses"], first, strict=False)), default=0.0) for x in ok[1:]]
     finals = [x["final_loss"] for x in ok if x["final_loss"] is not None]
     return {
-        "runs_ok": len(ok), "runs": len(runs),
+        "runs_ok": len(ok),
+        "runs": len(runs),
         "tokens": median([x.get("tokens") for x in ok]),
         "train_wall_s": median([x.get("train_wall_s") for x in ok]),
         "tokens_per_s": median([x.get("tokens_per_s") for x in ok]),
@@ -178,12 +199,17 @@ def _ratios(t: dict, p: dict) -> dict:
     return {
         "tokens_per_s": ratio(t.get("tokens_per_s"), p.get("tokens_per_s")),
         "peak_rss": ratio(t.get("peak_rss_gib"), p.get("peak_rss_gib")),
-        "step_tokens_per_s_median": ratio(t.get("step_tokens_per_s_median"), p.get("step_tokens_per_s_median")),
+        "step_tokens_per_s_median": ratio(
+            t.get("step_tokens_per_s_median"), p.get("step_tokens_per_s_median")
+        ),
         "tokens_per_cpu_s": ratio(t.get("tokens_per_cpu_s"), p.get("tokens_per_cpu_s")),
         "launch_to_exit_speedup": ratio(p.get("launch_to_exit_s"), t.get("launch_to_exit_s")),
-        "launch_to_first_step_speedup": ratio(p.get("launch_to_first_step_s"), t.get("launch_to_first_step_s")),
-        "final_loss_diff": (t["final_loss"] - p["final_loss"]) if t.get("final_loss") is not None
-        and p.get("final_loss") is not None else None,
+        "launch_to_first_step_speedup": ratio(
+            p.get("launch_to_first_step_s"), t.get("launch_to_first_step_s")
+        ),
+        "final_loss_diff": (t["final_loss"] - p["final_loss"])
+        if t.get("final_loss") is not None and p.get("final_loss") is not None
+        else None,
     }
 
 
@@ -192,9 +218,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--side", choices=["both", "tkc", "peer"], default="both")
-    ap.add_argument("--workloads", default=None, help="comma-separated subset of " + ",".join(WORKLOADS) + ", or none")
-    ap.add_argument("--peer-defaults", action=argparse.BooleanOptionalAction, default=None,
-                    help="also run SFT+LoRA with the peer's defaults (gradient checkpointing on)")
+    ap.add_argument(
+        "--workloads", default=None, help="comma-separated subset of " + ",".join(WORKLOADS) + ", or none"
+    )
+    ap.add_argument(
+        "--peer-defaults",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run SFT+LoRA with the peer's defaults (gradient checkpointing on)",
+    )
     a = ap.parse_args(argv)
     reps = a.reps or 2
     names = a.workloads.split(",") if a.workloads else (["sft_lora"] if a.quick else list(WORKLOADS))
@@ -215,26 +247,39 @@ def main(argv: list[str] | None = None) -> dict:
                     raw[n]["tkc"].append(tkc_once(w, model, workdir("train", n, f"tkc-{i}")))
                 elif tool == "peer" and do_peer:
                     raw[n]["peer"].append(peer_once(w, model, workdir("train", n, f"peer-{i}")))
-            brief = {t: [(round(x.get("train_wall_s") or -1, 1), x.get("ok")) for x in raw[n][t]] for t in raw[n]}
+            brief = {
+                t: [(round(x.get("train_wall_s") or -1, 1), x.get("ok")) for x in raw[n][t]] for t in raw[n]
+            }
             print(f"rep {i + 1}/{reps} {n}: {brief}", flush=True)
     res: dict = {"reps": reps, "workloads": {}}
     for n in names:
         w = WORKLOADS[n]
-        entry = {"config": {**w.__dict__, "steps": w.steps},
-                 "tkc": _summary(raw[n]["tkc"]) if do_tkc else {"status": "not measured"},
-                 "peer": _summary(raw[n]["peer"]) if do_peer else {"status": "not measured"}}
+        entry = {
+            "config": {**w.__dict__, "steps": w.steps},
+            "tkc": _summary(raw[n]["tkc"]) if do_tkc else {"status": "not measured"},
+            "peer": _summary(raw[n]["peer"]) if do_peer else {"status": "not measured"},
+        }
         res["workloads"][n] = entry
     if peer_def and do_peer:
         wd = peer_defaults(WORKLOADS["sft_lora"])
         runs = [peer_once(wd, model, workdir("train", wd.name, f"peer-{i}")) for i in range(1)]
-        res["peer_defaults_sft_lora"] = {"differs_by": "gradient checkpointing on (the peer's default)",
-                                         "peer": _summary(runs)}
-    res["versions"] = {"tkc": tkc_versions() if do_tkc else None, "peer": peer_versions() if do_peer else None}
+        res["peer_defaults_sft_lora"] = {
+            "differs_by": "gradient checkpointing on (the peer's default)",
+            "peer": _summary(runs),
+        }
+    res["versions"] = {
+        "tkc": tkc_versions() if do_tkc else None,
+        "peer": peer_versions() if do_peer else None,
+    }
     res = _merge_train(res, a.side)
     _keep_other_workloads(res, names)
     for _n, entry in res["workloads"].items():
         entry["ratios"] = _ratios(entry["tkc"], entry["peer"])
-    res["targets"] = {"tokens_per_s_ratio_min": 1.5, "peak_rss_ratio_max": 1.0, "launch_to_first_step_max_s": 5.0}
+    res["targets"] = {
+        "tokens_per_s_ratio_min": 1.5,
+        "peak_rss_ratio_max": 1.0,
+        "launch_to_first_step_max_s": 5.0,
+    }
     save("train", res)
     return res
 
@@ -273,7 +318,10 @@ def _merge_train(res: dict, side: str) -> dict:
         if o and "status" not in o:
             entry[other] = {**o, "from_earlier_run": old.get("generated_utc")}
     if side == "tkc" and "peer_defaults_sft_lora" in old:
-        res["peer_defaults_sft_lora"] = {**old["peer_defaults_sft_lora"], "from_earlier_run": old.get("generated_utc")}
+        res["peer_defaults_sft_lora"] = {
+            **old["peer_defaults_sft_lora"],
+            "from_earlier_run": old.get("generated_utc"),
+        }
     if res["versions"].get(other) is None:
         res["versions"][other] = old.get("versions", {}).get(other)
     return res

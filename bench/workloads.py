@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
-
 from common import DATASETS, WORK
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -20,11 +19,11 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 @dataclass(frozen=True)
 class Workload:
     name: str
-    kind: str                 # sft | dpo
-    method: str               # lora | full
-    dataset: str              # name in the shared dataset_info.json
+    kind: str  # sft | dpo
+    method: str  # lora | full
+    dataset: str  # name in the shared dataset_info.json
     dataset_file: str
-    records: int              # first N records of the file; epochs=1 so every record is processed once
+    records: int  # first N records of the file; epochs=1 so every record is processed once
     batch: int = 4
     cutoff: int = 512
     learning_rate: float = 1e-4
@@ -32,7 +31,7 @@ class Workload:
     lora_rank: int = 8
     lora_alpha: int = 16
     gradient_checkpointing: bool = False
-    beta: float = 0.1         # dpo
+    beta: float = 0.1  # dpo
 
     @property
     def steps(self) -> int:
@@ -41,10 +40,12 @@ class Workload:
 
 WORKLOADS = {
     "sft_lora": Workload("sft_lora", "sft", "lora", "alpaca_en_demo", "alpaca_en_demo.json", records=160),
-    "sft_full": Workload("sft_full", "sft", "full", "alpaca_en_demo", "alpaca_en_demo.json", records=160,
-                         learning_rate=1e-5),
-    "dpo_lora": Workload("dpo_lora", "dpo", "lora", "dpo_en_demo", "dpo_en_demo.json", records=80,
-                         learning_rate=5e-5),
+    "sft_full": Workload(
+        "sft_full", "sft", "full", "alpaca_en_demo", "alpaca_en_demo.json", records=160, learning_rate=1e-5
+    ),
+    "dpo_lora": Workload(
+        "dpo_lora", "dpo", "lora", "dpo_en_demo", "dpo_en_demo.json", records=80, learning_rate=5e-5
+    ),
 }
 
 
@@ -89,8 +90,12 @@ def peer_config(w: Workload, model_dir: Path, out_dir: Path, **extra: object) ->
     if not w.gradient_checkpointing:
         cfg["disable_gradient_checkpointing"] = True
     if w.method == "lora":
-        cfg.update(lora_rank=w.lora_rank, lora_alpha=w.lora_alpha, lora_dropout=0.0,
-                   lora_target=",".join(LORA_TARGETS))
+        cfg.update(
+            lora_rank=w.lora_rank,
+            lora_alpha=w.lora_alpha,
+            lora_dropout=0.0,
+            lora_target=",".join(LORA_TARGETS),
+        )
     if w.kind == "dpo":
         cfg.update(pref_beta=w.beta, pref_loss="sigmoid", pref_ftx=0.0)
     cfg.update(extra)
@@ -115,33 +120,72 @@ def tkc_recipe(w: Workload, model_dir: Path, recipe_dir: Path, **train_extra: ob
 
     rel = lambda p: os.path.relpath(p, recipe_dir)  # noqa: E731
     if w.kind == "dpo":
-        data = {"registry": rel(DATASETS / "dataset_info.json"),
-                # `path` given too: tkc resolves a registry's file_name against the recipe folder, not
-                # the registry's own folder (reported); the registry entry still supplies the layout.
-                "datasets": {"pairs": {"registry": w.dataset, "path": rel(DATASETS / w.dataset_file),
-                                       "max_samples": w.records}}}
+        data = {
+            "registry": rel(DATASETS / "dataset_info.json"),
+            # `path` given too: tkc resolves a registry's file_name against the recipe folder, not
+            # the registry's own folder (reported); the registry entry still supplies the layout.
+            "datasets": {
+                "pairs": {
+                    "registry": w.dataset,
+                    "path": rel(DATASETS / w.dataset_file),
+                    "max_samples": w.records,
+                }
+            },
+        }
         stage: dict = {"kind": "dpo", "name": "dpo", "datasets": ["pairs"], "beta": w.beta, "loss": "sigmoid"}
     else:
-        data = {"datasets": {"alpaca": {"path": rel(DATASETS / w.dataset_file), "format": "alpaca",
-                                        "max_samples": w.records}}}
+        data = {
+            "datasets": {
+                "alpaca": {
+                    "path": rel(DATASETS / w.dataset_file),
+                    "format": "alpaca",
+                    "max_samples": w.records,
+                }
+            }
+        }
         stage = {"kind": "sft", "name": "sft", "datasets": ["alpaca"]}
     data["cutoff_len"] = w.cutoff
     finetuning: dict = {"method": w.method}
     if w.method == "lora":
-        finetuning["lora"] = {"rank": w.lora_rank, "alpha": w.lora_alpha, "dropout": 0.0,
-                              "targets": list(LORA_TARGETS)}
-    train = {"learning_rate": w.learning_rate, "lr_scheduler": "cosine", "warmup_ratio": 0.0, "epochs": 1,
-             "global_batch_size": w.batch, "micro_batch_size": w.batch, "seed": w.seed, "precision": "fp32",
-             "gradient_checkpointing": w.gradient_checkpointing, "save_steps": 100_000, "logging_steps": 1,
-             "weight_decay": 0.0, "max_grad_norm": 1.0, **train_extra}
-    return {"schema_version": 1, "name": f"bench-{w.name}".replace("_", "-"),
-            "model": {"path": rel(model_dir)}, "template": "qwen2_5", "data": data,
-            "stages": [stage], "finetuning": finetuning, "train": train, "hardware": "cpu"}
+        finetuning["lora"] = {
+            "rank": w.lora_rank,
+            "alpha": w.lora_alpha,
+            "dropout": 0.0,
+            "targets": list(LORA_TARGETS),
+        }
+    train = {
+        "learning_rate": w.learning_rate,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.0,
+        "epochs": 1,
+        "global_batch_size": w.batch,
+        "micro_batch_size": w.batch,
+        "seed": w.seed,
+        "precision": "fp32",
+        "gradient_checkpointing": w.gradient_checkpointing,
+        "save_steps": 100_000,
+        "logging_steps": 1,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        **train_extra,
+    }
+    return {
+        "schema_version": 1,
+        "name": f"bench-{w.name}".replace("_", "-"),
+        "model": {"path": rel(model_dir)},
+        "template": "qwen2_5",
+        "data": data,
+        "stages": [stage],
+        "finetuning": finetuning,
+        "train": train,
+        "hardware": "cpu",
+    }
 
 
 def write_tkc_recipe(w: Workload, model_dir: Path, path: Path, **train_extra: object) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     header = f"# tkc compile {path.name} -o run/ && tkc run run/   (generated by bench/workloads.py)\n"
-    path.write_text(header + yaml.safe_dump(tkc_recipe(w, model_dir, path.parent, **train_extra),
-                                            sort_keys=False))
+    path.write_text(
+        header + yaml.safe_dump(tkc_recipe(w, model_dir, path.parent, **train_extra), sort_keys=False)
+    )
     return path
