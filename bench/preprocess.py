@@ -77,6 +77,7 @@ def _side_summary(cold: list[dict], warm: list[dict]) -> dict:
         "cold_examples_per_s": eps(cold),
         "cached_prep_s": median([x["prep_s"] for x in warm if x.get("ok")]),
         "cached_examples_per_s": eps(warm),
+        "materialize_s": median([x.get("materialize_s") for x in cold + warm if x.get("ok")]),
         "cold_launch_to_data_s": median([x["e2e_s"] for x in cold if x.get("ok")]),
         "cached_launch_to_data_s": median([x["e2e_s"] for x in warm if x.get("ok")]),
         "runs": {"cold": cold, "cached": warm},
