@@ -217,6 +217,7 @@ def section_preprocess(p: dict) -> list[str]:
         f"| cached re-run: seconds | {f(pt.get('cached_prep_s'), 3)} | {f(pp.get('cached_prep_s'), 3)} | |",
         f"| cached re-run: examples/s | {f(pt.get('cached_examples_per_s'), 0)} | {f(pp.get('cached_examples_per_s'), 0)} | {r(ra.get('cached_throughput'))} |",
         f"| launch → data ready, cold (s) | {f(pt.get('cold_launch_to_data_s'))} | {f(pp.get('cold_launch_to_data_s'))} | {sp(ra.get('cold_launch_to_data_speedup'))} |",
+        f"| tkc only: rows → Python lists afterwards, as its stages do (s) | {f(pt.get('materialize_s'), 3)} | | |",
         f"| peer's own tqdm rate for its tokenize step (examples/s) | | {f(pp.get('tqdm_tokenize_rate_median'), 0)} | |",
         "",
     ]
