@@ -1,57 +1,101 @@
-"""Inference stage (kind: infer): generate answers for a dataset's prompts with the previous stage's model (engine hf)."""
+"""Inference stage (kind: infer): generate a reply to each chat prompt of the stage's datasets; save predictions."""
 
 from __future__ import annotations
 
 import json
-
-import torch
+import time
+from collections import Counter
+from pathlib import Path
 
 from tkc.runtime import outputs
 from tkc.runtime.context import RunContext
-from tkc.runtime.stages.common import load_rows
-from tkc.runtime.stages.eval import model_under_test, split_prompt
 
 
-@torch.no_grad()
-def generate(model, tok, prompts: list[list[int]], opts: dict, stop_ids: list[int], batch: int = 16) -> list[list[int]]:
-    """Greedy when temperature is 0, else seeded sampling; left-padded batches, cut at the first stop token."""
-    from transformers import GenerationConfig
+def split_example(example: dict) -> tuple[list[dict], str | None]:
+    """(prompt messages, reference): the conversation before its last assistant turn, and that turn's text."""
+    messages = example["messages"]
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[:-1], messages[-1].get("content") or ""
+    return messages, None
 
-    temperature = float(opts.get("temperature", 0.0))
-    gen = GenerationConfig(do_sample=temperature > 0, temperature=temperature or None, top_k=0, top_p=1.0,
-                           max_new_tokens=int(opts.get("max_new_tokens", 128)), eos_token_id=stop_ids,
-                           pad_token_id=tok.pad_token_id, num_beams=1)
-    outs: list[list[int]] = []
-    for i in range(0, len(prompts), batch):
-        chunk = prompts[i:i + batch]
-        width = max(map(len, chunk))
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in chunk])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-        for seq in model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)[:, width:].tolist():
-            outs.append(seq[:next((j for j, t in enumerate(seq) if t in stop_ids), len(seq))])
-    return outs
+
+def load_prompts(ctx: RunContext, stage: dict) -> list[tuple[list[dict], str | None]]:
+    """(messages, reference) per record of the stage's sft datasets, verified and converted like training data."""
+    from tkc.runtime.data.convert import convert_record
+    from tkc.runtime.data.errors import BadRecord, DataError
+    from tkc.runtime.data.readers import read_entry
+
+    out = []
+    for name in stage["datasets"]:
+        entry = ctx.resolved["datasets"][name]
+        if entry["kind"] != "sft":
+            raise DataError(
+                f"stage {stage['name']!r} (infer) needs sft datasets; {name!r} is {entry['kind']!r}"
+            )
+        for where, record in read_entry(entry, ctx.source_root):
+            try:
+                example = convert_record(record, entry, (ctx.source_root / where.file).parent)
+            except BadRecord as exc:
+                if entry.get("on_bad_record", "error") == "error":
+                    raise exc.at(where) from None
+                continue
+            out.append(split_example(example))
+    return out
+
+
+def write_predictions(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+    tmp.replace(path)
+
+
+def write_outputs(ctx: RunContext, stage: dict, pairs: list, completions: list, wall: float) -> None:
+    """predictions.jsonl (prompt messages, reference, prediction) and metrics.json (count, tokens/s)."""
+    out, opts = ctx.stage_dir(stage), stage.get("options") or {}
+    records = [
+        {"prompt": p, "reference": ref, "prediction": c.text, "finish_reason": c.finish_reason}
+        for (p, ref), c in zip(pairs, completions, strict=True)
+    ]
+    write_predictions(out / "predictions.jsonl", records)
+    tokens = sum(len(c.tokens) for c in completions)
+    outputs.write_json(
+        out / "metrics.json",
+        {
+            "count": len(completions),
+            "generated_tokens": tokens,
+            "seconds": round(wall, 3),
+            "tokens_per_second": round(tokens / max(wall, 1e-9), 2),
+            "finish_reasons": dict(Counter(c.finish_reason for c in completions)),
+            "model": stage.get("init_from") or "base",
+            "engine": opts.get("engine", "hf"),
+        },
+    )
 
 
 def run(ctx: RunContext, stage: dict) -> int:
+    from tkc.runtime.infer import load_engine
+
     opts = stage.get("options") or {}
-    if opts.get("engine", "hf") != "hf":
-        raise RuntimeError(f"infer engine {opts['engine']!r} is not available in this runtime; use engine: hf")
-    tok = ctx.tokenizer()
-    train_rows, eval_rows = load_rows(ctx, stage, kind="sft")
-    model, source = model_under_test(ctx, stage)
-    stops = (ctx.resolved.get("template") or {}).get("stop_tokens") or [tok.eos_token]
-    stop_ids = [tok.convert_tokens_to_ids(s) for s in stops] + [tok.eos_token_id]
-    prompts = [split_prompt(r)[0] for r in train_rows + eval_rows]
-    torch.manual_seed(ctx.resolved["seed"])
-    answers = generate(model, tok, prompts, opts, stop_ids)
+    source = stage.get("init_from")  # the compiler resolves it to the previous training stage, or null (base)
+    pairs = load_prompts(ctx, stage)
+    engine = load_engine(ctx, source, engine=opts.get("engine", "hf"))
+    start = time.perf_counter()
+    completions = engine.generate(
+        [p for p, _ in pairs],
+        max_new_tokens=int(opts.get("max_new_tokens", 128)),
+        temperature=float(opts.get("temperature", 0.0)),
+        top_p=float(opts.get("top_p", 1.0)),
+        seed=int(ctx.resolved["seed"]),
+    )
+    wall = time.perf_counter() - start
+    tokens = sum(len(c.tokens) for c in completions)
+    ctx.log(
+        f"[{stage['name']}] {len(completions)} predictions from {source or 'base model'} "
+        f"({tokens} tokens, {tokens / max(wall, 1e-9):.1f} tok/s)"
+    )
     if ctx.dist.is_main:
-        out = ctx.stage_dir(stage)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
-            for p, a in zip(prompts, answers, strict=True):
-                f.write(json.dumps({"prompt": tok.decode(p), "response": tok.decode(a, skip_special_tokens=True)},
-                                   ensure_ascii=False) + "\n")
-        outputs.write_json(out / "metrics.json", {"n": len(answers), "model": source or "base"})
-        ctx.log(f"[{stage['name']}] wrote {len(answers)} responses from {source or 'the base model'} to {out}")
+        write_outputs(ctx, stage, pairs, completions, wall)
     outputs.mark_done(ctx, stage)
     return 0
