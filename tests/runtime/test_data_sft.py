@@ -196,8 +196,8 @@ def test_truncation_keeps_the_response(tmp_path):
     assert len(row["input_ids"]) == 64 and data.stats["truncated"] == 1
     assert tok.decode(_trained_blocks(row)[0]) == "What is 2+3? 5" + IM_END
     assert tok.decode(row["input_ids"]).endswith("<|im_start|>assistant\nWhat is 2+3? 5<|im_end|>\n")
-    right = _build(tmp_path, [e], template="chatml_local", root=tmp_path, cutoff_len=64, truncation="right")
-    assert right.stats["dropped_no_labels"] == 1 and len(right.train) == 0
+    with pytest.raises(DataError, match=r"no training rows left .* 1 with nothing to train after truncation"):
+        _build(tmp_path, [e], template="chatml_local", root=tmp_path, cutoff_len=64, truncation="right")
 
 
 def test_mixing_interleave_and_eval_split(tmp_path):

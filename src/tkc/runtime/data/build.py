@@ -232,6 +232,8 @@ def _build(resolved, stage, entries, tokenizer, chat, source_root, workers) -> t
             _lengths(train, kind), stats["padding_fraction"]["batch_size"]
         )
     stats["rows"] = {"train": len(train), "eval": len(evals)}
+    if not train:
+        raise DataError(_nothing_to_train(stage, stats))
     stats["seconds"] = round(time.perf_counter() - start, 4)
     stats["examples_per_second"] = round(
         (len(train_items) + len(eval_items)) / max(stats["seconds"], 1e-9), 1
@@ -245,6 +247,15 @@ def _build(resolved, stage, entries, tokenizer, chat, source_root, workers) -> t
     if bad.count:
         log.warning("skipped %d bad records (first: %s)", bad.count, bad.reasons[0])
     return tables, stats
+
+
+def _nothing_to_train(stage: dict, stats: dict) -> str:
+    # a silent empty dataset would "train" zero steps; say why nothing is left instead
+    first = stats["skipped"]["reasons"][:1]
+    why = f"; first skipped: {first[0]['file']}:{first[0]['line']}: {first[0]['message']}" if first else ""
+    return (f"stage {stage['name']!r}: no training rows left ({stats['examples']['train']} examples, "
+            f"{stats['skipped']['count']} skipped, {stats['dropped_no_labels']} with nothing to train "
+            f"after truncation to cutoff_len){why}")  # fmt: skip
 
 
 def _stats(stage, per_dataset, bad, counters, train, evals, n_train, n_eval) -> dict:
