@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tkc.runtime.data import BadRecord, build_stage_data
+from tkc.runtime.data import BadRecord, DataError, build_stage_data
 from tkc.runtime.data.convert import convert_record
 from tkc.runtime.data.readers import slice_bounds
 
@@ -203,3 +203,29 @@ def test_preprocessing_batch_size_does_not_change_rows(tmp_path):
                                 template_text=H.CHATML)  # fmt: skip
         rows.append(data.train.to_dict())
     assert rows[0] == rows[1] and len(rows[0]["input_ids"]) == 5
+
+
+def test_alpaca_preference_and_kto(tmp_path):
+    tok = H.tokenizer()
+    (tmp_path / "p.jsonl").write_text(json.dumps({"instruction": "What is 2+3?", "input": "", "chosen": "5",
+                                                  "rejected": "6"}) + "\n")  # fmt: skip
+    (tmp_path / "k.jsonl").write_text(json.dumps({"instruction": "What is 2+3?", "input": "", "output": "6",
+                                                  "label": False}) + "\n")  # fmt: skip
+    p = H.entry("p", "p.jsonl", "alpaca", "preference", tmp_path)
+    k = H.entry("k", "k.jsonl", "alpaca", "kto", tmp_path)
+    assert p["columns"]["response"] is None and k["columns"]["kto_tag"] == "label"
+    pref = build_stage_data(H.resolved([p]), H.stage("dpo", ["p"]), tok, tmp_path, tmp_path / "c",
+                            template_text=H.CHATML).train[0]  # fmt: skip
+    for side, answer in (("chosen", "5"), ("rejected", "6")):
+        ids, labels = pref[f"{side}_input_ids"], pref[f"{side}_labels"]
+        assert (
+            tok.decode([i for i, lab in zip(ids, labels, strict=True) if lab != -100])
+            == answer + "<|im_end|>"
+        )
+    kto = build_stage_data(H.resolved([k]), H.stage("kto", ["k"]), tok, tmp_path, tmp_path / "c",
+                           template_text=H.CHATML).train[0]  # fmt: skip
+    assert kto["label"] == 0 and tok.decode(kto["input_ids"]).endswith("assistant\n6<|im_end|>\n")
+    with pytest.raises(DataError, match="needs preference datasets"):
+        build_stage_data(
+            H.resolved([k]), H.stage("dpo", ["k"]), tok, tmp_path, tmp_path / "c", template_text=H.CHATML
+        )
