@@ -229,3 +229,26 @@ def test_alpaca_preference_and_kto(tmp_path):
         build_stage_data(
             H.resolved([k]), H.stage("dpo", ["k"]), tok, tmp_path, tmp_path / "c", template_text=H.CHATML
         )
+
+
+def test_hub_entry_reads_the_local_cache_and_keys_on_content(tmp_path):
+    # a folder id goes through the same `datasets.load_dataset` path as a hub id, offline
+    hub = tmp_path / "hub_like"
+    hub.mkdir()
+    (hub / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    columns, tags = H.resolve_columns_and_tags("alpaca", "sft", None, None)
+    e = {"name": "h", "source": "hub", "path": str(hub), "revision": None, "file_type": "hub", "files": [],
+         "format": "alpaca", "kind": "sft", "columns": columns, "tags": tags, "split": "train",
+         "max_samples": None, "weight": 1.0, "on_bad_record": "error"}  # fmt: skip
+
+    def build():
+        return build_stage_data(H.resolved([e]), H.stage("sft", ["h"]), H.tokenizer(), tmp_path, tmp_path / "c",
+                                template_text=H.CHATML)  # fmt: skip
+
+    first = build()
+    assert len(first.train) == 3 and not first.stats["cache_hit"] and build().stats["cache_hit"]
+    (hub / "train.jsonl").write_text(json.dumps(RECORDS[0]) + "\n")
+    assert len(build().train) == 1  # changed content, same id: a cache miss
+    with pytest.raises(DataError, match="cannot load"):
+        build_stage_data(H.resolved([{**e, "path": str(tmp_path / "absent")}]), H.stage("sft", ["h"]),
+                         H.tokenizer(), tmp_path, tmp_path / "c", template_text=H.CHATML)  # fmt: skip

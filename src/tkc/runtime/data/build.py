@@ -16,7 +16,7 @@ from tkc.runtime.data.encode import ChatSpec, Counters, EncodeOptions, encode_pa
 from tkc.runtime.data.errors import BadRecord, DataError
 from tkc.runtime.data.mixing import mix, split_eval
 from tkc.runtime.data.packing import pack_rows, padding_fraction
-from tkc.runtime.data.readers import read_entry, verify_files
+from tkc.runtime.data.readers import hub_fingerprint, read_entry, verify_files
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ def _key_parts(resolved, stage, entries, tokenizer, chat: ChatSpec | None, sourc
     return {
         "stage_kind": stage["kind"],
         "datasets": entries,
+        # hub datasets have no hashed files: key on the content fingerprint of the locally cached copy
+        "hub": {e["name"]: hub_fingerprint(e, source_root) for e in entries if e["file_type"] == "hub"},
         "data": resolved["data"],
         "seed": resolved["seed"],
         "tokenizer": store.tokenizer_fingerprint(tokenizer),

@@ -134,7 +134,8 @@ def iter_entry_records(entry: dict, source_root: Path) -> Iterator[tuple[Where, 
             yield Where(f["path"], where, ftype in _BY_LINE, entry["name"]), record
 
 
-def _hf_records(entry: dict, source_root: Path) -> Iterator[tuple[Where, object]]:
+def load_hf(entry: dict, source_root: Path):
+    """The `datasets.Dataset` of an hf_disk folder or a hub id (from the local HF cache only), split selected."""
     import datasets
 
     name, _, _ = parse_split(entry.get("split") or "train")
@@ -144,13 +145,25 @@ def _hf_records(entry: dict, source_root: Path) -> Iterator[tuple[Where, object]
             if name not in ds:
                 raise DataError(f"dataset {entry['name']!r}: no split {name!r}; it has {sorted(ds)}")
             ds = ds[name]
-        label = entry["path"]
-    else:
-        # hub datasets come from the local HF cache only: `tkc run` never downloads behind the bundle's back
-        ds = datasets.load_dataset(entry["path"], revision=entry.get("revision"), split=name,
-                                   download_mode="reuse_cache_if_exists")  # fmt: skip
-        label = f"hub:{entry['path']}"
-    for i, record in enumerate(ds):
+        return ds
+    # hub datasets come from the local HF cache only: `tkc run` never downloads behind the bundle's back
+    try:
+        return datasets.load_dataset(entry["path"], revision=entry.get("revision"), split=name,
+                                     download_mode="reuse_cache_if_exists")  # fmt: skip
+    except Exception as exc:  # offline, not cached, no such split: one message naming the dataset
+        raise DataError(
+            f"dataset {entry['name']!r}: cannot load {entry['path']!r} from the local HF cache: {exc}"
+        ) from exc
+
+
+def hub_fingerprint(entry: dict, source_root: Path) -> str | None:
+    """What identifies a hub dataset's content for the cache key (its files are not hashed in the bundle)."""
+    return load_hf(entry, source_root)._fingerprint if entry["file_type"] == "hub" else None
+
+
+def _hf_records(entry: dict, source_root: Path) -> Iterator[tuple[Where, object]]:
+    label = entry["path"] if entry["file_type"] == "hf_disk" else f"hub:{entry['path']}"
+    for i, record in enumerate(load_hf(entry, source_root)):
         yield Where(label, i, False, entry["name"]), record
 
 
