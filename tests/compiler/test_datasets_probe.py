@@ -51,7 +51,9 @@ def test_missing_column_and_json_index(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps(records))
     cols, tags = _cols("sharegpt")
     probe = probe_dataset(tmp_path / "d.json", None, cols, "sharegpt", "sft", tags=tags)
-    assert [(p.line, p.message) for p in probe.problems] == [(1, "missing column 'conversations' (messages); did you mean 'convos'?")]
+    assert [(p.line, p.message) for p in probe.problems] == [
+        (1, "missing column 'conversations' (messages); did you mean 'convos'?")
+    ]
     cols, tags = _cols("sharegpt", messages="conversations")
     tags = {**tags, "role": "role"}
     probe = probe_dataset(tmp_path / "d.json", None, cols, "sharegpt", "sft", tags=tags)
