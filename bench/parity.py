@@ -6,7 +6,7 @@ Every record of alpaca_en_demo (SFT) and dpo_en_demo (DPO pairs) is tokenized by
 `llamafactory-cli train` with `tokenized_path` (its saved rows are read back), tkc via its data pipeline
 (bench/tkc_prep.py). Both insert Qwen2.5's default system prompt. Compared per record, in order: input_ids
 and labels, rows matched on their token ids (each tool stores rows in its own order). At a cutoff no
-record reaches (4096) this isolates the chat format; at the benchmark cutoff (512) the two tools'
+record reaches (16384) this isolates the chat format; at the benchmark cutoff (512) the two tools'
 truncation rules also show. Results: bench/results/parity.json.
 """
 
@@ -135,7 +135,7 @@ def main() -> dict:
     }
     ready = tkc_ready("run")
     for n, records in FULL.items():
-        for cutoff in (4096, 512):
+        for cutoff in (16384, 512):
             w = WORKLOADS[n].__class__(**{**WORKLOADS[n].__dict__, "records": records, "cutoff": cutoff})
             d = workdir("parity", f"{n}-{cutoff}")
             p = peer_rows(w, model, d / "peer")
