@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tkc.catalog.chat import assistant_spans
 from tkc.runtime.data.errors import BadRecord
 
 IGNORE = -100
@@ -35,9 +36,7 @@ class ChatSpec:
     spans_fn: Callable[..., tuple[str, list[Span]]] | None = None
 
     def spans(self, messages: list[dict], tools: list[dict] | None) -> tuple[str, list[Span]]:
-        fn = self.spans_fn
-        if fn is None:
-            from tkc.catalog.chat import assistant_spans as fn
+        fn = self.spans_fn or assistant_spans
         return fn(self.template_text, messages, tools=tools, bos_token=self.bos_token,
                   eos_token=self.eos_token, **self.extra)  # fmt: skip
 
