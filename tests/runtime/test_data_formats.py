@@ -196,13 +196,15 @@ def test_split_slices_and_max_samples(tmp_path):
 def test_preprocessing_batch_size_does_not_change_rows(tmp_path):
     e = H.entry("m", "data/sharegpt_multi.json", "sharegpt", "sft", H.FIXTURES.parent)
     j = H.entry("j", "data/sft_ok.jsonl", "alpaca", "sft", H.FIXTURES.parent)
-    rows = []
-    for batch in (1, 1000):
+    rows, hits = [], []
+    for batch, cache in ((1, "a"), (1000, "b"), (7, "a")):
         res = H.resolved([e, j], preprocessing_batch_size=batch)
-        data = build_stage_data(res, H.stage("sft", ["m", "j"]), H.tokenizer(), H.FIXTURES.parent, tmp_path,
+        data = build_stage_data(res, H.stage("sft", ["m", "j"]), H.tokenizer(), H.FIXTURES.parent, tmp_path / cache,
                                 template_text=H.CHATML)  # fmt: skip
         rows.append(data.train.to_dict())
-    assert rows[0] == rows[1] and len(rows[0]["input_ids"]) == 5
+        hits.append(data.stats["cache_hit"])
+    assert rows[0] == rows[1] == rows[2] and len(rows[0]["input_ids"]) == 5
+    assert hits == [False, False, True]  # the batch size is not part of the cache key
 
 
 def test_alpaca_preference_and_kto(tmp_path):

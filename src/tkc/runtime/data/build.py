@@ -84,7 +84,8 @@ def _key_parts(resolved, stage, entries, tokenizer, chat: ChatSpec | None, sourc
         "datasets": entries,
         # hub datasets have no hashed files: key on the content fingerprint of the locally cached copy
         "hub": {e["name"]: hub_fingerprint(e, source_root) for e in entries if e["file_type"] == "hub"},
-        "data": resolved["data"],
+        # the batch size changes memory use, not rows: it stays out of the key
+        "data": {k: v for k, v in resolved["data"].items() if k != "preprocessing_batch_size"},
         "seed": resolved["seed"],
         "tokenizer": store.tokenizer_fingerprint(tokenizer),
         "template": None if chat is None else [chat.template_text, chat.bos_token, chat.eos_token, chat.extra,
