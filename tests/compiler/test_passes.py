@@ -96,3 +96,22 @@ def test_family_detection_errors(tmp_path):
         compile_recipe(recipe)
     assert [d.code for d in info.value.diagnostics] == ["MODEL001"]
     assert "set model.family" in info.value.diagnostics[0].message
+
+
+def test_bad_records_are_named_by_line_or_record(tmp_path):
+    import shutil
+
+    from tkc.compiler import compile_recipe
+    from tkc.schema.diagnostics import CompileError
+
+    shutil.copytree(REPO / "recipes" / "assets", tmp_path / "assets")
+    (tmp_path / "d.json").write_text('[{"instruction": "a", "output": "b"}, {"instruction": "a"}]')
+    (tmp_path / "d.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\nmodel: {path: assets/tiny-qwen2}\n"
+                      "data: {datasets: {a: {path: d.json}, b: {path: d.jsonl}}}\nstages: [{kind: sft}]\n")
+    with pytest.raises(CompileError) as info:
+        compile_recipe(recipe)
+    rendered = sorted(d.render() for d in info.value.diagnostics)
+    assert rendered[0].startswith("d.json: DATA001 data.datasets.a: record 1: missing column 'output'")
+    assert rendered[1].startswith("d.jsonl:2: DATA001 data.datasets.b: missing column 'output'")

@@ -108,13 +108,16 @@ def _probe(name: str, spec: Any, registry: dict[str, Any], root: Path, file: str
         probe = probe_dataset(path, None, cols, fmt, kind, tags=tags, root=root)
     except (OSError, ValueError) as exc:
         return replace(facts, file_type="missing", problems=(Diagnostic("DATA001", str(exc), key, file),))
-    problems = _collapse(probe.problems, key)
+    problems = _collapse(probe.problems, key, probe.file_type)
     files = tuple({"path": relpath(root / f.path, root), "sha256": f.sha256, "size": f.size} for f in probe.files)
     return replace(facts, local=True, path=relpath(path, root), file_type=probe.file_type, files=files,
                    problems=problems)
 
 
-def _collapse(found: Any, key: str) -> tuple[Diagnostic, ...]:
+_LINE_TYPES = ("jsonl", "csv", "txt")   # the probe reports 1-based lines for these, 0-based record indexes otherwise
+
+
+def _collapse(found: Any, key: str, file_type: str) -> tuple[Diagnostic, ...]:
     """One diagnostic per distinct problem, at its first record, with how many other records share it."""
     groups: dict[str, list[Any]] = {}
     for p in found:
@@ -124,7 +127,10 @@ def _collapse(found: Any, key: str) -> tuple[Diagnostic, ...]:
         first, more = items[0], len(items) - 1
         text = message + (f" (expected {first.expected})" if first.expected else "")
         text += f"; {more} more of the records checked have the same problem" if more else ""
-        out.append(Diagnostic("DATA001", text, key, first.file, first.line))
+        line = first.line if file_type in _LINE_TYPES else None
+        if line is None and first.line is not None:
+            text = f"record {first.line}: {text}"
+        out.append(Diagnostic("DATA001", text, key, first.file, line))
     return tuple(out)
 
 
