@@ -110,3 +110,14 @@ def test_trained_lora_in_memory_matches_saved_adapter(rt, tmp_path, tiny_pretrai
     ids = torch.tensor([ctx.tokenizer()("What is 12+34?")["input_ids"]])
     reloaded = PeftModel.from_pretrained(start_weights(ctx, ctx.stage_by_name("sft")), str(tmp_path / "adapter"))
     assert torch.equal(_logits(model, ids), _logits(reloaded, ids))
+
+
+def test_qlora_4bit_trains_adapter_only(rt, tmp_path, tiny_pretrained):
+    pytest.importorskip("bitsandbytes")
+    bundle = _bundle(rt, tmp_path, tiny_pretrained, method="lora", learning_rate=1e-2)
+    plan = json.loads((bundle / "resolved.json").read_text())
+    plan["stages"][0]["finetuning"]["quantization"] = {"bits": 4, "quant_type": "nf4", "double_quant": True}
+    bundle = rt.write_bundle(tmp_path / "qlora", plan)
+    before, after, trainable, model, losses = rt.train_and_compare(bundle, "sft")
+    rt.assert_trained(before, after, trainable, losses)
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
