@@ -88,6 +88,10 @@ def _run_stage(ctx: RunContext, stage: dict) -> int:
     if outputs.is_done(ctx, stage):
         ctx.log(f"[{stage['name']}] already done (outputs/{stage['name']}/DONE); skipping")
         return EXIT_OK
+    if stage["kind"] not in STAGE_MODULES:
+        print(f"tkc run: stage {stage['name']!r}: kind {stage['kind']!r} is not implemented by this runtime "
+              f"(available: {', '.join(sorted(STAGE_MODULES))})")
+        return EXIT_BAD_BUNDLE
     module = importlib.import_module(f"tkc.runtime.stages.{STAGE_MODULES[stage['kind']]}")
     ctx.log(f"== stage {stage['index']}: {stage['name']} ({stage['kind']})")
     return module.run(ctx, stage)
