@@ -334,7 +334,7 @@ def section_parity(pa: dict) -> list[str]:
         )
     return out + [
         "",
-        "At cutoff 16384 (above every record's length) the input ids show whether the chat formats agree; at 512 rows that differ "
+        "At the large cutoff (16384, above every record's length) the input ids show whether the chat formats agree; at 512 rows that differ "
         "were truncated differently (the tools split the cutoff between prompt and response by "
         "different rules).",
         "",
