@@ -92,6 +92,12 @@ def section_machine(res: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
+def _ordered(t: dict) -> list[tuple[str, dict]]:
+    order = ["sft_lora", "sft_full", "dpo_lora"]
+    w = t.get("workloads") or {}
+    return sorted(w.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+
+
 def _loss_gap(wt: dict, wp: dict) -> tuple[float | None, float | None]:
     """(tkc - peer) of the last-5-step mean loss, and the noise: the larger of the two tools' standard
     deviations of the per-step loss over their last 10 steps (first run)."""
@@ -135,7 +141,7 @@ def section_summary(res: dict[str, dict]) -> list[str]:
         f"| preprocessing, cached re-run (examples/s) | {f(pt.get('cached_examples_per_s'), 0)} | "
         f"{f(pp.get('cached_examples_per_s'), 0)} | {r(cr)} | {DASH} | {DASH} |"
     )
-    for n, w in (t.get("workloads") or {}).items():
+    for n, w in _ordered(t):
         wt, wp, ra = _side(w, "tkc"), _side(w, "peer"), w.get("ratios") or {}
         tr, mr = ra.get("tokens_per_s"), ra.get("peak_rss")
         ok = None if tr is None or mr is None else (tr >= 1.5 and mr <= 1.0)
@@ -231,14 +237,16 @@ def section_train(t: dict) -> list[str]:
         + (
             "Tokens = non-padding tokens actually processed, counted from each tool's own tokenized rows; "
             "tokens/s = tokens ÷ the tool's training-loop wall time. Because the machine is shared and "
-            "its load swings, two companions less sensitive to it are shown: the median over steps of each "
-            "step's tokens ÷ its duration, and tokens per CPU-second of the process tree from step 1 to exit. "
+            "its load swings, companions less sensitive to it are shown: each step's tokens ÷ its duration, "
+            "as a median over steps and as a 90th percentile (the steps least disturbed by other jobs: the "
+            "closest to what an idle machine gives), and tokens per CPU-second of the process tree from step 1 "
+            "to exit (inflated for both tools when threads wait on each other under load). "
             "Peak RSS of the whole process tree. "
-            f"Median of {t.get('reps', DASH)} runs per tool; runs alternate tools."
+            "Medians over the runs listed per tool; runs alternate tools and the order flips every repetition."
         ),
         "",
     ]
-    for n, w in (t.get("workloads") or {}).items():
+    for n, w in _ordered(t):
         c, wt, wp, ra = w.get("config", {}), _side(w, "tkc"), _side(w, "peer"), w.get("ratios") or {}
         runs_t = [round(x["train_wall_s"], 1) for x in wt.get("per_run", []) if x.get("train_wall_s")]
         runs_p = [round(x["train_wall_s"], 1) for x in wp.get("per_run", []) if x.get("train_wall_s")]
@@ -295,7 +303,7 @@ def section_determinism(t: dict) -> list[str]:
         "| workload | tkc identical | tkc max abs Δloss | peer identical | peer max abs Δloss |",
         "|---|---|---|---|---|",
     ]
-    for n, w in (t.get("workloads") or {}).items():
+    for n, w in _ordered(t):
         wt, wp = _side(w, "tkc"), _side(w, "peer")
         rows.append(
             f"| {n} | {f(wt.get('deterministic'))} | {f(wt.get('max_loss_diff_between_runs'), 6)} | "
