@@ -20,7 +20,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 WORK = BENCH / ".work"
-RESULTS = BENCH / "results"
+RESULTS = Path(os.environ.get("TKC_BENCH_RESULTS", BENCH / "results"))  # elsewhere: a trial run
 DATASETS = Path(os.environ.get("TKC_BENCH_DATASETS", "/work/shared/datasets"))
 TKC = ROOT / ".venv" / "bin" / "tkc"
 TKC_PY = ROOT / ".venv" / "bin" / "python"
@@ -267,7 +267,7 @@ def save(name: str, payload: dict) -> Path:
     }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path}")
     return path
 
 

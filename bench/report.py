@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, ROOT  # noqa: E402
 
-OUT = ROOT / "BENCHMARKS.md"
+OUT = ROOT / "BENCHMARKS.md" if RESULTS == ROOT / "bench" / "results" else RESULTS / "BENCHMARKS.md"
 DASH = "—"
 
 
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         print("BENCHMARKS.md is stale: run bench/report.py" if stale else "BENCHMARKS.md is current")
         return int(stale)
     OUT.write_text(text)
-    print(f"wrote {OUT.relative_to(ROOT)}")
+    print(f"wrote {OUT}")
     return 0
 
 
