@@ -431,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         stale = not OUT.exists() or OUT.read_text() != text
         print("BENCHMARKS.md is stale: run bench/report.py" if stale else "BENCHMARKS.md is current")
         return int(stale)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(text)
     print(f"wrote {OUT}")
     return 0
