@@ -49,6 +49,7 @@ class Profile(Record):
     interconnect: str = "none"
     lockfile: str = "cpu"
     default_launch: str = "local"
+    cpu_threads: int = 1       # intra-op threads per process; 1 = the same float reduction order everywhere
 
 
 class TemplateMeta(Record):

@@ -48,16 +48,16 @@ def verify(bundle_dir: Path) -> str | None:
     return "; ".join(map(str, problems)) if problems else None
 
 
-def set_cpu_threads() -> int:
-    """Intra-op threads: $OMP_NUM_THREADS when set, else 1.
+def set_cpu_threads(resolved: dict) -> int:
+    """Intra-op threads from the plan (`launch.cpu_threads`, the profile's unless the recipe sets it).
 
-    One thread is the default because (a) float reductions then run in the same order on every machine, so
-    CPU runs are bit-identical across hosts, and (b) on a shared 2-core box, 2 spinning OpenMP threads per
-    process made the tiny model's steps ~5x slower than 1 thread (measured). Set OMP_NUM_THREADS to use more.
+    The compiler pins it because float reductions run in a thread-count-dependent order: with the same count,
+    CPU runs are bit-identical across hosts. The cpu profile says 1: on a shared 2-core box, 2 spinning OpenMP
+    threads per process made the tiny model's steps ~5x slower than 1 thread (measured).
     """
     import torch
 
-    threads = int(os.environ.get("OMP_NUM_THREADS") or 1)
+    threads = int((resolved.get("launch") or {}).get("cpu_threads") or 1)
     torch.set_num_threads(threads)
     return threads
 
@@ -125,7 +125,7 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
             return EXIT_ENV_MISMATCH
     from tkc.runtime.dist import init_distributed, shutdown_distributed
 
-    set_cpu_threads()
+    set_cpu_threads(resolved)
     dist = init_distributed((resolved.get("launch") or {}).get("backend", "gloo"))
     ctx = RunContext(bundle_dir, resolved, resolve_source_root(bundle_dir, source_root), load_bundle_hash(bundle_dir),
                      dist=dist)

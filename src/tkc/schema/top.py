@@ -39,6 +39,9 @@ class LaunchSpec(Spec):
     zero_stage: Literal[0, 1, 2, 3] | None = Field(None, description="DeepSpeed ZeRO stage.")
     offload: bool = Field(False, description="Offload optimizer state to CPU (DeepSpeed/FSDP).")
     rdzv_timeout_s: Annotated[int, Field(gt=0)] = Field(900, description="Fail, not hang, after this.")
+    cpu_threads: Annotated[int, Field(gt=0, le=1024)] | None = Field(
+        None, description="Intra-op CPU threads per process (default: the profile's); part of the plan because "
+                          "float reductions, hence CPU results, depend on it.")
     slurm: SlurmSpec | None = Field(None, description="Slurm options.")
     kubernetes: KubernetesSpec | None = Field(None, description="Kubernetes options.")
 

@@ -26,10 +26,12 @@ def resolve_hardware_profile(plan: Plan) -> Plan:
         out["hardware.profile"] = (hw, source_of(plan, ("hardware",)))
         out["hardware.lockfile"] = (prof.lockfile, src)
         out["hardware.default_launch"] = (prof.default_launch, src)
+        out["hardware.cpu_threads"] = (prof.cpu_threads, src)
         return plan.with_values(out)
     out = {f"hardware.{k}": (getattr(hw, k), source_of(plan, ("hardware", k))) for k in _KEYS}
     out["hardware.profile"] = ("inline", "recipe")
     out["hardware.lockfile"] = (_LOCKFILE_FOR[hw.accelerator], "derived:resolve_hardware_profile")
     multi = hw.devices_per_node * hw.nodes > 1
     out["hardware.default_launch"] = ("torchrun" if multi else "local", "derived:resolve_hardware_profile")
+    out["hardware.cpu_threads"] = (1, "default")
     return plan.with_values(out)
