@@ -18,6 +18,8 @@ Per run, the same way for both tools:
 Companions less sensitive to other jobs on this shared machine: per-step throughput (steps 2..N, from each
 step record's arrival time and cumulative token count) as a median and as a 90th percentile (the least
 disturbed steps), and tokens per CPU-second of the process tree from step 1 to exit.
+Threads: tkc's cpu profile pins 1 intra-op thread (`launch.cpu_threads`); the peer uses torch's default
+(one per core). --peer-threads 1 adds a peer row with OMP_NUM_THREADS=1, the matched setting.
 Determinism: per tool, every repetition's full-precision loss sequence compared with the first.
 Runs alternate tools (and the order flips every repetition). Results: bench/results/train.json.
 """
@@ -43,6 +45,7 @@ from tiny_assets import build as build_assets  # noqa: E402
 from workloads import WORKLOADS, Workload, peer_defaults, workdir, write_peer_config, write_tkc_recipe  # noqa: E402
 
 GiB = 2**30
+PEER_T = "peer_matched_threads"  # the peer with OMP_NUM_THREADS = tkc's cpu_threads (--peer-threads)
 COUNT_CODE = (
     "import json,sys; from datasets import load_from_disk; d=load_from_disk(sys.argv[1]);"
     "t=d['train'] if hasattr(d,'keys') else d;"
@@ -102,11 +105,14 @@ def _peer_marks(r) -> list[tuple[float, int]]:
     return marks
 
 
-def peer_once(w: Workload, model: Path, d: Path) -> dict:
+def peer_once(w: Workload, model: Path, d: Path, threads: int | None = None) -> dict:
     shutil.rmtree(d, ignore_errors=True)
     out = d / "out"
     cfg = write_peer_config(w, model, out, d / "cfg.yaml", tokenized_path=str(d / "tokenized"))
-    r = run([PEER_CLI, "train", cfg], env={**PEER_ENV, "HF_DATASETS_CACHE": str(d / "hf-cache")}, timeout=900)
+    env = {**PEER_ENV, "HF_DATASETS_CACHE": str(d / "hf-cache")}
+    if threads:  # torch takes its intra-op thread count from these at start-up
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    r = run([PEER_CLI, "train", cfg], env=env, timeout=900)
     res: dict = {
         "ok": r.returncode == 0,
         "launch_to_exit_s": r.wall_s,
@@ -157,6 +163,8 @@ def tkc_once(w: Workload, model: Path, d: Path) -> dict:
     steps = [json.loads(s) for s in (sdir / "steps.jsonl").read_text().splitlines() if s.strip()]
     losses = [s["loss"] for s in steps if "loss" in s]
     res.update(train_wall_s=rec["wall_time_s"], tokens=rec["tokens_seen"], losses=losses, steps=len(losses))
+    resolved = json.loads((bundle / "resolved.json").read_text())
+    res["cpu_threads"] = (resolved.get("launch") or {}).get("cpu_threads")
     marks = [(t, json.loads(s[len("@file") :])["tokens_seen"]) for t, s in r.lines if s.startswith("@file{")]
     res.update(_robust(r, [m for m in marks if m[1]], rec["tokens_seen"]))
     return res
@@ -222,6 +230,31 @@ def _ratios(t: dict, p: dict) -> dict:
     }
 
 
+def _alternate(
+    names: list[str], reps: int, model: Path, do_tkc: bool, do_peer: bool, peer_threads: int | None
+) -> dict[str, dict[str, list[dict]]]:
+    """Run every workload `reps` times per tool, alternating tools and flipping the order each repetition."""
+    raw: dict[str, dict[str, list[dict]]] = {n: {"tkc": [], "peer": [], PEER_T: []} for n in names}
+    for i in range(reps):
+        for n in names:
+            w = WORKLOADS[n]
+            order = ["tkc", "peer", PEER_T] if i % 2 == 0 else [PEER_T, "peer", "tkc"]
+            for tool in order:
+                if tool == "tkc" and do_tkc:
+                    raw[n]["tkc"].append(tkc_once(w, model, workdir("train", n, f"tkc-{i}")))
+                elif tool == "peer" and do_peer:
+                    raw[n]["peer"].append(peer_once(w, model, workdir("train", n, f"peer-{i}")))
+                elif tool == PEER_T and peer_threads:
+                    raw[n][PEER_T].append(
+                        peer_once(w, model, workdir("train", n, f"peer-t-{i}"), peer_threads)
+                    )
+            brief = {
+                t: [(round(x.get("train_wall_s") or -1, 1), x.get("ok")) for x in raw[n][t]] for t in raw[n]
+            }
+            print(f"rep {i + 1}/{reps} {n}: {brief}", flush=True)
+    return raw
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=None)
@@ -229,6 +262,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--side", choices=["both", "tkc", "peer"], default="both")
     ap.add_argument(
         "--workloads", default=None, help="comma-separated subset of " + ",".join(WORKLOADS) + ", or none"
+    )
+    ap.add_argument(
+        "--peer-threads",
+        type=int,
+        default=None,
+        help="also run the peer with OMP_NUM_THREADS=N (tkc's cpu profile pins 1 intra-op thread)",
     )
     ap.add_argument(
         "--peer-defaults",
@@ -246,20 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     do_peer = a.side in ("both", "peer")
     if do_peer:
         ensure_peer()
-    raw: dict[str, dict[str, list[dict]]] = {n: {"tkc": [], "peer": []} for n in names}
-    for i in range(reps):
-        for n in names:
-            w = WORKLOADS[n]
-            order = ["tkc", "peer"] if i % 2 == 0 else ["peer", "tkc"]
-            for tool in order:
-                if tool == "tkc" and do_tkc:
-                    raw[n]["tkc"].append(tkc_once(w, model, workdir("train", n, f"tkc-{i}")))
-                elif tool == "peer" and do_peer:
-                    raw[n]["peer"].append(peer_once(w, model, workdir("train", n, f"peer-{i}")))
-            brief = {
-                t: [(round(x.get("train_wall_s") or -1, 1), x.get("ok")) for x in raw[n][t]] for t in raw[n]
-            }
-            print(f"rep {i + 1}/{reps} {n}: {brief}", flush=True)
+    raw = _alternate(names, reps, model, do_tkc, do_peer, a.peer_threads)
     res: dict = {"reps": reps, "workloads": {}}
     for n in names:
         w = WORKLOADS[n]
@@ -268,6 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
             "tkc": _summary(raw[n]["tkc"]) if do_tkc else {"status": "not measured"},
             "peer": _summary(raw[n]["peer"]) if do_peer else {"status": "not measured"},
         }
+        if a.peer_threads and do_peer:
+            entry[PEER_T] = {**_summary(raw[n][PEER_T]), "threads": a.peer_threads}
         res["workloads"][n] = entry
     if peer_def and do_peer:
         wd = peer_defaults(WORKLOADS["sft_lora"])
@@ -284,6 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
     _keep_other_workloads(res, names)
     for _n, entry in res["workloads"].items():
         entry["ratios"] = _ratios(entry["tkc"], entry["peer"])
+        if PEER_T in entry:
+            entry["ratios_vs_" + PEER_T] = _ratios(entry["tkc"], entry[PEER_T])
     res["targets"] = {
         "tokens_per_s_ratio_min": 1.5,
         "peak_rss_ratio_max": 1.0,
