@@ -16,6 +16,7 @@ from common import RESULTS, ROOT  # noqa: E402
 
 OUT = ROOT / "BENCHMARKS.md" if RESULTS == ROOT / "bench" / "results" else RESULTS / "BENCHMARKS.md"
 DASH = "—"
+PEER_T = "peer_matched_threads"
 
 
 def _load(name: str) -> dict:
@@ -143,17 +144,26 @@ def section_summary(res: dict[str, dict]) -> list[str]:
     )
     for n, w in _ordered(t):
         wt, wp, ra = _side(w, "tkc"), _side(w, "peer"), w.get("ratios") or {}
-        tr, mr = ra.get("tokens_per_s"), ra.get("peak_rss")
-        ok = None if tr is None or mr is None else (tr >= 1.5 and mr <= 1.0)
+        pm, rm_ = _side(w, PEER_T), w.get("ratios_vs_" + PEER_T) or {}
+        matched = bool(pm)
+        for label, peer, rat, judged in (
+            (f"{n}: tokens/s (peak RSS GiB), peer at tkc's thread count", pm, rm_, True),
+            (f"{n}: tokens/s (peak RSS GiB), peer at its default threads", wp, ra, not matched),
+        ):
+            if not peer and label.endswith("thread count"):
+                continue
+            tr, mr = rat.get("tokens_per_s"), rat.get("peak_rss")
+            ok = None if tr is None or mr is None or not judged else (tr >= 1.5 and mr <= 1.0)
+            rows.append(
+                f"| {label} | {f(wt.get('tokens_per_s'), 0)} ({f(wt.get('peak_rss_gib'))}) | "
+                f"{f(peer.get('tokens_per_s'), 0)} ({f(peer.get('peak_rss_gib'))}) | {r(tr)} ({r(mr)} memory) | "
+                f"≥ 1.5× at ≤ 1× memory | {met(ok) if judged else 'see above'} |"
+            )
+        ref, rref = (pm, rm_) if matched else (wp, ra)
+        p9 = rref.get("step_tokens_per_s_p90")
         rows.append(
-            f"| {n}: tokens/s (peak RSS GiB) | {f(wt.get('tokens_per_s'), 0)} ({f(wt.get('peak_rss_gib'))}) | "
-            f"{f(wp.get('tokens_per_s'), 0)} ({f(wp.get('peak_rss_gib'))}) | {r(tr)} ({r(mr)} memory) | "
-            f"≥ 1.5× at ≤ 1× memory | {met(ok)} |"
-        )
-        p9 = ra.get("step_tokens_per_s_p90")
-        rows.append(
-            f"| {n}: per-step tokens/s of the least disturbed steps (90th pct.) | "
-            f"{f(wt.get('step_tokens_per_s_p90'), 0)} | {f(wp.get('step_tokens_per_s_p90'), 0)} | {r(p9)} | "
+            f"| {n}: per-step tokens/s of the least disturbed steps (90th pct.){', matched threads' if matched else ''} | "
+            f"{f(wt.get('step_tokens_per_s_p90'), 0)} | {f(ref.get('step_tokens_per_s_p90'), 0)} | {r(p9)} | "
             f"≥ 1.5× | {met(None if p9 is None else p9 >= 1.5)} |"
         )
         dl, noise = _loss_gap(wt, wp)
@@ -229,6 +239,83 @@ def section_preprocess(p: dict) -> list[str]:
     ]
 
 
+METRICS = [  # (label, key, digits, ratio key or None, how the ratio reads)
+    ("tokens processed", "tokens", 0, None, ""),
+    ("training wall (s), median", "train_wall_s", 1, None, ""),
+    ("tokens/s", "tokens_per_s", 0, "tokens_per_s", "x"),
+    ("per-step tokens/s, median", "step_tokens_per_s_median", 0, "step_tokens_per_s_median", "x"),
+    (
+        "per-step tokens/s, 90th percentile (least disturbed steps)",
+        "step_tokens_per_s_p90",
+        0,
+        "step_tokens_per_s_p90",
+        "x",
+    ),
+    ("tokens per CPU-second, step 1 → exit", "tokens_per_cpu_s", 0, "tokens_per_cpu_s", "x"),
+    ("CPU seconds, whole command", "cpu_s", 1, None, ""),
+    ("peak RSS (GiB)", "peak_rss_gib", 2, "peak_rss", "x"),
+    ("launch → first step (s)", "launch_to_first_step_s", 2, "launch_to_first_step_speedup", "t"),
+    ("launch → exit (s)", "launch_to_exit_s", 1, "launch_to_exit_speedup", "t"),
+    ("final loss", "final_loss", 4, None, ""),
+    ("final loss, mean of last 5 steps", "final_loss_last5", 4, None, ""),
+]
+
+
+def _train_table(n: str, w: dict) -> list[str]:
+    c = w.get("config", {})
+    cols = [("tkc" + _note(w, "tkc"), _side(w, "tkc"), None)]
+    if _side(w, PEER_T):
+        th = (w.get(PEER_T) or {}).get("threads", 1)
+        cols.append(
+            (
+                f"peer, {th} thread (as tkc)" + _note(w, PEER_T),
+                _side(w, PEER_T),
+                w.get("ratios_vs_" + PEER_T) or {},
+            )
+        )
+    cols.append(("peer, default threads" + _note(w, "peer"), _side(w, "peer"), w.get("ratios") or {}))
+    peers = cols[1:]
+    head = (
+        "| | "
+        + " | ".join(c_[0] for c_ in cols)
+        + " | "
+        + " | ".join(f"tkc vs {c_[0].split(' (')[0]}" for c_ in peers)
+        + " |"
+    )
+    rows = [head, "|" + "---|" * (1 + len(cols) + len(peers))]
+    for label, key, dg, rk, how in METRICS:
+        vals = [f(c_[1].get(key), dg) for c_ in cols]
+        rats = [(r if how == "x" else sp)(c_[2].get(rk)) if rk else "" for c_ in peers]
+        rows.append(f"| {label} | " + " | ".join(vals) + " | " + " | ".join(rats) + " |")
+    each = [
+        str([round(x["train_wall_s"], 1) for x in c_[1].get("per_run", []) if x.get("train_wall_s")] or DASH)
+        for c_ in cols
+    ]
+    rows.append("| training wall (s), each run | " + " | ".join(each) + " |" + " |" * len(peers))
+    det = [f(c_[1].get("deterministic")) for c_ in cols]
+    rows.append("| identical losses across runs | " + " | ".join(det) + " |" + " |" * len(peers))
+    ok = [f"{c_[1].get('runs_ok', DASH)}/{c_[1].get('runs', DASH)}" for c_ in cols]
+    rows.append("| runs ok | " + " | ".join(ok) + " |" + " |" * len(peers))
+    out = [
+        f"### {n}: {c.get('kind', '').upper()} {c.get('method', '')}, {c.get('records')} records × 1 epoch, "
+        f"batch {c.get('batch')}, {c.get('steps')} steps, cutoff {c.get('cutoff')}, lr {c.get('learning_rate')}",
+        "",
+        f"Measured {w.get('measured_utc', DASH)} UTC.",
+        "",
+        *rows,
+        "",
+    ]
+    wp = _side(w, "peer")
+    seen = [x.get("peer_num_input_tokens_seen") for x in wp.get("per_run", []) if x.get("ok")]
+    if seen:
+        out += [
+            f"Cross-check: the peer's own `num_input_tokens_seen` (non_padding mode) = {seen[0]:,} "
+            f"vs {f(wp.get('tokens'), 0)} counted from its tokenized rows.",
+            "",
+        ]
+    return out
+
+
 def section_train(t: dict) -> list[str]:
     out = [
         "## 3. Training",
@@ -247,41 +334,7 @@ def section_train(t: dict) -> list[str]:
         "",
     ]
     for n, w in _ordered(t):
-        c, wt, wp, ra = w.get("config", {}), _side(w, "tkc"), _side(w, "peer"), w.get("ratios") or {}
-        runs_t = [round(x["train_wall_s"], 1) for x in wt.get("per_run", []) if x.get("train_wall_s")]
-        runs_p = [round(x["train_wall_s"], 1) for x in wp.get("per_run", []) if x.get("train_wall_s")]
-        out += [
-            f"### {n}: {c.get('kind', '').upper()} {c.get('method', '')}, {c.get('records')} records × 1 epoch, "
-            f"batch {c.get('batch')}, {c.get('steps')} steps, cutoff {c.get('cutoff')}, lr {c.get('learning_rate')}",
-            "",
-            "| | tkc" + _note(w, "tkc") + " | peer" + _note(w, "peer") + " | tkc vs peer |",
-            "|---|---|---|---|",
-            f"| tokens processed | {f(wt.get('tokens'), 0)} | {f(wp.get('tokens'), 0)} | |",
-            f"| training wall (s), median | {f(wt.get('train_wall_s'), 1)} | {f(wp.get('train_wall_s'), 1)} | |",
-            f"| training wall (s), each run | {runs_t or DASH} | {runs_p or DASH} | |",
-            f"| tokens/s | {f(wt.get('tokens_per_s'), 0)} | {f(wp.get('tokens_per_s'), 0)} | {r(ra.get('tokens_per_s'))} |",
-            f"| median per-step tokens/s (robust to load spikes) | {f(wt.get('step_tokens_per_s_median'), 0)} | "
-            f"{f(wp.get('step_tokens_per_s_median'), 0)} | {r(ra.get('step_tokens_per_s_median'))} |",
-            f"| per-step tokens/s, 90th percentile (least disturbed steps) | {f(wt.get('step_tokens_per_s_p90'), 0)} | "
-            f"{f(wp.get('step_tokens_per_s_p90'), 0)} | {r(ra.get('step_tokens_per_s_p90'))} |",
-            f"| tokens per CPU-second, step 1 → exit | {f(wt.get('tokens_per_cpu_s'), 0)} | "
-            f"{f(wp.get('tokens_per_cpu_s'), 0)} | {r(ra.get('tokens_per_cpu_s'))} |",
-            f"| CPU seconds, whole command | {f(wt.get('cpu_s'), 1)} | {f(wp.get('cpu_s'), 1)} | |",
-            f"| peak RSS (GiB) | {f(wt.get('peak_rss_gib'))} | {f(wp.get('peak_rss_gib'))} | {r(ra.get('peak_rss'))} |",
-            f"| launch → first step (s) | {f(wt.get('launch_to_first_step_s'))} | {f(wp.get('launch_to_first_step_s'))} | {sp(ra.get('launch_to_first_step_speedup'))} |",
-            f"| launch → exit (s) | {f(wt.get('launch_to_exit_s'), 1)} | {f(wp.get('launch_to_exit_s'), 1)} | {sp(ra.get('launch_to_exit_speedup'))} |",
-            f"| final loss (mean of last 5 steps) | {f(wt.get('final_loss'), 4)} ({f(wt.get('final_loss_last5'), 4)}) | "
-            f"{f(wp.get('final_loss'), 4)} ({f(wp.get('final_loss_last5'), 4)}) | Δ {f(ra.get('final_loss_diff'), 4)} |",
-            f"| runs ok | {wt.get('runs_ok', DASH)}/{wt.get('runs', DASH)} | {wp.get('runs_ok', DASH)}/{wp.get('runs', DASH)} | |",
-            "",
-        ]
-        if wp.get("tokens") and wp.get("per_run"):
-            seen = [x.get("peer_num_input_tokens_seen") for x in wp["per_run"] if x.get("ok")]
-            out += [
-                f"Peer cross-check: its `num_input_tokens_seen` (non_padding) = {seen[:1] or DASH} "
-                f"(0 means it does not count for this trainer).",
-                "",
-            ]
+        out += _train_table(n, w)
     pd = t.get("peer_defaults_sft_lora")
     if pd:
         s = _side(pd, "peer")

@@ -31,6 +31,7 @@ import json
 import shutil
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -296,6 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
         if a.peer_threads and do_peer:
             entry[PEER_T] = {**_summary(raw[n][PEER_T]), "threads": a.peer_threads}
+        entry["measured_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         res["workloads"][n] = entry
     if peer_def and do_peer:
         wd = peer_defaults(WORKLOADS["sft_lora"])
@@ -333,10 +335,8 @@ def _keep_other_workloads(res: dict, names: list[str]) -> None:
     old = json.loads(path.read_text())
     for n, entry in old.get("workloads", {}).items():
         if n not in names:
+            entry.setdefault("measured_utc", old.get("generated_utc"))
             res["workloads"][n] = entry
-            for side in ("tkc", "peer"):
-                if "status" not in entry.get(side, {"status": 1}):
-                    entry[side].setdefault("from_earlier_run", old.get("generated_utc"))
     if "peer_defaults_sft_lora" not in res and "peer_defaults_sft_lora" in old:
         res["peer_defaults_sft_lora"] = old["peer_defaults_sft_lora"]
 
