@@ -452,7 +452,11 @@ Matched settings (`bench/workloads.py`): same model files, first N records, Qwen
 default system prompt inserted on both sides (peer template `qwen`, tkc template `qwen2_5`), cutoff 512,
 batch 4 (no accumulation), 1 epoch, seed 42, AdamW, lr cosine without warmup, weight decay 0, clip 1.0,
 LoRA r 8 / alpha 16 / dropout 0 on q,k,v,o,gate,up,down, fp32, gradient checkpointing off (the peer's
-default is on: shown as a separate row), one data process, no eval, no checkpoints. DPO: sigmoid loss,
+default is on: shown as a separate row), one data process, no eval, no checkpoints. Threads: tkc's `cpu`
+hardware profile pins one intra-op thread (`launch.cpu_threads`, so float reductions run in the same order
+on every host); the peer uses torch's default, one per core (2 here). The peer is run both ways: with
+`OMP_NUM_THREADS=1` (matched, judged against the targets) and with its default (shown beside it). On this
+shared 2-core machine two spinning OpenMP threads per process make a big difference, so read both. DPO: sigmoid loss,
 beta 0.1, reference = the frozen base (adapter disabled).
 """
 

@@ -39,7 +39,7 @@ def main() -> None:
         ("errors", lambda: errors.main(flags)),
         ("preprocess", lambda: preprocess.main(flags)),
         ("parity", parity.main),
-        ("train", lambda: train.main(flags)),
+        ("train", lambda: train.main([*flags, "--peer-threads", "1"])),
     ):
         t = time.monotonic()
         print(f"== {name}", flush=True)
