@@ -100,6 +100,11 @@ def prompt_items(ctx: RunContext, stage: dict) -> list[dict]:
 
 def rm_reward(ctx: RunContext, name: str):
     """A reward function scoring prompt + completion ids with an rm stage's sequence-classification model."""
+    kinds = {st["name"]: st["kind"] for st in ctx.resolved["stages"]}
+    if kinds.get(name) != "rm":
+        raise RuntimeError(f"grpo reward_model {name!r} is not an rm stage of this bundle (rm stages: "
+                           f"{sorted(k for k, v in kinds.items() if v == 'rm')}); another bundle's path is not "
+                           "supported by the runtime yet")
     model = load_stage_output(ctx, name, head="seq_cls").eval().requires_grad_(False)
     pad_id = ctx.tokenizer().pad_token_id
 
