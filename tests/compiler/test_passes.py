@@ -115,3 +115,32 @@ def test_bad_records_are_named_by_line_or_record(tmp_path):
     rendered = sorted(d.render() for d in info.value.diagnostics)
     assert rendered[0].startswith("d.json: DATA001 data.datasets.a: record 1: missing column 'output'")
     assert rendered[1].startswith("d.jsonl:2: DATA001 data.datasets.b: missing column 'output'")
+
+
+def test_reward_function_registries_agree():
+    """The schema's list (compile path, no runtime import) and the runtime's registry name the same functions."""
+    from tkc.runtime.rewards import NAMES
+    from tkc.schema.stages import REWARD_FUNCTIONS
+
+    assert tuple(sorted(REWARD_FUNCTIONS)) == NAMES
+
+
+def test_runtime_implements_every_stage_kind():
+    import typing
+
+    from tkc.runtime.run import STAGE_MODULES
+    from tkc.schema.stages import StageSpec
+
+    kinds = {typing.get_args(m.model_fields["kind"].annotation)[0]
+             for m in typing.get_args(typing.get_args(StageSpec)[0])}
+    assert kinds == set(STAGE_MODULES)
+
+
+def test_grpo_rules(tkc):
+    recipe = REPO / "recipes" / "tiny_grpo.yaml"
+    code, _, err = tkc("compile", recipe, "--check", "--set", "stages.1.reward_model=sft")
+    assert code == 2 and "needs exactly one of reward_model, reward_function" in err
+    code, _, err = tkc("compile", recipe, "--check", "--set", "stages.1.num_generations=3")
+    assert code == 2 and "GRPO001" in err and "multiple of num_generations (3)" in err
+    code, _, err = tkc("compile", recipe, "--check", "--set", "stages.1.reward_function=exact_mach")
+    assert code == 2 and "did you mean 'exact_match'?" in err

@@ -79,6 +79,23 @@ def stage_refs(plan: Plan) -> Iterator[Violation]:
                        "nor a bundle path", did_you_mean(rm, names[:i]))
 
 
+def grpo_reward(plan: Plan) -> Iterator[Violation]:
+    names = [plan.get(f"stages.{i}.name") for i in range(plan.stage_count())]
+    for i, kind, name in _stages(plan):
+        if kind != "grpo":
+            continue
+        rm, fn = plan.get(f"stages.{i}.options.reward_model"), plan.get(f"stages.{i}.options.reward_function")
+        if (rm is None) == (fn is None):
+            yield (("stages", i), f"grpo stage {name!r} needs exactly one of reward_model, reward_function", None)
+        elif rm is not None and (rm not in names[:i] or plan.get(f"stages.{names.index(rm)}.kind") != "rm"):
+            yield (("stages", i, "reward_model"), f"grpo reward_model {rm!r} is not an earlier rm stage",
+                   did_you_mean(rm, names[:i]))
+        gbs, n = plan.get(f"stages.{i}.train.global_batch_size"), plan.get(f"stages.{i}.options.num_generations")
+        if gbs % n:
+            yield (_train_key(plan, i, "global_batch_size"), f"grpo stage {name!r}: global batch {gbs} is not a "
+                   f"multiple of num_generations ({n})", f"use a multiple of {n}")
+
+
 def precision_supported(plan: Plan) -> Iterator[Violation]:
     for i, _, name in _stages(plan):
         prec = plan.get(f"stages.{i}.train.precision")
@@ -115,6 +132,7 @@ RULES: dict[str, Callable[[Plan], Iterator[Violation]]] = {
     "PACK001": packing_stage,
     "DATA010": dataset_refs,
     "STAGE001": stage_refs,
+    "GRPO001": grpo_reward,
     "PREC001": precision_supported,
     "PEFT001": quantization_needs_lora,
     "TMPL002": template_capabilities,

@@ -31,7 +31,7 @@ from tkc.runtime.context import (
 from tkc.runtime.envcheck import check_environment, format_mismatches
 
 STAGE_MODULES = {"pt": "pt", "sft": "sft", "rm": "rm", "dpo": "dpo", "kto": "kto", "ppo": "ppo", "eval": "eval",
-                 "infer": "infer", "export": "export"}
+                 "infer": "infer", "export": "export", "grpo": "grpo"}
 
 
 def verify(bundle_dir: Path) -> str | None:

@@ -55,12 +55,25 @@ class PpoStage(StageBase):
     temperature: Annotated[float, Field(gt=0)] = Field(1.0, description="Rollout sampling temperature.")
 
 
+REWARD_FUNCTIONS = ("exact_match", "format", "length_penalty")   # kept equal to tkc.runtime.rewards.NAMES by a test
+
+
 class GrpoStage(StageBase):
     kind: Literal["grpo"]
-    reward_model: str | None = Field(None, description="An rm stage name or bundle path.")
-    reward_function: str | None = Field(None, description="A built-in reward function id.")
+    reward_model: str | None = Field(None, description="An earlier rm stage of this recipe.")
+    reward_function: Literal[REWARD_FUNCTIONS] | None = Field(  # type: ignore[valid-type]
+        None, description="A built-in reward function.")
     num_generations: Annotated[int, Field(gt=1)] = Field(4, description="Completions per prompt.")
     max_new_tokens: Annotated[int, Field(gt=0)] = Field(32, description="Completion length.")
+    temperature: Annotated[float, Field(gt=0)] = Field(1.0, description="Sampling temperature of rollouts.")
+    top_p: Annotated[float, Field(gt=0, le=1)] = Field(1.0, description="Nucleus sampling mass.")
+    top_k: Annotated[int, Field(ge=0)] = Field(0, description="Top-k sampling; 0 = off.")
+    beta: Annotated[float, Field(ge=0)] = Field(0.0, description="KL coefficient to the start policy (LoRA only).")
+    epsilon: Annotated[float, Field(gt=0)] = Field(0.2, description="Clip range of the importance ratio.")
+    num_iterations: Annotated[int, Field(gt=0)] = Field(1, description="Updates per generated batch.")
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = Field("dapo", description="GRPO loss normalisation.")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Advantage scaling.")
+    mask_truncated_completions: bool = Field(False, description="Drop completions cut at max_new_tokens.")
 
 
 class EvalStage(StageBase):
