@@ -261,7 +261,7 @@ METRICS = [  # (label, key, digits, ratio key or None, how the ratio reads)
 ]
 
 
-def _train_table(n: str, w: dict) -> list[str]:
+def _train_table(n: str, w: dict, when: str | None = None) -> list[str]:
     c = w.get("config", {})
     cols = [("tkc" + _note(w, "tkc"), _side(w, "tkc"), None)]
     if _side(w, PEER_T):
@@ -300,7 +300,7 @@ def _train_table(n: str, w: dict) -> list[str]:
         f"### {n}: {c.get('kind', '').upper()} {c.get('method', '')}, {c.get('records')} records × 1 epoch, "
         f"batch {c.get('batch')}, {c.get('steps')} steps, cutoff {c.get('cutoff')}, lr {c.get('learning_rate')}",
         "",
-        f"Measured {w.get('measured_utc', DASH)} UTC.",
+        f"Measured {w.get('measured_utc') or when or DASH} (UTC).",
         "",
         *rows,
         "",
@@ -334,7 +334,7 @@ def section_train(t: dict) -> list[str]:
         "",
     ]
     for n, w in _ordered(t):
-        out += _train_table(n, w)
+        out += _train_table(n, w, t.get("generated_utc"))
     pd = t.get("peer_defaults_sft_lora")
     if pd:
         s = _side(pd, "peer")
