@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/run_all.py [--quick] [--side both|tkc|peer]      # `make bench`
 
-Full: ~20 minutes on 2 cores (errors 7 reps, preprocessing 3 cold+cached, three training workloads x 2
-repetitions per tool, the peer-defaults row, token parity). --quick: ~8 minutes (fewer repetitions,
-SFT+LoRA only). Benchmarks are not tests: nothing here runs in `make test`.
+Full: about 27 minutes on this shared 2-core machine (errors ~1.5, preprocessing ~1.5, parity ~1,
+three training workloads x 2 repetitions x 3 settings (tkc, peer at tkc's thread count, peer at its
+default threads) ~21, the peer-defaults row ~2.5). --quick: about 12 minutes (fewer repetitions,
+SFT+LoRA only). Set TKC_BENCH_RESULTS=DIR to write results and the report there instead (trial runs).
+Benchmarks are not tests: nothing here runs in `make test`.
 """
 
 from __future__ import annotations
