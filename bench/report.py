@@ -419,7 +419,7 @@ STATIC = """## Reading these figures
 
 ```bash
 .venv/bin/python bench/peer.py         # once: the peer's private venv (bench/.peer/venv, gitignored)
-make bench                             # = .venv/bin/python bench/run_all.py  (~20 min; --quick ~8 min)
+make bench                             # = .venv/bin/python bench/run_all.py  (~27 min here; --quick ~12 min)
 .venv/bin/python bench/errors.py       # or each benchmark alone: errors, preprocess, parity, train
 .venv/bin/python bench/report.py       # rewrite this file from bench/results/*.json
 ```
