@@ -31,7 +31,8 @@ def build_manifest(contents: dict[str, bytes], tkc_version: str,
             "bundle_hash": bundle_hash(files)}
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's entry list, so a rename inside it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -99,7 +100,7 @@ def _swap_into_place(tmp: Path, out: Path, manifest: dict[str, Any], force: bool
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
-    _fsync_dir(out.parent)
+    fsync_path(out.parent)
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

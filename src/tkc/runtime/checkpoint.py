@@ -12,17 +12,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tkc.bundle.io import fsync_path
 from tkc.runtime.context import BundleChanged
 
 _CKPT = re.compile(r"^ckpt-(\d+)$")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(root: Path, step: int, *, tensors: dict[str, torch.Tensor], optimizer_state: dict,
@@ -36,14 +29,14 @@ def save_checkpoint(root: Path, step: int, *, tensors: dict[str, torch.Tensor], 
     torch.save(optimizer_state, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state, sort_keys=True, indent=1) + "\n", encoding="utf-8")
     for f in tmp.iterdir():
-        _fsync(f)
+        fsync_path(f)
     (tmp / "COMPLETE").write_text(str(step) + "\n", encoding="utf-8")
-    _fsync(tmp / "COMPLETE")
-    _fsync(tmp)
+    fsync_path(tmp / "COMPLETE")
+    fsync_path(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync(root)
+    fsync_path(root)
     prune_checkpoints(root, keep)
     return final
 
