@@ -177,7 +177,26 @@ def section_summary(res: dict[str, dict]) -> list[str]:
             f"| {n}: launch → first step (s) | {f(lf)} | {f(ref.get('launch_to_first_step_s'))} | "
             f"{sp(rref.get('launch_to_first_step_speedup'))} | ≤ 5 s | {met(None if lf is None else lf <= 5)} |"
         )
+    rows += _repeat_rows(res.get("repeat_train") or {})
     return ["## Summary", "", *rows, ""]
+
+
+def _repeat_rows(rt: dict) -> list[str]:
+    """An independent repeat of a training benchmark (bench/results/repeat_train.json, e.g. from
+    `TKC_BENCH_RESULTS=DIR bench/run_all.py --quick`): shown beside the main figures, not merged."""
+    rows = []
+    for n, w in _ordered(rt):
+        wt, pm, rm_ = _side(w, "tkc"), _side(w, PEER_T), w.get("ratios_vs_" + PEER_T) or {}
+        if not pm:
+            continue
+        rows.append(
+            f"| {n}, independent repeat ({rt.get('generated_utc', DASH)}): tokens/s; 90th-pct. step, matched "
+            f"threads | {f(wt.get('tokens_per_s'), 0)}; {f(wt.get('step_tokens_per_s_p90'), 0)} | "
+            f"{f(pm.get('tokens_per_s'), 0)}; {f(pm.get('step_tokens_per_s_p90'), 0)} | "
+            f"{r(rm_.get('tokens_per_s'))}; {r(rm_.get('step_tokens_per_s_p90'))} | ≥ 1.5× | "
+            f"{met(None if rm_.get('tokens_per_s') is None else rm_['tokens_per_s'] >= 1.5)} |"
+        )
+    return rows
 
 
 def section_errors(e: dict) -> list[str]:
@@ -409,6 +428,9 @@ STATIC = """## Reading these figures
 * The machine is shared with other jobs (see the load averages above); wall-clock figures swing by 2× or
   more between identical runs. Each table shows every run, the runs alternate the two tools, and the
   per-step median and per-CPU-second figures are given because they move less with the load.
+* How much to trust a ratio: compare the main run with the independent repeat in the summary (same
+  commands, another time of day). Where they disagree, the difference between the tools is smaller than
+  the machine's noise.
 * Final losses are not expected to be bit-equal across tools: each tool shuffles the same records in its
   own order, and (see Token parity) the peer also trains on the newline after `<|im_end|>`, which tkc
   masks. "Same within noise" is judged against the spread of the per-step losses.
@@ -462,7 +484,7 @@ beta 0.1, reference = the frozen base (adapter disabled).
 
 
 def render() -> str:
-    res = {n: _load(n) for n in ("errors", "preprocess", "parity", "train")}
+    res = {n: _load(n) for n in ("errors", "preprocess", "parity", "train", "repeat_train")}
     parts = [
         "# Benchmarks: tkc vs LLaMA-Factory",
         "",
