@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tkc-installed
 
-.PHONY: install demo test test-fast snapshots lock bench quality clean
+.PHONY: install demo test test-fast snapshots lock bench bench-quick bench-report quality clean
 
 # Fresh machine -> pinned environment (hash-checked lockfiles), then tkc itself in editable mode.
 $(STAMP): lockfiles/cpu.txt lockfiles/dev.txt pyproject.toml
@@ -36,6 +36,12 @@ lock:
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run_all.py --quick
+
+bench-report: $(STAMP)
+	$(BIN)/python bench/report.py
 
 quality: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts

@@ -144,3 +144,23 @@ def test_grpo_rules(tkc):
     assert code == 2 and "GRPO001" in err and "multiple of num_generations (3)" in err
     code, _, err = tkc("compile", recipe, "--check", "--set", "stages.1.reward_function=exact_mach")
     assert code == 2 and "did you mean 'exact_match'?" in err
+
+
+def test_registry_paths_resolve_from_the_registry_folder(tmp_path, shared_datasets):
+    import shutil
+
+    from tkc.compiler import compile_recipe
+
+    shutil.copytree(REPO / "recipes" / "assets", tmp_path / "assets")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\nmodel: {{path: assets/tiny-qwen2}}\n"
+                      f"data:\n  registry: {shared_datasets / 'dataset_info.json'}\n"
+                      "  datasets:\n    alpaca: {registry: alpaca_en_demo}\n"
+                      "    tools: {registry: glaive_toolcall_en_demo}\n    prefs: {registry: dpo_en_demo}\n"
+                      "stages: [{kind: sft, datasets: [alpaca, tools]}, {kind: dpo, datasets: [prefs]}]\n")
+    resolved = compile_recipe(recipe).resolved
+    files = {n: d["files"][0] for n, d in resolved["datasets"].items()}
+    assert files["alpaca"]["path"].endswith("shared/datasets/alpaca_en_demo.json")
+    assert resolved["datasets"]["tools"]["format"] == "sharegpt"
+    assert resolved["datasets"]["prefs"]["kind"] == "preference"
+    assert not any(p["path"].startswith("/") for p in files.values())

@@ -83,12 +83,22 @@ def _layout(spec: Any, entry: dict[str, Any] | None) -> tuple[str, str, dict, di
     return fmt, kind, cols, tags
 
 
-def _probe(name: str, spec: Any, registry: dict[str, Any], root: Path, file: str | None) -> DatasetFacts:
+def _registry_path(entry: dict[str, Any] | None, registry_dir: Path, root: Path) -> str | None:
+    """A registry's `file_name` is relative to the registry file's folder (as in dataset_info.json)."""
+    if entry is None or entry.get("path") is None:
+        return None
+    if entry.get("source") == "hub":
+        return str(entry["path"])
+    return relpath(registry_dir / entry["path"], root)
+
+
+def _probe(name: str, spec: Any, registry: dict[str, Any], registry_dir: Path, root: Path,
+           file: str | None) -> DatasetFacts:
     from tkc.compiler.datasets_probe import probe_dataset
 
     key = f"data.datasets.{name}"
     entry = registry.get(spec.registry) if spec.registry else None
-    path_text = spec.path or (entry or {}).get("path")
+    path_text = spec.path or _registry_path(entry, registry_dir, root)
     try:
         if spec.registry and entry is None:
             raise ValueError(f"no registry entry {spec.registry!r} ({did_you_mean(spec.registry, registry)})")
@@ -138,12 +148,14 @@ def load_inputs(recipe: LoadedRecipe, root: Path) -> Inputs:
     """Read the model directory, probe every dataset, read the lockfiles."""
     data = recipe.spec.data
     registry: dict[str, Any] = {}
+    registry_dir = root
     if data.registry:
         from tkc.compiler.datasets_probe import load_registry
 
         registry = load_registry(root / data.registry)
+        registry_dir = (root / data.registry).parent
     pos = recipe.position(("data",))
-    datasets = {name: _probe(name, spec, registry, root, pos.file if pos else None)
+    datasets = {name: _probe(name, spec, registry, registry_dir, root, pos.file if pos else None)
                 for name, spec in data.datasets.items()}
     lockfiles = {p.stem: p.read_text(encoding="utf-8") for p in sorted(LOCKFILE_DIR.glob("*.txt"))}
     return Inputs(recipe, load_model_facts(recipe, root), datasets, lockfiles, __version__)
