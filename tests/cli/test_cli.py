@@ -19,10 +19,10 @@ def test_three_mistakes_reported_in_one_run(tkc, demo_copy, tmp_path):
     recipe.write_text(text)
     code, _, err = tkc("compile", recipe, "-o", tmp_path / "out")
     assert code == 2
-    assert "demo.yaml:20:3: SCHEMA001 data.pakcing: unknown key (did you mean 'packing'?)" in err
-    assert "demo.yaml:35:5: SCHEMA002 stages[2].max_new_tokens: Input should be a valid integer" in err
-    assert "(stages[2].max_new_tokens: Generation length.)" in err
-    assert "demo.yaml:27:47: BATCH001 stages[0].train.global_batch_size: stage 'pretrain': global batch 6 is " \
+    assert "demo.yaml:21:3: SCHEMA001 data.pakcing: unknown key (did you mean 'packing'?)" in err
+    assert "demo.yaml:38:5: SCHEMA002 stages[3].max_new_tokens: Input should be a valid integer" in err
+    assert "(stages[3].max_new_tokens: Generation length.)" in err
+    assert "demo.yaml:28:47: BATCH001 stages[0].train.global_batch_size: stage 'pretrain': global batch 6 is " \
            "not divisible by devices (1) x micro batch (4) (use a multiple of 4)" in err
     assert "3 problems found; nothing was written" in err
     assert not (tmp_path / "out").exists()
@@ -43,7 +43,7 @@ def test_explain_names_provenance_and_line(tkc):
     code, out, _ = tkc("explain", REPO / "recipes" / "demo.yaml", "train.learning_rate")
     assert code == 0
     lines = out.strip().splitlines()
-    assert "stages.0.train.learning_rate = 0.003    [recipe (" in lines[0] and "demo.yaml:26)]" in lines[0]
+    assert "stages.0.train.learning_rate = 0.003    [recipe (" in lines[0] and "demo.yaml:27)]" in lines[0]
     code, out, _ = tkc("explain", REPO / "recipes" / "demo.yaml", "precision")
     assert "[derived:derive_precision]" in out
     code, out, _ = tkc("explain", REPO / "recipes" / "demo.yaml", "model.family")

@@ -200,8 +200,10 @@ def test_infer_stage_writes_predictions(bundle, engine):
     assert infer.run(ctx, ctx.stage_by_name("infer")) == 0
     out = bundle / "outputs" / "infer"
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 3 and rows[0]["prompt"] == [{"role": "user", "content": "What is 97+70?"}]
-    assert rows[0]["reference"] == "167"
+    first = json.loads((REPO / "recipes" / "data" / "arith_eval.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    question = "\n".join(x for x in (first["instruction"], first["input"]) if x)  # alpaca: instruction + input
+    assert len(rows) == 3 and rows[0]["prompt"] == [{"role": "user", "content": question}]
+    assert rows[0]["reference"] == first["output"]
     want = engine.generate([r["prompt"] for r in rows], max_new_tokens=6)
     assert [r["prediction"] for r in rows] == [c.text for c in want]
     metrics = json.loads((out / "metrics.json").read_text())
