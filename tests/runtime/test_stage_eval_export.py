@@ -24,6 +24,7 @@ def test_sft_then_eval_then_export(rt, tmp_path, tiny_pretrained, capsys):
         del s["train"], s["finetuning"]
     plan = rt.resolved(stages, model_path=str(tiny_pretrained), init="pretrained")
     plan["datasets"]["arith_sft"]["max_samples"] = 16
+    plan["datasets"]["arith_eval"]["max_samples"] = 20
     bundle = rt.write_bundle(tmp_path / "run", plan)
     assert run_bundle(bundle) == 0
     assert "exact_match" in capsys.readouterr().out
