@@ -40,7 +40,7 @@ def test_pt_from_scratch_two_runs_identical(rt, tmp_path):
         st = rt.stage("pt", "pt", 0, ["arith_text"], max_steps=3, global_batch_size=4, micro_batch_size=2,
                       save_steps=0)
         plan = rt.resolved([st], cutoff_len=64)
-        plan["datasets"]["arith_text"]["max_samples"] = 16
+        plan["datasets"]["arith_text"]["max_samples"] = 128  # short lines: enough 64-token chunks for 3 steps
         bundle = rt.write_bundle(tmp_path / name, plan)
         proc = rt.run_in_subprocess(bundle)
         assert proc.returncode == 0, proc.stdout + proc.stderr
