@@ -1,18 +1,15 @@
-"""Pretraining stage (kind: pt): next-token loss over every token of raw text rows."""
+"""Pretraining stage (kind: pt): next-token loss over every token of raw text rows.
+
+The rows already carry labels == input_ids, so the task is sft's (loss on labelled tokens): one builder.
+"""
 
 from __future__ import annotations
 
-from tkc.runtime import loop
 from tkc.runtime.context import RunContext
-from tkc.runtime.model import build_trainable
-from tkc.runtime.stages.common import label_units, lm_loss_sum, pad, token_count, train_stage
+from tkc.runtime.stages.common import train_stage
+from tkc.runtime.stages.sft import build_task
 
-
-def build_task(ctx: RunContext, stage: dict):
-    model = build_trainable(ctx, stage)
-    pad_id = ctx.tokenizer().pad_token_id
-    task = loop.Task(loss_sum=lm_loss_sum, units=label_units, tokens=token_count, collate=lambda rows: pad(rows, pad_id))
-    return task, model
+__all__ = ["build_task", "run"]
 
 
 def run(ctx: RunContext, stage: dict) -> int:
