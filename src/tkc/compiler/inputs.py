@@ -10,7 +10,7 @@ from typing import Any
 
 from tkc import __version__
 from tkc.bundle.canonical import sha256_file
-from tkc.compiler.plan import DatasetFacts, Inputs, ModelFacts
+from tkc.compiler.plan import DatasetFacts, Inputs, ModelFacts, RewardBundleFacts
 from tkc.schema.diagnostics import Diagnostic, did_you_mean
 from tkc.schema.load import LoadedRecipe
 
@@ -144,6 +144,55 @@ def _collapse(found: Any, key: str, file_type: str) -> tuple[Diagnostic, ...]:
     return tuple(out)
 
 
+def is_bundle_ref(reward_model: str | None) -> bool:
+    """A ppo/grpo reward_model naming another bundle (a path with a `/`, or `path:stage`), not a stage here
+    (stage names cannot hold either character)."""
+    return bool(reward_model) and ("/" in str(reward_model) or ":" in str(reward_model))
+
+
+def split_bundle_ref(ref: str) -> tuple[str, str | None]:
+    """`path/to/bundle:stage` -> (path, stage); a plain path -> (path, None)."""
+    path, sep, stage = ref.rpartition(":")
+    return (path, stage) if sep and path and stage and "/" not in stage else (ref, None)
+
+
+def _rm_stage(resolved: dict[str, Any], wanted: str | None) -> tuple[str | None, str | None]:
+    """(the referenced bundle's rm stage, problem)."""
+    rms = [st["name"] for st in resolved.get("stages", []) if st.get("kind") == "rm"]
+    if wanted is not None:
+        return (wanted, None) if wanted in rms else (None, f"has no rm stage {wanted!r} (rm stages: {rms}; "
+                                                           f"{did_you_mean(wanted, rms) or 'check the name'})")
+    if len(rms) != 1:
+        return None, f"has {len(rms)} rm stages {rms}; name one as <path>:<stage>"
+    return rms[0], None
+
+
+def load_reward_bundle(ref: str, root: Path) -> RewardBundleFacts:
+    """Check that `ref` names an intact tkc bundle with the rm stage it asks for; record its hash."""
+    from tkc.bundle.io import check_bundle, read_manifest
+
+    path_text, wanted = split_bundle_ref(ref)
+    path = (root / path_text).expanduser()
+    rel = relpath(path, root)
+    if not path.is_dir():
+        return RewardBundleFacts(rel, problem=f"no bundle directory {path_text} (relative to {root})")
+    problems = check_bundle(path)
+    if problems:
+        what = "not a tkc bundle (no manifest.json)" if not (path / "manifest.json").is_file() else \
+            f"not an intact tkc bundle: {problems[0].render()}"
+        return RewardBundleFacts(rel, problem=f"{path_text} is {what}")
+    resolved = json.loads((path / "resolved.json").read_text(encoding="utf-8"))
+    stage, problem = _rm_stage(resolved, wanted)
+    tokenizer = (resolved.get("model") or {}).get("files", {}).get("tokenizer.json")
+    return RewardBundleFacts(rel, read_manifest(path)["bundle_hash"], stage, tokenizer,
+                             f"bundle {path_text} {problem}" if problem else None)
+
+
+def load_reward_bundles(recipe: LoadedRecipe, root: Path) -> dict[str, RewardBundleFacts]:
+    refs = {getattr(st, "reward_model", None) for st in recipe.spec.stages}
+    return {ref: load_reward_bundle(ref, root) for ref in sorted(r for r in refs if r and is_bundle_ref(r))}
+
+
 def load_inputs(recipe: LoadedRecipe, root: Path) -> Inputs:
     """Read the model directory, probe every dataset, read the lockfiles."""
     data = recipe.spec.data
@@ -158,4 +207,5 @@ def load_inputs(recipe: LoadedRecipe, root: Path) -> Inputs:
     datasets = {name: _probe(name, spec, registry, registry_dir, root, pos.file if pos else None)
                 for name, spec in data.datasets.items()}
     lockfiles = {p.stem: p.read_text(encoding="utf-8") for p in sorted(LOCKFILE_DIR.glob("*.txt"))}
-    return Inputs(recipe, load_model_facts(recipe, root), datasets, lockfiles, __version__)
+    return Inputs(recipe, load_model_facts(recipe, root), datasets, lockfiles, __version__,
+                  load_reward_bundles(recipe, root))

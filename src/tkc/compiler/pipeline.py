@@ -21,6 +21,7 @@ from tkc.compiler.passes.resolve_chat_template import resolve_chat_template
 from tkc.compiler.passes.resolve_datasets import resolve_datasets
 from tkc.compiler.passes.resolve_hardware_profile import resolve_hardware_profile
 from tkc.compiler.passes.resolve_model_family import resolve_model_family
+from tkc.compiler.passes.resolve_reward_bundles import resolve_reward_bundles
 from tkc.compiler.passes.select_lockfile import select_lockfile
 from tkc.compiler.plan import Plan, bundle_files, unflatten
 from tkc.schema.diagnostics import CompileError
@@ -36,6 +37,7 @@ PASSES: tuple[Callable[[Plan], Plan], ...] = (
     derive_parallelism,
     derive_precision,
     plan_stages,
+    resolve_reward_bundles,
     check_constraints,
     select_lockfile,
     mark_hermeticity,

@@ -44,12 +44,24 @@ class DatasetFacts:
 
 
 @dataclass(frozen=True)
+class RewardBundleFacts:
+    """Another bundle named by a ppo/grpo `reward_model: path[:stage]`, as the loading step found it."""
+
+    path: str                               # relative POSIX path from the source root
+    bundle_hash: str | None = None
+    stage: str | None = None                # its rm stage the reward model comes from
+    tokenizer_sha256: str | None = None     # its model's tokenizer.json hash, when local
+    problem: str | None = None              # why it cannot be used (not a bundle, changed, no rm stage, ...)
+
+
+@dataclass(frozen=True)
 class Inputs:
     recipe: LoadedRecipe
     model: ModelFacts
     datasets: Mapping[str, DatasetFacts]
     lockfiles: Mapping[str, str]            # lockfile name -> text
     tkc_version: str
+    reward_bundles: Mapping[str, RewardBundleFacts] = field(default_factory=dict)   # reward_model text -> facts
 
 
 @dataclass(frozen=True)

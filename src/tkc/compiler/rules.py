@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from tkc.compiler.dataset_formats import check_stage_dataset_kind
+from tkc.compiler.inputs import is_bundle_ref
 from tkc.compiler.plan import Plan
 from tkc.schema.diagnostics import did_you_mean
 from tkc.schema.stages import TRAINING_KINDS
@@ -65,6 +66,10 @@ def dataset_refs(plan: Plan) -> Iterator[Violation]:
             yield (("stages", i), f"stage {name!r} ({kind}) has no dataset it can train on", None)
 
 
+def _rm_stages(plan: Plan, before: int) -> list[str]:
+    return [plan.get(f"stages.{j}.name") for j in range(before) if plan.get(f"stages.{j}.kind") == "rm"]
+
+
 def stage_refs(plan: Plan) -> Iterator[Violation]:
     names = [plan.get(f"stages.{i}.name") for i in range(plan.stage_count())]
     for i, kind, name in _stages(plan):
@@ -74,9 +79,9 @@ def stage_refs(plan: Plan) -> Iterator[Violation]:
                    did_you_mean(src, names[:i]))
         if kind == "ppo":
             rm = plan.get(f"stages.{i}.options.reward_model")
-            if "/" not in rm and rm not in names[:i]:
+            if not is_bundle_ref(rm) and rm not in _rm_stages(plan, i):
                 yield (("stages", i, "reward_model"), f"ppo reward_model {rm!r} is neither an earlier rm stage "
-                       "nor a bundle path", did_you_mean(rm, names[:i]))
+                       "nor a bundle path (path/to/bundle or path/to/bundle:stage)", did_you_mean(rm, names[:i]))
 
 
 def grpo_reward(plan: Plan) -> Iterator[Violation]:
@@ -87,9 +92,9 @@ def grpo_reward(plan: Plan) -> Iterator[Violation]:
         rm, fn = plan.get(f"stages.{i}.options.reward_model"), plan.get(f"stages.{i}.options.reward_function")
         if (rm is None) == (fn is None):
             yield (("stages", i), f"grpo stage {name!r} needs exactly one of reward_model, reward_function", None)
-        elif rm is not None and (rm not in names[:i] or plan.get(f"stages.{names.index(rm)}.kind") != "rm"):
-            yield (("stages", i, "reward_model"), f"grpo reward_model {rm!r} is not an earlier rm stage",
-                   did_you_mean(rm, names[:i]))
+        elif rm is not None and not is_bundle_ref(rm) and rm not in _rm_stages(plan, i):
+            yield (("stages", i, "reward_model"), f"grpo reward_model {rm!r} is neither an earlier rm stage nor "
+                   "a bundle path (path/to/bundle or path/to/bundle:stage)", did_you_mean(rm, names[:i]))
         gbs, n = plan.get(f"stages.{i}.train.global_batch_size"), plan.get(f"stages.{i}.options.num_generations")
         if gbs % n:
             yield (_train_key(plan, i, "global_batch_size"), f"grpo stage {name!r}: global batch {gbs} is not a "

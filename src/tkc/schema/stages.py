@@ -47,7 +47,10 @@ class KtoStage(StageBase):
 
 class PpoStage(StageBase):
     kind: Literal["ppo"]
-    reward_model: str = Field(description="An rm stage name of this recipe, or a path to another bundle.")
+    reward_model: str = Field(description=(
+        "An earlier rm stage of this recipe, or another compiled bundle: path/to/bundle (its only rm stage) or "
+        "path/to/bundle:stage, relative to the recipe like dataset paths. The bundle's hash is recorded; `tkc run` "
+        "needs that rm stage finished and refuses the bundle if it changed since compile."))
     ppo_epochs: Annotated[int, Field(gt=0)] = Field(1, description="PPO epochs per batch.")
     kl_coef: Annotated[float, Field(ge=0)] = Field(0.05, description="KL penalty to the reference.")
     clip_range: Annotated[float, Field(gt=0)] = Field(0.2, description="Policy ratio clip.")
@@ -60,7 +63,8 @@ REWARD_FUNCTIONS = ("exact_match", "format", "length_penalty")   # kept equal to
 
 class GrpoStage(StageBase):
     kind: Literal["grpo"]
-    reward_model: str | None = Field(None, description="An earlier rm stage of this recipe.")
+    reward_model: str | None = Field(None, description=(
+        "An earlier rm stage of this recipe, or another compiled bundle: path/to/bundle[:stage] (as for ppo)."))
     reward_function: Literal[REWARD_FUNCTIONS] | None = Field(  # type: ignore[valid-type]
         None, description="A built-in reward function.")
     num_generations: Annotated[int, Field(gt=1)] = Field(4, description="Completions per prompt.")
