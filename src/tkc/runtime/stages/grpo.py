@@ -11,7 +11,7 @@ prompt token ids (its own re-tokenisation is bypassed), so generation starts fro
 trained on. The reference answer (decoded as the eval stage decodes it) is the `reference` column.
 
 Rewards: `reward_function: <id>` (tkc.runtime.rewards: exact_match, format, length_penalty) or
-`reward_model: <rm stage>`: that stage's sequence-classification model scores prompt ids + completion ids
+`reward_model: <rm stage | path/to/bundle[:stage]>` (tkc.runtime.reward_model): that rm stage's model scores prompt ids + completion ids
 (stop token included) at the last non-pad token, exactly as the ppo stage scores its rollouts.
 
 Batch geometry: one optimizer step consumes `global_batch_size` completions = global_batch_size /
@@ -49,10 +49,11 @@ from pathlib import Path
 
 import torch
 
-from tkc.runtime import loop, outputs, rewards
+from tkc.runtime import loop, outputs, rewards, tracking
 from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, BundleChanged, RunContext
-from tkc.runtime.model import build_optimizer, build_trainable, count_params, load_stage_output
+from tkc.runtime.model import build_optimizer, build_trainable, count_params
 from tkc.runtime.progress import Progress
+from tkc.runtime.reward_model import describe, load_reward_model
 from tkc.runtime.stages.common import finish, load_rows, save_model
 from tkc.runtime.stages.eval import split_prompt
 
@@ -98,14 +99,11 @@ def prompt_items(ctx: RunContext, stage: dict) -> list[dict]:
     return items
 
 
-def rm_reward(ctx: RunContext, name: str):
-    """A reward function scoring prompt + completion ids with an rm stage's sequence-classification model."""
-    kinds = {st["name"]: st["kind"] for st in ctx.resolved["stages"]}
-    if kinds.get(name) != "rm":
-        raise RuntimeError(f"grpo reward_model {name!r} is not an rm stage of this bundle (rm stages: "
-                           f"{sorted(k for k, v in kinds.items() if v == 'rm')}); another bundle's path is not "
-                           "supported by the runtime yet")
-    model = load_stage_output(ctx, name, head="seq_cls").eval().requires_grad_(False)
+def rm_reward(ctx: RunContext, options: dict):
+    """A reward function scoring prompt + completion ids with an rm stage's sequence-classification model
+    (of this bundle, or of the reward bundle the compiler pinned in options.reward_bundle)."""
+    model = load_reward_model(ctx, options)
+    name = describe(options)
     pad_id = ctx.tokenizer().pad_token_id
 
     @torch.no_grad()
@@ -117,7 +115,7 @@ def rm_reward(ctx: RunContext, name: str):
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
         return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, 0].float().tolist()
 
-    reward.__name__ = f"rm_{name}"
+    reward.__name__ = "rm_" + re.sub(r"\W+", "_", name).strip("_")
     reward.model = model
     return reward
 
@@ -200,7 +198,8 @@ def _trainer_class():
     return TkcGRPOTrainer
 
 
-def _callback(ctx: RunContext, stage: dict, log: loop.StepLog, bar: Progress, reward_names: list[str]):
+def _callback(ctx: RunContext, stage: dict, log: loop.StepLog, bar: Progress, reward_names: list[str],
+              tracker: tracking.Tracker):
     from transformers import TrainerCallback
 
     class TkcCallback(TrainerCallback):
@@ -221,6 +220,7 @@ def _callback(ctx: RunContext, stage: dict, log: loop.StepLog, bar: Progress, re
                 rec["kl"] = logs["kl"]
             log.add({k: (float(v) if isinstance(v, (int, float)) and k not in ("step", "tokens_seen") else v)
                      for k, v in rec.items()})
+            tracker.log(state.global_step, log.records[-1])
             elapsed = max(1e-9, time.perf_counter() - bar.t0)
             bar.update(state.global_step, loss=rec["loss"], lr=rec["lr"] or 0.0,
                        tokens_per_s=rec["tokens_seen"] / elapsed)
@@ -265,7 +265,7 @@ def run(ctx: RunContext, stage: dict) -> int:
     if reward_function:
         reward = rewards.make(reward_function, max_new_tokens=opts["max_new_tokens"], stop_ids=stop_ids)
     else:
-        reward = rm_reward(ctx, reward_model)
+        reward = rm_reward(ctx, stage["options"])
 
     policy = build_trainable(ctx, stage)
     # completions end at the template's stop tokens (TRL reads eos ids from the generation config)
@@ -279,6 +279,8 @@ def run(ctx: RunContext, stage: dict) -> int:
     _check_bundle_hash(ctx, ckpt_root)
     resume_path, resume_step = last_complete_checkpoint(ckpt_root)
     log = loop.StepLog(stage_dir / "steps.jsonl", keep_through=resume_step, enabled=True)
+    # tkc's tracker, not the Trainer's report_to: the same tags as every other stage, and the same resume rule
+    tracker = tracking.open_tracker(ctx, stage, replay=log.records)
     bar = Progress(stage["name"], total, start=resume_step, every=t["logging_steps"])
     args = grpo_config(ctx, stage, total, opts)
     outputs.write_json(stage_dir / "grpo_config.json",
@@ -295,15 +297,16 @@ def run(ctx: RunContext, stage: dict) -> int:
 
     for cb in (PrinterCallback, ProgressCallback):  # tkc prints progress itself
         trainer.remove_callback(cb)
-    trainer.add_callback(_callback(ctx, stage, log, bar, trainer.reward_func_names))
+    trainer.add_callback(_callback(ctx, stage, log, bar, trainer.reward_func_names, tracker))
     ctx.log(f"[{stage['name']}] grpo: {len(items)} prompts x {n} generations, {prompts_per_step} prompts/step, "
-            f"{total} steps, reward {reward_function or 'rm:' + reward_model}, {trainable:,}/{n_params:,} trainable"
+            f"{total} steps, reward {reward_function or 'rm:' + describe(stage['options'])}, {trainable:,}/{n_params:,} trainable"
             + (f"; resuming from {resume_path.name}" if resume_path else ""))
     t0 = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(resume_path) if resume_path else None)
     finally:
         bar.close()
+        tracker.close()
     if ctx.stop_requested:
         ctx.log(f"[{stage['name']}] stop requested: checkpoint at step {trainer.state.global_step} written; "
                 "run again to resume")
@@ -316,7 +319,7 @@ def run(ctx: RunContext, stage: dict) -> int:
                              resume_step or None, records)
     rw = [r["reward"] for r in records if r.get("reward") is not None]
     finish(ctx, stage, result, {"trainable_params": trainable, "total_params": n_params, "prompts": len(items),
-                                "num_generations": n, "reward": reward_function or f"rm:{reward_model}",
+                                "num_generations": n, "reward": reward_function or f"rm:{describe(stage['options'])}",
                                 "reward_first": rw[0] if rw else None, "reward_last": rw[-1] if rw else None,
                                 "reward_mean": sum(rw) / len(rw) if rw else None})
     return EXIT_OK

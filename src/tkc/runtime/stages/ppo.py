@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tkc.runtime import loop, outputs
+from tkc.runtime import loop, outputs, tracking
 from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, RunContext
-from tkc.runtime.model import build_optimizer, build_trainable, count_params, load_stage_output
+from tkc.runtime.model import build_optimizer, build_trainable, count_params
 from tkc.runtime.progress import Progress
+from tkc.runtime.reward_model import describe, load_reward_model
 from tkc.runtime.stages.common import finish, load_rows, save_model
 from tkc.runtime.stages.eval import split_prompt
 
@@ -132,15 +133,16 @@ def run(ctx: RunContext, stage: dict) -> int:
     policy = build_trainable(ctx, stage)
     model = PolicyWithValue(policy, policy.config.hidden_size)
     reference = build_reference(model, stage["finetuning"]["method"] == "lora")
-    reward_model = load_stage_output(ctx, opts["reward_model"], head="seq_cls").eval().requires_grad_(False)
+    reward_model = load_reward_model(ctx, opts)
     optimizer = build_optimizer(model, stage)
     rows, _ = load_rows(ctx, stage, kind="sft")
     prompts = [split_prompt(r)[0] for r in rows]
     per_epoch, total = loop.plan_steps(len(prompts), t)
     step, tokens, resumed = loop._restore(ctx, stage, model, optimizer)
     log = loop.StepLog(ctx.stage_dir(stage) / "steps.jsonl", keep_through=step, enabled=True)
+    tracker = tracking.open_tracker(ctx, stage, replay=log.records)
     trainable, n_params = count_params(model)
-    ctx.log(f"[{stage['name']}] ppo: {len(prompts)} prompts, reward from {opts['reward_model']}, "
+    ctx.log(f"[{stage['name']}] ppo: {len(prompts)} prompts, reward from {describe(opts)}, "
             f"{trainable:,}/{n_params:,} trainable params")
     bar, t0 = Progress(stage["name"], total, start=step, every=t["logging_steps"]), time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -159,6 +161,7 @@ def run(ctx: RunContext, stage: dict) -> int:
             step, tokens = step + 1, tokens + int(r["amask"].sum())
             log.add({"step": step, "loss": loss.item(), "reward": r["score"], "kl": r["kl"], "lr": lr,
                      "tokens_seen": tokens})
+            tracker.log(step, log.records[-1])
             bar.update(step, loss=loss.item(), lr=lr, tokens_per_s=tokens / max(1e-9, time.perf_counter() - t0))
             if ctx.stop_requested or (t["save_steps"] and step % t["save_steps"] == 0 and step < total):
                 loop._save(ctx, stage, model, optimizer, step, per_epoch, tokens)
@@ -166,6 +169,7 @@ def run(ctx: RunContext, stage: dict) -> int:
                 return EXIT_SIGTERM
     finally:
         bar.close()
+        tracker.close()
     save_model(ctx, stage, model.policy)
     from safetensors.torch import save_file
 
