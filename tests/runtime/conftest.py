@@ -19,6 +19,7 @@ PY = sys.executable
 
 TRAIN = {"learning_rate": 1e-3, "lr_scheduler": "constant", "warmup_steps": 0, "epochs": 1.0, "max_steps": 6,
          "global_batch_size": 8, "micro_batch_size": 4, "gradient_accumulation_steps": 2, "world_size": 1,
+         "padding": "unpadded",
          "seed": 42, "precision": "fp32", "gradient_checkpointing": False, "save_steps": 2, "save_total_limit": 2,
          "logging_steps": 1, "eval_steps": None, "weight_decay": 0.0, "max_grad_norm": 1.0, "optimizer": "adamw",
          "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "neftune_alpha": None, "deterministic": True}

@@ -53,6 +53,13 @@ def packing_stage(plan: Plan) -> Iterator[Violation]:
                    "packing applies to pt and sft; set packing: false")
 
 
+def padding_stage(plan: Plan) -> Iterator[Violation]:
+    for i, kind, name in _stages(plan):
+        if kind in ("ppo", "grpo") and plan.get(f"stages.{i}.train.padding") == "unpadded":
+            yield (_train_key(plan, i, "padding"), f"stage {name!r} ({kind}) pads its own rollouts",
+                   "padding: unpadded applies to pt, sft, rm, dpo and kto; use auto or longest")
+
+
 def dataset_refs(plan: Plan) -> Iterator[Violation]:
     known = list(plan.inputs.datasets)
     for i, kind, name in _stages(plan):
@@ -135,6 +142,7 @@ RULES: dict[str, Callable[[Plan], Iterator[Violation]]] = {
     "BATCH001": batch_divisible,
     "INFER001": vllm_needs_gpu,
     "PACK001": packing_stage,
+    "PAD001": padding_stage,
     "DATA010": dataset_refs,
     "STAGE001": stage_refs,
     "GRPO001": grpo_reward,

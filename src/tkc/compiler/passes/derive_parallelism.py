@@ -1,4 +1,4 @@
-"""Pass 6: launcher, world size, and per-stage micro batch / gradient accumulation from the global batch."""
+"""Pass 6: launcher, world size, and per-stage micro batch / gradient accumulation / padding from the global batch."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from tkc.compiler.plan import Plan
 
 _BACKEND = {"cpu": "gloo", "cuda": "nccl", "rocm": "nccl", "npu": "hccl"}
 _MICRO_CAP = {"cpu": 4, "npu": 4, "cuda": 4, "rocm": 4}
+_ROLLOUT_KINDS = {"ppo", "grpo"}  # they generate and pad their own batches
 TOKENS_PER_GB = 128   # activation budget per micro batch: a conservative rule of thumb, not a measurement
 
 
@@ -20,6 +21,12 @@ def _micro_batch(per_device: int, memory_gb: float, accelerator: str, cutoff_len
     while micro * 2 <= min(per_device, cap) and per_device % (micro * 2) == 0:
         micro *= 2
     return micro
+
+
+def _padding(accelerator: str, kind: str) -> str:
+    """CPU: skip padding (each row at its own length; a CPU's throughput does not need wide batches).
+    Accelerators: pad to the micro-batch's longest row (wide kernels). ppo/grpo pad their own rollouts."""
+    return "unpadded" if accelerator == "cpu" and kind not in _ROLLOUT_KINDS else "longest"
 
 
 def _launch(plan: Plan) -> dict[str, tuple[Any, str]]:
@@ -71,6 +78,8 @@ def derive_parallelism(plan: Plan) -> Plan:
             micro = _micro_batch(per_device, plan.get("hardware.memory_gb", 16), acc, plan.get("data.cutoff_len"),
                                  bool(plan.get(p + "gradient_checkpointing")))
             out[p + "micro_batch_size"] = (micro, "derived:derive_parallelism")
+        if plan.get(p + "padding") == "auto":
+            out[p + "padding"] = (_padding(acc, plan.get(f"stages.{i}.kind")), "derived:derive_parallelism")
         out[p + "world_size"] = (world, "derived:derive_parallelism")
         out[p + "gradient_accumulation_steps"] = (max(per_device // micro, 1), "derived:derive_parallelism")
     return plan.with_values(out)

@@ -1,4 +1,4 @@
-"""Pad a list of rows into torch tensors (right padding, labels -100, packed rows keep position_ids)."""
+"""Rows into torch tensors: right-padded to the longest row, or unpadded (runs of equal-length rows, no padding)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,24 @@ def collate(batch: list[dict], pad_id: int) -> dict:
         )
         out[key] = _pad(values, pad, torch.long)
     return out
+
+
+def _lengths(row: dict) -> tuple[int, ...]:
+    return tuple(len(v) for k, v in row.items() if k.endswith("input_ids"))
+
+
+def collate_unpadded(batch: list[dict], pad_id: int) -> list[dict]:
+    """A micro-batch as pieces that need no padding: each run of consecutive rows of equal length(s) is one
+    `collate` batch (usually one row), in row order.
+
+    The pieces carry no `attention_mask` (every token is real), so sdpa takes its causal fast path; packed
+    rows keep their `position_ids`, from which transformers builds the per-example mask as before.
+    """
+    runs: list[list[dict]] = []
+    for row in batch:
+        if runs and _lengths(runs[-1][-1]) == _lengths(row):
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    pieces = [collate(run, pad_id) for run in runs]
+    return [{k: v for k, v in p.items() if not k.endswith("attention_mask")} for p in pieces]

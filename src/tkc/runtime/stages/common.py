@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,11 +26,32 @@ def load_rows(ctx: RunContext, stage: dict, *, datasets: list[str] | None = None
     return list(built.train), list(built.eval or [])
 
 
-def pad(rows: Rows, pad_id: int) -> dict[str, torch.Tensor]:
+Batch = dict[str, torch.Tensor]
+Pieces = list[Batch]  # one micro-batch as forward-sized pieces: [padded batch], or unpadded runs of rows
+
+
+def pad(rows: Rows, pad_id: int) -> Batch:
     """Right-pad a micro-batch with tkc.runtime.data.collate (labels -100; packed rows keep position_ids)."""
     from tkc.runtime.data import collate
 
     return collate(rows, pad_id)
+
+
+def make_collate(stage: dict, pad_id: int) -> Callable[[Rows], Pieces]:
+    """The stage's resolved `train.padding`: `longest` = one batch padded to its longest row; `unpadded` = each
+    run of equal-length rows on its own (tkc.runtime.data.collate.collate_unpadded), no attention_mask.
+    The loss is the same sum over the same rows either way; only the padding is not computed."""
+    if stage["train"]["padding"] == "unpadded":
+        from tkc.runtime.data.collate import collate_unpadded
+
+        return lambda rows: collate_unpadded(rows, pad_id)
+    if stage["train"]["padding"] != "longest":
+        raise ValueError(f"unknown train.padding {stage['train']['padding']!r}")
+    return lambda rows: [pad(rows, pad_id)]
+
+
+def pieces(batch: Batch | Pieces) -> Pieces:
+    return [batch] if isinstance(batch, dict) else batch
 
 
 def label_units(rows: Rows, key: str = "labels") -> int:
@@ -39,23 +63,41 @@ def token_count(rows: Rows) -> int:
     return sum(len(v) for r in rows for k, v in r.items() if k.endswith("input_ids"))
 
 
-def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log p(label) after the causal shift, and the mask of positions that count."""
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    mask = labels != -100
-    logps = torch.gather(F.log_softmax(logits, dim=-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return logps * mask, mask
+@functools.cache
+def _forward_keeps_logits(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
-def lm_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def keeps_logits(model) -> bool:
+    """Whether the (DDP- / PEFT-wrapped) model's forward takes `logits_to_keep` (transformers' CausalLM heads do)."""
+    inner = getattr(model, "module", model)  # DDP
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # PEFT
+    return _forward_keeps_logits(type(base))
+
+
+def label_logps(model, batch: Batch, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: (sum of log p(label) over its counted next tokens, how many), after the causal shift.
+
+    Only the positions some row predicts a label from go through the LM head and log-softmax (`logits_to_keep`
+    with their indices; full logits sliced the same way for a model without it): prompt tokens cost no vocab
+    projection. `prefix` picks `chosen_` / `rejected_` columns of a pair batch.
+    """
+    kwargs = {k: batch[prefix + k] for k in ("attention_mask", "position_ids") if prefix + k in batch}
+    target = F.pad(batch[prefix + "labels"][:, 1:], (0, 1), value=-100)  # position t predicts token t+1
+    cols = (target != -100).any(0).nonzero().squeeze(-1)
+    if keeps_logits(model):
+        logits = model(input_ids=batch[prefix + "input_ids"], **kwargs, use_cache=False, logits_to_keep=cols).logits
+    else:
+        logits = model(input_ids=batch[prefix + "input_ids"], **kwargs, use_cache=False).logits[:, cols]
+    target = target[:, cols]
+    mask = target != -100
+    logps = torch.gather(F.log_softmax(logits.float(), dim=-1), 2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logps * mask).sum(-1), mask.sum(-1)
+
+
+def lm_loss_sum(model, batch: Batch | Pieces) -> torch.Tensor:
     """Summed next-token cross-entropy over label tokens (the loop divides by the global label count)."""
-    kwargs: dict[str, Any] = {"input_ids": batch["input_ids"]}
-    for key in ("attention_mask", "position_ids"):  # packed rows carry position_ids and no attention_mask
-        if key in batch:
-            kwargs[key] = batch[key]
-    logits = model(**kwargs, use_cache=False).logits
-    logps, _ = token_logps(logits, batch["labels"])
-    return -logps.sum()
+    return -sum(label_logps(model, b)[0].sum() for b in pieces(batch))
 
 
 def save_model(ctx: RunContext, stage: dict, model) -> None:
@@ -86,24 +128,50 @@ def finish(ctx: RunContext, stage: dict, result: LoopResult, metrics: dict[str, 
     outputs.mark_done(ctx, stage)
 
 
-def sequence_logps(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence (sum of label-token log-probs, number of label tokens)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    logps, mask = token_logps(logits, labels)
-    return logps.sum(-1), mask.sum(-1).clamp(min=1)
+def sequence_logps(model, batch: Batch | Pieces, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence, in row order: (sum of label-token log-probs, number of label tokens, at least 1)."""
+    parts = [label_logps(model, b, prefix) for b in pieces(batch)]
+    return torch.cat([s for s, _ in parts]), torch.cat([n for _, n in parts]).clamp(min=1)
 
 
-def concat_pairs(batch: dict[str, torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def concat_pairs(batch: Batch, pad_id: int) -> Batch:
     """Chosen rows then rejected rows in one padded batch, so a pair costs one forward pass."""
     width = max(batch["chosen_input_ids"].size(1), batch["rejected_input_ids"].size(1))
 
-    def widen(t: torch.Tensor, value: int) -> torch.Tensor:
-        return F.pad(t, (0, width - t.size(1)), value=value)
+    def both(key: str, value: int) -> torch.Tensor:
+        return torch.cat([F.pad(batch[f"{side}_{key}"], (0, width - batch[f"{side}_{key}"].size(1)), value=value)
+                          for side in ("chosen", "rejected")])
 
-    ids = torch.cat([widen(batch["chosen_input_ids"], pad_id), widen(batch["rejected_input_ids"], pad_id)])
-    mask = torch.cat([widen(batch["chosen_attention_mask"], 0), widen(batch["rejected_attention_mask"], 0)])
-    labels = torch.cat([widen(batch["chosen_labels"], -100), widen(batch["rejected_labels"], -100)])
-    return ids, mask, labels
+    return {"input_ids": both("input_ids", pad_id), "attention_mask": both("attention_mask", 0),
+            "labels": both("labels", -100)}
+
+
+def pair_forward(fn, batch: Batch | Pieces, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fn(batch, prefix) -> per-row tensor, for the chosen rows and the rejected rows of pair pieces.
+
+    A padded piece (it has attention masks) runs chosen and rejected as one batch (concat_pairs); an unpadded
+    piece runs each side at its own length.
+    """
+    chosen, rejected = [], []
+    for b in pieces(batch):
+        if "chosen_attention_mask" in b:
+            both, n = fn(concat_pairs(b, pad_id), ""), b["chosen_input_ids"].size(0)
+            chosen.append(both[:n])
+            rejected.append(both[n:])
+        else:
+            chosen.append(fn(b, "chosen_"))
+            rejected.append(fn(b, "rejected_"))
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def pair_logps(model, batch: Batch | Pieces, pad_id: int) -> tuple[torch.Tensor, ...]:
+    """(chosen log-probs, rejected log-probs, chosen counts, rejected counts) per pair, summed over label tokens."""
+    def fn(b: Batch, prefix: str) -> torch.Tensor:
+        s, n = label_logps(model, b, prefix)
+        return torch.stack([s, n.clamp(min=1).to(s.dtype)], -1)
+
+    c, r = pair_forward(fn, batch, pad_id)
+    return c[:, 0], r[:, 0], c[:, 1], r[:, 1]
 
 
 class Reference:
@@ -116,11 +184,12 @@ class Reference:
         self.model = model if lora else copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def logps(self, input_ids, attention_mask, labels) -> torch.Tensor:
+    def __call__(self, fn, *args):
+        """fn(model, *args) with the reference weights, e.g. reference(sequence_logps, batch)."""
         from contextlib import nullcontext
 
         with self.model.disable_adapter() if self.lora else nullcontext():
-            return sequence_logps(self.model, input_ids, attention_mask, labels)[0]
+            return fn(self.model, *args)
 
 
 def train_stage(ctx: RunContext, stage: dict, model, task, *, describe: str, extra: dict | None = None) -> int:

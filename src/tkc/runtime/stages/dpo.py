@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from tkc.runtime import loop
 from tkc.runtime.context import RunContext
 from tkc.runtime.model import build_trainable
-from tkc.runtime.stages.common import Reference, concat_pairs, pad, sequence_logps, token_count, train_stage
+from tkc.runtime.stages.common import Reference, make_collate, pair_logps, token_count, train_stage
 
 REFERENCE_LOSSES = {"sigmoid", "ipo", "hinge"}
 
@@ -43,17 +43,11 @@ def preference_loss(opts: dict, pol: tuple, ref: tuple | None, counts: tuple) ->
 
 def make_loss(opts: dict, reference: Reference | None, pad_id: int):
     def loss_sum(runner, batch) -> torch.Tensor:
-        ids, mask, labels = concat_pairs(batch, pad_id)
-        logps, counts = sequence_logps(runner, ids, mask, labels)
-        n = batch["chosen_input_ids"].size(0)
-        pol, cnt = (logps[:n], logps[n:]), (counts[:n], counts[n:])
-        ref = None
-        if reference is not None:
-            r = reference.logps(ids, mask, labels)
-            ref = (r[:n], r[n:])
-        losses = preference_loss(opts, pol, ref, cnt)
+        pc, pr, nc, nr = pair_logps(runner, batch, pad_id)
+        ref = reference(pair_logps, batch, pad_id)[:2] if reference is not None else None
+        losses = preference_loss(opts, (pc, pr), ref, (nc, nr))
         if opts.get("ftx"):  # auxiliary SFT loss on the chosen response
-            losses = losses + opts["ftx"] * (-pol[0] / cnt[0])
+            losses = losses + opts["ftx"] * (-pc / nc)
         return losses.sum()
 
     return loss_sum
@@ -66,7 +60,7 @@ def build_task(ctx: RunContext, stage: dict):
     reference = Reference(model, lora=stage["finetuning"]["method"] == "lora") if needs_ref else None
     pad_id = ctx.tokenizer().pad_token_id
     task = loop.Task(loss_sum=make_loss(opts, reference, pad_id), units=len, tokens=token_count,
-                     collate=lambda rows: pad(rows, pad_id))
+                     collate=make_collate(stage, pad_id))
     return task, model
 
 

@@ -7,7 +7,14 @@ import torch
 from tkc.runtime import loop
 from tkc.runtime.context import RunContext
 from tkc.runtime.model import build_trainable
-from tkc.runtime.stages.common import Reference, pad, sequence_logps, token_count, train_stage
+from tkc.runtime.stages.common import (
+    Reference,
+    make_collate,
+    pieces,
+    sequence_logps,
+    token_count,
+    train_stage,
+)
 
 
 def kto_loss(opts: dict, log_ratio: torch.Tensor, desirable: torch.Tensor) -> torch.Tensor:
@@ -21,9 +28,10 @@ def kto_loss(opts: dict, log_ratio: torch.Tensor, desirable: torch.Tensor) -> to
 
 def make_loss(opts: dict, reference: Reference):
     def loss_sum(runner, batch) -> torch.Tensor:
-        args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
-        policy, _ = sequence_logps(runner, *args)
-        return kto_loss(opts, policy - reference.logps(*args), batch["label"].bool()).sum()
+        policy, _ = sequence_logps(runner, batch)
+        ref, _ = reference(sequence_logps, batch)
+        desirable = torch.cat([b["label"] for b in pieces(batch)]).bool()
+        return kto_loss(opts, policy - ref, desirable).sum()  # z: over the whole micro-batch, as when padded
 
     return loss_sum
 
@@ -33,7 +41,7 @@ def build_task(ctx: RunContext, stage: dict):
     reference = Reference(model, lora=stage["finetuning"]["method"] == "lora")
     pad_id = ctx.tokenizer().pad_token_id
     task = loop.Task(loss_sum=make_loss(stage["options"], reference), units=len, tokens=token_count,
-                     collate=lambda rows: pad(rows, pad_id))
+                     collate=make_collate(stage, pad_id))
     return task, model
 
 

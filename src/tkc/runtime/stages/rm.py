@@ -8,20 +8,22 @@ import torch.nn.functional as F
 from tkc.runtime import loop
 from tkc.runtime.context import RunContext
 from tkc.runtime.model import build_trainable
-from tkc.runtime.stages.common import concat_pairs, pad, token_count, train_stage
+from tkc.runtime.stages.common import make_collate, pair_forward, token_count, train_stage
 
 
-def scores(model, input_ids, attention_mask) -> torch.Tensor:
+def scores(model, input_ids, attention_mask=None) -> torch.Tensor:
     """One scalar per sequence: the head's output at the last non-pad token (transformers pools it)."""
-    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.squeeze(-1).float()
+    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+    return model(input_ids=input_ids, **kwargs, use_cache=False).logits.squeeze(-1).float()
 
 
 def make_loss(pad_id: int):
     def loss_sum(runner, batch) -> torch.Tensor:
-        ids, mask, _ = concat_pairs(batch, pad_id)
-        s = scores(runner, ids, mask)
-        n = batch["chosen_input_ids"].size(0)
-        return -F.logsigmoid(s[:n] - s[n:]).sum()  # -log P(chosen preferred over rejected)
+        def fn(b, prefix: str) -> torch.Tensor:
+            return scores(runner, b[prefix + "input_ids"], b.get(prefix + "attention_mask"))
+
+        chosen, rejected = pair_forward(fn, batch, pad_id)
+        return -F.logsigmoid(chosen - rejected).sum()  # -log P(chosen preferred over rejected)
 
     return loss_sum
 
@@ -29,7 +31,7 @@ def make_loss(pad_id: int):
 def build_task(ctx: RunContext, stage: dict):
     model = build_trainable(ctx, stage, head="seq_cls")
     pad_id = ctx.tokenizer().pad_token_id
-    task = loop.Task(loss_sum=make_loss(pad_id), units=len, tokens=token_count, collate=lambda rows: pad(rows, pad_id))
+    task = loop.Task(loss_sum=make_loss(pad_id), units=len, tokens=token_count, collate=make_collate(stage, pad_id))
     return task, model
 
 

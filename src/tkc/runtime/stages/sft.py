@@ -5,13 +5,13 @@ from __future__ import annotations
 from tkc.runtime import loop
 from tkc.runtime.context import RunContext
 from tkc.runtime.model import build_trainable
-from tkc.runtime.stages.common import label_units, lm_loss_sum, pad, token_count, train_stage
+from tkc.runtime.stages.common import label_units, lm_loss_sum, make_collate, token_count, train_stage
 
 
 def build_task(ctx: RunContext, stage: dict):
     model = build_trainable(ctx, stage)
     pad_id = ctx.tokenizer().pad_token_id
-    task = loop.Task(loss_sum=lm_loss_sum, units=label_units, tokens=token_count, collate=lambda rows: pad(rows, pad_id))
+    task = loop.Task(loss_sum=lm_loss_sum, units=label_units, tokens=token_count, collate=make_collate(stage, pad_id))
     return task, model
 
 
