@@ -120,7 +120,7 @@ def test_renders_like_the_vendor_template(template_id, name):
 
 
 def test_glm4_names_the_assistant_chatglm():
-    """The vendor revision pinned here calls the assistant ChatGLM in the tools preamble (an older text said GLM-4)."""
+    """The vendor text pinned here names the assistant ChatGLM in its tools preamble (tkc had GLM-4)."""
     text, _ = load_template("glm4")
     case = EXTRA["glm4"]["message_tools"]
     out = render(text, case["messages"], tools=None, add_generation_prompt=True, bos_token="", eos_token="")

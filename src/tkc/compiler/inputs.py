@@ -111,7 +111,7 @@ def _probe(name: str, spec: Any, registry: dict[str, Any], registry_dir: Path, r
     facts = DatasetFacts(False, path_text, "hub", (), (), fmt, kind, cols, tags, spec.split, entry is not None)
     if not path.exists():
         if (entry or {}).get("source") == "hub" or ("/" in path_text and not path_text.startswith((".", "/"))):
-            return facts
+            return _hub_facts(facts, key, spec.revision, file)
         return replace(facts, file_type="missing", problems=(
             Diagnostic("DATA002", f"dataset not found: {path_text} (relative to {root})", key, file),))
     try:
@@ -122,6 +122,35 @@ def _probe(name: str, spec: Any, registry: dict[str, Any], registry_dir: Path, r
     files = tuple({"path": relpath(root / f.path, root), "sha256": f.sha256, "size": f.size} for f in probe.files)
     return replace(facts, local=True, path=relpath(path, root), file_type=probe.file_type, files=files,
                    problems=problems)
+
+
+def _hub_facts(facts: DatasetFacts, key: str, revision: str | None, file: str | None) -> DatasetFacts:
+    """A hub id. Offline, the local HF cache must hold it at the asked revision: `tkc run` reads only that cache."""
+    from tkc.compiler.hub_cache import find_snapshot, hub_offline
+
+    if not hub_offline():
+        return facts  # online, this machine's cache says nothing about the one `tkc run` will use
+    _, problem = find_snapshot(facts.path, revision)
+    if problem is None:
+        return facts
+    field = "registry" if facts.from_registry else "path"
+    field = "revision" if revision and problem.startswith("revision") else field
+    hint = f"fetch it while online: huggingface-cli download --repo-type dataset {facts.path}"
+    hint += f" --revision {revision}" if revision else ""
+    return replace(facts, file_type="missing", problems=(Diagnostic("DATA004", problem, f"{key}.{field}", file,
+                                                                     hint=hint),))
+
+
+_PLACED = ("DATA002", "DATA003", "DATA004")   # diagnostics about a recipe key (not a data file's record)
+
+
+def _placed(recipe: LoadedRecipe, facts: DatasetFacts) -> DatasetFacts:
+    """Put dataset diagnostics about a recipe key at that key's line (or its nearest parent's)."""
+    out = []
+    for d in facts.problems:
+        pos = recipe.position(tuple(d.path.split("."))) if d.code in _PLACED and d.line is None else None
+        out.append(replace(d, file=pos.file, line=pos.line, col=pos.col) if pos else d)
+    return replace(facts, problems=tuple(out)) if out else facts
 
 
 _LINE_TYPES = ("jsonl", "csv", "txt")   # the probe reports 1-based lines for these, 0-based record indexes otherwise
@@ -206,6 +235,7 @@ def load_inputs(recipe: LoadedRecipe, root: Path) -> Inputs:
     pos = recipe.position(("data",))
     datasets = {name: _probe(name, spec, registry, registry_dir, root, pos.file if pos else None)
                 for name, spec in data.datasets.items()}
+    datasets = {name: _placed(recipe, facts) for name, facts in datasets.items()}
     lockfiles = {p.stem: p.read_text(encoding="utf-8") for p in sorted(LOCKFILE_DIR.glob("*.txt"))}
     return Inputs(recipe, load_model_facts(recipe, root), datasets, lockfiles, __version__,
                   load_reward_bundles(recipe, root))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,13 +148,50 @@ def load_hf(entry: dict, source_root: Path):
             ds = ds[name]
         return ds
     # hub datasets come from the local HF cache only: `tkc run` never downloads behind the bundle's back
+    snapshot, missing = hub_snapshot(entry)
     try:
+        if snapshot is not None:  # the repository's files at that revision, read like a local folder
+            return datasets.load_dataset(str(snapshot), split=name)
+        # not in the hub cache: a dataset `datasets` prepared earlier (its own cache) still loads offline
         return datasets.load_dataset(entry["path"], revision=entry.get("revision"), split=name,
                                      download_mode="reuse_cache_if_exists")  # fmt: skip
     except Exception as exc:  # offline, not cached, no such split: one message naming the dataset
-        raise DataError(
-            f"dataset {entry['name']!r}: cannot load {entry['path']!r} from the local HF cache: {exc}"
-        ) from exc
+        why = f"{missing}; and `datasets` has no copy either: {exc}" if missing else str(exc)
+        msg = f"dataset {entry['name']!r}: cannot load {entry['path']!r} from the local HF cache: {why}"
+        raise DataError(msg) from exc
+
+
+def hub_snapshot(entry: dict) -> tuple[Path | None, str | None]:
+    """(the local folder to read, None), or (None, why the hub cache has no snapshot of entry's revision).
+
+    A path naming an existing folder is read as it is (what `datasets.load_dataset` does with a folder);
+    otherwise the id is looked up in the local Hugging Face hub cache (HF_HUB_CACHE / HF_HOME), never online.
+    """
+    if Path(entry["path"]).is_dir():
+        return Path(entry["path"]), None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    rev, cache = entry.get("revision"), _hub_cache_dir()
+    try:
+        folder = snapshot_download(entry["path"], repo_type="dataset", revision=rev, cache_dir=cache,
+                                   local_files_only=True)  # fmt: skip
+    except (LocalEntryNotFoundError, HFValidationError):
+        return (
+            None,
+            f"the hub cache {cache} has no snapshot of {entry['path']!r} at revision {rev or 'main'!r}",
+        )
+    return Path(folder), None
+
+
+def _hub_cache_dir() -> str:
+    """huggingface_hub's cache folder from the environment now (its `constants` froze it at import time)."""
+    home = os.getenv(
+        "HF_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface")
+    )
+    home = os.path.expandvars(os.path.expanduser(home))
+    legacy = os.getenv("HUGGINGFACE_HUB_CACHE", os.path.join(home, "hub"))
+    return os.path.expandvars(os.path.expanduser(os.getenv("HF_HUB_CACHE", legacy)))
 
 
 def hub_fingerprint(entry: dict, source_root: Path) -> str | None:
