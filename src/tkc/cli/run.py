@@ -19,4 +19,4 @@ def run(
     """Verify the bundle, check the environment, then train/evaluate each stage deterministically."""
     from tkc.runtime.run import run_bundle
 
-    raise typer.Exit(run_bundle(bundle, stage=stage, source_root=source_root, strict_env=strict_env))
+    raise typer.Exit(run_bundle(bundle, stage=stage, source_root=source_root, strict_env=strict_env, own_process=True))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -59,6 +62,15 @@ def _bnb_config(quant: dict, dtype: torch.dtype):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+@contextmanager
+def _peft_wrapping() -> Iterator[None]:
+    """peft reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model: a FutureWarning
+    addressed to peft's authors, printed on every LoRA run. Silenced here only, by its exact text."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def load_stage_output(ctx: RunContext, name: str, *, dtype: torch.dtype = torch.float32, head: str = "causal_lm"):
     """A finished stage's model: full weights as saved, or its adapter merged into the weights it started from."""
     model_dir = ctx.stage_dir(name) / "model"
@@ -68,7 +80,8 @@ def load_stage_output(ctx: RunContext, name: str, *, dtype: torch.dtype = torch.
         from peft import PeftModel
 
         base = start_weights(ctx, ctx.stage_by_name(name), head=head, dtype=dtype)
-        return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+        with _peft_wrapping():
+            return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
     return _auto_class(head).from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
 
 
@@ -126,7 +139,8 @@ def apply_lora(model: nn.Module, lora: dict, *, task_type: str, quantized: bool)
         init_lora_weights="pissa" if lora.get("init") == "pissa" else True,
         modules_to_save=list(lora.get("modules_to_save") or []) or None, bias="none", task_type=task_type,
     )
-    return get_peft_model(model, config)
+    with _peft_wrapping():
+        return get_peft_model(model, config)
 
 
 def add_neftune(model: nn.Module, alpha: float) -> None:

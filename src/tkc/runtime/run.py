@@ -16,6 +16,9 @@ import json
 import os
 import random
 import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tkc.runtime.context import (
@@ -62,6 +65,58 @@ def set_cpu_threads(resolved: dict) -> int:
     return threads
 
 
+def unused_packages(resolved: dict) -> list[str]:
+    """Installed optional packages this bundle never uses, which would otherwise load as a side effect.
+
+    peft imports bitsandbytes whenever it is installed (~1.2 s on the bench box: it compiles kernels through
+    torch._dynamo, then prints a failed `kernels` lookup); transformers' unwrap_model imports deepspeed when it is
+    installed (it prints "Setting accelerator to CPU"). Kept importable when a stage quantizes, when a reward model
+    comes from another bundle (whose stages may quantize), or when the launcher is deepspeed.
+    """
+    stages = resolved.get("stages") or []
+    quantized = any((st.get("finetuning") or {}).get("quantization") for st in stages)
+    foreign = any((st.get("options") or {}).get("reward_bundle") for st in stages)
+    hidden = [] if quantized or foreign else ["bitsandbytes"]
+    if (resolved.get("launch") or {}).get("kind") != "deepspeed":
+        hidden.append("deepspeed")
+    return hidden
+
+
+@contextmanager
+def hidden_packages(names: list[str]) -> Iterator[list[str]]:
+    """Make `names` unimportable while inside: sys.modules[name] = None, so `import` raises ImportError and
+    importlib.util.find_spec returns None (how transformers, peft and accelerate ask whether a package exists).
+    A package already imported stays. Restored on exit; availability that a library cached meanwhile stays cached,
+    which is why only `tkc run`'s own process (the CLI) asks for this.
+    """
+    hid = [n for n in names if n not in sys.modules]
+    for n in hid:
+        sys.modules[n] = None  # type: ignore[assignment]
+    try:
+        yield hid
+    finally:
+        for n in hid:
+            if n in sys.modules and sys.modules[n] is None:
+                del sys.modules[n]
+
+
+def deterministic_algorithms() -> None:
+    """torch.use_deterministic_algorithms(True, warn_only=False), without importing torch._inductor.
+
+    torch's function sets the eager flag and inductor's `deterministic` option; the latter import pulls in
+    torch._dynamo and sympy (~1.2 s on the bench box, for a compiler tkc does not call). Inductor's option
+    defaults to $TORCHINDUCTOR_DETERMINISTIC when inductor loads, so setting it first has the same effect.
+    """
+    import torch
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        return
+    os.environ["TORCHINDUCTOR_DETERMINISTIC"] = "1"
+    setter(True, warn_only=False)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     import numpy as np
     import torch
@@ -71,7 +126,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=False)
+        deterministic_algorithms()
         torch.backends.cudnn.benchmark = False
 
 
@@ -108,8 +163,12 @@ def _select(resolved: dict, stage: str | None) -> list[dict]:
 
 
 def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path | None = None,
-               strict_env: bool = False) -> int:
-    """Run the bundle's stages (or one), skipping finished ones and resuming interrupted ones; returns an exit code."""
+               strict_env: bool = False, own_process: bool = False) -> int:
+    """Run the bundle's stages (or one), skipping finished ones and resuming interrupted ones; returns an exit code.
+
+    own_process: the caller owns the interpreter (`tkc run`), so optional packages the bundle does not use are
+    hidden for the whole run (see unused_packages): faster start-up, no import-time noise.
+    """
     bundle_dir = Path(bundle_dir).resolve()
     problem = verify(bundle_dir)
     if problem:
@@ -123,6 +182,11 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
         if strict_env:
             print("tkc run: --strict-env: refusing to run in an environment that differs from the pins")
             return EXIT_ENV_MISMATCH
+    with hidden_packages(unused_packages(resolved) if own_process else []):
+        return _run_verified(bundle_dir, resolved, stage, source_root)
+
+
+def _run_verified(bundle_dir: Path, resolved: dict, stage: str | None, source_root: Path | None) -> int:
     from tkc.runtime.dist import init_distributed, shutdown_distributed
 
     set_cpu_threads(resolved)
