@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import typer
-
 from tkc.cli._common import EXIT_INVALID, report
+from tkc.cli.params import Arg, Opt
 from tkc.schema.diagnostics import CompileError
 
 
@@ -27,17 +26,16 @@ def _from_bundle(bundle: Path) -> tuple[Path, list[str], Path | None]:
 
 
 def compile_(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML, or a bundle directory to recompile.")],
-    out: Annotated[Path | None, typer.Option("-o", "--out", help="Bundle directory to write.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: a.b=value.")] = None,
-    source_root: Annotated[Path | None, typer.Option(help="Where relative paths resolve (default: the "
-                                                           "recipe's folder).")] = None,
-    strict: Annotated[bool, typer.Option(help="Refuse a non-hermetic bundle (unpinned hub inputs).")] = False,
-    force: Annotated[bool, typer.Option(help="Replace a different bundle at --out.")] = False,
-    check: Annotated[bool, typer.Option(help="Validate and resolve only; write nothing.")] = False,
-) -> None:
+    recipe: Annotated[Path, Arg("Recipe YAML, or a bundle directory to recompile.")],
+    out: Annotated[Path | None, Opt("Bundle directory to write.", "-o", "--out")] = None,
+    set_: Annotated[list[str] | None, Opt("Override a key: a.b=value.", "--set")] = None,
+    source_root: Annotated[Path | None, Opt("Where relative paths resolve (default: the recipe's folder).")] = None,
+    strict: Annotated[bool, Opt("Refuse a non-hermetic bundle (unpinned hub inputs).")] = False,
+    force: Annotated[bool, Opt("Replace a different bundle at --out.")] = False,
+    check: Annotated[bool, Opt("Validate and resolve only; write nothing.")] = False,
+) -> int:
     """Validate, resolve and write a bundle; print its hash."""
-    from tkc.bundle.io import BundleExists, write_bundle
+    from tkc.bundle.io import BundleExists, build_manifest, write_bundle
     from tkc.compiler.pipeline import compile_recipe
 
     overrides = list(set_ or [])
@@ -47,18 +45,16 @@ def compile_(
     try:
         compiled = compile_recipe(recipe, overrides, source_root)
     except CompileError as exc:
-        raise typer.Exit(report(exc)) from None
+        return report(exc)
     reasons = compiled.resolved.get("non_hermetic_reasons", [])
     for reason in reasons:
         print(f"tkc: non-hermetic: {reason}", file=sys.stderr)
     if strict and reasons:
         print("tkc: --strict refuses a non-hermetic bundle; nothing was written", file=sys.stderr)
-        raise typer.Exit(EXIT_INVALID)
+        return EXIT_INVALID
     if check or out is None:
-        from tkc.bundle.io import build_manifest
-
         print(build_manifest(compiled.files, compiled.plan.inputs.tkc_version)["bundle_hash"])
-        return
+        return 0
     volatile = {"compiled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
                 "source_root": str(compiled.source_root), "python": platform.python_version()}
     try:
@@ -66,5 +62,6 @@ def compile_(
                                 compiled.sources)
     except BundleExists as exc:
         print(f"tkc: {exc}", file=sys.stderr)
-        raise typer.Exit(EXIT_INVALID) from None
+        return EXIT_INVALID
     print(manifest["bundle_hash"])
+    return 0

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import typer
-
 from tkc.cli._common import report
+from tkc.cli.params import Arg, Opt
 from tkc.schema.diagnostics import CompileError
 
 
@@ -36,11 +36,11 @@ def _where(compiled: Any, key: str, source: str) -> str:
 
 
 def explain(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
-    key: Annotated[str | None, typer.Argument(help="Only keys matching this, e.g. train.learning_rate.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: a.b=value.")] = None,
-    passes: Annotated[bool, typer.Option(help="Also print, pass by pass, which values each one set.")] = False,
-) -> None:
+    recipe: Annotated[Path, Arg("Recipe YAML.")],
+    key: Annotated[str | None, Arg("Only keys matching this, e.g. train.learning_rate.")] = None,
+    set_: Annotated[list[str] | None, Opt("Override a key: a.b=value.", "--set")] = None,
+    passes: Annotated[bool, Opt("Also print, pass by pass, which values each one set.")] = False,
+) -> int:
     """Print every resolved value with its provenance (recipe, default, family:x, profile:x, derived:pass)."""
     from tkc.compiler.pipeline import compile_loaded
     from tkc.schema.load import load_recipe
@@ -57,24 +57,25 @@ def explain(
     try:
         compiled = compile_loaded(load_recipe(recipe, list(set_ or []), tolerant=True), trace=trace)
     except CompileError as exc:
-        raise typer.Exit(report(exc)) from None
+        return report(exc)
     prov = compiled.plan.provenance
     shown = 0
     for k in sorted(compiled.plan.values):
         if k.startswith("_files.") or not _matches(k, key):
             continue
         value = json.dumps(compiled.plan.values[k], ensure_ascii=False, sort_keys=True)
-        typer.echo(f"{k} = {value}    [{prov.get(k, '?')}{_where(compiled, k, prov.get(k, ''))}]")
+        print(f"{k} = {value}    [{prov.get(k, '?')}{_where(compiled, k, prov.get(k, ''))}]")
         shown += 1
     if passes:
-        typer.echo("\n".join(trace_lines))
+        print("\n".join(trace_lines))
     if not shown:
-        typer.echo(f"tkc: no resolved key matches {key!r}", err=True)
-        raise typer.Exit(1)
+        print(f"tkc: no resolved key matches {key!r}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def schema() -> None:
     """Print the recipe JSON Schema (for the YAML language server)."""
     from tkc.schema.top import json_schema
 
-    typer.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import typer
+from tkc.cli.params import Arg
 
 
-def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")]) -> None:
+def verify(bundle: Annotated[Path, Arg("Bundle directory.")]) -> int:
     """Exit 0 if every file matches the manifest; otherwise list what changed and exit 1."""
     from tkc.bundle.io import check_bundle, read_manifest
 
@@ -21,5 +21,6 @@ def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")]) ->
                 line += f"\n    expected sha256 {p.expected or '-'}\n    actual   sha256 {p.actual or '-'}"
             print(line, file=sys.stderr)
         print(f"tkc: bundle {bundle} FAILED verification ({len(problems)} problem(s))", file=sys.stderr)
-        raise typer.Exit(1)
+        return 1
     print(f"ok {read_manifest(bundle)['bundle_hash']}")
+    return 0
