@@ -1,6 +1,6 @@
 """The recipe: what a user writes, as frozen pydantic models that forbid unknown keys (`*Spec`)."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: pydantic would eval each annotation string at import.
 
 from typing import Annotated, Literal
 

@@ -1,6 +1,6 @@
 """Stage specs: a discriminated union on `kind`, each with its own options."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: pydantic would eval each annotation string at import.
 
 from typing import Annotated, Literal
 

@@ -1,6 +1,6 @@
 """The top-level recipe model, hardware/launch/tracking specs, and the JSON Schema export."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: pydantic would eval each annotation string at import.
 
 from typing import Annotated, Any, Literal
 
