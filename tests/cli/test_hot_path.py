@@ -12,12 +12,14 @@ from tkc.cli.main import HOT_VERBS, _hot_verb, run_hot
 from tkc.cli.params import params, parse
 
 REPO = Path(__file__).resolve().parents[2]
-NOT_ON_HOT_PATH = ("typer", "click", "rich", "shellingham", "torch", "transformers", "datasets", "peft", "trl")
+NOT_ON_HOT_PATH = ("typer", "click", "rich", "shellingham", "jinja2", "torch", "transformers", "datasets", "peft",
+                   "trl")
 
 
 def test_typo_report_imports_no_cli_framework(demo_copy, tmp_path):
-    recipe = demo_copy / "demo.yaml"
-    recipe.write_text(recipe.read_text().replace("cutoff_len: 64", "cutoff_len: 64\n  pakcing: true"))
+    recipe = demo_copy / "demo.yaml"  # a catalog template, as in bench/errors.py (`auto` renders the tokenizer's)
+    recipe.write_text(recipe.read_text().replace("cutoff_len: 64", "cutoff_len: 64\n  pakcing: true")
+                      .replace("template: auto", "template: qwen2_5"))
     code = ("import sys\nfrom tkc.cli.main import main\n"
             "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
             f"print(code, sorted({{m.split('.')[0] for m in sys.modules}} & set({NOT_ON_HOT_PATH!r})))")
@@ -25,6 +27,31 @@ def test_typo_report_imports_no_cli_framework(demo_copy, tmp_path):
                          capture_output=True, text=True, cwd=demo_copy, check=True)
     assert "demo.yaml:21:3: SCHEMA001 data.pakcing: unknown key (did you mean 'packing'?)" in out.stderr
     assert out.stdout.strip() == "2 []"
+
+
+def test_no_launch_scripts_rendered_for_a_recipe_with_bad_keys(demo_copy):
+    """Scripts from a recipe whose bad keys were dropped would only repeat its errors (and cost jinja2)."""
+    from tkc.compiler.pipeline import compile_loaded
+    from tkc.schema.diagnostics import CompileError
+    from tkc.schema.load import load_recipe
+
+    def launch_files(recipe: Path) -> list[str]:
+        seen: list[str] = []
+
+        def trace(name, plan):
+            if name == "render_launch":
+                seen.extend(k for k in plan.values if k.startswith("_files.launch/"))
+        try:
+            compile_loaded(load_recipe(recipe, tolerant=True), trace=trace)
+        except CompileError:
+            pass
+        return seen
+
+    recipe = demo_copy / "demo.yaml"
+    assert launch_files(recipe)
+    typo = demo_copy / "typo.yaml"
+    typo.write_text(recipe.read_text().replace("cutoff_len: 64", "cutoff_len: 64\n  pakcing: true"))
+    assert launch_files(typo) == []
 
 
 @pytest.mark.parametrize("verb", HOT_VERBS)

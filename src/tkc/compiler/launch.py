@@ -9,10 +9,12 @@ import shlex
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
 import yaml
+
+if TYPE_CHECKING:
+    import jinja2
 
 TRAINING_KINDS = frozenset({"pt", "sft", "rm", "dpo", "kto", "ppo", "grpo"})
 BACKENDS = {"cpu": "gloo", "cuda": "nccl", "rocm": "nccl", "npu": "hccl"}
@@ -229,6 +231,8 @@ class _NoAliasDumper(yaml.SafeDumper):
 
 @cache
 def _env() -> jinja2.Environment:
+    import jinja2  # here, not at import: a recipe with errors renders no script
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     env.filters["q"] = lambda value: shlex.quote(str(value))

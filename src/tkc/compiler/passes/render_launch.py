@@ -9,8 +9,8 @@ def render_launch(plan: Plan) -> Plan:
     from tkc.compiler.launch import LaunchError
     from tkc.compiler.launch import render_launch as render
 
-    if plan.diagnostics:
-        return plan  # scripts from an invalid plan would only repeat its errors
+    if plan.diagnostics or plan.inputs.recipe.problems:
+        return plan  # scripts from an invalid plan (or a recipe with bad keys dropped) would only repeat its errors
     try:
         files = render(unflatten(plan.values))
     except LaunchError as exc:
