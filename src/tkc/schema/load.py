@@ -118,7 +118,7 @@ def _without(data: Any, paths: list[KeyPath]) -> Any:
     for path in paths:
         node = out
         for part in path[:-1]:
-            node = node[part] if isinstance(node, (dict, list)) and _has(node, part) else None
+            node = node[part] if _has(node, part) else None  # type: ignore[index]  # _has: an int for a list
         if isinstance(node, dict) and path and path[-1] in node:
             del node[path[-1]]
     return out
