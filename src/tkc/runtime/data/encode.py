@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tkc.catalog.chat import assistant_spans
+from tkc.runtime.data.bpe import ByteLevelBPE
 from tkc.runtime.data.errors import BadRecord
 
 IGNORE = -100
@@ -90,17 +91,42 @@ class Encoded:
 
 
 def encode_texts(tokenizer, texts: list[str]) -> list[Encoded]:
-    """Tokenize a batch in the Rust tokenizer (no special tokens added), keeping char -> token lookups."""
+    """Tokenize a batch (no special tokens added), keeping char -> token lookups.
+
+    Texts the exact fast path (`tkc.runtime.data.bpe`) takes skip the Rust pipeline; the rest go through it
+    in one batch. Both give the same ids and token start positions.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        encs = backend.encode_batch(texts, add_special_tokens=False)
-        return [
-            Encoded(np.asarray(e.ids, dtype=np.int32), len(t), enc=e)
-            for e, t in zip(encs, texts, strict=True)
-        ]
-    out = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    return [Encoded(np.asarray(i, dtype=np.int32), len(t), starts=_starts(o))
-            for i, o, t in zip(out["input_ids"], out["offset_mapping"], texts, strict=True)]  # fmt: skip
+    if backend is None:
+        out = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [Encoded(np.asarray(i, dtype=np.int32), len(t), starts=_starts(o))
+                for i, o, t in zip(out["input_ids"], out["offset_mapping"], texts, strict=True)]  # fmt: skip
+    fast = fast_bpe(tokenizer)
+    done = fast.encode_batch(texts) if fast is not None else [None] * len(texts)
+    rest = [k for k, d in enumerate(done) if d is None]
+    encs = dict(
+        zip(rest, backend.encode_batch([texts[k] for k in rest], add_special_tokens=False), strict=True)
+    )
+    return [
+        Encoded(np.asarray(encs[k].ids, dtype=np.int32), len(t), enc=encs[k])
+        if d is None
+        else Encoded(np.asarray(d[0], dtype=np.int32), len(t), starts=d[1])
+        for k, (t, d) in enumerate(zip(texts, done, strict=True))
+    ]
+
+
+_FAST: dict[int, tuple] = {}
+
+
+def fast_bpe(tokenizer) -> ByteLevelBPE | None:
+    """The tokenizer's exact fast path (built once per tokenizer; None when it has none)."""
+    backend = tokenizer.backend_tokenizer
+    hit = _FAST.get(id(backend))
+    if hit is None or hit[0] is not backend:
+        if len(_FAST) >= 4:
+            _FAST.clear()
+        hit = _FAST[id(backend)] = (backend, ByteLevelBPE.from_tokenizer(tokenizer))
+    return hit[1]
 
 
 def _starts(offsets) -> np.ndarray:
