@@ -129,3 +129,35 @@ def test_logits_to_keep_matches_full_logits(tiny_pretrained, monkeypatch):
     monkeypatch.setattr(common, "_forward_keeps_logits", lambda cls: False)
     assert not common.keeps_logits(model)
     assert common.lm_loss_sum(model, collate_unpadded(rows, 0)).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_shared_prompt_matches_separate_forwards(tiny_pretrained):
+    """DPO pairs run their common prompt once: same log-probs and gradients as two full forwards."""
+    from transformers import AutoModelForCausalLM
+
+    from tkc.runtime.data.collate import collate_unpadded
+    from tkc.runtime.stages import common
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_pretrained, dtype=torch.float32)
+    g = torch.Generator().manual_seed(2)
+    rows = []
+    for prompt, good, bad in ((20, 9, 14), (11, 6, 6), (30, 12, 3)):
+        p = torch.randint(1, 600, (prompt,), generator=g).tolist()
+        c, r = torch.randint(1, 600, (good,), generator=g).tolist(), torch.randint(1, 600, (bad,), generator=g).tolist()
+        rows.append({"chosen_input_ids": p + c, "chosen_labels": [-100] * prompt + c,
+                     "rejected_input_ids": p + r, "rejected_labels": [-100] * prompt + r})
+    pieces = collate_unpadded(rows, 0)
+    assert [common.shared_prompt(model, b)[1] for b in pieces] == [19, 10, 29]  # up to the token before the labels
+
+    def run(share: bool):
+        model.zero_grad(set_to_none=True)
+        out = common.pair_logps(model, pieces, 0, share_prompt=share)
+        (out[0].sum() - 0.5 * out[1].sum()).backward()
+        return [t.detach() for t in out], [p.grad.clone() for p in model.parameters()]
+
+    (vals_s, grads_s), (vals, grads) = run(True), run(False)
+    for a, b in zip(vals_s, vals, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    scale = max(x.abs().max().item() for x in grads)
+    for a, b in zip(grads_s, grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale)

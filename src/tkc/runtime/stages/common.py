@@ -75,24 +75,46 @@ def keeps_logits(model) -> bool:
     return _forward_keeps_logits(type(base))
 
 
-def label_logps(model, batch: Batch, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+def label_logps(model, batch: Batch, prefix: str = "", *, past: list | None = None, start: int = 0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: (sum of log p(label) over its counted next tokens, how many), after the causal shift.
 
     Only the positions some row predicts a label from go through the LM head and log-softmax (`logits_to_keep`
     with their indices; full logits sliced the same way for a model without it): prompt tokens cost no vocab
-    projection. `prefix` picks `chosen_` / `rejected_` columns of a pair batch.
+    projection. `prefix` picks `chosen_` / `rejected_` columns of a pair batch. `past` holds the keys/values of
+    the first `start` tokens (shared_prompt), which are then not run again; no label is predicted from them.
     """
     kwargs = {k: batch[prefix + k] for k in ("attention_mask", "position_ids") if prefix + k in batch}
-    target = F.pad(batch[prefix + "labels"][:, 1:], (0, 1), value=-100)  # position t predicts token t+1
+    target = F.pad(batch[prefix + "labels"][:, 1:], (0, 1), value=-100)[:, start:]  # position t predicts t+1
     cols = (target != -100).any(0).nonzero().squeeze(-1)
+    if past is not None:
+        from transformers import DynamicCache
+
+        kwargs["past_key_values"] = DynamicCache(ddp_cache_data=past)  # a fresh cache: the forward appends to it
+    ids, use_cache = batch[prefix + "input_ids"][:, start:], past is not None
     if keeps_logits(model):
-        logits = model(input_ids=batch[prefix + "input_ids"], **kwargs, use_cache=False, logits_to_keep=cols).logits
+        logits = model(input_ids=ids, **kwargs, use_cache=use_cache, logits_to_keep=cols).logits
     else:
-        logits = model(input_ids=batch[prefix + "input_ids"], **kwargs, use_cache=False).logits[:, cols]
+        logits = model(input_ids=ids, **kwargs, use_cache=use_cache).logits[:, cols]
     target = target[:, cols]
     mask = target != -100
     logps = torch.gather(F.log_softmax(logits.float(), dim=-1), 2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (logps * mask).sum(-1), mask.sum(-1)
+
+
+def shared_prompt(model, b: Batch) -> tuple[list | None, int]:
+    """Keys/values of the leading tokens an unpadded pair piece's chosen and rejected rows share (up to the token
+    before either side's first label), run once for both sides; (None, 0) when there is nothing to share.
+    Causal attention makes those tokens' states independent of what follows, so the result is unchanged."""
+    c, r = b["chosen_input_ids"], b["rejected_input_ids"]
+    n = min(c.size(1), r.size(1))
+    same = int((c[:, :n] == r[:, :n]).all(0).long().cumprod(0).sum())
+    firsts = [(b[f"{side}_labels"] != -100).any(0).nonzero() for side in ("chosen", "rejected")]
+    start = min([same] + [int(f[0]) for f in firsts if len(f)]) - 1  # the continuation starts before any label
+    if start < 1 or not keeps_logits(model):
+        return None, 0
+    out = model(input_ids=c[:, :start], use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long))
+    return [(layer.keys, layer.values) for layer in out.past_key_values.layers], start
 
 
 def lm_loss_sum(model, batch: Batch | Pieces) -> torch.Tensor:
@@ -164,10 +186,15 @@ def pair_forward(fn, batch: Batch | Pieces, pad_id: int) -> tuple[torch.Tensor, 
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def pair_logps(model, batch: Batch | Pieces, pad_id: int) -> tuple[torch.Tensor, ...]:
-    """(chosen log-probs, rejected log-probs, chosen counts, rejected counts) per pair, summed over label tokens."""
+def pair_logps(model, batch: Batch | Pieces, pad_id: int, *, share_prompt: bool = False) -> tuple[torch.Tensor, ...]:
+    """(chosen log-probs, rejected log-probs, chosen counts, rejected counts) per pair, summed over label tokens.
+    share_prompt: unpadded pieces run their common prompt once (shared_prompt) for both sides."""
+    prompts = {id(b): shared_prompt(model, b) for b in pieces(batch)
+               if share_prompt and "chosen_attention_mask" not in b}
+
     def fn(b: Batch, prefix: str) -> torch.Tensor:
-        s, n = label_logps(model, b, prefix)
+        past, start = prompts.get(id(b), (None, 0))
+        s, n = label_logps(model, b, prefix, past=past, start=start)
         return torch.stack([s, n.clamp(min=1).to(s.dtype)], -1)
 
     c, r = pair_forward(fn, batch, pad_id)
@@ -184,12 +211,12 @@ class Reference:
         self.model = model if lora else copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def __call__(self, fn, *args):
-        """fn(model, *args) with the reference weights, e.g. reference(sequence_logps, batch)."""
+    def __call__(self, fn, *args, **kwargs):
+        """fn(model, *args, **kwargs) with the reference weights, e.g. reference(sequence_logps, batch)."""
         from contextlib import nullcontext
 
         with self.model.disable_adapter() if self.lora else nullcontext():
-            return fn(self.model, *args)
+            return fn(self.model, *args, **kwargs)
 
 
 def train_stage(ctx: RunContext, stage: dict, model, task, *, describe: str, extra: dict | None = None) -> int:

@@ -41,10 +41,10 @@ def preference_loss(opts: dict, pol: tuple, ref: tuple | None, counts: tuple) ->
     raise ValueError(f"unknown dpo loss {kind!r}")
 
 
-def make_loss(opts: dict, reference: Reference | None, pad_id: int):
+def make_loss(opts: dict, reference: Reference | None, pad_id: int, share_prompt: bool = False):
     def loss_sum(runner, batch) -> torch.Tensor:
-        pc, pr, nc, nr = pair_logps(runner, batch, pad_id)
-        ref = reference(pair_logps, batch, pad_id)[:2] if reference is not None else None
+        pc, pr, nc, nr = pair_logps(runner, batch, pad_id, share_prompt=share_prompt)
+        ref = reference(pair_logps, batch, pad_id, share_prompt=share_prompt)[:2] if reference is not None else None
         losses = preference_loss(opts, (pc, pr), ref, (nc, nr))
         if opts.get("ftx"):  # auxiliary SFT loss on the chosen response
             losses = losses + opts["ftx"] * (-pc / nc)
@@ -59,7 +59,9 @@ def build_task(ctx: RunContext, stage: dict):
     needs_ref = opts["loss"] in REFERENCE_LOSSES and opts.get("reference", "init") != "none"
     reference = Reference(model, lora=stage["finetuning"]["method"] == "lora") if needs_ref else None
     pad_id = ctx.tokenizer().pad_token_id
-    task = loop.Task(loss_sum=make_loss(opts, reference, pad_id), units=len, tokens=token_count,
+    # unpadded pairs run their shared prompt once (not with gradient checkpointing, which turns the cache off)
+    share = stage["train"]["padding"] == "unpadded" and not stage["train"]["gradient_checkpointing"]
+    task = loop.Task(loss_sum=make_loss(opts, reference, pad_id, share), units=len, tokens=token_count,
                      collate=make_collate(stage, pad_id))
     return task, model
 
