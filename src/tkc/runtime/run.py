@@ -68,10 +68,11 @@ def set_cpu_threads(resolved: dict) -> int:
 def unused_packages(resolved: dict) -> list[str]:
     """Installed optional packages this bundle never uses, which would otherwise load as a side effect.
 
-    peft imports bitsandbytes whenever it is installed (~1.2 s on the bench box: it compiles kernels through
-    torch._dynamo, then prints a failed `kernels` lookup); transformers' unwrap_model imports deepspeed when it is
-    installed (it prints "Setting accelerator to CPU"). Kept importable when a stage quantizes, when a reward model
-    comes from another bundle (whose stages may quantize), or when the launcher is deepspeed.
+    peft imports bitsandbytes whenever it is installed: ~1 CPU-second before the first LoRA step on the bench box
+    (its ops are wrapped in torch.compile, which loads inductor, functorch and networkx) and a printed failed
+    `kernels` lookup. transformers' unwrap_model (at save) imports deepspeed whenever it is installed, which prints
+    "Setting accelerator to CPU". Kept importable when a stage quantizes, when a reward model comes from another
+    bundle (whose stages may quantize), or when the launcher is deepspeed.
     """
     stages = resolved.get("stages") or []
     quantized = any((st.get("finetuning") or {}).get("quantization") for st in stages)
@@ -100,23 +101,6 @@ def hidden_packages(names: list[str]) -> Iterator[list[str]]:
                 del sys.modules[n]
 
 
-def deterministic_algorithms() -> None:
-    """torch.use_deterministic_algorithms(True, warn_only=False), without importing torch._inductor.
-
-    torch's function sets the eager flag and inductor's `deterministic` option; the latter import pulls in
-    torch._dynamo and sympy (~1.2 s on the bench box, for a compiler tkc does not call). Inductor's option
-    defaults to $TORCHINDUCTOR_DETERMINISTIC when inductor loads, so setting it first has the same effect.
-    """
-    import torch
-
-    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
-    if setter is None or "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        return
-    os.environ["TORCHINDUCTOR_DETERMINISTIC"] = "1"
-    setter(True, warn_only=False)
-
-
 def seed_everything(seed: int, deterministic: bool) -> None:
     import numpy as np
     import torch
@@ -126,7 +110,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        deterministic_algorithms()
+        torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
 
 
