@@ -171,11 +171,26 @@ class ByteLevelBPE:
         return [*out, piece[pos:]] if pos < len(piece) else out
 
     def _learn(self, words: set[str]) -> None:
-        """BPE of new pre-tokens in one batch: the bare model (no normalizer, pre-tokenizer, added tokens)."""
+        """BPE of new pre-tokens: the bare model (no normalizer, pre-tokenizer, added tokens), one call.
+
+        They go in as one pre-tokenized sequence (one Encoding: ~3x cheaper than one per word) and are
+        cut apart again by the word index of each token.
+        """
         todo = [w for w in words if w not in self._words]
+        if not todo:
+            return
         if len(self._words) + len(todo) > _MAX_WORDS:
             self._words.clear()
         mapped = [w.encode().decode("latin-1").translate(self._to_bytes) for w in todo]
+        enc = self._bare.encode(mapped, is_pretokenized=True, add_special_tokens=False)
+        ids, word = enc.ids, np.asarray(enc.word_ids, dtype=np.int64)
+        cuts = [0, *(np.flatnonzero(np.diff(word)) + 1).tolist(), len(ids)]
+        if ids and len(cuts) - 1 == len(todo) and np.array_equal(word[cuts[:-1]], np.arange(len(todo))):
+            self._words.update(
+                zip(todo, (ids[a:z] for a, z in zip(cuts[:-1], cuts[1:], strict=True)), strict=True)
+            )
+            return
+        # a word without tokens would shift the grouping: one Encoding per word then
         encs = self._bare.encode_batch_fast(mapped, add_special_tokens=False)
         self._words.update(zip(todo, (e.ids for e in encs), strict=True))
 
