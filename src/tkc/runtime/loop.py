@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tkc.runtime import checkpoint
+from tkc.runtime import checkpoint, tracking
 from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, RunContext
 from tkc.runtime.distributed import all_sum, any_rank, barrier
 from tkc.runtime.progress import Progress
@@ -206,6 +206,7 @@ def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task,
     per_epoch, total = plan_steps(len(train_rows), t)
     step, tokens_seen, resumed_from = _restore(ctx, stage, model, optimizer)
     log = StepLog(ctx.stage_dir(stage) / "steps.jsonl", keep_through=step, enabled=ctx.dist.is_main)
+    tracker = tracking.open_tracker(ctx, stage, replay=log.records)  # tracking.kind; rebuilt from kept records
     runner, params = _wrap(ctx, model), [p for p in model.parameters() if p.requires_grad]
     bar = Progress(stage["name"], total, start=step, enabled=ctx.dist.is_main, every=t["logging_steps"])
     t0, eval_loss = time.perf_counter(), None
@@ -224,10 +225,12 @@ def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task,
             tps = ntok / max(1e-9, time.perf_counter() - ts)
             log.add({"step": step, "epoch": round(step / per_epoch, 4), "loss": loss, "lr": lr,
                      "grad_norm": grad_norm, "tokens_seen": tokens_seen})
+            tracker.log(step, log.records[-1])
             bar.update(step, loss=loss, lr=lr, tokens_per_s=tps)
             if t.get("eval_steps") and step % t["eval_steps"] == 0 and eval_rows:
                 eval_loss = evaluate(ctx, runner, task, eval_rows, t["micro_batch_size"])
                 log.add({"step": step, "eval_loss": eval_loss})
+                tracker.log(step, log.records[-1])
                 bar.note(f"[{stage['name']}] step {step} eval_loss {eval_loss:.4f}")
             stop = any_rank(ctx.dist, ctx.stop_requested)
             if stop or (t["save_steps"] and step % t["save_steps"] == 0 and step < total):
@@ -238,6 +241,7 @@ def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task,
                                   log.records, eval_loss)
     finally:
         bar.close()
+        tracker.close()
     if eval_rows:
         eval_loss = evaluate(ctx, runner, task, eval_rows, t["micro_batch_size"])
     return LoopResult(EXIT_OK, step, total, tokens_seen, time.perf_counter() - t0, resumed_from, log.records, eval_loss)
