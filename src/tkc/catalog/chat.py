@@ -247,7 +247,8 @@ def _generation_spans(template_text: str, messages: list[dict], turns: list[int]
 
 def _turn_span(template_text: str, messages: list[dict], i: int, full: str, kw: dict) -> Span:
     before = render(template_text, messages[:i], add_generation_prompt=True, **kw)
-    through = render(template_text, messages[: i + 1], **kw)
+    # the last turn's prefix render is the full render itself (same messages, same options)
+    through = full if i == len(messages) - 1 else render(template_text, messages[: i + 1], **kw)
     if full.startswith(through) and through.startswith(before):
         return len(before), _trim_end(through, len(before)), i
     return _rewritten_span(template_text, messages, i, full, kw)
