@@ -146,6 +146,14 @@ def test_grpo_rules(tkc):
     assert code == 2 and "did you mean 'exact_match'?" in err
 
 
+def test_tracker_must_be_in_the_pinned_environment(tkc):
+    recipe = REPO / "recipes" / "tiny_sft_dpo.yaml"
+    code, _, err = tkc("compile", recipe, "--check", "--set", "tracking.kind=wandb")
+    assert code == 2 and "TRACK001" in err and "lockfiles/cpu.txt" in err
+    code, _, err = tkc("compile", recipe, "--check", "--set", "tracking.kind=tensorboard")
+    assert code == 0, err
+
+
 def test_registry_paths_resolve_from_the_registry_folder(tmp_path, shared_datasets):
     import shutil
 

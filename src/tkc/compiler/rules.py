@@ -138,6 +138,22 @@ def hub_revision(plan: Plan) -> Iterator[Violation]:
         yield (("model", "init"), "init: scratch needs a local model directory with config.json", None)
 
 
+def tracker_pinned(plan: Plan) -> Iterator[Violation]:
+    """The tracker's package must be in the pinned environment the bundle runs in, or the run fails at step 0."""
+    from tkc.compiler.launch import read_lock_pins
+
+    kind = plan.get("tracking.kind")
+    if kind in (None, "none"):
+        return
+    lockfile = plan.get("hardware.lockfile", "cpu")
+    text = plan.inputs.lockfiles.get(lockfile)
+    if text is not None and kind not in read_lock_pins(text):
+        yield (("tracking", "kind"), f"tracking.kind {kind!r} needs the {kind!r} package, which the pinned "
+               f"environment for this hardware (lockfiles/{lockfile}.txt) does not include",
+               "use tracking.kind: tensorboard (pinned in every lockfile), or add the package to the lockfiles "
+               "(scripts/lock.sh)")
+
+
 RULES: dict[str, Callable[[Plan], Iterator[Violation]]] = {
     "BATCH001": batch_divisible,
     "INFER001": vllm_needs_gpu,
@@ -150,4 +166,5 @@ RULES: dict[str, Callable[[Plan], Iterator[Violation]]] = {
     "PEFT001": quantization_needs_lora,
     "TMPL002": template_capabilities,
     "MODEL002": hub_revision,
+    "TRACK001": tracker_pinned,
 }
