@@ -193,7 +193,7 @@ def _run_verified(bundle_dir: Path, resolved: dict, stage: str | None, source_ro
                 return code
         return EXIT_OK
     except BundleChanged as e:
-        print(f"tkc run: refusing to resume: {e}")
+        print(f"tkc run: refusing to run: {e}")
         return EXIT_BUNDLE_CHANGED
     finally:
         shutdown_distributed(dist)
