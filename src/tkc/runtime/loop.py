@@ -196,7 +196,9 @@ def _wrap(ctx: RunContext, model: nn.Module) -> nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, find_unused_parameters=False)
+    # no per-forward buffer broadcast: unpadded micro-batches make a rank-dependent number of forwards, and a
+    # collective per forward would then hang (decoder buffers such as rotary inv_freq never change anyway)
+    return DistributedDataParallel(model, find_unused_parameters=False, broadcast_buffers=False)
 
 
 def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task, train_rows: Rows,
