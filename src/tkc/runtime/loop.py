@@ -104,21 +104,34 @@ def micro_batches(ctx: RunContext, rows: Rows, train: dict) -> list[Rows]:
 
 
 class StepLog:
-    """steps.jsonl: one record per optimizer step; on resume, records after the checkpoint's step are dropped."""
+    """steps.jsonl: one record per optimizer step; on resume, records after the checkpoint's step are dropped.
+    Every record also goes to the stage's tracker (tracking.kind), which is rebuilt from the kept records."""
 
-    def __init__(self, path: Path, keep_through: int, enabled: bool):
+    def __init__(self, path: Path, keep_through: int, enabled: bool, tracker: tracking.Tracker | None = None):
         self.path, self.enabled, self.records = path, enabled, []
         if path.exists():
             self.records = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= keep_through]
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))
+        self.tracker = tracker or tracking.NullTracker()
+
+    @classmethod
+    def open(cls, ctx: RunContext, stage: dict, keep_through: int) -> StepLog:
+        """The stage's steps.jsonl (written by the main rank) with its tracker opened and replayed."""
+        log = cls(ctx.stage_dir(stage) / "steps.jsonl", keep_through, enabled=ctx.dist.is_main)
+        log.tracker = tracking.open_tracker(ctx, stage, replay=log.records)
+        return log
 
     def add(self, record: dict) -> None:
         self.records.append(record)
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
+        self.tracker.log(int(record["step"]), record)
+
+    def close(self) -> None:
+        self.tracker.close()
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -207,8 +220,7 @@ def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task,
     t = stage["train"]
     per_epoch, total = plan_steps(len(train_rows), t)
     step, tokens_seen, resumed_from = _restore(ctx, stage, model, optimizer)
-    log = StepLog(ctx.stage_dir(stage) / "steps.jsonl", keep_through=step, enabled=ctx.dist.is_main)
-    tracker = tracking.open_tracker(ctx, stage, replay=log.records)  # tracking.kind; rebuilt from kept records
+    log = StepLog.open(ctx, stage, keep_through=step)
     runner, params = _wrap(ctx, model), [p for p in model.parameters() if p.requires_grad]
     bar = Progress(stage["name"], total, start=step, enabled=ctx.dist.is_main, every=t["logging_steps"])
     t0, eval_loss = time.perf_counter(), None
@@ -227,12 +239,10 @@ def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task,
             tps = ntok / max(1e-9, time.perf_counter() - ts)
             log.add({"step": step, "epoch": round(step / per_epoch, 4), "loss": loss, "lr": lr,
                      "grad_norm": grad_norm, "tokens_seen": tokens_seen})
-            tracker.log(step, log.records[-1])
             bar.update(step, loss=loss, lr=lr, tokens_per_s=tps)
             if t.get("eval_steps") and step % t["eval_steps"] == 0 and eval_rows:
                 eval_loss = evaluate(ctx, runner, task, eval_rows, t["micro_batch_size"])
                 log.add({"step": step, "eval_loss": eval_loss})
-                tracker.log(step, log.records[-1])
                 bar.note(f"[{stage['name']}] step {step} eval_loss {eval_loss:.4f}")
             stop = any_rank(ctx.dist, ctx.stop_requested)
             if stop or (t["save_steps"] and step % t["save_steps"] == 0 and step < total):
@@ -243,7 +253,7 @@ def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task,
                                   log.records, eval_loss)
     finally:
         bar.close()
-        tracker.close()
+        log.close()
     if eval_rows:
         eval_loss = evaluate(ctx, runner, task, eval_rows, t["micro_batch_size"])
     return LoopResult(EXIT_OK, step, total, tokens_seen, time.perf_counter() - t0, resumed_from, log.records, eval_loss)

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from tkc.runtime import loop, outputs, rewards, tracking
+from tkc.runtime import loop, outputs, rewards
 from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, BundleChanged, RunContext
 from tkc.runtime.model import build_optimizer, build_trainable, count_params
 from tkc.runtime.progress import Progress
@@ -198,8 +198,7 @@ def _trainer_class():
     return TkcGRPOTrainer
 
 
-def _callback(ctx: RunContext, stage: dict, log: loop.StepLog, bar: Progress, reward_names: list[str],
-              tracker: tracking.Tracker):
+def _callback(ctx: RunContext, stage: dict, log: loop.StepLog, bar: Progress, reward_names: list[str]):
     from transformers import TrainerCallback
 
     class TkcCallback(TrainerCallback):
@@ -220,7 +219,6 @@ def _callback(ctx: RunContext, stage: dict, log: loop.StepLog, bar: Progress, re
                 rec["kl"] = logs["kl"]
             log.add({k: (float(v) if isinstance(v, (int, float)) and k not in ("step", "tokens_seen") else v)
                      for k, v in rec.items()})
-            tracker.log(state.global_step, log.records[-1])
             elapsed = max(1e-9, time.perf_counter() - bar.t0)
             bar.update(state.global_step, loss=rec["loss"], lr=rec["lr"] or 0.0,
                        tokens_per_s=rec["tokens_seen"] / elapsed)
@@ -278,9 +276,8 @@ def run(ctx: RunContext, stage: dict) -> int:
     ckpt_root = stage_dir / "checkpoints"
     _check_bundle_hash(ctx, ckpt_root)
     resume_path, resume_step = last_complete_checkpoint(ckpt_root)
-    log = loop.StepLog(stage_dir / "steps.jsonl", keep_through=resume_step, enabled=True)
-    # tkc's tracker, not the Trainer's report_to: the same tags as every other stage, and the same resume rule
-    tracker = tracking.open_tracker(ctx, stage, replay=log.records)
+    # tkc's tracker (through the step log), not the Trainer's report_to: the same tags and resume rule as every stage
+    log = loop.StepLog.open(ctx, stage, keep_through=resume_step)
     bar = Progress(stage["name"], total, start=resume_step, every=t["logging_steps"])
     args = grpo_config(ctx, stage, total, opts)
     outputs.write_json(stage_dir / "grpo_config.json",
@@ -297,7 +294,7 @@ def run(ctx: RunContext, stage: dict) -> int:
 
     for cb in (PrinterCallback, ProgressCallback):  # tkc prints progress itself
         trainer.remove_callback(cb)
-    trainer.add_callback(_callback(ctx, stage, log, bar, trainer.reward_func_names, tracker))
+    trainer.add_callback(_callback(ctx, stage, log, bar, trainer.reward_func_names))
     ctx.log(f"[{stage['name']}] grpo: {len(items)} prompts x {n} generations, {prompts_per_step} prompts/step, "
             f"{total} steps, reward {reward_function or 'rm:' + describe(stage['options'])}, {trainable:,}/{n_params:,} trainable"
             + (f"; resuming from {resume_path.name}" if resume_path else ""))
@@ -306,7 +303,7 @@ def run(ctx: RunContext, stage: dict) -> int:
         trainer.train(resume_from_checkpoint=str(resume_path) if resume_path else None)
     finally:
         bar.close()
-        tracker.close()
+        log.close()
     if ctx.stop_requested:
         ctx.log(f"[{stage['name']}] stop requested: checkpoint at step {trainer.state.global_step} written; "
                 "run again to resume")

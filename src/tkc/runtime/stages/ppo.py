@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tkc.runtime import loop, outputs, tracking
+from tkc.runtime import loop, outputs
 from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, RunContext
 from tkc.runtime.model import build_optimizer, build_trainable, count_params
 from tkc.runtime.progress import Progress
@@ -139,8 +139,7 @@ def run(ctx: RunContext, stage: dict) -> int:
     prompts = [split_prompt(r)[0] for r in rows]
     per_epoch, total = loop.plan_steps(len(prompts), t)
     step, tokens, resumed = loop._restore(ctx, stage, model, optimizer)
-    log = loop.StepLog(ctx.stage_dir(stage) / "steps.jsonl", keep_through=step, enabled=True)
-    tracker = tracking.open_tracker(ctx, stage, replay=log.records)
+    log = loop.StepLog.open(ctx, stage, keep_through=step)
     trainable, n_params = count_params(model)
     ctx.log(f"[{stage['name']}] ppo: {len(prompts)} prompts, reward from {describe(opts)}, "
             f"{trainable:,}/{n_params:,} trainable params")
@@ -161,7 +160,6 @@ def run(ctx: RunContext, stage: dict) -> int:
             step, tokens = step + 1, tokens + int(r["amask"].sum())
             log.add({"step": step, "loss": loss.item(), "reward": r["score"], "kl": r["kl"], "lr": lr,
                      "tokens_seen": tokens})
-            tracker.log(step, log.records[-1])
             bar.update(step, loss=loss.item(), lr=lr, tokens_per_s=tokens / max(1e-9, time.perf_counter() - t0))
             if ctx.stop_requested or (t["save_steps"] and step % t["save_steps"] == 0 and step < total):
                 loop._save(ctx, stage, model, optimizer, step, per_epoch, tokens)
@@ -169,7 +167,7 @@ def run(ctx: RunContext, stage: dict) -> int:
                 return EXIT_SIGTERM
     finally:
         bar.close()
-        tracker.close()
+        log.close()
     save_model(ctx, stage, model.policy)
     from safetensors.torch import save_file
 
