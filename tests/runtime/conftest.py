@@ -191,6 +191,19 @@ def run_in_subprocess(bundle: Path, *extra: str, timeout: float = 300, wait: boo
     return subprocess.run([PY, "-c", code, *extra], env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def wait_for_step(bundle: Path, step: int, proc, timeout: float = 240, stage: str = "sft") -> None:
+    """Block until a running `run_in_subprocess(..., wait=False)` has logged `step` (fails if the process exits)."""
+    import time
+
+    path, t0 = bundle / "outputs" / stage / "steps.jsonl", time.time()
+    while time.time() - t0 < timeout:
+        if path.exists() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines() if x.strip()):
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the step in time")
+
+
 @pytest.fixture(scope="module")
 def rt_module():
     return sys.modules[__name__]

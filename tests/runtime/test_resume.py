@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
-import time
 
 import pytest
 
@@ -34,17 +32,6 @@ def _losses(rt, bundle) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rt.steps(bundle, "sft") if "loss" in r]
 
 
-def _wait_for_step(rt, bundle, step: int, proc, timeout: float = 240) -> None:
-    path = bundle / "outputs" / "sft" / "steps.jsonl"
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if path.exists() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines() if x.strip()):
-            return
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.05)
-    raise AssertionError("training did not reach the step in time")
-
-
 @pytest.fixture(scope="module")
 def reference_run(rt_module, tiny_pretrained, tmp_path_factory):
     rt = rt_module
@@ -58,7 +45,7 @@ def reference_run(rt_module, tiny_pretrained, tmp_path_factory):
 def test_kill_9_mid_training_then_resume_is_exact(rt, tmp_path, tiny_pretrained, reference_run):
     bundle = rt.write_bundle(tmp_path / "run", _plan(rt, tiny_pretrained))
     proc = rt.run_in_subprocess(bundle, wait=False)
-    _wait_for_step(rt, bundle, 7, proc)  # past the step-6 checkpoint, inside the next steps
+    rt.wait_for_step(bundle, 7, proc)  # past the step-6 checkpoint, inside the next steps
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (bundle / "outputs" / "sft" / "DONE").exists()
@@ -74,7 +61,7 @@ def test_kill_9_mid_training_then_resume_is_exact(rt, tmp_path, tiny_pretrained,
 def test_sigterm_writes_checkpoint_and_exits_143_then_resumes_exactly(rt, tmp_path, tiny_pretrained, reference_run):
     bundle = rt.write_bundle(tmp_path / "run", _plan(rt, tiny_pretrained))
     proc = rt.run_in_subprocess(bundle, wait=False)
-    _wait_for_step(rt, bundle, 4, proc)
+    rt.wait_for_step(bundle, 4, proc)
     os.kill(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_SIGTERM == 143, out

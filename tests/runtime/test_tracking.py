@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -82,22 +80,12 @@ def test_none_writes_nothing(rt, tmp_path, tiny_pretrained):
     assert not (bundle / "outputs").exists()
 
 
-def _wait_for_step(bundle: Path, step: int, proc, timeout: float = 240) -> None:
-    path, t0 = bundle / "outputs" / "sft" / "steps.jsonl", time.time()
-    while time.time() - t0 < timeout:
-        if path.exists() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines() if x.strip()):
-            return
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.05)
-    raise AssertionError("training did not reach the step in time")
-
-
 @pytest.mark.slow
 def test_tensorboard_events_equal_steps_jsonl_once_per_step_after_kill_and_resume(rt, tmp_path, tiny_pretrained):
     bundle = rt.write_bundle(tmp_path / "run", _plan(rt, tiny_pretrained))
     log_dir = bundle / "outputs" / "sft" / "tensorboard"
     proc = rt.run_in_subprocess(bundle, wait=False)
-    _wait_for_step(bundle, 8, proc)  # past the step-6 checkpoint: steps 7-8 are logged twice unless handled
+    rt.wait_for_step(bundle, 8, proc)  # past the step-6 checkpoint: steps 7-8 are logged twice unless handled
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before_kill = _events(log_dir)
