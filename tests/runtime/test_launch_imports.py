@@ -1,4 +1,4 @@
-"""`tkc run` start-up: optional packages the bundle does not use stay unimported and silent."""
+"""`tkc run` and `tkc chat` start-up: optional packages the bundle does not use stay unimported and silent."""
 
 from __future__ import annotations
 
@@ -55,8 +55,9 @@ HEAVY = ("deepspeed", "bitsandbytes", "trl")
 DRIVER = """
 import json, sys
 from tkc.cli.main import app
+code = 0
 try:
-    app(["run", sys.argv[1]])
+    app(json.loads(sys.argv[1]))
 except SystemExit as e:
     code = e.code
 import torch
@@ -77,14 +78,25 @@ def test_tkc_run_imports_no_unused_optional_package_and_prints_no_noise(rt, tmp_
     plan = rt.resolved(stages, model_path=str(tiny_pretrained), init="pretrained")
     plan["datasets"]["arith_sft"]["max_samples"] = 8
     bundle = rt.write_bundle(tmp_path / "run", plan)
-    r = subprocess.run([sys.executable, "-c", DRIVER, str(bundle), ",".join(HEAVY)], capture_output=True, text=True, timeout=600)
-    line = next((s for s in r.stdout.splitlines() if s.startswith("RESULT ")), None)
-    assert line is not None, r.stdout[-2000:] + r.stderr[-2000:]
-    result = json.loads(line[len("RESULT "):])
-    assert result["code"] == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    result, out = _drive(["run", str(bundle)])
     assert (bundle / "outputs" / "full" / "model").is_dir() and (bundle / "outputs" / "lora" / "DONE").exists()
-    assert result["heavy"] == [], f"imported although the bundle does not use them: {result['heavy']}"
     assert result["deterministic"] is True
     assert result["inductor_deterministic"] in (None, True)
+    # `tkc chat` on the LoRA stage (peft loads the adapter) is the CLI's own process too
+    _drive(["chat", str(bundle), "--stage", "lora", "--max-new-tokens", "4"], stdin="hello\n")
+
+
+def _drive(argv: list[str], stdin: str = "") -> tuple[dict, str]:
+    """Run the tkc CLI with `argv` in a fresh interpreter; it must succeed, import no unused optional package
+    and print none of the known noise."""
+    r = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argv), ",".join(HEAVY)], input=stdin,
+                       capture_output=True, text=True, timeout=600)
+    out = r.stdout[-2000:] + r.stderr[-2000:]
+    line = next((s for s in r.stdout.splitlines() if s.startswith("RESULT ")), None)
+    assert line is not None, out
+    result = json.loads(line[len("RESULT "):])
+    assert result["code"] in (0, None), out
+    assert result["heavy"] == [], f"{argv[0]} imported although the bundle does not use them: {result['heavy']}"
     noisy = [s for s in (r.stdout + r.stderr).splitlines() if any(n in s for n in NOISE)]
     assert not noisy, noisy
+    return result, out

@@ -125,12 +125,26 @@ def chat(
     ] = None,
 ) -> None:
     """Chat with a bundle's model; reads one message per line when stdin is not a terminal."""
+    from tkc.runtime.run import hidden_packages, unused_packages
+
     sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
-    session, title = open_session(bundle, stage, engine, source_root, system=system, seed=seed, **sampling)
-    if sys.stdin.isatty():
-        repl(session, title)
-    else:
-        pipe_loop(session, iter(sys.stdin), lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    # This process is the CLI's own: optional packages the bundle never uses stay unimported (as in `tkc run`).
+    with hidden_packages(unused_packages(_resolved_or_empty(bundle))):
+        session, title = open_session(bundle, stage, engine, source_root, system=system, seed=seed, **sampling)
+        if sys.stdin.isatty():
+            repl(session, title)
+        else:
+            pipe_loop(session, iter(sys.stdin), lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+
+
+def _resolved_or_empty(bundle: Path) -> dict:
+    """The bundle's resolved.json, or {} when it cannot be read (open_session then reports why)."""
+    import json
+
+    try:
+        return json.loads((Path(bundle) / "resolved.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def open_session(
