@@ -62,6 +62,15 @@ def test_parallelism_multiplies_out():
     assert train["micro_batch_size"] * train["gradient_accumulation_steps"] * 32 == train["global_batch_size"]
 
 
+def test_cpu_threads_come_from_the_profile_unless_the_recipe_pins_them():
+    plan = run_passes(_plan())
+    assert plan.get("launch.cpu_threads") == 2 and plan.provenance["launch.cpu_threads"] == "profile:cpu"
+    pinned = run_passes(_plan("demo.yaml", "launch.cpu_threads=1"))
+    assert pinned.get("launch.cpu_threads") == 1 and pinned.provenance["launch.cpu_threads"] != "profile:cpu"
+    gpu = run_passes(_plan("demo.yaml", "hardware=h100_80g_x8", "launch.kind=torchrun"))
+    assert gpu.get("launch.cpu_threads") == 1 and gpu.get("launch.nproc_per_node") == 8
+
+
 def test_init_from_chains_training_stages():
     resolved = unflatten(run_passes(_plan("tiny_rm_ppo.yaml")).values)
     assert [(s["name"], s["init_from"]) for s in resolved["stages"]] == [

@@ -49,7 +49,7 @@ class Profile(Record):
     interconnect: str = "none"
     lockfile: str = "cpu"
     default_launch: str = "local"
-    cpu_threads: int = 1       # intra-op threads per process; 1 = the same float reduction order everywhere
+    cpu_threads: int = 1       # intra-op threads per node, split among its processes (launch.cpu_threads)
 
 
 class TemplateMeta(Record):

@@ -55,8 +55,10 @@ def set_cpu_threads(resolved: dict) -> int:
     """Intra-op threads from the plan (`launch.cpu_threads`, the profile's unless the recipe sets it).
 
     The compiler pins it because float reductions run in a thread-count-dependent order: with the same count,
-    CPU runs are bit-identical across hosts. The cpu profile says 1: on a shared 2-core box, 2 spinning OpenMP
-    threads per process made the tiny model's steps ~5x slower than 1 thread (measured).
+    CPU runs are bit-identical across hosts. The cpu profile gives its node 2 threads (its 2 cores; split among
+    the processes when a launcher starts several): on a quiet 2-core machine the bench's tiny-model training ran
+    1.5-1.75x faster than at 1 thread. Threads that share busy cores with other processes spin and slow down, so
+    a recipe sharing its machine can set `launch.cpu_threads: 1`.
     """
     import torch
 

@@ -44,9 +44,12 @@ def _launch(plan: Plan) -> dict[str, tuple[Any, str]]:
     }
     for key in ("master_port", "zero_stage", "offload", "rdzv_timeout_s"):
         out[f"launch.{key}"] = (getattr(spec, key), source_of(plan, ("launch", key)))
-    threads = spec.cpu_threads or plan.get("hardware.cpu_threads", 1)
-    out["launch.cpu_threads"] = (threads, source_of(plan, ("launch", "cpu_threads")) if spec.cpu_threads
-                                 else f"profile:{plan.get('hardware.profile')}")
+    if spec.cpu_threads:  # the recipe's count is per process
+        out["launch.cpu_threads"] = (spec.cpu_threads, source_of(plan, ("launch", "cpu_threads")))
+    else:  # the profile's count is per node, shared by the processes there
+        node = plan.get("hardware.cpu_threads", 1)
+        src = f"profile:{plan.get('hardware.profile')}" if per_node == 1 else d
+        out["launch.cpu_threads"] = (max(1, node // per_node), src)
     if kind == "deepspeed" and spec.zero_stage is None:
         out["launch.zero_stage"] = (2, d)
     for block in ("slurm", "kubernetes"):
