@@ -63,9 +63,10 @@ def _bnb_config(quant: dict, dtype: torch.dtype):
 
 
 @contextmanager
-def _peft_wrapping() -> Iterator[None]:
-    """peft reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model: a FutureWarning
-    addressed to peft's authors, printed on every LoRA run. Silenced here only, by its exact text."""
+def quiet_checkpointing_alias() -> Iterator[None]:
+    """peft (whenever it wraps a model) and TRL's GRPO trainer (every step) read transformers' deprecated
+    `is_gradient_checkpointing`: a FutureWarning addressed to their authors, printed on every LoRA or GRPO run.
+    Silenced inside this block only, by its exact text."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield
@@ -80,7 +81,7 @@ def load_stage_output(ctx: RunContext, name: str, *, dtype: torch.dtype = torch.
         from peft import PeftModel
 
         base = start_weights(ctx, ctx.stage_by_name(name), head=head, dtype=dtype)
-        with _peft_wrapping():
+        with quiet_checkpointing_alias():
             return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
     return _auto_class(head).from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
 
@@ -139,7 +140,7 @@ def apply_lora(model: nn.Module, lora: dict, *, task_type: str, quantized: bool)
         init_lora_weights="pissa" if lora.get("init") == "pissa" else True,
         modules_to_save=list(lora.get("modules_to_save") or []) or None, bias="none", task_type=task_type,
     )
-    with _peft_wrapping():
+    with quiet_checkpointing_alias():
         return get_peft_model(model, config)
 
 

@@ -51,7 +51,7 @@ import torch
 
 from tkc.runtime import loop, outputs, rewards
 from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, BundleChanged, RunContext
-from tkc.runtime.model import build_optimizer, build_trainable, count_params
+from tkc.runtime.model import build_optimizer, build_trainable, count_params, quiet_checkpointing_alias
 from tkc.runtime.progress import Progress
 from tkc.runtime.reward_model import describe, load_reward_model
 from tkc.runtime.stages.common import finish, load_rows, save_model
@@ -158,8 +158,9 @@ def grpo_config(ctx: RunContext, stage: dict, total: int, opts: dict):
         adam_beta2=t["adam_beta2"], adam_epsilon=t["adam_epsilon"], optim="adamw_torch",
         lr_scheduler_type="constant", warmup_steps=0,  # unused: tkc's optimizer and schedule are passed in
         max_grad_norm=float(t["max_grad_norm"] or 0.0),
-        gradient_checkpointing=bool(t.get("gradient_checkpointing")),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        # transformers' names (its `gradient_checkpointing*` aliases warn); set, so TRL's default (on) never applies
+        activation_checkpointing=bool(t.get("gradient_checkpointing")),
+        activation_checkpointing_kwargs={"use_reentrant": False},
         logging_strategy="steps", logging_steps=1, logging_first_step=True, disable_tqdm=True, report_to=[],
         save_strategy="steps" if t["save_steps"] else "no", save_steps=t["save_steps"] or 1,
         save_total_limit=t["save_total_limit"], save_only_model=False,
@@ -283,11 +284,12 @@ def run(ctx: RunContext, stage: dict) -> int:
     outputs.write_json(stage_dir / "grpo_config.json",
                        {k: v for k, v in sorted(args.to_dict().items()) if not k.startswith("_")
                         and k not in ("output_dir", "logging_dir")})
-    trainer = _trainer_class()(
-        model=policy, reward_funcs=[reward], args=args,
-        train_dataset=Dataset.from_list(items), processing_class=tok,
-        optimizers=(optimizer, scheduler), prompt_ids={it["prompt"]: it["prompt_ids"] for it in items},
-    )
+    with quiet_checkpointing_alias():
+        trainer = _trainer_class()(
+            model=policy, reward_funcs=[reward], args=args,
+            train_dataset=Dataset.from_list(items), processing_class=tok,
+            optimizers=(optimizer, scheduler), prompt_ids={it["prompt"]: it["prompt_ids"] for it in items},
+        )
     if getattr(reward, "model", None) is not None:
         reward.model.to(trainer.accelerator.device)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -300,7 +302,8 @@ def run(ctx: RunContext, stage: dict) -> int:
             + (f"; resuming from {resume_path.name}" if resume_path else ""))
     t0 = time.perf_counter()
     try:
-        trainer.train(resume_from_checkpoint=str(resume_path) if resume_path else None)
+        with quiet_checkpointing_alias():
+            trainer.train(resume_from_checkpoint=str(resume_path) if resume_path else None)
     finally:
         bar.close()
         log.close()
