@@ -148,9 +148,14 @@ def section_summary(res: dict[str, dict]) -> list[str]:
         matched = bool(pm)
         for label, peer, rat, judged in (
             (f"{n}: tokens/s (peak RSS GiB), peer at tkc's thread count", pm, rm_, True),
-            (f"{n}: tokens/s (peak RSS GiB), peer at its default threads", wp, ra, not matched),
+            (
+                f"{n}: tokens/s (peak RSS GiB), peer at its default threads{_threads_note(w)}",
+                wp,
+                ra,
+                not matched,
+            ),
         ):
-            if not peer and label.endswith("thread count"):
+            if not peer and "thread count" in label:
                 continue
             tr, mr = rat.get("tokens_per_s"), rat.get("peak_rss")
             ok = None if tr is None or mr is None or not judged else (tr >= 1.5 and mr <= 1.0)
@@ -179,6 +184,14 @@ def section_summary(res: dict[str, dict]) -> list[str]:
         )
     rows += _repeat_rows(res.get("repeat_train") or {})
     return ["## Summary", "", *rows, ""]
+
+
+def _threads_note(w: dict) -> str:
+    """' (2, as tkc)' when the peer's default thread count is tkc's: that row is the matched comparison."""
+    pd, td = w.get("peer_default_threads"), w.get("tkc_cpu_threads")
+    if pd is None:
+        return ""
+    return f" ({pd}, as tkc)" if pd == td else f" ({pd}; tkc {td})"
 
 
 def _repeat_rows(rt: dict) -> list[str]:
@@ -292,7 +305,13 @@ def _train_table(n: str, w: dict, when: str | None = None) -> list[str]:
                 w.get("ratios_vs_" + PEER_T) or {},
             )
         )
-    cols.append(("peer, default threads" + _note(w, "peer"), _side(w, "peer"), w.get("ratios") or {}))
+    cols.append(
+        (
+            "peer, default threads" + _threads_note(w) + _note(w, "peer"),
+            _side(w, "peer"),
+            w.get("ratios") or {},
+        )
+    )
     peers = cols[1:]
     head = (
         "| | "
@@ -475,10 +494,10 @@ default system prompt inserted on both sides (peer template `qwen`, tkc template
 batch 4 (no accumulation), 1 epoch, seed 42, AdamW, lr cosine without warmup, weight decay 0, clip 1.0,
 LoRA r 8 / alpha 16 / dropout 0 on q,k,v,o,gate,up,down, fp32, gradient checkpointing off (the peer's
 default is on: shown as a separate row), one data process, no eval, no checkpoints. Threads: tkc's `cpu`
-hardware profile pins one intra-op thread (`launch.cpu_threads`, so float reductions run in the same order
-on every host); the peer uses torch's default, one per core (2 here). The peer is run both ways: with
-`OMP_NUM_THREADS=1` (matched, judged against the targets) and with its default (shown beside it). On this
-shared 2-core machine two spinning OpenMP threads per process make a big difference, so read both. DPO: sigmoid loss,
+hardware profile pins the node's intra-op threads in the bundle (`launch.cpu_threads` = 2, so float
+reductions run in the same order on every host); the peer uses torch's default, one per physical core. When
+that default differs from tkc's count, the peer also runs with `OMP_NUM_THREADS` = tkc's count (matched,
+judged against the targets); on a 2-core machine its default row is the matched one. DPO: sigmoid loss,
 beta 0.1, reference = the frozen base (adapter disabled).
 """
 

@@ -27,6 +27,13 @@ from peer import ensure as ensure_peer  # noqa: E402
 from tiny_assets import build as build_assets  # noqa: E402
 
 
+def tkc_cpu_threads() -> int:
+    """The intra-op threads tkc's cpu profile gives a one-process run (what the bench's bundles resolve to)."""
+    from tkc.catalog.registry import profiles
+
+    return profiles()["cpu"].cpu_threads
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -41,7 +48,7 @@ def main() -> None:
         ("errors", lambda: errors.main(flags)),
         ("preprocess", lambda: preprocess.main(flags)),
         ("parity", parity.main),
-        ("train", lambda: train.main([*flags, "--peer-threads", "1"])),
+        ("train", lambda: train.main([*flags, "--peer-threads", str(tkc_cpu_threads())])),
     ):
         t = time.monotonic()
         print(f"== {name}", flush=True)

@@ -18,8 +18,9 @@ Per run, the same way for both tools:
 Companions less sensitive to other jobs on this shared machine: per-step throughput (steps 2..N, from each
 step record's arrival time and cumulative token count) as a median and as a 90th percentile (the least
 disturbed steps), and tokens per CPU-second of the process tree from step 1 to exit.
-Threads: tkc's cpu profile pins 1 intra-op thread (`launch.cpu_threads`); the peer uses torch's default
-(one per core). --peer-threads 1 adds a peer row with OMP_NUM_THREADS=1, the matched setting.
+Threads: tkc's cpu profile pins the node's intra-op threads (`launch.cpu_threads`, 2); the peer uses torch's
+default (one per physical core). --peer-threads N adds a peer row with OMP_NUM_THREADS=N, the matched setting,
+unless N is the peer's default anyway (then its default row is the matched one; `peer_default_threads`).
 Determinism: per tool, every repetition's full-precision loss sequence compared with the first.
 Runs alternate tools (and the order flips every repetition). Results: bench/results/train.json.
 """
@@ -104,6 +105,13 @@ def _peer_marks(r) -> list[tuple[float, int]]:
             if d.get("num_input_tokens_seen"):
                 marks.append((t, int(d["num_input_tokens_seen"])))
     return marks
+
+
+def peer_default_threads() -> int | None:
+    """torch's intra-op thread count in the peer's venv when nothing sets it (what its default runs use)."""
+    r = run([PEER_PY, "-c", "import torch; print(torch.get_num_threads())"], env=PEER_ENV, timeout=120)
+    out = [s for _, s in r.lines if s.strip().isdigit()]
+    return int(out[-1]) if r.returncode == 0 and out else None
 
 
 def peer_once(w: Workload, model: Path, d: Path, threads: int | None = None) -> dict:
@@ -268,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--peer-threads",
         type=int,
         default=None,
-        help="also run the peer with OMP_NUM_THREADS=N (tkc's cpu profile pins 1 intra-op thread)",
+        help="also run the peer with OMP_NUM_THREADS=N (tkc's thread count) unless that is its default",
     )
     ap.add_argument(
         "--peer-defaults",
@@ -286,6 +294,12 @@ def main(argv: list[str] | None = None) -> dict:
     do_peer = a.side in ("both", "peer")
     if do_peer:
         ensure_peer()
+    default_threads = peer_default_threads() if do_peer else None
+    if a.peer_threads and a.peer_threads == default_threads:
+        print(
+            f"the peer's default is {default_threads} threads: its default row is the matched one", flush=True
+        )
+        a.peer_threads = None
     raw = _alternate(names, reps, model, do_tkc, do_peer, a.peer_threads)
     res: dict = {"reps": reps, "workloads": {}}
     for n in names:
@@ -297,6 +311,10 @@ def main(argv: list[str] | None = None) -> dict:
         }
         if a.peer_threads and do_peer:
             entry[PEER_T] = {**_summary(raw[n][PEER_T]), "threads": a.peer_threads}
+        entry["peer_default_threads"] = default_threads
+        entry["tkc_cpu_threads"] = next(
+            (x.get("cpu_threads") for x in raw[n]["tkc"] if x.get("cpu_threads")), None
+        )
         entry["measured_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         res["workloads"][n] = entry
     if peer_def and do_peer:
