@@ -152,7 +152,52 @@ def test_grpo_stop_request_checkpoints_and_resumes_exactly(rt, tmp_path, tiny_pr
     seed_everything(42, True)
     assert grpo.run(ctx, ctx.stage_by_name("grpo")) == EXIT_SIGTERM
     out = cut / "outputs" / "grpo"
-    assert (out / "checkpoints" / "checkpoint-1").is_dir() and not (out / "DONE").exists()
+    assert (out / "checkpoints" / "checkpoint-1" / "COMPLETE").is_file() and not (out / "DONE").exists()
+    assert not list((out / "checkpoints").glob(".tmp-*"))
     assert wired(cut) == 0
     assert rt.steps(cut, "grpo") == rt.steps(whole, "grpo")
     assert all(r["grad_norm"] > 0 for r in rt.steps(whole, "grpo"))
+
+
+def test_last_complete_checkpoint_skips_and_removes_unpublished(tmp_path):
+    from tkc.runtime.stages.grpo import last_complete_checkpoint
+
+    root = tmp_path / "checkpoints"
+    for name, complete in (("checkpoint-2", True), ("checkpoint-4", False), (".tmp-checkpoint-6", False)):
+        (root / name).mkdir(parents=True)
+        (root / name / "trainer_state.json").write_text("{}")
+        if complete:
+            (root / name / "COMPLETE").write_text("2\n")
+    assert last_complete_checkpoint(root) == (root / "checkpoint-2", 2)
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2"]
+    assert last_complete_checkpoint(tmp_path / "missing") == (None, 0)
+
+
+@pytest.mark.slow
+def test_grpo_save_that_fails_midway_leaves_the_previous_checkpoint(rt, tmp_path, tiny_pretrained, wired,
+                                                                     monkeypatch):
+    """A save that dies after the weights and before the rest (a full disk, a kill) publishes nothing: the step-1
+    checkpoint stays the newest complete one, and `tkc run` again resumes from it."""
+    from transformers import Trainer
+
+    grpo = _grpo(rt, 0, reward_function="length_penalty")
+    grpo["train"].update(max_steps=3, save_steps=1, save_total_limit=0)
+    bundle = rt.write_bundle(tmp_path / "run", _plan(rt, tiny_pretrained, [grpo]))
+    real = Trainer._save_rng_state
+
+    def dies_at_step_2(self, output_dir):
+        if self.state.global_step == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", dies_at_step_2)
+    with pytest.raises(OSError, match="No space left"):
+        wired(bundle)
+    ckpts = bundle / "outputs" / "grpo" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-1"]
+    assert (ckpts / "checkpoint-1" / "COMPLETE").is_file()
+    monkeypatch.setattr(Trainer, "_save_rng_state", real)
+    assert wired(bundle) == 0
+    record = json.loads((bundle / "outputs" / "grpo" / "run_record.json").read_text())
+    assert record["resumed_from_step"] == 1
+    assert [r["step"] for r in rt.steps(bundle, "grpo")] == [1, 2, 3]

@@ -28,17 +28,25 @@ def save_checkpoint(root: Path, step: int, *, tensors: dict[str, torch.Tensor], 
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "trainable.safetensors"))
     torch.save(optimizer_state, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state, sort_keys=True, indent=1) + "\n", encoding="utf-8")
-    for f in tmp.iterdir():
+    publish(tmp, final, step)
+    prune_checkpoints(root, keep)
+    return final
+
+
+def publish(tmp: Path, final: Path, step: int) -> None:
+    """Make the fully written directory `tmp` the checkpoint `final`, atomically: every file and folder fsynced,
+    a COMPLETE marker written and fsynced last, then one rename (and the parent fsynced). A crash before the
+    rename leaves only `tmp`, which readers ignore; after it, `final` is whole on disk."""
+    for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
         fsync_path(f)
     (tmp / "COMPLETE").write_text(str(step) + "\n", encoding="utf-8")
     fsync_path(tmp / "COMPLETE")
-    fsync_path(tmp)
+    for d in [*sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True), tmp]:
+        fsync_path(d)
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    fsync_path(root)
-    prune_checkpoints(root, keep)
-    return final
+    fsync_path(final.parent)
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:

@@ -26,11 +26,13 @@ Outputs: model/ (adapter or full weights, safetensors, tokenizer, template), ste
 loss, reward, reward_std, per-function reward, kl when beta > 0, lr, grad_norm, completion length,
 tokens_seen), metrics.json, loss.png, run_record.json, grpo_config.json, DONE.
 
-Checkpoints and resume (honestly): checkpoints are TRL/transformers Trainer checkpoints,
+Checkpoints and resume: checkpoints are TRL/transformers Trainer checkpoints,
 outputs/<stage>/checkpoints/checkpoint-<step>/ (trainable weights as safetensors, optimizer.pt, scheduler.pt,
 rng_state.pth, trainer_state.json), every `save_steps`, keeping `save_total_limit`; a SIGTERM writes one at the
-current step and exits 143. They are NOT written atomically (transformers writes in place): tkc resumes from the
-newest checkpoint that has trainer_state.json (written last) and deletes incomplete ones. `tkc run` again
+current step and exits 143. The trainer writes each into a .tmp- folder that tkc then publishes atomically like
+its own (tkc.runtime.checkpoint.publish: fsync, COMPLETE marker, rename): a crash or full disk mid-save leaves
+the previous checkpoint as the newest complete one. tkc resumes from the newest checkpoint with COMPLETE and
+deletes the rest (half-written ones). `tkc run` again
 resumes through `trainer.train(resume_from_checkpoint=...)`: weights, optimizer, scheduler, step, data order
 (TRL's RepeatSampler is seeded) and the CPU RNG state are restored, and every step generates afresh, so a
 resumed single-process CPU run reproduces the uninterrupted run's later steps — measured by
@@ -50,6 +52,7 @@ from pathlib import Path
 import torch
 
 from tkc.runtime import loop, outputs, rewards
+from tkc.runtime.checkpoint import publish
 from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, BundleChanged, RunContext
 from tkc.runtime.model import build_optimizer, build_trainable, count_params, quiet_checkpointing_alias
 from tkc.runtime.progress import Progress
@@ -130,14 +133,24 @@ def _check_bundle_hash(ctx: RunContext, ckpt_root: Path) -> None:
 
 
 def last_complete_checkpoint(ckpt_root: Path) -> tuple[Path | None, int]:
-    """Newest checkpoint-<step> with trainer_state.json (transformers writes it last); incomplete ones are removed."""
-    found = sorted(((int(m.group(1)), p) for p in ckpt_root.iterdir() if (m := _CKPT.match(p.name))),
-                   reverse=True) if ckpt_root.is_dir() else []
+    """Newest published checkpoint-<step> (it has COMPLETE); unpublished .tmp- folders are removed."""
+    if not ckpt_root.is_dir():
+        return None, 0
+    for stale in ckpt_root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    found = sorted(((int(m.group(1)), p) for p in ckpt_root.iterdir() if (m := _CKPT.match(p.name))), reverse=True)
     for step, path in found:
-        if (path / "trainer_state.json").exists():
+        if (path / "COMPLETE").exists():
             return path, step
         shutil.rmtree(path, ignore_errors=True)
     return None, 0
+
+
+def _prune(ckpt_root: Path, keep: int | None) -> None:
+    """Keep the newest `keep` published checkpoints (None or <= 0: all)."""
+    found = sorted((int(m.group(1)), p) for p in ckpt_root.iterdir() if (m := _CKPT.match(p.name)))
+    for _, path in found[: -keep] if keep and keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def grpo_config(ctx: RunContext, stage: dict, total: int, opts: dict):
@@ -195,6 +208,26 @@ def _trainer_class():
 
         def _tokenize_prompts(self, prompts: list):
             return [list(self._tkc_prompt_ids[p]) for p in prompts], None, {}
+
+        _tkc_staging: str | None = None
+
+        def _get_output_dir(self, trial):
+            return self._tkc_staging or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial) -> None:
+            """The trainer's own checkpoint, written into a .tmp- folder, then published atomically."""
+            root, name = Path(self.args.output_dir), f"checkpoint-{self.state.global_step}"
+            staging = root / f".tmp-{name}"
+            shutil.rmtree(staging, ignore_errors=True)
+            self._tkc_staging = str(staging)
+            try:
+                super()._save_checkpoint(model, trial)  # -> staging/checkpoint-<step>
+            finally:
+                self._tkc_staging = None
+            if self.args.should_save:
+                publish(staging / name, root / name, self.state.global_step)
+                shutil.rmtree(staging, ignore_errors=True)
+                _prune(root, self.args.save_total_limit)
 
     return TkcGRPOTrainer
 
