@@ -278,8 +278,19 @@ def tkc_ready(verb: str = "compile") -> bool:
     # Bytecode for tkc's own modules, as `pip install` writes it for every installed package (the peer's
     # included). tkc is installed editable, and a shell with PYTHONDONTWRITEBYTECODE=1 (this sandbox) would
     # otherwise recompile ~50 modules on every timed run. checked-hash: a stale .pyc is never used.
-    subprocess.run([str(TKC_PY), "-m", "compileall", "-q", "--invalidation-mode", "checked-hash",
-                    str(ROOT / "src" / "tkc")], check=True, timeout=300)
+    subprocess.run(
+        [
+            str(TKC_PY),
+            "-m",
+            "compileall",
+            "-q",
+            "--invalidation-mode",
+            "checked-hash",
+            str(ROOT / "src" / "tkc"),
+        ],
+        check=True,
+        timeout=300,
+    )
     r = subprocess.run([str(TKC), verb, "--help"], capture_output=True, text=True, timeout=120)
     return r.returncode == 0
 

@@ -137,6 +137,14 @@ def section_summary(res: dict[str, dict]) -> list[str]:
         f"| preprocessing, cold (examples/s) | {f(pt.get('cold_examples_per_s'), 0)} | "
         f"{f(pp.get('cold_examples_per_s'), 0)} | {r(pr)} | ≥ 3× | {met(None if pr is None else pr >= 3)} |"
     )
+    ps = res.get("preprocess_synthetic") or {}
+    if ps:
+        sr = (ps.get("ratios") or {}).get("cold_throughput")
+        rows.append(
+            f"| preprocessing, cold, {ps.get('records', DASH)} synthetic records (examples/s) | "
+            f"{f(_side(ps, 'tkc').get('cold_examples_per_s'), 0)} | {f(_side(ps, 'peer').get('cold_examples_per_s'), 0)} | "
+            f"{r(sr)} | ≥ 3× | {met(None if sr is None else sr >= 3)} |"
+        )
     cr = (p.get("ratios") or {}).get("cached_throughput")
     rows.append(
         f"| preprocessing, cached re-run (examples/s) | {f(pt.get('cached_examples_per_s'), 0)} | "
@@ -267,6 +275,31 @@ def section_preprocess(p: dict) -> list[str]:
         f"| launch → data ready, cold (s) | {f(pt.get('cold_launch_to_data_s'))} | {f(pp.get('cold_launch_to_data_s'))} | {sp(ra.get('cold_launch_to_data_speedup'))} |",
         f"| tkc only: rows → Python lists afterwards, as its stages do (s) | {f(pt.get('materialize_s'), 3)} | | |",
         f"| peer's own tqdm rate for its tokenize step (examples/s) | | {f(pp.get('tqdm_tokenize_rate_median'), 0)} | |",
+        "",
+    ]
+
+
+def section_preprocess_synthetic(p: dict) -> list[str]:
+    if not p:
+        return []
+    pt, pp = _side(p, "tkc"), _side(p, "peer")
+    ra = p.get("ratios") or {}
+    n = p.get("records", DASH)
+    return [
+        f"### Preprocessing at scale: {n} synthetic records",
+        "",
+        f"Command: `.venv/bin/python bench/preprocess.py --synthetic {n}`. {n} alpaca records made from the demo "
+        "file's own instructions, inputs and outputs (three different demo records each, numbered; see the "
+        "script), same settings and windows as above, median of "
+        f"{p.get('reps', DASH)} cold + cached pairs. tkc renders and tokenizes in its worker processes (spawned, "
+        "one per 5000 records up to the cores: 2 here); the peer in one process, its default.",
+        "",
+        "| | tkc" + _note(p, "tkc") + " | peer" + _note(p, "peer") + " | tkc / peer |",
+        "|---|---|---|---|",
+        f"| cold: seconds | {f(pt.get('cold_prep_s'), 2)} | {f(pp.get('cold_prep_s'), 2)} | |",
+        f"| cold: examples/s | {f(pt.get('cold_examples_per_s'), 0)} | {f(pp.get('cold_examples_per_s'), 0)} | {r(ra.get('cold_throughput'))} |",
+        f"| cached re-run: seconds | {f(pt.get('cached_prep_s'), 3)} | {f(pp.get('cached_prep_s'), 3)} | |",
+        f"| launch → data ready, cold (s) | {f(pt.get('cold_launch_to_data_s'))} | {f(pp.get('cold_launch_to_data_s'))} | {sp(ra.get('cold_launch_to_data_speedup'))} |",
         "",
     ]
 
@@ -503,7 +536,10 @@ beta 0.1, reference = the frozen base (adapter disabled).
 
 
 def render() -> str:
-    res = {n: _load(n) for n in ("errors", "preprocess", "parity", "train", "repeat_train")}
+    res = {
+        n: _load(n)
+        for n in ("errors", "preprocess", "preprocess_synthetic", "parity", "train", "repeat_train")
+    }
     parts = [
         "# Benchmarks: tkc vs LLaMA-Factory",
         "",
@@ -516,6 +552,7 @@ def render() -> str:
     ]
     parts += section_summary(res)
     parts += section_errors(res["errors"]) + section_preprocess(res["preprocess"])
+    parts += section_preprocess_synthetic(res["preprocess_synthetic"])
     parts += section_train(res["train"]) + section_determinism(res["train"]) + section_parity(res["parity"])
     parts += section_machine(res)
     parts += [STATIC]

@@ -47,6 +47,10 @@ def main() -> None:
     for name, step in (
         ("errors", lambda: errors.main(flags)),
         ("preprocess", lambda: preprocess.main(flags)),
+        (
+            "preprocess_synthetic",
+            lambda: preprocess.main([*flags, "--synthetic", "50000", "--reps", "1" if a.quick else "2"]),
+        ),
         ("parity", parity.main),
         ("train", lambda: train.main([*flags, "--peer-threads", str(tkc_cpu_threads())])),
     ):

@@ -32,6 +32,13 @@ class Workload:
     lora_alpha: int = 16
     gradient_checkpointing: bool = False
     beta: float = 0.1  # dpo
+    data_dir: Path | None = (
+        None  # holds dataset_file and a dataset_info.json naming it (default: the shared one)
+    )
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir or DATASETS
 
     @property
     def steps(self) -> int:
@@ -61,7 +68,7 @@ def peer_config(w: Workload, model_dir: Path, out_dir: Path, **extra: object) ->
         "stage": w.kind,
         "do_train": True,
         "finetuning_type": w.method,
-        "dataset_dir": str(DATASETS),
+        "dataset_dir": str(w.datasets_dir),
         "dataset": w.dataset,
         "template": "qwen",
         "cutoff_len": w.cutoff,
@@ -137,7 +144,7 @@ def tkc_recipe(w: Workload, model_dir: Path, recipe_dir: Path, **train_extra: ob
         data = {
             "datasets": {
                 "alpaca": {
-                    "path": rel(DATASETS / w.dataset_file),
+                    "path": rel(w.datasets_dir / w.dataset_file),
                     "format": "alpaca",
                     "max_samples": w.records,
                 }
