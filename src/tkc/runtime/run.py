@@ -112,7 +112,14 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=False)
+        # What torch.use_deterministic_algorithms(True) does, without its import of torch._inductor.config (which
+        # loads dynamo, sympy and fx: ~1.3 s before the first step): inductor's flag comes from the environment
+        # when something imports it later, or is set now when something already has.
+        os.environ["TORCHINDUCTOR_DETERMINISTIC"] = "1"
+        inductor = sys.modules.get("torch._inductor.config")
+        if inductor is not None:
+            inductor.deterministic = True
+        torch._C._set_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
 
 
