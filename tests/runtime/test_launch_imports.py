@@ -49,7 +49,7 @@ def test_hidden_packages_blocks_imports_then_restores():
     del sys.modules[name]
 
 
-NOISE = ("Setting accelerator", "kernels", "FutureWarning", "bitsandbytes", "Traceback")
+NOISE = ("Setting accelerator", "kernels", "FutureWarning", "bitsandbytes", "Traceback", "Loading weights")
 HEAVY = ("deepspeed", "bitsandbytes", "trl")
 
 DRIVER = """

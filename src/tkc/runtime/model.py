@@ -22,7 +22,9 @@ def dtype_of(stage: dict) -> torch.dtype:
 
 def _auto_class(head: str):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar: tkc prints its own progress, one line a step
     return AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
 
 
