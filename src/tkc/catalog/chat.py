@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
@@ -229,11 +229,20 @@ def assistant_spans(
     (ChatGLM3, GLM-4) give spans without an end marker, so the runtime must append the stop token itself.
     """
     kw = {"tools": tools, "bos_token": bos_token, "eos_token": eos_token, **extra}
-    full = render(template_text, messages, **kw)
     turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
     if has_generation_markers(template_text):
-        return full, _generation_spans(template_text, messages, turns, kw)
-    return full, [_turn_span(template_text, messages, i, full, kw) for i in turns]
+        return render(template_text, messages, **kw), _generation_spans(template_text, messages, turns, kw)
+    # the conversation is copied to plain data once; each prefix render takes a slice of it
+    ctx = _context(messages, tools, False, {"bos_token": bos_token, "eos_token": eos_token, **extra})
+
+    def prefix(n: int, add_generation_prompt: bool) -> str:
+        msgs = ctx["messages"][:n]
+        return _render_tracked(
+            template_text, {**ctx, "messages": msgs, "add_generation_prompt": add_generation_prompt}
+        )[0]
+
+    full = prefix(len(messages), False)
+    return full, [_turn_span(template_text, messages, i, full, kw, prefix) for i in turns]
 
 
 def _generation_spans(template_text: str, messages: list[dict], turns: list[int], kw: dict) -> list[Span]:
@@ -245,10 +254,12 @@ def _generation_spans(template_text: str, messages: list[dict], turns: list[int]
     return [(s, e, i) for (s, e), i in zip(marked, turns, strict=True)]
 
 
-def _turn_span(template_text: str, messages: list[dict], i: int, full: str, kw: dict) -> Span:
-    before = render(template_text, messages[:i], add_generation_prompt=True, **kw)
+def _turn_span(
+    template_text: str, messages: list[dict], i: int, full: str, kw: dict, prefix: Callable[[int, bool], str]
+) -> Span:
+    before = prefix(i, True)
     # the last turn's prefix render is the full render itself (same messages, same options)
-    through = full if i == len(messages) - 1 else render(template_text, messages[: i + 1], **kw)
+    through = full if i == len(messages) - 1 else prefix(i + 1, False)
     if full.startswith(through) and through.startswith(before):
         return len(before), _trim_end(through, len(before)), i
     return _rewritten_span(template_text, messages, i, full, kw)

@@ -105,29 +105,37 @@ def _base_dir(entry: dict, where_file: str, source_root: Path) -> Path:
     return (source_root / where_file).parent
 
 
-def _convert(entry: dict, source_root: Path, bad: _BadRecords) -> tuple[list, int]:
-    """[(where, canonical example)] of one dataset, plus how many raw records it had."""
-    raw = read_entry(entry, source_root, verify=False)
+def _convert(entry: dict, raw: list, source_root: Path, bad: _BadRecords) -> list:
+    """[(where, canonical example)] of one dataset's raw records; bad ones go to `bad`."""
     out = []
     for where, record in raw:
         try:
             out.append((where, convert_record(record, entry, _base_dir(entry, where.file, source_root))))
         except BadRecord as exc:
             bad(exc.at(where))
-    return out, len(raw)
+    return out
+
+
+def _start_workers(kind: str, n_records: int, tokenizer, chat, opts, workers) -> parallel.Workers | None:
+    """Worker processes for a dataset this large (None: tokenize in this process)."""
+    if kind == "pt":
+        return None
+    workers = parallel.auto_workers(n_records) if workers is None else workers
+    if workers > 1 and parallel.can_parallelize(tokenizer, chat):
+        return parallel.Workers(tokenizer, chat, opts, workers)
+    return None
 
 
 def _encode(
-    kind: str, items: list, tokenizer, chat, opts: EncodeOptions, bad, counters, batch: int, workers
+    kind: str, items: list, tokenizer, chat, opts: EncodeOptions, bad, counters, batch: int, pool
 ) -> list[dict]:
     """Tokenize in batches of `preprocessing_batch_size` (bounds the memory held by tokenizer Encodings)."""
     if kind == "pt":
         if tokenizer.eos_token_id is None:
             raise DataError("pretraining appends eos after each text, but the tokenizer has no eos token")
         return encode_pt(items, tokenizer, opts, tokenizer.eos_token_id, batch)
-    workers = parallel.auto_workers(len(items)) if workers is None else workers
-    if workers > 1 and len(items) > batch and parallel.can_parallelize(tokenizer, chat):
-        return parallel.encode_parallel(kind, items, tokenizer, chat, opts, bad, counters, batch, workers)
+    if pool is not None and len(items) > batch:
+        return pool.encode(kind, items, bad, counters, batch)
     rows: list[dict] = []
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
@@ -219,13 +227,6 @@ def _build(resolved, stage, entries, tokenizer, chat, source_root, workers) -> t
     start = time.perf_counter()
     kind, data, seed = stage["kind"], resolved["data"], resolved["seed"]
     bad, per_dataset = _BadRecords(entries), {}
-    parts = []
-    for e in entries:
-        items, n_raw = _convert(e, source_root, bad)
-        parts.append(items)
-        per_dataset[e["name"]] = {"records": n_raw, "converted": len(items)}
-    mixed = mix(parts, [e.get("weight", 1.0) for e in entries], data.get("mix", "concat"), seed)
-    train_items, eval_items = split_eval(mixed, data.get("val_size") or 0.0, seed)
     media = tuple(
         m
         for m in ("images", "videos", "audios")
@@ -235,8 +236,21 @@ def _build(resolved, stage, entries, tokenizer, chat, source_root, workers) -> t
                          data.get("truncation", "keep_response"), media)  # fmt: skip
     counters = Counters()
     batch = max(1, int(data.get("preprocessing_batch_size") or 1000))
-    train = _encode(kind, train_items, tokenizer, chat, opts, bad, counters, batch, workers)
-    evals = _encode(kind, eval_items, tokenizer, chat, opts, bad, counters, batch, workers)
+    raws = [read_entry(e, source_root, verify=False) for e in entries]
+    pool = _start_workers(kind, sum(map(len, raws)), tokenizer, chat, opts, workers)
+    try:
+        parts = []
+        for e, raw in zip(entries, raws, strict=True):
+            parts.append(_convert(e, raw, source_root, bad))
+            per_dataset[e["name"]] = {"records": len(raw), "converted": len(parts[-1])}
+        del raws
+        mixed = mix(parts, [e.get("weight", 1.0) for e in entries], data.get("mix", "concat"), seed)
+        train_items, eval_items = split_eval(mixed, data.get("val_size") or 0.0, seed)
+        train = _encode(kind, train_items, tokenizer, chat, opts, bad, counters, batch, pool)
+        evals = _encode(kind, eval_items, tokenizer, chat, opts, bad, counters, batch, pool)
+    finally:
+        if pool is not None:
+            pool.close()
     stats = _stats(stage, per_dataset, bad, counters, train, evals, len(train_items), len(eval_items))
     if data.get("packing") and kind == "sft":
         train, evals = pack_rows(train, data["cutoff_len"]), pack_rows(evals, data["cutoff_len"])

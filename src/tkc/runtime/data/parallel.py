@@ -12,6 +12,8 @@ import pickle
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 
+import numpy as np
+
 from tkc.runtime.data.encode import ChatSpec, Counters, EncodeOptions, encode_pairwise, encode_sft
 
 # Below this many examples a worker's start-up (fresh interpreter, numpy, jinja2) costs more than it saves.
@@ -48,7 +50,35 @@ def _init(tokenizer_json: str, chat: dict, opts: dict) -> None:
     _STATE = (_Tokenizer(Tokenizer.from_str(tokenizer_json)), ChatSpec(**chat), EncodeOptions(**opts))
 
 
-def _work(job: tuple[str, list]) -> tuple[list, list, Counters]:
+def pack_rows(rows: list[dict]) -> tuple[list[str], list] | list[dict]:
+    """Rows as columns: each int-array column as (one flat array, lengths), others as lists.
+
+    Pickling one flat array per column instead of three small arrays per row makes a chunk's trip back to
+    the parent ~3x cheaper, on both sides. Rows with differing keys travel as they are.
+    """
+    if not rows or any(r.keys() != rows[0].keys() for r in rows):
+        return rows
+    keys, cols = list(rows[0]), []
+    for k in keys:
+        vals = [r[k] for r in rows]
+        if isinstance(vals[0], np.ndarray):
+            lengths = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))
+            cols.append((np.concatenate(vals), lengths))
+        else:
+            cols.append(vals)
+    return keys, cols
+
+
+def unpack_rows(packed: tuple[list[str], list] | list[dict]) -> list[dict]:
+    """The rows `pack_rows` packed (array columns come back as views of one array per column)."""
+    if isinstance(packed, list):
+        return packed
+    keys, cols = packed
+    split = [np.split(c[0], np.cumsum(c[1])[:-1]) if isinstance(c, tuple) else c for c in cols]
+    return [dict(zip(keys, vals, strict=True)) for vals in zip(*split, strict=True)]
+
+
+def _work(job: tuple[str, list]) -> tuple[tuple | list, list, Counters]:
     kind, chunk = job
     assert _STATE is not None
     tokenizer, chat, opts = _STATE
@@ -58,28 +88,37 @@ def _work(job: tuple[str, list]) -> tuple[list, list, Counters]:
         rows = encode_pairwise(chunk, tokenizer, chat, opts, bad.append, counters)
     else:
         rows = encode_sft(chunk, tokenizer, chat, opts, bad.append, counters, kto=kind == "kto")
-    return rows, bad, counters
+    return pack_rows(rows), bad, counters
 
 
-def encode_parallel(
-    kind, items, tokenizer, chat, opts, on_bad, counters, batch: int, workers: int
-) -> list[dict]:
-    """Chunks of `batch` examples mapped over `workers` processes; results and bad records kept in input order."""
-    init = (tokenizer.backend_tokenizer.to_str(), asdict(chat), asdict(opts))
-    jobs = [(kind, items[i : i + batch]) for i in range(0, len(items), batch)]
-    rows: list[dict] = []
-    import multiprocessing
+class Workers:
+    """Spawned processes that render and tokenize chunks of examples, in input order.
 
-    pool = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init, initargs=init
-    )
-    try:
-        for part, bad, c in pool.map(_work, jobs):
+    Started before the examples are converted, so the workers' start-up (a fresh interpreter, numpy,
+    jinja2, the tokenizer) overlaps the parent's reading and conversion instead of following it.
+    """
+
+    def __init__(self, tokenizer, chat: ChatSpec, opts: EncodeOptions, workers: int):
+        import multiprocessing
+
+        init = (tokenizer.backend_tokenizer.to_str(), asdict(chat), asdict(opts))
+        self._pool = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init, initargs=init
+        )
+        for _ in range(workers):
+            self._pool.submit(int)  # a spawn pool starts a process per submission that finds none idle
+
+    def encode(self, kind: str, items: list, on_bad, counters: Counters, batch: int) -> list[dict]:
+        """Chunks of `batch` examples mapped over the workers; results and bad records kept in input order."""
+        jobs = [(kind, items[i : i + batch]) for i in range(0, len(items), batch)]
+        rows: list[dict] = []
+        for part, bad, c in self._pool.map(_work, jobs):
             for exc in bad:
                 on_bad(exc)  # raises on the first record of an `on_bad_record: error` dataset
             counters.truncated += c.truncated
             counters.dropped_no_labels += c.dropped_no_labels
-            rows += part
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return rows
+            rows += unpack_rows(part)
+        return rows
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
