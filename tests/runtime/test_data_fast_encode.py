@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerFast
 from tkc.runtime.data import encode as E
 from tkc.runtime.data.bpe import ByteLevelBPE
 from tkc.runtime.data.build import _BadRecords, _convert
+from tkc.runtime.data.readers import read_entry
 
 _spec = importlib.util.spec_from_file_location(
     "data_helpers", Path(__file__).parents[1] / "fixtures/data/data_helpers.py"
@@ -61,7 +62,8 @@ def _variant(tok, **changes):
 def _items(name: str) -> list:
     path, fmt, kind, columns, tags = SHARED_SETS[name]
     e = H.entry(name, path, fmt, kind, H.SHARED, columns=columns, tags=tags)
-    items, n = _convert(e, H.SHARED, _BadRecords([e]))
+    raw = read_entry(e, H.SHARED, verify=False)
+    items, n = _convert(e, raw, H.SHARED, _BadRecords([e])), len(raw)
     assert len(items) == n > 100
     return items
 
