@@ -208,6 +208,11 @@ def _repeat_rows(rt: dict) -> list[str]:
     rows = []
     for n, w in _ordered(rt):
         wt, pm, rm_ = _side(w, "tkc"), _side(w, PEER_T), w.get("ratios_vs_" + PEER_T) or {}
+        matched_default = w.get("peer_default_threads") is not None and (
+            w.get("peer_default_threads") == w.get("tkc_cpu_threads")
+        )
+        if not pm and matched_default:  # the peer's default row is the matched one (no second row ran)
+            pm, rm_ = _side(w, "peer"), w.get("ratios") or {}
         if not pm:
             continue
         rows.append(
@@ -493,7 +498,7 @@ STATIC = """## Reading these figures
 
 ```bash
 .venv/bin/python bench/peer.py         # once: the peer's private venv (bench/.peer/venv, gitignored)
-make bench                             # = .venv/bin/python bench/run_all.py  (~27 min here; --quick ~12 min)
+make bench                             # = .venv/bin/python bench/run_all.py  (~12 min here; --quick ~5 min)
 .venv/bin/python bench/errors.py       # or each benchmark alone: errors, preprocess, parity, train
 .venv/bin/python bench/report.py       # rewrite this file from bench/results/*.json
 ```
