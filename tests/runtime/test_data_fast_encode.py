@@ -167,3 +167,17 @@ def test_rows_identical_to_one_rust_call_per_text(monkeypatch, name, cutoff, tru
         assert f.keys() == r.keys()
         for k in f:
             assert np.array_equal(f[k], r[k]), k
+
+
+def test_memos_that_fill_up_start_over_without_losing_a_batch(monkeypatch):
+    import tkc.runtime.data.bpe as bpe
+
+    tok = H.tokenizer()
+    fast = ByteLevelBPE.from_tokenizer(tok)
+    monkeypatch.setattr(bpe, "_MAX_WORDS", 12)  # each batch below holds more distinct words than that
+    monkeypatch.setattr(bpe, "_MAX_PIECES", 3)
+    batches = [["the cat sat on the mat", "a dog ran"], ["the cat ran far away today", "<|im_end|> x y z w"]]
+    for texts in batches:
+        for text, (ids, starts) in zip(texts, fast.encode_batch(texts), strict=True):
+            assert (ids.tolist(), starts.tolist()) == tuple(map(list, _reference(tok, text)))
+    assert len(fast._words) <= 12 + 12 and len(fast._pieces) <= 3

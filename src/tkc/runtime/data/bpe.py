@@ -197,16 +197,15 @@ class ByteLevelBPE:
             return
         if len(self._words) + len(todo) > _MAX_WORDS:
             self._words.clear()
+            todo = list(words)  # the batch's other words were in the memo just cleared
         tokenize, to_bytes = self._model.tokenize, self._to_bytes
-        self._words.update(
-            (
-                w,
-                array(
-                    "i", [t.id for t in tokenize(w.encode().decode("latin-1").translate(to_bytes))]
-                ).tobytes(),
-            )
-            for w in todo
-        )
+
+        def ids(word: str) -> bytes:
+            return array(
+                "i", [t.id for t in tokenize(word.encode().decode("latin-1").translate(to_bytes))]
+            ).tobytes()
+
+        self._words.update((w, ids(w)) for w in todo)
 
     def _eligible(self, text: str) -> bool:
         """ASCII, or text the normalizer leaves as it is, made of characters both regex engines know."""
