@@ -64,9 +64,17 @@ def init_distributed(backend: str, timeout_s: float | None = None) -> DistInfo:
 
 
 def shutdown_distributed(info: DistInfo) -> None:
-    """Leave the process group (after a final barrier would be the caller's choice)."""
+    """Leave the process group (after a final barrier would be the caller's choice).
+
+    Garbage is collected first: a DDP wrapper sits in reference cycles and holds the process group; left to
+    interpreter shutdown, its gloo worker threads were destroyed still joinable there and the rank died of
+    SIGABRT ("terminate called without an active exception") after a finished run.
+    """
     if info.enabled:
+        import gc
+
         import torch.distributed as dist
 
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()

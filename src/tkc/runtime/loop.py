@@ -209,9 +209,11 @@ def _wrap(ctx: RunContext, model: nn.Module) -> nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    # no per-forward buffer broadcast: unpadded micro-batches make a rank-dependent number of forwards, and a
-    # collective per forward would then hang (decoder buffers such as rotary inv_freq never change anyway)
-    return DistributedDataParallel(model, find_unused_parameters=False, broadcast_buffers=False)
+    # no per-forward buffer sync: unpadded micro-batches make a rank-dependent number of forwards, and a
+    # collective per forward would then hang (decoder buffers such as rotary inv_freq never change anyway).
+    # Buffers are still broadcast once here, as every rank builds the wrapper (torch 2.13's name for this;
+    # `broadcast_buffers=False` is deprecated and warned on every launch)
+    return DistributedDataParallel(model, find_unused_parameters=False, forward_sync_buffers=False)
 
 
 def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task, train_rows: Rows,
