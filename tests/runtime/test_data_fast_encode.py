@@ -3,6 +3,7 @@
 import functools
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from tkc.runtime.data import bpe as bpe_mod
 from tkc.runtime.data import encode as E
 from tkc.runtime.data.bpe import ByteLevelBPE
 from tkc.runtime.data.build import _BadRecords, _convert
@@ -40,6 +42,8 @@ UNICODE_TEXTS = [
     "<|im_end|><|im_start|><|endoftext|>adjacent specials<|im_end|>",
     "",
 ]
+
+ASCII = [chr(c) for c in range(128)]
 
 
 def _qwen_tiny():
@@ -181,3 +185,38 @@ def test_memos_that_fill_up_start_over_without_losing_a_batch(monkeypatch):
         for text, (ids, starts) in zip(texts, fast.encode_batch(texts), strict=True):
             assert (ids.tolist(), starts.tolist()) == tuple(map(list, _reference(tok, text)))
     assert len(fast._words) <= 12 + 12 and len(fast._pieces) <= 3
+
+
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+LLAMA3_SPLIT = QWEN2_SPLIT.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
+
+
+@pytest.mark.parametrize("pattern", [bpe_mod.GPT2_PATTERN, QWEN2_SPLIT, LLAMA3_SPLIT])
+def test_ascii_translation_splits_ascii_text_as_the_unicode_pattern_does(pattern):
+    import random
+
+    import regex
+
+    rng = random.Random(0)
+    texts = [*UNICODE_TEXTS, *("".join(rng.choice(ASCII) for _ in range(200)) for _ in range(300))]
+    texts = [t for t in texts if t.isascii()] + ["It's 2024:\tWE'LL  see...\r\n\n  x  \x1c\x1f\x0b end "]
+    ascii_rx = re.compile(bpe_mod._ascii_pattern(pattern))
+    unicode_rx = regex.compile(pattern)
+    assert all(ascii_rx.findall(t) == unicode_rx.findall(t) for t in texts)
+
+
+def test_ascii_translation_declines_what_it_does_not_spell_out():
+    for pattern in (r"[\p{Lu}\p{Ll}]+", r"\w+", r"\d+", r"[a-z&&[^aeiou]]", r"[^\S\r\n]+", r"\b\p{L}+"):
+        assert bpe_mod._ascii_pattern(pattern) is None, pattern
+
+
+def test_a_wrong_ascii_translation_is_caught_by_the_probe(monkeypatch):
+    tok = H.tokenizer()
+    assert ByteLevelBPE.from_tokenizer(tok)._ascii_rx is not None  # the fast path takes `re` for ASCII text
+    monkeypatch.setattr(bpe_mod, "_ascii_pattern", lambda p: r"[a-z]+|[^a-z]")  # splits "It's" wrongly
+    fast = ByteLevelBPE.from_tokenizer(tok)
+    assert fast is not None and fast._ascii_rx is None  # back to the `regex` module for every text
+    _assert_same(tok, [t for t in UNICODE_TEXTS if t.isascii()] + ["It's ASCII, isn't it?"], min_fast=1.0)
