@@ -174,12 +174,10 @@ def test_rows_identical_to_one_rust_call_per_text(monkeypatch, name, cutoff, tru
 
 
 def test_memos_that_fill_up_start_over_without_losing_a_batch(monkeypatch):
-    import tkc.runtime.data.bpe as bpe
-
     tok = H.tokenizer()
     fast = ByteLevelBPE.from_tokenizer(tok)
-    monkeypatch.setattr(bpe, "_MAX_WORDS", 12)  # each batch below holds more distinct words than that
-    monkeypatch.setattr(bpe, "_MAX_PIECES", 3)
+    monkeypatch.setattr(bpe_mod, "_MAX_WORDS", 12)  # each batch below holds more distinct words than that
+    monkeypatch.setattr(bpe_mod, "_MAX_PIECES", 3)
     batches = [["the cat sat on the mat", "a dog ran"], ["the cat ran far away today", "<|im_end|> x y z w"]]
     for texts in batches:
         for text, (ids, starts) in zip(texts, fast.encode_batch(texts), strict=True):
@@ -203,7 +201,8 @@ def test_ascii_translation_splits_ascii_text_as_the_unicode_pattern_does(pattern
     rng = random.Random(0)
     texts = [*UNICODE_TEXTS, *("".join(rng.choice(ASCII) for _ in range(200)) for _ in range(300))]
     texts = [t for t in texts if t.isascii()] + ["It's 2024:\tWE'LL  see...\r\n\n  x  \x1c\x1f\x0b end "]
-    ascii_rx = re.compile(bpe_mod._ascii_pattern(pattern))
+    ascii_rx = bpe_mod._ascii_pattern(pattern)
+    assert ascii_rx is not None
     unicode_rx = regex.compile(pattern)
     assert all(ascii_rx.findall(t) == unicode_rx.findall(t) for t in texts)
 
@@ -211,12 +210,15 @@ def test_ascii_translation_splits_ascii_text_as_the_unicode_pattern_does(pattern
 def test_ascii_translation_declines_what_it_does_not_spell_out():
     for pattern in (r"[\p{Lu}\p{Ll}]+", r"\w+", r"\d+", r"[a-z&&[^aeiou]]", r"[^\S\r\n]+", r"\b\p{L}+"):
         assert bpe_mod._ascii_pattern(pattern) is None, pattern
+    # a `]` first in a class is a member, not its end; any later `]` (even after a `^`) ends the class
+    got = bpe_mod._ascii_pattern(r"[]\p{L}]+|[^]\s]|[.^]\p{L}")
+    assert got.pattern == r"[]A-Za-z]+|[^]\t\n\x0b\x0c\r\x20]|[.^][A-Za-z]"
 
 
 def test_a_wrong_ascii_translation_is_caught_by_the_probe(monkeypatch):
     tok = H.tokenizer()
     assert ByteLevelBPE.from_tokenizer(tok)._ascii_rx is not None  # the fast path takes `re` for ASCII text
-    monkeypatch.setattr(bpe_mod, "_ascii_pattern", lambda p: r"[a-z]+|[^a-z]")  # splits "It's" wrongly
+    monkeypatch.setattr(bpe_mod, "_ascii_pattern", lambda p: re.compile(r"[a-z]+|[^a-z]"))  # splits "It's" wrongly
     fast = ByteLevelBPE.from_tokenizer(tok)
     assert fast is not None and fast._ascii_rx is None  # back to the `regex` module for every text
     _assert_same(tok, [t for t in UNICODE_TEXTS if t.isascii()] + ["It's ASCII, isn't it?"], min_fast=1.0)

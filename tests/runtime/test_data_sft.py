@@ -265,7 +265,7 @@ def test_worker_processes_give_the_same_rows(tmp_path):
 
 
 def test_rows_travel_back_from_workers_as_columns_and_arrive_equal():
-    from tkc.runtime.data.parallel import pack_rows, unpack_rows
+    from tkc.runtime.data.parallel import columns_to_rows, rows_to_columns
 
     rng = np.random.default_rng(0)
     rows = [
@@ -273,13 +273,13 @@ def test_rows_travel_back_from_workers_as_columns_and_arrive_equal():
          "label": n % 2, "images": [f"/d/{n}.png"] * (n % 3)}
         for n in (5, 1, 17, 3)
     ]  # fmt: skip
-    packed = pack_rows(rows)
+    packed = rows_to_columns(rows)
     assert isinstance(packed, tuple) and isinstance(packed[1][0], tuple)  # one flat array per int column
-    back = unpack_rows(packed)
+    back = columns_to_rows(packed)
     assert [r.keys() for r in back] == [r.keys() for r in rows]
     for got, want in zip(back, rows, strict=True):
         assert np.array_equal(got["input_ids"], want["input_ids"]) and got["input_ids"].dtype == np.int32
         assert np.array_equal(got["labels"], want["labels"])
         assert (got["label"], got["images"]) == (want["label"], want["images"])
     ragged = [{"input_ids": np.ones(2, np.int32)}, {"input_ids": np.ones(1, np.int32), "label": 1}]
-    assert unpack_rows(pack_rows(ragged)) == ragged and unpack_rows(pack_rows([])) == []
+    assert columns_to_rows(rows_to_columns(ragged)) == ragged and columns_to_rows(rows_to_columns([])) == []

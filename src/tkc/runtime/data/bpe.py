@@ -2,11 +2,13 @@
 
 Why: the Rust `tokenizers` pipeline spends most of its time on chat data in its pre-tokenizer regex
 (oniguruma) and in building offset-carrying Encodings. This path splits on the added tokens, runs the same
-regex with the `regex` module (~3x faster), and gives each distinct pre-token to the tokenizer's own BPE
-model once, in one batch (memoised by text: chat data repeats its words and its system prompt). Token start
+regex with the `regex` module (or, for ASCII-only text, with Python's `re` and the pattern's classes spelled
+out as their ASCII members), and gives each distinct pre-token to the tokenizer's own BPE model once
+(memoised by text: chat data repeats its words and its system prompt). Token start
 positions come from the vocab's byte lengths. Every step is the one the Rust pipeline performs for such a
 tokenizer, so ids and offsets are the same. `from_tokenizer` accepts only tokenizers whose every stage it
-reproduces (and checks itself against the Rust pipeline on a probe text); `encode_batch` declines (None)
+reproduces (and checks itself against the Rust pipeline on a probe text, and on its ASCII characters alone for
+the `re` path); `encode_batch` declines (None)
 a text the normalizer would change or holding characters unassigned in Python's Unicode tables, where
 the two regex engines' tables could disagree: the caller tokenizes those with the Rust pipeline.
 """
@@ -24,10 +26,8 @@ import numpy as np
 # tokenizers' ByteLevel pre-tokenizer regex (use_regex=True), src/pre_tokenizers/byte_level.rs
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _MAX_WORDS = 1_000_000  # memoised pre-tokens kept before the memo starts over
-_MEMO_PIECE, _MAX_PIECES = (
-    256,
-    100_000,
-)  # texts between added tokens this short have their pre-tokens memoised
+# texts between added tokens this short have their pre-tokens memoised, up to this many of them
+_MEMO_PIECE, _MAX_PIECES = 256, 100_000
 # normalizers that leave a text unchanged when it is already in their form (ASCII always is)
 _UNICODE_FORMS = {"NFC", "NFD", "NFKC", "NFKD"}
 _PROBE = (
@@ -82,14 +82,14 @@ _ASCII_CLASSES = {r"\p{L}": "A-Za-z", r"\p{N}": "0-9", r"\s": _ASCII_SPACE}
 _ASCII_REFUSED = re.compile(r"\\[pPdDwWbBhHXARzZGkKgNuUx0-9]")
 
 
-def _ascii_pattern(pattern: str) -> str | None:
+def _ascii_pattern(pattern: str) -> re.Pattern | None:
     r"""The pattern for ASCII-only text, for Python's `re` (~2x faster than `regex` there), or None.
 
     `\p{L}`, `\p{N}`, `\s` and `\S` become their ASCII members, spelled out, inside and outside classes;
     any other escape that names a class or an anchor declines. A wrong translation would still be caught:
     `ByteLevelBPE.from_tokenizer` checks this path against the Rust pipeline on an ASCII probe.
     """
-    out, i, in_class = [], 0, False
+    out, i, in_class, class_body = [], 0, False, 0
     while i < len(pattern):
         for name, members in _ASCII_CLASSES.items():
             if pattern.startswith(name, i):
@@ -113,12 +113,13 @@ def _ascii_pattern(pattern: str) -> str | None:
                 return None  # a nested class or a set operation (`&&[...]`)
             if pattern[i] == "[":
                 in_class = True
-            elif pattern[i] == "]" and in_class and pattern[i - 1] not in "[^":
+                class_body = i + 2 if pattern.startswith("[^", i) else i + 1
+            elif pattern[i] == "]" and in_class and i > class_body:  # a `]` first in a class is literal
                 in_class = False
             out.append(pattern[i])
             i += 1
     try:
-        return re.compile("".join(out)).pattern
+        return re.compile("".join(out))
     except re.error:
         return None
 
@@ -152,8 +153,7 @@ class ByteLevelBPE:
         import regex
 
         self._rx = regex.compile(pattern)
-        ascii_pattern = _ascii_pattern(pattern)
-        self._ascii_rx = re.compile(ascii_pattern) if ascii_pattern is not None else None
+        self._ascii_rx = _ascii_pattern(pattern)
         added = sorted(spec.get("added_tokens") or [], key=lambda t: -len(t["content"]))
         self._added = {t["content"]: array("i", [t["id"]]).tobytes() for t in added}
         # leftmost-longest over the added tokens, as tokenizers' AddedVocabulary (aho-corasick) matches
@@ -173,9 +173,8 @@ class ByteLevelBPE:
             lengths[t["id"]] = len(t["content"].encode())
         self._lengths = lengths
         self._words: dict[str, bytes] = {}  # pre-token -> its ids as native int32 bytes
-        self._pieces: dict[
-            str, list[str]
-        ] = {}  # short piece -> its pre-tokens (role headers, "\\n", system prompts)
+        # short piece -> its pre-tokens (role headers, newlines, system prompts)
+        self._pieces: dict[str, list[str]] = {}
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> ByteLevelBPE | None:
@@ -207,12 +206,14 @@ class ByteLevelBPE:
             return None
         probe = _PROBE + "".join(t["content"] + " x" for t in added)
         ascii_probe = "".join(c for c in probe if c.isascii())  # takes the `re` path, when there is one
-        if not fast._agrees(backend, ascii_probe):
-            fast._ascii_rx = None
-        return fast if fast._agrees(backend, probe) and fast._agrees(backend, ascii_probe) else None
+        ascii_ok = fast._agrees(backend, ascii_probe)
+        if not ascii_ok and fast._ascii_rx is not None:
+            fast._ascii_rx = None  # a translation the probe disproves: the `regex` module for every text
+            ascii_ok = fast._agrees(backend, ascii_probe)
+        return fast if ascii_ok and fast._agrees(backend, probe) else None
 
     def _agrees(self, backend, text: str) -> bool:
-        self._pieces.clear()
+        self._pieces.clear()  # pre-tokens memoised by a path that is being tested or was just dropped
         mine = self.encode(text)
         ref = backend.encode(text, add_special_tokens=False)
         return (
@@ -250,8 +251,8 @@ class ByteLevelBPE:
         """BPE of new pre-tokens by the tokenizer's own model, one `tokenize` call per distinct word.
 
         The model alone is what the Rust pipeline applies to each pre-token after the byte mapping (no
-        normalizer, pre-tokenizer or added tokens are involved): ~1.7x cheaper than one pre-tokenized
-        Encoding of all the words, which also builds offsets and word ids.
+        normalizer, pre-tokenizer or added tokens are involved), so one Encoding of all the words, which
+        also builds offsets and word ids, is not needed.
         """
         todo = [w for w in words if w not in self._words]
         if not todo:
@@ -303,7 +304,8 @@ class ByteLevelBPE:
                     seq.extend(map(cached, part_words))
             texts_ids.append(join(seq))
         all_ids = np.frombuffer(join(texts_ids), dtype=np.int32).copy()  # writable, like any other row array
-        token_ends = np.cumsum(np.fromiter(map(len, texts_ids), dtype=np.int64, count=len(texts_ids))) // 4
+        token_ends = np.cumsum(np.fromiter(map(len, texts_ids), dtype=np.int64, count=len(texts_ids)))
+        token_ends //= all_ids.itemsize
         # byte offset of every token from the start of its text: an exclusive cumsum restarted per text
         offsets = np.zeros(len(all_ids) + 1, dtype=np.int64)
         np.cumsum(self._lengths[all_ids], out=offsets[1:])

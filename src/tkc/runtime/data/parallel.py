@@ -50,11 +50,11 @@ def _init(tokenizer_json: str, chat: dict, opts: dict) -> None:
     _STATE = (_Tokenizer(Tokenizer.from_str(tokenizer_json)), ChatSpec(**chat), EncodeOptions(**opts))
 
 
-def pack_rows(rows: list[dict]) -> tuple[list[str], list] | list[dict]:
+def rows_to_columns(rows: list[dict]) -> tuple[list[str], list] | list[dict]:
     """Rows as columns: each int-array column as (one flat array, lengths), others as lists.
 
-    Pickling one flat array per column instead of three small arrays per row makes a chunk's trip back to
-    the parent ~3x cheaper, on both sides. Rows with differing keys travel as they are.
+    One flat array per column pickles much faster than three small arrays per row, on both sides of a
+    chunk's trip back to the parent. Rows with differing keys travel as they are.
     """
     if not rows or any(r.keys() != rows[0].keys() for r in rows):
         return rows
@@ -69,8 +69,8 @@ def pack_rows(rows: list[dict]) -> tuple[list[str], list] | list[dict]:
     return keys, cols
 
 
-def unpack_rows(packed: tuple[list[str], list] | list[dict]) -> list[dict]:
-    """The rows `pack_rows` packed (array columns come back as views of one array per column)."""
+def columns_to_rows(packed: tuple[list[str], list] | list[dict]) -> list[dict]:
+    """The rows `rows_to_columns` turned into columns (array columns come back as views of one array per column)."""
     if isinstance(packed, list):
         return packed
     keys, cols = packed
@@ -88,7 +88,7 @@ def _work(job: tuple[str, list]) -> tuple[tuple | list, list, Counters]:
         rows = encode_pairwise(chunk, tokenizer, chat, opts, bad.append, counters)
     else:
         rows = encode_sft(chunk, tokenizer, chat, opts, bad.append, counters, kto=kind == "kto")
-    return pack_rows(rows), bad, counters
+    return rows_to_columns(rows), bad, counters
 
 
 class Workers:
@@ -117,7 +117,7 @@ class Workers:
                 on_bad(exc)  # raises on the first record of an `on_bad_record: error` dataset
             counters.truncated += c.truncated
             counters.dropped_no_labels += c.dropped_no_labels
-            rows += unpack_rows(part)
+            rows += columns_to_rows(part)
         return rows
 
     def close(self) -> None:
