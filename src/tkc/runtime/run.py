@@ -160,7 +160,8 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
     """Run the bundle's stages (or one), skipping finished ones and resuming interrupted ones; returns an exit code.
 
     own_process: the caller owns the interpreter (`tkc run`), so optional packages the bundle does not use are
-    hidden for the whole run (see unused_packages): faster start-up, no import-time noise.
+    hidden for the whole run (see unused_packages): faster start-up, no import-time noise; and the C heap keeps
+    freed memory for reuse (tkc.runtime.memory).
     """
     bundle_dir = Path(bundle_dir).resolve()
     problem = verify(bundle_dir)
@@ -175,6 +176,10 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
         if strict_env:
             print("tkc run: --strict-env: refusing to run in an environment that differs from the pins")
             return EXIT_ENV_MISMATCH
+    if own_process:
+        from tkc.runtime.memory import keep_freed_memory
+
+        keep_freed_memory()  # before torch allocates: every step reuses the last one's pages
     with hidden_packages(unused_packages(resolved) if own_process else []):
         return _run_verified(bundle_dir, resolved, stage, source_root)
 
