@@ -1,4 +1,5 @@
-"""Rows into torch tensors: right-padded to the longest row, or unpadded (runs of equal-length rows, no padding)."""
+"""Rows into torch tensors: right-padded to the longest row, or unpadded (runs of equal-length rows, or every row
+end to end in one packed sequence; no padding)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,27 @@ def collate_unpadded(batch: list[dict], pad_id: int) -> list[dict]:
             runs.append([row])
     pieces = [collate(run, pad_id) for run in runs]
     return [{k: v for k, v in p.items() if not k.endswith("attention_mask")} for p in pieces]
+
+
+PACKABLE = {"input_ids", "labels", "attention_mask"}
+
+
+def collate_packed(batch: list[dict], pad_id: int) -> list[dict]:
+    """A micro-batch of token rows as one piece: the rows end to end in one sequence, positions restarting at 0 on
+    each, `cu_seq_lens` marking where each starts (for tkc.runtime.attention's varlen path).
+
+    Each row's first label becomes -100: a row's first token is never a target of its own row, and this way the
+    last token of the row before it predicts nothing. Rows with other columns (images, already-packed rows with
+    their own position_ids, pair or KTO columns) go to collate_unpadded instead.
+    """
+    import torch
+
+    if not batch or "labels" not in batch[0] or any(set(r) - PACKABLE for r in batch):
+        return collate_unpadded(batch, pad_id)
+    lens = [len(r["input_ids"]) for r in batch]
+    ids = torch.cat([torch.as_tensor(r["input_ids"], dtype=torch.long) for r in batch])
+    labels = torch.cat([torch.as_tensor(r["labels"], dtype=torch.long) for r in batch])
+    cu = torch.tensor([0] + lens, dtype=torch.long).cumsum(0)
+    labels[cu[:-1]] = IGNORE
+    positions = torch.cat([torch.arange(n, dtype=torch.long) for n in lens])
+    return [{"input_ids": ids[None], "labels": labels[None], "position_ids": positions[None], "cu_seq_lens": cu}]

@@ -37,13 +37,16 @@ def pad(rows: Rows, pad_id: int) -> Batch:
     return collate(rows, pad_id)
 
 
-def make_collate(stage: dict, pad_id: int) -> Callable[[Rows], Pieces]:
+def make_collate(stage: dict, pad_id: int, *, packed: bool = False) -> Callable[[Rows], Pieces]:
     """The stage's resolved `train.padding`: `longest` = one batch padded to its longest row; `unpadded` = each
-    run of equal-length rows on its own (tkc.runtime.data.collate.collate_unpadded), no attention_mask.
-    The loss is the same sum over the same rows either way; only the padding is not computed."""
+    run of equal-length rows on its own (tkc.runtime.data.collate.collate_unpadded), no attention_mask, or with
+    `packed` (token-loss stages on a model with varlen attention) every row end to end in one sequence
+    (collate_packed). The loss is the same sum over the same rows either way; only the padding is not computed."""
     if stage["train"]["padding"] == "unpadded":
-        from tkc.runtime.data.collate import collate_unpadded
+        from tkc.runtime.data.collate import collate_packed, collate_unpadded
 
+        if packed:
+            return lambda rows: collate_packed(rows, pad_id)
         return lambda rows: collate_unpadded(rows, pad_id)
     if stage["train"]["padding"] != "longest":
         raise ValueError(f"unknown train.padding {stage['train']['padding']!r}")
@@ -85,6 +88,10 @@ def label_logps(model, batch: Batch, prefix: str = "", *, past: list | None = No
     the first `start` tokens (shared_prompt), which are then not run again; no label is predicted from them.
     """
     kwargs = {k: batch[prefix + k] for k in ("attention_mask", "position_ids") if prefix + k in batch}
+    if "cu_seq_lens" in batch:  # rows end to end (collate_packed): each attends to itself only
+        from tkc.runtime.attention import forward_kwargs
+
+        kwargs.update(forward_kwargs(batch["cu_seq_lens"]))
     target = F.pad(batch[prefix + "labels"][:, 1:], (0, 1), value=-100)[:, start:]  # position t predicts t+1
     cols = (target != -100).any(0).nonzero().squeeze(-1)
     if past is not None:

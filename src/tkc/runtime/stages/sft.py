@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tkc.runtime import loop
+from tkc.runtime.attention import enable as enable_varlen
 from tkc.runtime.context import RunContext
 from tkc.runtime.model import build_trainable
 from tkc.runtime.stages.common import label_units, lm_loss_sum, make_collate, token_count, train_stage
@@ -11,7 +12,11 @@ from tkc.runtime.stages.common import label_units, lm_loss_sum, make_collate, to
 def build_task(ctx: RunContext, stage: dict):
     model = build_trainable(ctx, stage)
     pad_id = ctx.tokenizer().pad_token_id
-    task = loop.Task(loss_sum=lm_loss_sum, units=label_units, tokens=token_count, collate=make_collate(stage, pad_id))
+    # unpadded rows run end to end in one forward where the model takes varlen attention; not with NEFTune,
+    # whose noise scale depends on the sequence length
+    packed = stage["train"]["padding"] == "unpadded" and not stage["train"].get("neftune_alpha") and enable_varlen(model)
+    task = loop.Task(loss_sum=lm_loss_sum, units=label_units, tokens=token_count,
+                     collate=make_collate(stage, pad_id, packed=packed))
     return task, model
 
 
