@@ -124,11 +124,14 @@ class StepLog:
         return log
 
     def add(self, record: dict) -> None:
+        """The tracker first, then steps.jsonl: whoever sees step N in steps.jsonl finds it in the tracker too
+        (a run killed in between has it in the tracker only, which resume replaces like any step after the
+        checkpoint)."""
         self.records.append(record)
+        self.tracker.log(int(record["step"]), record)
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
-        self.tracker.log(int(record["step"]), record)
 
     def close(self) -> None:
         self.tracker.close()
