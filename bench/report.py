@@ -408,6 +408,13 @@ def section_train(t: dict) -> list[str]:
             "Medians over the runs listed per tool; runs alternate tools and the order flips every repetition."
         ),
         "",
+        "Same rows, order of batches aside, same optimizer steps and loss; what tkc's step does differently (all in "
+        "`src/tkc/runtime`): no compute on padding (the peer pads each batch to its longest row): for SFT the "
+        "micro-batch's rows run end to end in one forward, each attending to itself only (`attention.py`), for "
+        "DPO each row at its own length with the pair's shared prompt run once; the LM head only at label "
+        "positions; and the C heap keeps freed memory for the next step instead of faulting it in again "
+        "(`memory.py`).",
+        "",
     ]
     for n, w in _ordered(t):
         out += _train_table(n, w, t.get("generated_utc"))
