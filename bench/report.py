@@ -38,6 +38,10 @@ def r(x) -> str:
     return DASH if x is None else f"{x:.2f}×"
 
 
+def pct(x) -> str:
+    return DASH if x is None else f"{100 * x:.1f}%"
+
+
 def sp(x) -> str:
     """A tkc-vs-peer time ratio (peer ÷ tkc) in words."""
     if x is None:
@@ -190,8 +194,84 @@ def section_summary(res: dict[str, dict]) -> list[str]:
             f"| {n}: launch → first step (s) | {f(lf)} | {f(ref.get('launch_to_first_step_s'))} | "
             f"{sp(rref.get('launch_to_first_step_speedup'))} | ≤ 5 s | {met(None if lf is None else lf <= 5)} |"
         )
+    mm = res.get("matmul") or {}
+    for n, w in _ordered(t):
+        ref = _side(w, PEER_T) or _side(w, "peer")
+        mt, mp = _mfu(w, _side(w, "tkc"), mm), _mfu(w, ref, mm)
+        if mt is not None:
+            rows.append(
+                f"| {n}: model FLOPs utilisation (of {f(mm.get('peak_gflops'), 0)} GFLOPS fp32 matmul, "
+                f"{mm.get('threads')} threads) | {pct(mt)} | {pct(mp)} | {r(None if not mp else mt / mp)} | "
+                f"reported | — |"
+            )
     rows += _repeat_rows(res.get("repeat_train") or {})
     return ["## Summary", "", *rows, ""]
+
+
+LORA_TARGETS = 7  # q, k, v, o, gate, up, down (bench/workloads.py)
+
+
+def model_flops_per_token(c: dict, shape: dict, mean_len: float) -> float:
+    """Training FLOPs per (non-padding) token the workload's semantics need, by the usual matmul count (Kaplan /
+    PaLM): every linear layer and the LM head at every token, attention scores and values at the mean causal
+    context (mean row length + 1) / 2. Full: forward + 2x backward. LoRA: the frozen base needs forward and
+    input gradients only (2x), attention 3x, the adapters 6x. DPO adds the reference forward (adapter off). Not
+    counted: elementwise ops, recomputation. The same figure for both tools, so the MFU ratio is the throughput
+    ratio; it says how much of the machine's matmul speed each tool turns into training."""
+    h, layers = shape["hidden_size"], shape["num_hidden_layers"]
+    inter, vocab = shape["intermediate_size"], shape["vocab_size"]
+    kvd = h // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    shapes = [(h, h), (h, kvd), (h, kvd), (h, h), (h, inter), (h, inter), (inter, h)]
+    n_lin = layers * sum(i * o for i, o in shapes) + h * vocab
+    att = 4 * layers * h * (mean_len + 1) / 2
+    if c.get("method") == "full":
+        total = 3 * (2 * n_lin + att)
+    else:
+        n_lora = layers * (c.get("lora_rank") or 0) * sum(i + o for i, o in shapes[:LORA_TARGETS])
+        total = 2 * (2 * n_lin) + 3 * att + 6 * n_lora
+    if c.get("kind") == "dpo":
+        total += 2 * n_lin + att
+    return total
+
+
+def _mfu(w: dict, side: dict, mm: dict | None) -> float | None:
+    """Model FLOPs per second / the measured fp32 matmul peak (bench/matmul.py), for one tool's side."""
+    c, tps, tokens = w.get("config", {}), side.get("tokens_per_s"), side.get("tokens")
+    if not mm or not mm.get("peak_gflops") or not tps or not tokens or not c.get("steps"):
+        return None
+    sequences = c["steps"] * c["batch"] * (2 if c.get("kind") == "dpo" else 1)
+    return tps * model_flops_per_token(c, mm["model"], tokens / sequences) / (mm["peak_gflops"] * 1e9)
+
+
+def section_mfu(t: dict, mm: dict) -> list[str]:
+    if not mm:
+        return []
+    sizes = ", ".join(f"{n}: {f(g, 0)}" for n, g in sorted((int(k), v) for k, v in mm["gflops_by_size"].items()))
+    out = [
+        "### Model FLOPs utilisation",
+        "",
+        f"Command: `.venv/bin/python bench/matmul.py` (measured {mm.get('generated_utc', DASH)}): fp32 `torch.mm` of "
+        f"n × n matrices at {mm.get('threads')} threads, the count both tools train with, median of "
+        f"{mm.get('reps')} products per size, GFLOPS by n: {sizes}; peak {f(mm.get('peak_gflops'), 0)}. "
+        "MFU = tokens/s × model FLOPs per token ÷ that peak. Model FLOPs per token "
+        "(`model_flops_per_token` in bench/report.py) count every linear layer and the LM head at every token and "
+        "attention at the mean causal context: full = 3× the forward; LoRA = 2× the frozen base's linear layers "
+        "(forward and input gradients), 3× attention, 6× the adapters; DPO adds the reference forward. The same "
+        "count for both tools, so the ratio is the throughput ratio; elementwise work, which matmul peak does not "
+        "cover, is why neither gets near 100%.",
+        "",
+        "| workload | model GFLOPs per 1,000 tokens | tkc MFU | peer MFU |",
+        "|---|---|---|---|",
+    ]
+    for n, w in _ordered(t):
+        c, wt = w.get("config", {}), _side(w, "tkc")
+        ref = _side(w, PEER_T) or _side(w, "peer")
+        if not wt.get("tokens") or not c.get("steps"):
+            continue
+        mean_len = wt["tokens"] / (c["steps"] * c["batch"] * (2 if c.get("kind") == "dpo" else 1))
+        per_k = model_flops_per_token(c, mm["model"], mean_len) * 1000 / 1e9
+        out.append(f"| {n} | {f(per_k, 1)} | {pct(_mfu(w, wt, mm))} | {pct(_mfu(w, ref, mm))} |")
+    return out + [""]
 
 
 def _threads_note(w: dict) -> str:
@@ -506,7 +586,7 @@ STATIC = """## Reading these figures
 ```bash
 .venv/bin/python bench/peer.py         # once: the peer's private venv (bench/.peer/venv, gitignored)
 make bench                             # = .venv/bin/python bench/run_all.py  (~12 min here; --quick ~5 min)
-.venv/bin/python bench/errors.py       # or each benchmark alone: errors, preprocess, parity, train
+.venv/bin/python bench/errors.py       # or each benchmark alone: errors, preprocess, parity, matmul, train
 .venv/bin/python bench/report.py       # rewrite this file from bench/results/*.json
 ```
 
@@ -550,7 +630,7 @@ beta 0.1, reference = the frozen base (adapter disabled).
 def render() -> str:
     res = {
         n: _load(n)
-        for n in ("errors", "preprocess", "preprocess_synthetic", "parity", "train", "repeat_train")
+        for n in ("errors", "preprocess", "preprocess_synthetic", "parity", "train", "repeat_train", "matmul")
     }
     parts = [
         "# Benchmarks: tkc vs LLaMA-Factory",
@@ -565,7 +645,7 @@ def render() -> str:
     parts += section_summary(res)
     parts += section_errors(res["errors"]) + section_preprocess(res["preprocess"])
     parts += section_preprocess_synthetic(res["preprocess_synthetic"])
-    parts += section_train(res["train"]) + section_determinism(res["train"]) + section_parity(res["parity"])
+    parts += section_train(res["train"]) + section_mfu(res["train"], res["matmul"]) + section_determinism(res["train"]) + section_parity(res["parity"])
     parts += section_machine(res)
     parts += [STATIC]
     return "\n".join(parts).rstrip() + "\n"

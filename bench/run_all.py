@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/run_all.py [--quick] [--side both|tkc|peer]      # `make bench`
 
-Full: about 27 minutes on this shared 2-core machine (errors ~1.5, preprocessing ~1.5, parity ~1,
-three training workloads x 2 repetitions x 3 settings (tkc, peer at tkc's thread count, peer at its
-default threads) ~21, the peer-defaults row ~2.5). --quick: about 12 minutes (fewer repetitions,
-SFT+LoRA only). Set TKC_BENCH_RESULTS=DIR to write results and the report there instead (trial runs).
+Full: about 12 minutes on this 2-core machine (2026-12-04; the training part, three workloads x 2
+repetitions per tool plus the peer-defaults row, 6.3 of them; matmul 20 s). The peer also runs at tkc's thread
+count when its default differs (not here: both use 2). --quick: about 5 minutes (fewer repetitions, SFT+LoRA
+only). Set TKC_BENCH_RESULTS=DIR to write results and the report there instead (trial runs).
 Benchmarks are not tests: nothing here runs in `make test`.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import errors  # noqa: E402
+import matmul  # noqa: E402
 import parity  # noqa: E402
 import preprocess  # noqa: E402
 import report  # noqa: E402
@@ -52,6 +53,7 @@ def main() -> None:
             lambda: preprocess.main([*flags, "--synthetic", "50000", "--reps", "1" if a.quick else "2"]),
         ),
         ("parity", parity.main),
+        ("matmul", lambda: matmul.main(["--threads", str(tkc_cpu_threads())])),
         ("train", lambda: train.main([*flags, "--peer-threads", str(tkc_cpu_threads())])),
     ):
         t = time.monotonic()
