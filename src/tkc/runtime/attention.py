@@ -19,8 +19,9 @@ import torch.nn.functional as F
 NAME = "tkc_varlen"
 
 
-def varlen_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask, dropout: float = 0.0,
-                scaling: float | None = None, is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+def varlen_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
+                dropout: float = 0.0, scaling: float | None = None, is_causal: bool | None = None,
+                **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' attention-function contract: q (1, heads, T, d), k/v (1, kv_heads, T, d) -> (1, T, heads, d)."""
     for extra in ("softcap", "s_aux", "position_bias"):
         if kwargs.get(extra) is not None:
@@ -35,7 +36,8 @@ def varlen_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Ten
         mask = None
         if window is not None and e - s > window:  # causal and at most `window` tokens back, as transformers' masks
             i = torch.arange(e - s, device=query.device)
-            mask = ((i[:, None] - i[None, :]) >= 0) & ((i[:, None] - i[None, :]) < window)
+            back = i[:, None] - i[None, :]
+            mask = (back >= 0) & (back < window)
         outs.append(F.scaled_dot_product_attention(
             query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], attn_mask=mask, dropout_p=dropout,
             is_causal=mask is None, scale=scaling, enable_gqa=gqa))
@@ -60,7 +62,8 @@ def _register() -> None:
         AttentionMaskInterface.register(NAME, sdpa_mask)  # masks exactly as for sdpa
 
 
-def _base(model):
+def unwrap(model):
+    """The transformers model inside a DDP and/or PEFT wrapper."""
     inner = getattr(model, "module", model)  # DDP
     return inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # PEFT
 
@@ -68,7 +71,7 @@ def _base(model):
 def supports(model) -> bool:
     """Whether the model's attention goes through transformers' attention interface on sdpa (text decoders of
     transformers 5: Llama, Qwen2/3, Mistral, Gemma, ...), the only attention this function stands in for."""
-    base = _base(model)
+    base = unwrap(model)
     config = getattr(base, "config", None)
     return (bool(getattr(type(base), "_supports_attention_backend", False)) and config is not None
             and getattr(config, "_attn_implementation", None) == "sdpa" and not getattr(config, "sub_configs", None)
@@ -77,18 +80,17 @@ def supports(model) -> bool:
 
 def enable(model) -> bool:
     """Give the model sdpa_or_varlen when it supports() it; True when it did (or had it already)."""
-    config = getattr(_base(model), "config", None)
-    if getattr(config, "_attn_implementation", None) == NAME:
+    if enabled(model):
         return True
     if not supports(model):
         return False
     _register()
-    config._attn_implementation = NAME
+    unwrap(model).config._attn_implementation = NAME
     return True
 
 
 def enabled(model) -> bool:
-    return getattr(getattr(_base(model), "config", None), "_attn_implementation", None) == NAME
+    return getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None) == NAME
 
 
 def forward_kwargs(cu_seq_lens: torch.Tensor) -> dict:

@@ -2,10 +2,10 @@
 
 torch's CPU allocator is plain malloc/free, one block per tensor. glibc serves a block at or above its mmap
 threshold (128 KiB, rising with use to at most 32 MiB) with a fresh mmap and unmaps it on free, and gives the
-top of the heap back to the OS once more than its trim threshold (twice that) is free there. Every step of a training loop
-allocates and frees the same activations, gradients and logits, so each of those pages is faulted in again,
-zeroed by the kernel, step after step. Keeping them costs no extra peak memory: a step needs them all at once
-anyway, and the process's peak is that step.
+top of the heap back to the OS once more than its trim threshold (twice that) is free there. Every step of a
+training loop allocates and frees the same activations, gradients and logits, so each of those pages is faulted
+in again, zeroed by the kernel, step after step. Keeping them costs little peak memory, since a step needs them
+all at once anyway; what it does cost is fragmentation a trimmed heap would have given back.
 
 Only for a process tkc owns (`tkc run`, one rank of a launch), only with glibc, and never over a setting the
 user made through the environment.
@@ -23,8 +23,9 @@ M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
 
 # Blocks up to 32 MiB come from the heap, where freed ones are reused: glibc's own ceiling for its dynamic threshold,
-# fixed from the start. Larger blocks stay mmapped: glibc 2.36's posix_memalign (torch's allocator) grows the heap
-# to several times a block's size while a single large block is allocated and freed in a loop.
+# fixed from the start. Larger blocks stay mmapped as before: glibc 2.36's posix_memalign (torch's allocator), given
+# one block allocated and freed in a loop, grows the heap to several times the block before it reuses it, so the
+# largest blocks are left out of the heap.
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int: the most it can say, 2 GiB of free heap top kept
 TOP_PAD = 64 << 20  # grow the heap 64 MiB at a time (address space only; pages are faulted in when used)
@@ -37,11 +38,9 @@ def _glibc():
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        gnu_get_libc_version = libc.gnu_get_libc_version  # glibc only: musl and macOS have no such symbol
-    except (OSError, AttributeError):
+    except OSError:
         return None
-    gnu_get_libc_version.restype = ctypes.c_char_p
-    return libc
+    return libc if hasattr(libc, "gnu_get_libc_version") else None  # glibc only: musl and macOS lack it
 
 
 def user_set() -> bool:

@@ -77,18 +77,17 @@ def collate_packed(batch: list[dict], pad_id: int) -> list[dict]:
     """A micro-batch of token rows as one piece: the rows end to end in one sequence, positions restarting at 0 on
     each, `cu_seq_lens` marking where each starts (for tkc.runtime.attention's varlen path).
 
-    Each row's first label becomes -100: a row's first token is never a target of its own row, and this way the
-    last token of the row before it predicts nothing. Rows with other columns (images, already-packed rows with
+    The rows are joined as sequence packing joins them (packing.join_rows): each row's first label becomes -100 (a
+    row's first token is never a target of its own row, so the last token of the row before it predicts nothing). Rows with other columns (images, already-packed rows with
     their own position_ids, pair or KTO columns) go to collate_unpadded instead.
     """
     import torch
 
+    from tkc.runtime.data.packing import join_rows
+
     if not batch or "labels" not in batch[0] or any(set(r) - PACKABLE for r in batch):
         return collate_unpadded(batch, pad_id)
-    lens = [len(r["input_ids"]) for r in batch]
-    ids = torch.cat([torch.as_tensor(r["input_ids"], dtype=torch.long) for r in batch])
-    labels = torch.cat([torch.as_tensor(r["labels"], dtype=torch.long) for r in batch])
-    cu = torch.tensor([0] + lens, dtype=torch.long).cumsum(0)
-    labels[cu[:-1]] = IGNORE
-    positions = torch.cat([torch.arange(n, dtype=torch.long) for n in lens])
-    return [{"input_ids": ids[None], "labels": labels[None], "position_ids": positions[None], "cu_seq_lens": cu}]
+    row = join_rows(batch)
+    cu = torch.tensor([0] + [len(r["input_ids"]) for r in batch], dtype=torch.long).cumsum(0)
+    return [{**{k: torch.as_tensor(row[k], dtype=torch.long)[None] for k in ("input_ids", "labels", "position_ids")},
+             "cu_seq_lens": cu}]

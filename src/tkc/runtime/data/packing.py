@@ -40,26 +40,26 @@ def plan_bins(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+def join_rows(parts: list[dict]) -> dict:
+    """sft rows end to end as one: input_ids, labels (each row's first one -100), attention_mask (all ones) and
+    position_ids restarting at 0 on every row; media lists joined in order."""
+    labels = []
+    for r in parts:
+        lab = r["labels"].copy()
+        lab[0] = IGNORE  # never predict an example's first token from the previous example's last one
+        labels.append(lab)
+    ids = np.concatenate([r["input_ids"] for r in parts])
+    positions = np.concatenate([np.arange(len(r["input_ids"]), dtype=np.int32) for r in parts])
+    row = {"input_ids": ids, "labels": np.concatenate(labels),
+           "attention_mask": np.ones(len(ids), np.int32), "position_ids": positions}  # fmt: skip
+    row.update({m: [x for r in parts for x in r[m]] for m in ("images", "videos", "audios") if m in parts[0]})
+    return row
+
+
 def pack_rows(rows: list[dict], capacity: int) -> list[dict]:
     """Pack sft rows; each packed row has input_ids, labels, attention_mask (all ones) and position_ids."""
     bins = plan_bins([len(r["input_ids"]) for r in rows], capacity)
-    packed = []
-    for members in bins:
-        parts = [rows[i] for i in members]
-        labels = []
-        for r in parts:
-            lab = r["labels"].copy()
-            lab[0] = IGNORE  # never predict an example's first token from the previous example's last one
-            labels.append(lab)
-        ids = np.concatenate([r["input_ids"] for r in parts])
-        positions = np.concatenate([np.arange(len(r["input_ids"]), dtype=np.int32) for r in parts])
-        row = {"input_ids": ids, "labels": np.concatenate(labels),
-               "attention_mask": np.ones(len(ids), np.int32), "position_ids": positions}  # fmt: skip
-        row.update(
-            {m: [x for r in parts for x in r[m]] for m in ("images", "videos", "audios") if m in parts[0]}
-        )
-        packed.append(row)
-    return packed
+    return [join_rows([rows[i] for i in members]) for members in bins]
 
 
 def padding_fraction(lengths: list[int], batch_size: int) -> float:

@@ -73,9 +73,9 @@ def _forward_keeps_logits(cls: type) -> bool:
 
 def keeps_logits(model) -> bool:
     """Whether the (DDP- / PEFT-wrapped) model's forward takes `logits_to_keep` (transformers' CausalLM heads do)."""
-    inner = getattr(model, "module", model)  # DDP
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # PEFT
-    return _forward_keeps_logits(type(base))
+    from tkc.runtime.attention import unwrap
+
+    return _forward_keeps_logits(type(unwrap(model)))
 
 
 def label_logps(model, batch: Batch, prefix: str = "", *, past: list | None = None, start: int = 0
