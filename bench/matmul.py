@@ -53,9 +53,7 @@ def model_shape(model_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=9)
-    ap.add_argument("--quick", action="store_true")  # accepted for run_all; the measurement is already short
-    ap.add_argument("--side", default="both")  # accepted for run_all; there is no peer side
+    ap.add_argument("--reps", type=int, default=25)
     a = ap.parse_args(argv)
     r = subprocess.run([str(TKC_PY), "-c", PROBE, str(a.threads), str(a.reps), ",".join(map(str, SIZES))],
                        capture_output=True, text=True, check=True)

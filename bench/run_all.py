@@ -3,7 +3,7 @@
     .venv/bin/python bench/run_all.py [--quick] [--side both|tkc|peer]      # `make bench`
 
 Full: about 12 minutes on this 2-core machine (2026-12-04; the training part, three workloads x 2
-repetitions per tool plus the peer-defaults row, 6.3 of them; matmul 20 s). The peer also runs at tkc's thread
+repetitions per tool plus the peer-defaults row, 6.3 of them; matmul about 5 s). The peer also runs at tkc's thread
 count when its default differs (not here: both use 2). --quick: about 5 minutes (fewer repetitions, SFT+LoRA
 only). Set TKC_BENCH_RESULTS=DIR to write results and the report there instead (trial runs).
 Benchmarks are not tests: nothing here runs in `make test`.
