@@ -143,7 +143,11 @@ def apply_lora(model: nn.Module, lora: dict, *, task_type: str, quantized: bool)
         modules_to_save=list(lora.get("modules_to_save") or []) or None, bias="none", task_type=task_type,
     )
     with quiet_checkpointing_alias():
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
+    from tkc.runtime.lora import fuse
+
+    fuse(model)  # plain adapters add B(A(x)) * scaling in one GEMM (tkc.runtime.lora)
+    return model
 
 
 def add_neftune(model: nn.Module, alpha: float) -> None:
