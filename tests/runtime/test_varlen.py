@@ -150,3 +150,115 @@ def test_sft_task_packs_rows_unless_neftune(rt, tmp_path, tiny_pretrained, share
         pieces = task.collate(rows[:4])
         assert ("cu_seq_lens" in pieces[0]) is want, neftune
         assert attention.enabled(model) is want
+
+
+# --- DPO pairs: packed prompts, then packed continuations over each pair's cached prompt (packed_pair_logps) ---
+
+def _pairs(seed: int, shape=((6, 5, 4), (3, 7, 7), (0, 6, 5), (9, 4, 4), (5, 8, 8)), vocab: int = 600) -> list[dict]:
+    """(prompt length, chosen length, rejected length) -> pair rows; labels on the responses only. Pair 3 has no
+    prompt (its sides differ from the first token); pairs 4 and 5 give equal-length pieces of two rows."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for p, c, r in shape:
+        prompt = torch.randint(1, vocab, (p,), generator=g).tolist()
+        row = {}
+        for side, n in (("chosen", c), ("rejected", r)):
+            resp = torch.randint(1, vocab, (n,), generator=g).tolist()
+            row[f"{side}_input_ids"] = prompt + resp
+            row[f"{side}_labels"] = [-100] * p + resp
+        if p == 0:
+            row["rejected_input_ids"][0] = row["chosen_input_ids"][0] % (vocab - 1) + 1
+            row["rejected_labels"][0] = row["rejected_input_ids"][0]
+        rows.append(row)
+    return rows
+
+
+def _pair_logps_and_grads(model, batch, mode: str):
+    """mode: packed (packed_pair_logps), shared (one piece at a time, its prompt run once), whole (each side's
+    whole sequence on its own: what the other two must equal)."""
+    model.zero_grad(set_to_none=True)
+    if mode == "packed":
+        assert attention.enable(model)
+    else:
+        model.config._attn_implementation = "sdpa"
+    out = common.pair_logps(model, batch, 0, share_prompt=mode != "whole")
+    assert attention.enabled(model) is (mode == "packed")
+    (out[0] * 0.7 - out[1] * 1.3).sum().backward()
+    return [t.detach() for t in out], {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_pairs(a, b):
+    for x, y in zip(a[0], b[0], strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    _assert_same((0.0, a[1]), (0.0, b[1]))
+
+
+@pytest.mark.parametrize("arch,extra", [("qwen2", {}), ("llama", {}),
+                                        ("qwen2", {"use_sliding_window": True, "sliding_window": 5,
+                                                   "max_window_layers": 0})])
+def test_packed_pairs_match_each_side_on_its_own(arch, extra):
+    """Also the one-piece-at-a-time path: with a sliding window it used to lose early prompt keys (the prompt's
+    cache, made from the config, kept only a sliding layer's last tokens)."""
+    model = _tiny(arch, **extra)
+    batch = collate_unpadded(_pairs(1), 0)
+    assert len(batch) == 4 and max(b["chosen_input_ids"].size(0) for b in batch) == 2  # one piece of two pairs
+    whole = _pair_logps_and_grads(model, batch, "whole")
+    assert whole[0][2].tolist() == [5, 7, 5, 4, 8]  # chosen label counts
+    _assert_same_pairs(_pair_logps_and_grads(model, batch, "shared"), whole)
+    _assert_same_pairs(_pair_logps_and_grads(model, batch, "packed"), whole)
+
+
+def test_packed_pairs_with_lora_and_its_reference():
+    from tkc.runtime.model import apply_lora
+
+    model = apply_lora(_tiny("qwen2"), {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": ["q_proj", "v_proj"]},
+                       task_type="CAUSAL_LM", quantized=False)
+    for m in model.modules():
+        if hasattr(m, "lora_B"):
+            for b in m.lora_B.values():
+                torch.nn.init.normal_(b.weight, std=0.1)
+    model.train()
+    batch = collate_unpadded(_pairs(2), 0)
+    _assert_same_pairs(_pair_logps_and_grads(model, batch, "packed"), _pair_logps_and_grads(model, batch, "whole"))
+    reference = common.Reference(model, lora=True)
+    got = reference(common.pair_logps, batch, 0, share_prompt=True)
+    model.config._attn_implementation = "sdpa"
+    want = reference(common.pair_logps, batch, 0, share_prompt=True)
+    for x, y in zip(got, want, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_continuations_really_attend_to_their_own_prompt():
+    """Shifting every continuation's prefix to the next pair's prompt changes the log-probs."""
+    model = _tiny("qwen2")
+    batch = collate_unpadded(_pairs(3), 0)
+    attention.enable(model)
+    with torch.no_grad():
+        right = common.packed_pair_logps(model, batch)[0]
+        original = attention.prefixed_varlen_sdpa
+
+        def wrong(module, q, k, v, mask, **kw):
+            return original(module, q, k, v, mask, **{**kw, "tkc_prefix": kw["tkc_prefix"].roll(2, 0)})
+
+        try:
+            attention.prefixed_varlen_sdpa = wrong
+            shifted = common.packed_pair_logps(model, batch)[0]
+        finally:
+            attention.prefixed_varlen_sdpa = original
+    assert not torch.allclose(right, shifted, rtol=1e-4)
+
+
+DPO = {"loss": "sigmoid", "beta": 0.1, "label_smoothing": 0.0, "simpo_gamma": 0.5, "ftx": 0.0, "reference": "init"}
+
+
+def test_dpo_task_packs_pairs_unless_checkpointing_or_neftune(rt, tmp_path, tiny_pretrained, shared_datasets):
+    from tkc.runtime.stages import dpo
+
+    for name, extra, want in (("plain", {}, True), ("gc", {"gradient_checkpointing": True}, False),
+                              ("neft", {"neftune_alpha": 5.0}, False)):
+        st = rt.stage("dpo", "dpo", 0, ["dpo_pairs"], method="lora", padding="unpadded", max_steps=1,
+                      global_batch_size=2, micro_batch_size=2, save_steps=0, options=dict(DPO), **extra)
+        plan = rt.resolved([st], model_path=str(tiny_pretrained), init="pretrained", cutoff_len=160)
+        ctx = rt.make_ctx(rt.write_bundle(tmp_path / name, plan))
+        _, model = dpo.build_task(ctx, ctx.stage_by_name("dpo"))
+        assert attention.enabled(model) is want, name

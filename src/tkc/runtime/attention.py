@@ -5,10 +5,12 @@ transformers routes a model's attention through `config._attn_implementation` at
 `_supports_attention_backend`). `enable(model)` points it at `NAME`: sdpa itself (same masks, same function)
 except for a call that carries row boundaries, as transformers' own flash-attention varlen keyword arguments
 (`cu_seq_lens_q` / `cu_seq_lens_k`, passed down to every attention call). Such a call runs torch's causal SDPA on
-each row's slice (`varlen_sdpa`). Positions restart at 0 on every row (`position_ids`), so rotary embeddings see
-what they see for the row alone. The choice stays on the model for the whole stage, so gradient checkpointing's
-recomputation takes the same path, and it is not saved: transformers leaves `_attn_implementation` out of
-config.json.
+each row's slice (`varlen_sdpa`). Positions restart at 0 on every row (`position_ids`), so rotary embeddings
+see what they see for the row alone. A call that also carries `tkc_prefix` continues cached prefixes (DPO: a
+micro-batch's prompts packed in one forward, then its chosen and rejected continuations in another): each row
+attends to its own prefix's keys, then causally to itself (`prefixed_varlen_sdpa`). The choice stays on the
+model for the whole stage, so gradient checkpointing's recomputation takes the same path, and it is not saved:
+transformers leaves `_attn_implementation` out of config.json.
 """
 
 from __future__ import annotations
@@ -44,8 +46,44 @@ def varlen_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
+def prefixed_varlen_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
+                         dropout: float = 0.0, scaling: float | None = None, is_causal: bool | None = None,
+                         **kwargs) -> tuple[torch.Tensor, None]:
+    """Packed rows that continue cached prefixes (DPO continuations after their packed prompts): the cache holds
+    the P prefix tokens end to end, then this call's C tokens. Row j is query[cu_seq_lens_q[j]:...]; it attends to
+    its prefix `tkc_prefix[j]` = (start, end) in the first P keys, then causally to itself, as if the prefix and
+    the row were one sequence (sliding windows kept)."""
+    for extra in ("softcap", "s_aux", "position_bias"):
+        if kwargs.get(extra) is not None:
+            raise ValueError(f"varlen attention does not support {extra!r}")
+    if query.size(0) != 1:
+        raise ValueError(f"varlen attention takes one packed row, got a batch of {query.size(0)}")
+    bounds, prefix = kwargs["cu_seq_lens_q"].tolist(), kwargs["tkc_prefix"].tolist()
+    window = kwargs.get("sliding_window")
+    past = key.size(2) - query.size(2)
+    gqa = query.size(1) != key.size(1)
+    outs = []
+    for (s, e), (ps, pe) in zip(zip(bounds[:-1], bounds[1:], strict=True), prefix, strict=True):
+        n, p = e - s, pe - ps
+        if p:
+            k = torch.cat([key[:, :, ps:pe], key[:, :, past + s:past + e]], dim=2)
+            v = torch.cat([value[:, :, ps:pe], value[:, :, past + s:past + e]], dim=2)
+        else:
+            k, v = key[:, :, past + s:past + e], value[:, :, past + s:past + e]
+        mask = None
+        if p or (window is not None and n > window):  # query i sits at p + i: keys up to it, `window` back at most
+            back = (torch.arange(n, device=query.device)[:, None] + p) - torch.arange(p + n, device=query.device)
+            mask = (back >= 0) if window is None else (back >= 0) & (back < window)
+        outs.append(F.scaled_dot_product_attention(query[:, :, s:e], k, v, attn_mask=mask, dropout_p=dropout,
+                                                   is_causal=mask is None, scale=scaling, enable_gqa=gqa))
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
 def sdpa_or_varlen(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask, **kwargs):
-    """varlen_sdpa for a packed call without a cache (the mask transformers built for it is not used), else sdpa."""
+    """varlen_sdpa for a packed call without a cache, prefixed_varlen_sdpa for packed rows continuing cached
+    prefixes (the masks transformers built for either are not used), else sdpa."""
+    if kwargs.get("tkc_prefix") is not None:
+        return prefixed_varlen_sdpa(module, query, key, value, None, **kwargs)
     if kwargs.get("cu_seq_lens_q") is not None and query.size(2) == key.size(2):
         return varlen_sdpa(module, query, key, value, None, **kwargs)
     from transformers.integrations.sdpa_attention import sdpa_attention_forward

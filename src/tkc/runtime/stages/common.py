@@ -120,7 +120,12 @@ def shared_prompt(model, b: Batch) -> tuple[list | None, int]:
     start = min([same] + [int(f[0]) for f in firsts if len(f)]) - 1  # the continuation starts before any label
     if start < 1 or not keeps_logits(model):
         return None, 0
-    out = model(input_ids=c[:, :start], use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long))
+    from transformers import DynamicCache
+
+    # full layers: a cache the model made from its config would keep only a sliding layer's last `window` tokens,
+    # which the continuation's fresh cache (label_logps) would then take for the first ones
+    out = model(input_ids=c[:, :start], past_key_values=DynamicCache(), use_cache=True,
+                logits_to_keep=torch.zeros(0, dtype=torch.long))
     return [(layer.keys, layer.values) for layer in out.past_key_values.layers], start
 
 
@@ -195,7 +200,14 @@ def pair_forward(fn, batch: Batch | Pieces, pad_id: int) -> tuple[torch.Tensor, 
 
 def pair_logps(model, batch: Batch | Pieces, pad_id: int, *, share_prompt: bool = False) -> tuple[torch.Tensor, ...]:
     """(chosen log-probs, rejected log-probs, chosen counts, rejected counts) per pair, summed over label tokens.
-    share_prompt: unpadded pieces run their common prompt once (shared_prompt) for both sides."""
+    share_prompt: unpadded pieces run their common prompt once (shared_prompt) for both sides; on a model with
+    tkc's varlen attention, all pieces' prompts and then all continuations each run as one forward
+    (packed_pair_logps)."""
+    from tkc.runtime.attention import enabled
+
+    if (share_prompt and enabled(model) and keeps_logits(model)
+            and all("chosen_attention_mask" not in b for b in pieces(batch))):
+        return packed_pair_logps(model, batch)
     prompts = {id(b): shared_prompt(model, b) for b in pieces(batch)
                if share_prompt and "chosen_attention_mask" not in b}
 
@@ -206,6 +218,60 @@ def pair_logps(model, batch: Batch | Pieces, pad_id: int, *, share_prompt: bool 
 
     c, r = pair_forward(fn, batch, pad_id)
     return c[:, 0], r[:, 0], c[:, 1], r[:, 1]
+
+
+def _prompt_len(c_ids: torch.Tensor, c_labels: torch.Tensor, r_ids: torch.Tensor, r_labels: torch.Tensor) -> int:
+    """Leading tokens a pair's chosen and rejected rows share, up to the token before either side's first label
+    (shared_prompt's rule for one pair); 0 when that leaves nothing."""
+    n = min(c_ids.numel(), r_ids.numel())
+    same = int((c_ids[:n] == r_ids[:n]).long().cumprod(0).sum())
+    firsts = [int(f[0]) for f in ((c_labels != -100).nonzero(), (r_labels != -100).nonzero()) if len(f)]
+    start = min([same, *firsts]) - 1
+    return start if start >= 1 else 0
+
+
+def packed_pair_logps(model, batch: Batch | Pieces) -> tuple[torch.Tensor, ...]:
+    """pair_logps with share_prompt for unpadded pair pieces, in two forwards on a model with tkc's varlen
+    attention: every pair's shared prompt end to end (each attending to itself), then every chosen and rejected
+    continuation end to end, each attending to its own pair's cached prompt and causally to itself (positions
+    continue from the prompt). The same log-probs as one pair at a time, with the linear layers run once over a
+    micro-batch's tokens instead of once per piece and side."""
+    from transformers import DynamicCache
+
+    from tkc.runtime.attention import forward_kwargs
+
+    pairs = [(b["chosen_input_ids"][i], b["chosen_labels"][i], b["rejected_input_ids"][i], b["rejected_labels"][i])
+             for b in pieces(batch) for i in range(b["chosen_input_ids"].size(0))]
+    starts = [_prompt_len(*p) for p in pairs]
+    past, bounds = None, torch.tensor([0, *starts]).cumsum(0)
+    if any(starts):
+        prompts = [c[:n] for (c, *_), n in zip(pairs, starts, strict=True) if n]
+        cu = torch.tensor([0, *(len(p) for p in prompts)]).cumsum(0)
+        positions = torch.cat([torch.arange(len(p)) for p in prompts])
+        # full layers, as in shared_prompt (a sliding layer's cache would keep the packed sequence's last tokens)
+        out = model(input_ids=torch.cat(prompts)[None], position_ids=positions[None], past_key_values=DynamicCache(),
+                    use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long), **forward_kwargs(cu))
+        past = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    ids, targets, positions, prefix = [], [], [], []
+    for (c, cl, r, rl), n, ps in zip(pairs, starts, bounds[:-1].tolist(), strict=True):
+        for tokens, labels in ((c, cl), (r, rl)):  # segment 2i: chosen of pair i, 2i + 1: its rejected
+            ids.append(tokens[n:])
+            targets.append(F.pad(labels[1:], (0, 1), value=-100)[n:])  # position t predicts t + 1
+            positions.append(torch.arange(n, tokens.numel()))
+            prefix.append((ps, ps + n))
+    cu = torch.tensor([0, *(len(x) for x in ids)]).cumsum(0)
+    target = torch.cat(targets)
+    cols = (target != -100).nonzero().squeeze(-1)
+    kwargs = {"cu_seq_lens_q": cu, "tkc_prefix": torch.tensor(prefix)}
+    if past is not None:
+        kwargs["past_key_values"] = DynamicCache(ddp_cache_data=past)
+    logits = model(input_ids=torch.cat(ids)[None], position_ids=torch.cat(positions)[None],
+                   use_cache=past is not None, logits_to_keep=cols, **kwargs).logits[0]
+    logps = torch.gather(F.log_softmax(logits.float(), dim=-1), 1, target[cols].unsqueeze(-1)).squeeze(-1)
+    segment = torch.searchsorted(cu, cols, right=True) - 1
+    sums = torch.zeros(len(ids), dtype=logps.dtype).index_add(0, segment, logps)
+    counts = torch.zeros(len(ids), dtype=logps.dtype).index_add(0, segment, torch.ones_like(logps)).clamp(min=1)
+    return sums[0::2], sums[1::2], counts[0::2], counts[1::2]
 
 
 class Reference:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tkc.runtime import loop
+from tkc.runtime import attention, loop
 from tkc.runtime.context import RunContext
 from tkc.runtime.model import build_trainable
 from tkc.runtime.stages.common import Reference, make_collate, pair_logps, token_count, train_stage
@@ -56,11 +56,13 @@ def make_loss(opts: dict, reference: Reference | None, pad_id: int, share_prompt
 def build_task(ctx: RunContext, stage: dict):
     opts = stage["options"]
     model = build_trainable(ctx, stage)
+    # unpadded pairs run their shared prompt once (not with gradient checkpointing, which turns the cache off)
+    share = stage["train"]["padding"] == "unpadded" and not stage["train"]["gradient_checkpointing"]
+    if share and not stage["train"].get("neftune_alpha"):  # NEFTune's noise scale depends on sequence length
+        attention.enable(model)  # a micro-batch's prompts, then its continuations, as one forward each
     needs_ref = opts["loss"] in REFERENCE_LOSSES and opts.get("reference", "init") != "none"
     reference = Reference(model, lora=stage["finetuning"]["method"] == "lora") if needs_ref else None
     pad_id = ctx.tokenizer().pad_token_id
-    # unpadded pairs run their shared prompt once (not with gradient checkpointing, which turns the cache off)
-    share = stage["train"]["padding"] == "unpadded" and not stage["train"]["gradient_checkpointing"]
     task = loop.Task(loss_sum=make_loss(opts, reference, pad_id, share), units=len, tokens=token_count,
                      collate=make_collate(stage, pad_id))
     return task, model
