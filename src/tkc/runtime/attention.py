@@ -21,15 +21,19 @@ import torch.nn.functional as F
 NAME = "tkc_varlen"
 
 
-def varlen_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
-                dropout: float = 0.0, scaling: float | None = None, is_causal: bool | None = None,
-                **kwargs) -> tuple[torch.Tensor, None]:
-    """transformers' attention-function contract: q (1, heads, T, d), k/v (1, kv_heads, T, d) -> (1, T, heads, d)."""
+def _check(query: torch.Tensor, kwargs: dict) -> None:
     for extra in ("softcap", "s_aux", "position_bias"):
         if kwargs.get(extra) is not None:
             raise ValueError(f"varlen attention does not support {extra!r}")
     if query.size(0) != 1:
         raise ValueError(f"varlen attention takes one packed row, got a batch of {query.size(0)}")
+
+
+def varlen_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
+                dropout: float = 0.0, scaling: float | None = None, is_causal: bool | None = None,
+                **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function contract: q (1, heads, T, d), k/v (1, kv_heads, T, d) -> (1, T, heads, d)."""
+    _check(query, kwargs)
     bounds = kwargs["cu_seq_lens_q"].tolist()
     window = kwargs.get("sliding_window")
     gqa = query.size(1) != key.size(1)
@@ -53,11 +57,7 @@ def prefixed_varlen_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: 
     the P prefix tokens end to end, then this call's C tokens. Row j is query[cu_seq_lens_q[j]:...]; it attends to
     its prefix `tkc_prefix[j]` = (start, end) in the first P keys, then causally to itself, as if the prefix and
     the row were one sequence (sliding windows kept)."""
-    for extra in ("softcap", "s_aux", "position_bias"):
-        if kwargs.get(extra) is not None:
-            raise ValueError(f"varlen attention does not support {extra!r}")
-    if query.size(0) != 1:
-        raise ValueError(f"varlen attention takes one packed row, got a batch of {query.size(0)}")
+    _check(query, kwargs)
     bounds, prefix = kwargs["cu_seq_lens_q"].tolist(), kwargs["tkc_prefix"].tolist()
     window = kwargs.get("sliding_window")
     past = key.size(2) - query.size(2)
