@@ -493,9 +493,11 @@ def section_train(t: dict) -> list[str]:
         "",
         "Same rows, order of batches aside, same optimizer steps and loss; what tkc's step does differently (all in "
         "`src/tkc/runtime`): no compute on padding (the peer pads each batch to its longest row): for SFT the "
-        "micro-batch's rows run end to end in one forward, each attending to itself only (`attention.py`), for "
-        "DPO each row at its own length with the pair's shared prompt run once; the LM head only at label "
-        "positions; and the C heap keeps freed memory for the next step instead of faulting it in again "
+        "micro-batch's rows run end to end in one forward, each attending to itself only (`attention.py`); for "
+        "DPO each pair's shared prompt runs once, the micro-batch's prompts end to end in one forward and its "
+        "chosen and rejected continuations in another (`stages/common.py`); the LM head only at label "
+        "positions; LoRA layers add their adapter product inside one GEMM instead of peft's scaled copy "
+        "(`lora.py`); and the C heap keeps freed memory for the next step instead of faulting it in again "
         "(`memory.py`).",
         "",
     ]
