@@ -21,33 +21,13 @@ import torch.nn.functional as F
 NAME = "tkc_varlen"
 
 
-def _check(query: torch.Tensor, kwargs: dict) -> None:
-    for extra in ("softcap", "s_aux", "position_bias"):
-        if kwargs.get(extra) is not None:
-            raise ValueError(f"varlen attention does not support {extra!r}")
-    if query.size(0) != 1:
-        raise ValueError(f"varlen attention takes one packed row, got a batch of {query.size(0)}")
-
-
 def varlen_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
-                dropout: float = 0.0, scaling: float | None = None, is_causal: bool | None = None,
                 **kwargs) -> tuple[torch.Tensor, None]:
-    """transformers' attention-function contract: q (1, heads, T, d), k/v (1, kv_heads, T, d) -> (1, T, heads, d)."""
-    _check(query, kwargs)
-    bounds = kwargs["cu_seq_lens_q"].tolist()
-    window = kwargs.get("sliding_window")
-    gqa = query.size(1) != key.size(1)
-    outs = []
-    for s, e in zip(bounds[:-1], bounds[1:], strict=True):
-        mask = None
-        if window is not None and e - s > window:  # causal and at most `window` tokens back, as transformers' masks
-            i = torch.arange(e - s, device=query.device)
-            back = i[:, None] - i[None, :]
-            mask = (back >= 0) & (back < window)
-        outs.append(F.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], attn_mask=mask, dropout_p=dropout,
-            is_causal=mask is None, scale=scaling, enable_gqa=gqa))
-    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+    """transformers' attention-function contract: q (1, heads, T, d), k/v (1, kv_heads, T, d) -> (1, T, heads, d).
+    Rows without a prefix: prefixed_varlen_sdpa with every prefix empty."""
+    rows = kwargs["cu_seq_lens_q"].numel() - 1
+    return prefixed_varlen_sdpa(module, query, key, value, attention_mask,
+                                **{**kwargs, "tkc_prefix": torch.zeros(rows, 2, dtype=torch.long)})
 
 
 def prefixed_varlen_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
@@ -56,8 +36,12 @@ def prefixed_varlen_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: 
     """Packed rows that continue cached prefixes (DPO continuations after their packed prompts): the cache holds
     the P prefix tokens end to end, then this call's C tokens. Row j is query[cu_seq_lens_q[j]:...]; it attends to
     its prefix `tkc_prefix[j]` = (start, end) in the first P keys, then causally to itself, as if the prefix and
-    the row were one sequence (sliding windows kept)."""
-    _check(query, kwargs)
+    the row were one sequence (sliding windows kept: at most `window` tokens back, as transformers' masks)."""
+    for extra in ("softcap", "s_aux", "position_bias"):
+        if kwargs.get(extra) is not None:
+            raise ValueError(f"varlen attention does not support {extra!r}")
+    if query.size(0) != 1:
+        raise ValueError(f"varlen attention takes one packed row, got a batch of {query.size(0)}")
     bounds, prefix = kwargs["cu_seq_lens_q"].tolist(), kwargs["tkc_prefix"].tolist()
     window = kwargs.get("sliding_window")
     past = key.size(2) - query.size(2)

@@ -52,11 +52,8 @@ class FusedLinear(PeftLinear):
         return out.view(result.shape)
 
 
-def fuse(model: nn.Module) -> int:
-    """Swap every layer of exactly peft's `lora.Linear` type to FusedLinear; returns how many."""
-    n = 0
+def fuse(model: nn.Module) -> None:
+    """Swap every layer of exactly peft's `lora.Linear` type to FusedLinear."""
     for module in model.modules():
         if type(module) is PeftLinear:
             module.__class__ = FusedLinear
-            n += 1
-    return n

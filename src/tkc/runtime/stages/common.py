@@ -109,15 +109,22 @@ def label_logps(model, batch: Batch, prefix: str = "", *, past: list | None = No
     return (logps * mask).sum(-1), mask.sum(-1)
 
 
+def prompt_len(c_ids: torch.Tensor, c_labels: torch.Tensor, r_ids: torch.Tensor, r_labels: torch.Tensor) -> int:
+    """Leading tokens every chosen and rejected row of a piece (rows, T) share, up to the token before either
+    side's first label (the continuation starts before any label); 0 when that leaves nothing."""
+    n = min(c_ids.size(1), r_ids.size(1))
+    same = int((c_ids[:, :n] == r_ids[:, :n]).all(0).long().cumprod(0).sum())
+    firsts = [int(f[0]) for f in ((lab != -100).any(0).nonzero() for lab in (c_labels, r_labels)) if len(f)]
+    start = min([same, *firsts]) - 1
+    return start if start >= 1 else 0
+
+
 def shared_prompt(model, b: Batch) -> tuple[list | None, int]:
     """Keys/values of the leading tokens an unpadded pair piece's chosen and rejected rows share (up to the token
     before either side's first label), run once for both sides; (None, 0) when there is nothing to share.
     Causal attention makes those tokens' states independent of what follows, so the result is unchanged."""
-    c, r = b["chosen_input_ids"], b["rejected_input_ids"]
-    n = min(c.size(1), r.size(1))
-    same = int((c[:, :n] == r[:, :n]).all(0).long().cumprod(0).sum())
-    firsts = [(b[f"{side}_labels"] != -100).any(0).nonzero() for side in ("chosen", "rejected")]
-    start = min([same] + [int(f[0]) for f in firsts if len(f)]) - 1  # the continuation starts before any label
+    c = b["chosen_input_ids"]
+    start = prompt_len(c, b["chosen_labels"], b["rejected_input_ids"], b["rejected_labels"])
     if start < 1 or not keeps_logits(model):
         return None, 0
     from transformers import DynamicCache
@@ -220,16 +227,6 @@ def pair_logps(model, batch: Batch | Pieces, pad_id: int, *, share_prompt: bool 
     return c[:, 0], r[:, 0], c[:, 1], r[:, 1]
 
 
-def _prompt_len(c_ids: torch.Tensor, c_labels: torch.Tensor, r_ids: torch.Tensor, r_labels: torch.Tensor) -> int:
-    """Leading tokens a pair's chosen and rejected rows share, up to the token before either side's first label
-    (shared_prompt's rule for one pair); 0 when that leaves nothing."""
-    n = min(c_ids.numel(), r_ids.numel())
-    same = int((c_ids[:n] == r_ids[:n]).long().cumprod(0).sum())
-    firsts = [int(f[0]) for f in ((c_labels != -100).nonzero(), (r_labels != -100).nonzero()) if len(f)]
-    start = min([same, *firsts]) - 1
-    return start if start >= 1 else 0
-
-
 def packed_pair_logps(model, batch: Batch | Pieces) -> tuple[torch.Tensor, ...]:
     """pair_logps with share_prompt for unpadded pair pieces, in two forwards on a model with tkc's varlen
     attention: every pair's shared prompt end to end (each attending to itself), then every chosen and rejected
@@ -242,7 +239,7 @@ def packed_pair_logps(model, batch: Batch | Pieces) -> tuple[torch.Tensor, ...]:
 
     pairs = [(b["chosen_input_ids"][i], b["chosen_labels"][i], b["rejected_input_ids"][i], b["rejected_labels"][i])
              for b in pieces(batch) for i in range(b["chosen_input_ids"].size(0))]
-    starts = [_prompt_len(*p) for p in pairs]
+    starts = [prompt_len(*(t[None] for t in p)) for p in pairs]
     past, bounds = None, torch.tensor([0, *starts]).cumsum(0)
     if any(starts):
         prompts = [c[:n] for (c, *_), n in zip(pairs, starts, strict=True) if n]
