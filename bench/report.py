@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -159,9 +160,9 @@ def section_summary(res: dict[str, dict]) -> list[str]:
         pm, rm_ = _side(w, PEER_T), w.get("ratios_vs_" + PEER_T) or {}
         matched = bool(pm)
         for label, peer, rat, judged in (
-            (f"{n}: tokens/s (peak RSS GiB), peer at tkc's thread count", pm, rm_, True),
+            (f"{n}: tokens/s; examples/s (peak RSS GiB), peer at tkc's thread count", pm, rm_, True),
             (
-                f"{n}: tokens/s (peak RSS GiB), peer at its default threads{_threads_note(w)}",
+                f"{n}: tokens/s; examples/s (peak RSS GiB), peer at its default threads{_threads_note(w)}",
                 wp,
                 ra,
                 not matched,
@@ -169,12 +170,14 @@ def section_summary(res: dict[str, dict]) -> list[str]:
         ):
             if not peer and "thread count" in label:
                 continue
-            tr, mr = rat.get("tokens_per_s"), rat.get("peak_rss")
-            ok = None if tr is None or mr is None or not judged else (tr >= 1.5 and mr <= 1.0)
+            tr, er, mr = rat.get("tokens_per_s"), rat.get("examples_per_s"), rat.get("peak_rss")
+            ok = None if tr is None or er is None or mr is None or not judged else (
+                tr >= 1.5 and er >= 1.5 and mr <= 1.0)
             rows.append(
-                f"| {label} | {f(wt.get('tokens_per_s'), 0)} ({f(wt.get('peak_rss_gib'))}) | "
-                f"{f(peer.get('tokens_per_s'), 0)} ({f(peer.get('peak_rss_gib'))}) | {r(tr)} ({r(mr)} memory) | "
-                f"≥ 1.5× at ≤ 1× memory | {met(ok) if judged else 'see above'} |"
+                f"| {label} | {f(wt.get('tokens_per_s'), 0)}; {f(wt.get('examples_per_s'))} "
+                f"({f(wt.get('peak_rss_gib'))}) | {f(peer.get('tokens_per_s'), 0)}; "
+                f"{f(peer.get('examples_per_s'))} ({f(peer.get('peak_rss_gib'))}) | {r(tr)}; {r(er)} "
+                f"({r(mr)} memory) | ≥ 1.5× at ≤ 1× memory | {met(ok) if judged else 'see above'} |"
             )
         ref, rref = (pm, rm_) if matched else (wp, ra)
         p9 = rref.get("step_tokens_per_s_p90")
@@ -205,6 +208,7 @@ def section_summary(res: dict[str, dict]) -> list[str]:
                 f"reported | — |"
             )
     rows += _repeat_rows(res.get("repeat_train") or {})
+    rows += determinism_summary_row(res.get("determinism") or {})
     return ["## Summary", "", *rows, ""]
 
 
@@ -396,6 +400,7 @@ METRICS = [  # (label, key, digits, ratio key or None, how the ratio reads)
     ("tokens processed", "tokens", 0, None, ""),
     ("training wall (s), median", "train_wall_s", 1, None, ""),
     ("tokens/s", "tokens_per_s", 0, "tokens_per_s", "x"),
+    ("examples/s (records ÷ training wall)", "examples_per_s", 2, "examples_per_s", "x"),
     ("per-step tokens/s, median", "step_tokens_per_s_median", 0, "step_tokens_per_s_median", "x"),
     (
         "per-step tokens/s, 90th percentile (least disturbed steps)",
@@ -412,6 +417,23 @@ METRICS = [  # (label, key, digits, ratio key or None, how the ratio reads)
     ("final loss", "final_loss", 4, None, ""),
     ("final loss, mean of last 5 steps", "final_loss_last5", 4, None, ""),
 ]
+
+
+def add_examples_per_s(t: dict) -> dict:
+    """Each side's examples/s (the workload's records ÷ training wall, median over its runs; one epoch, so
+    every record is trained on once) and its ratio, derived from the results files' per-run walls."""
+    for w in (t.get("workloads") or {}).values():
+        records = (w.get("config") or {}).get("records")
+        for key in ("tkc", "peer", PEER_T):
+            side = w.get(key) or {}
+            walls = [x["train_wall_s"] for x in side.get("per_run", []) if x.get("ok") and x.get("train_wall_s")]
+            if records and walls:
+                side["examples_per_s"] = statistics.median(records / x for x in walls)
+        for key, rk in (("peer", "ratios"), (PEER_T, "ratios_vs_" + PEER_T)):
+            a, b = (w.get("tkc") or {}).get("examples_per_s"), (w.get(key) or {}).get("examples_per_s")
+            if rk in w and a and b:
+                w[rk]["examples_per_s"] = a / b
+    return t
 
 
 def _train_table(n: str, w: dict, when: str | None = None) -> list[str]:
@@ -515,11 +537,97 @@ def section_train(t: dict) -> list[str]:
     return out
 
 
-def section_determinism(t: dict) -> list[str]:
+def _det_cell(c: dict) -> str:
+    """'yes' / 'no (max abs Δ x)' for a loss comparison from bench/determinism.py."""
+    if c.get("identical") is None:
+        return DASH
+    return "yes" if c["identical"] else f"no (max abs Δ {c['max_abs_diff']:.1e})"
+
+
+def _det_ok(side: dict) -> bool | None:
+    """Determinism kept: identical on a repeat, repeatable at 2 ranks (and within tolerance of one process),
+    identical after a kill -9 and resume."""
+    checks = [(side.get("repeat") or {}).get("identical"), side.get("ranks_kept"),
+              (side.get("kill9_resume") or {}).get("identical")]
+    return None if any(c is None for c in checks) else all(checks)
+
+
+def determinism_summary_row(d: dict) -> list[str]:
+    dt, dp = _side(d, "tkc"), _side(d, "peer")
+    if not dt:
+        return []
+
+    def cells(x: dict) -> str:
+        if not x:
+            return DASH
+        return " / ".join(f(c) for c in ((x.get("repeat") or {}).get("identical"),
+                                         (x.get("ranks_repeat") or {}).get("identical"),
+                                         (x.get("kill9_resume") or {}).get("identical")))
+
+    n = (d.get("workload") or {}).get("name", DASH)
+    return [
+        f"| {n}: identical losses on a repeat / at {d.get('ranks')} ranks, repeated / after kill -9 and resume | "
+        f"{cells(dt)} | {cells(dp)} | {DASH} | identical (2 ranks within {d.get('rank_tolerance_rel'):.0e} of 1 "
+        f"process) | {met(_det_ok(dt))} |"
+    ]
+
+
+def section_determinism(t: dict, d: dict) -> list[str]:
     rows = [
         "## 4. Determinism",
         "",
-        "Same config run again: are the full-precision per-step losses identical? (from `bench/train.py`)",
+        "Are the full-precision per-step losses the same again?",
+        "",
+    ]
+    dt, dp = _side(d, "tkc"), _side(d, "peer")
+    if dt or dp:
+        w = d.get("workload") or {}
+        rows += [
+            f"### Repeats, ranks and a kill -9 resume ({w.get('name')}, {w.get('steps')} steps)",
+            "",
+            f"Command: `.venv/bin/python bench/determinism.py` (measured {d.get('generated_utc', DASH)}). "
+            "Every check compares all per-step losses with the first one-process run at full precision. "
+            f"{d.get('ranks')} ranks: two processes with the same global batch ({w.get('batch')} records, "
+            f"{w.get('batch', 0) // max(d.get('ranks') or 1, 1)} per rank): tkc through its bundle's torchrun "
+            "script (gloo on CPU), the peer through its own multi-process launch (`FORCE_TORCHRUN=1`). "
+            f"kill -9: a checkpoint every {d.get('save_every')} steps, SIGKILL to the whole process group when "
+            f"step {d.get('kill_at_step')} is reported, then the same run again from its checkpoint (tkc: "
+            "`tkc run` again, which resumes by itself; the peer: `resume_from_checkpoint`, its documented way).",
+            "",
+            "| | tkc" + _note(d, "tkc") + " | peer" + _note(d, "peer") + " |",
+            "|---|---|---|",
+        ]
+
+        def line(label: str, fn) -> None:
+            rows.append(f"| {label} | {fn(dt) if dt else DASH} | {fn(dp) if dp else DASH} |")
+
+        line("one process, run twice: identical", lambda x: _det_cell(x.get("repeat") or {}))
+        line(f"{d.get('ranks')} ranks, run twice: identical", lambda x: _det_cell(x.get("ranks_repeat") or {}))
+        line(f"{d.get('ranks')} ranks vs one process: max abs / rel Δloss",
+             lambda x: " / ".join(DASH if v is None else f"{v:.1e}" for v in (
+                 (x.get("ranks_vs_one_process") or {}).get("max_abs_diff"),
+                 (x.get("ranks_vs_one_process") or {}).get("max_rel_diff"))))
+        line("ranks the processes reported", lambda x: f((x.get("runs") or {}).get("ranks_0", {}).get("world_size")))
+        line("kill -9 after step, then resumed from",
+             lambda x: f"{f((x.get('runs') or {}).get('kill9', {}).get('killed_after_steps'))}; "
+                       f"`{(x.get('runs') or {}).get('kill9', {}).get('resume_line', DASH)}`")
+        line("steps the resumed run trained", lambda x: f((x.get("runs") or {}).get("kill9", {}).get("steps_after_resume")))
+        line("after kill -9 and resume: all losses identical to the uninterrupted run",
+             lambda x: _det_cell(x.get("kill9_resume") or {}))
+        order = ("one_process_0", "one_process_1", "ranks_0", "ranks_1", "kill9")
+        line("wall (s) of each run (one process ×2, ranks ×2, the resumed run)", lambda x: ", ".join(
+            f(((x.get("runs") or {}).get(k) or {}).get("wall_s"), 1) for k in order))
+        line("determinism kept (judged)", lambda x: met(_det_ok(x)))
+        rows += [
+            "",
+            f"Two ranks are not expected to give bit-equal losses to one process: each rank sums its own rows' "
+            f"gradients and the all-reduce adds the two sums, so float additions happen in another order. Judged "
+            f"for them: the 2-rank run repeats exactly, and stays within {d.get('rank_tolerance_rel'):.0e} "
+            "(relative) of the one-process run.",
+            "",
+        ]
+    rows += [
+        "### Every training workload, run again (from `bench/train.py`)",
         "",
         "| workload | tkc identical | tkc max abs Δloss | peer identical | peer max abs Δloss "
         "| peer at 1 thread identical | its max abs Δloss |",
@@ -590,8 +698,8 @@ STATIC = """## Reading these figures
 
 ```bash
 .venv/bin/python bench/peer.py         # once: the peer's private venv (bench/.peer/venv, gitignored)
-make bench                             # = .venv/bin/python bench/run_all.py  (~12 min here; --quick ~5 min)
-.venv/bin/python bench/errors.py       # or each benchmark alone: errors, preprocess, parity, matmul, train
+make bench                             # = .venv/bin/python bench/run_all.py  (~17 min here; --quick ~5 min)
+.venv/bin/python bench/errors.py       # or each alone: errors, preprocess, parity, matmul, train, determinism
 .venv/bin/python bench/report.py       # rewrite this file from bench/results/*.json
 ```
 
@@ -635,8 +743,11 @@ beta 0.1, reference = the frozen base (adapter disabled).
 def render() -> str:
     res = {
         n: _load(n)
-        for n in ("errors", "preprocess", "preprocess_synthetic", "parity", "train", "repeat_train", "matmul")
+        for n in ("errors", "preprocess", "preprocess_synthetic", "parity", "train", "repeat_train", "matmul",
+                  "determinism")
     }
+    add_examples_per_s(res["train"])
+    add_examples_per_s(res["repeat_train"])
     parts = [
         "# Benchmarks: tkc vs LLaMA-Factory",
         "",
@@ -651,7 +762,7 @@ def render() -> str:
     parts += section_errors(res["errors"]) + section_preprocess(res["preprocess"])
     parts += section_preprocess_synthetic(res["preprocess_synthetic"])
     parts += section_train(res["train"]) + section_mfu(res["train"], res["matmul"])
-    parts += section_determinism(res["train"]) + section_parity(res["parity"])
+    parts += section_determinism(res["train"], res["determinism"]) + section_parity(res["parity"])
     parts += section_machine(res)
     parts += [STATIC]
     return "\n".join(parts).rstrip() + "\n"

@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/run_all.py [--quick] [--side both|tkc|peer]      # `make bench`
 
-Full: about 12 minutes on this 2-core machine (2026-12-04; the training part, three workloads x 2
-repetitions per tool plus the peer-defaults row, 6.3 of them; matmul about 5 s). The peer also runs at tkc's thread
-count when its default differs (not here: both use 2). --quick: about 5 minutes (fewer repetitions, SFT+LoRA
-only). Set TKC_BENCH_RESULTS=DIR to write results and the report there instead (trial runs).
+Full: about 17 minutes on this 2-core machine (2026-12-04; the training part, three workloads x 2
+repetitions per tool plus the peer-defaults row, 6.3 of them; determinism (repeats, 2 ranks, kill -9 resume)
+4.6; matmul about 5 s). The peer also runs at tkc's thread count when its default differs (not here: both use
+2). --quick: about 5 minutes (fewer repetitions, SFT+LoRA only, no determinism run: its previous results stay). Set TKC_BENCH_RESULTS=DIR to write results and the report there instead (trial runs).
 Benchmarks are not tests: nothing here runs in `make test`.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import determinism  # noqa: E402
 import errors  # noqa: E402
 import matmul  # noqa: E402
 import parity  # noqa: E402
@@ -55,6 +56,7 @@ def main() -> None:
         ("parity", parity.main),
         ("matmul", lambda: matmul.main(["--threads", str(tkc_cpu_threads())])),
         ("train", lambda: train.main([*flags, "--peer-threads", str(tkc_cpu_threads())])),
+        ("determinism", lambda: None if a.quick else determinism.main(flags)),
     ):
         t = time.monotonic()
         print(f"== {name}", flush=True)
