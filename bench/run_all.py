@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/run_all.py [--quick] [--side both|tkc|peer]      # `make bench`
 
-Full: about 17 minutes on this 2-core machine (2026-12-04; the training part, three workloads x 2
-repetitions per tool plus the peer-defaults row, 6.3 of them; determinism (repeats, 2 ranks, kill -9 resume)
-4.6; matmul about 5 s). The peer also runs at tkc's thread count when its default differs (not here: both use
-2). --quick: about 5 minutes (fewer repetitions, SFT+LoRA only, no determinism run: its previous results stay). Set TKC_BENCH_RESULTS=DIR to write results and the report there instead (trial runs).
+Full: about 19 minutes on this 2-core machine (2026-12-04; the training part, three workloads x 2
+repetitions per tool plus the peer-defaults row, 6.3 of them; the peer's padded sizes 2; determinism (repeats,
+2 ranks, kill -9 resume) 4.6; matmul about 5 s). The peer also runs at tkc's thread count when its default
+differs (not here: both use 2). --quick: about 6 minutes (fewer repetitions, SFT+LoRA only, no determinism
+run: its previous results stay). Set TKC_BENCH_RESULTS=DIR to write results and the report there instead
+(trial runs).
 Benchmarks are not tests: nothing here runs in `make test`.
 """
 
@@ -21,12 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import determinism  # noqa: E402
 import errors  # noqa: E402
 import matmul  # noqa: E402
+import padding  # noqa: E402
 import parity  # noqa: E402
 import preprocess  # noqa: E402
 import report  # noqa: E402
 import train  # noqa: E402
 from peer import ensure as ensure_peer  # noqa: E402
 from tiny_assets import build as build_assets  # noqa: E402
+from workloads import WORKLOADS  # noqa: E402
 
 
 def tkc_cpu_threads() -> int:
@@ -56,6 +60,7 @@ def main() -> None:
         ("parity", parity.main),
         ("matmul", lambda: matmul.main(["--threads", str(tkc_cpu_threads())])),
         ("train", lambda: train.main([*flags, "--peer-threads", str(tkc_cpu_threads())])),
+        ("padding", lambda: padding.main([*flags, "--workloads", "sft_lora" if a.quick else ",".join(WORKLOADS)])),
         ("determinism", lambda: None if a.quick else determinism.main(flags)),
     ):
         t = time.monotonic()

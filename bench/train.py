@@ -16,8 +16,9 @@ Per run, the same way for both tools:
 * peak RSS = the process tree's resident memory, sampled every 50 ms from /proc.
 * final loss = the last step's loss; the mean of the last 5 steps is shown beside it.
 Companions less sensitive to other jobs on this shared machine: per-step throughput (steps 2..N, from each
-step record's arrival time and cumulative token count) as a median and as a 90th percentile (the least
-disturbed steps), and tokens per CPU-second of the process tree from step 1 to exit.
+step record's arrival time and cumulative token count) as a median and as a 90th percentile (with
+bench/padding.py's padded sizes, bench/report.py adds a padding-neutral one), and tokens per CPU-second of the
+process tree from step 1 to exit.
 Threads: tkc's cpu profile pins the node's intra-op threads (`launch.cpu_threads`, 2); the peer uses torch's
 default (one per physical core). --peer-threads N adds a peer row with OMP_NUM_THREADS=N, the matched setting,
 unless N is the peer's default anyway (then its default row is the matched one; `peer_default_threads`).
@@ -69,7 +70,8 @@ def _robust(r, marks: list[tuple[float, int]], total_tokens: int | None) -> dict
     """Contention-robust figures from (arrival time, cumulative tokens) per step and the tree's CPU time.
 
     step_tokens_per_s_median: median over steps 2..N of the step's tokens / time since the previous step.
-    step_tokens_per_s_p90: the 90th percentile of the same (the speed of the least disturbed steps).
+    step_tokens_per_s_p90: the 90th percentile of the same (tkc: the speed of its least disturbed steps; the
+    peer's also picks its least padded batches: bench/report.py's padding-neutral figure corrects for that).
     tokens_per_cpu_s: tokens of steps 2..N / CPU seconds the process tree used from step 1 to exit.
     """
     rates = [

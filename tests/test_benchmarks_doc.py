@@ -45,3 +45,38 @@ def test_determinism_is_judged_on_every_check(bench_module):
     assert report._det_ok({**ok, "kill9_resume": {"identical": False}}) is False
     assert report._det_ok({**ok, "ranks_kept": False}) is False
     assert report._det_ok({**ok, "ranks_kept": None}) is None  # not measured is not "met"
+
+
+def test_padding_neutral_speed_factors_out_the_batch_composition(bench_module):
+    """A peer whose every step computes the same padded size at the same speed, with real tokens varying per
+    batch: its plain per-step 90th percentile is its least padded batch; the padding-neutral one is its speed
+    at its average padding, so a machine without noise shows no spread in it."""
+    report = bench_module("report")
+    real = [1000, 1400, 600, 1800, 1200, 900, 1500, 700, 1100, 1300, 800]  # real tokens of steps 1..11
+    padded_step, seconds = 2048, 0.5  # every step: 2048 computed tokens in 0.5 s
+    marks, pads, t, c, p = [], [], 0.0, 0, 0
+    for tokens in real:
+        t, c, p = t + seconds, c + tokens, p + padded_step
+        marks.append([t, c])
+        pads.append(p)
+    config = {"kind": "sft", "method": "lora", "dataset_file": "a.json", "records": 44, "batch": 4, "cutoff": 512,
+              "learning_rate": 1e-4, "seed": 42}
+    losses = [6.5, 6.4]
+    peer = {"deterministic": True, "losses_first_run": losses,
+            "per_run": [{"ok": True, "step_marks": marks}]}
+    tkc = {"step_tokens_per_s_p90": 2500.0, "per_run": [{"ok": True, "step_marks": [[1, 10], [2, 20], [3, 30]]}]}
+    t = {"workloads": {"w": {"config": config, "tkc": tkc, "peer": peer, "ratios": {}}}}
+    pad = {"workloads": {"w": {"config": config, "losses": losses, "padded_tokens_cumulative": pads}}}
+    report.add_padding_neutral(t, pad)
+    eff = sum(real[1:]) / (padded_step * (len(real) - 1))
+    assert peer["padding_efficiency"] == pytest.approx(eff)
+    assert peer[report.PAD_KEY] == pytest.approx(padded_step / seconds * eff)  # no spread in computed tokens/s
+    assert peer["computed_step_rate_cv"] == pytest.approx(0.0, abs=1e-12)
+    assert peer["step_rate_cv"] > 0.2
+    assert t["workloads"]["w"]["ratios"][report.PAD_KEY] == pytest.approx(2500.0 / (padded_step / seconds * eff))
+    # other batches (the losses differ): no padding-neutral figure rather than a wrong one
+    peer2 = {**peer, "losses_first_run": [6.5, 6.3]}
+    peer2.pop(report.PAD_KEY)
+    t2 = {"workloads": {"w": {"config": config, "tkc": dict(tkc), "peer": peer2, "ratios": {}}}}
+    report.add_padding_neutral(t2, pad)
+    assert report.PAD_KEY not in peer2
