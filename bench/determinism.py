@@ -185,10 +185,20 @@ def peer_side(w: Workload, model: Path) -> dict:
 
 
 def _judge(runs: dict[str, dict]) -> dict:
+    """The comparisons, each only where its premise held: both 2-rank runs really ran 2 ranks, and the kill -9
+    run was killed by SIGKILL and then resumed (it trained fewer steps than the whole run); otherwise the
+    check says not measured (None) and why, instead of comparing two uninterrupted runs."""
     loss = {k: v.get("losses") for k, v in runs.items()}
     ref = loss.get("one_process_0")
     ranks = compare(loss.get("ranks_1"), loss.get("ranks_0"))
     to_one = compare(loss.get("ranks_0"), ref)
+    if any((runs.get(k) or {}).get("world_size") != RANKS for k in ("ranks_0", "ranks_1")):
+        for c in (ranks, to_one):
+            c.update(identical=None, why=f"a run did not report {RANKS} ranks")
+    kill = runs.get("kill9") or {}
+    kill9 = compare(loss.get("kill9"), ref)
+    if not kill.get("killed_with_sigkill") or not 0 < (kill.get("steps_after_resume") or 0) < len(ref or []):
+        kill9.update(identical=None, why="the run was not killed mid-way and resumed")
     ranks_ok = None if ranks["identical"] is None or to_one["max_rel_diff"] is None else (
         ranks["identical"] and to_one["max_rel_diff"] <= RANK_TOLERANCE)
     return {
@@ -197,7 +207,7 @@ def _judge(runs: dict[str, dict]) -> dict:
         "ranks_repeat": ranks,
         "ranks_vs_one_process": to_one,
         "ranks_kept": ranks_ok,
-        "kill9_resume": compare(loss.get("kill9"), ref),
+        "kill9_resume": kill9,
     }
 
 

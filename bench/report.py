@@ -623,7 +623,7 @@ def section_train(t: dict) -> list[str]:
 def _det_cell(c: dict) -> str:
     """'yes' / 'no (max abs Δ x)' for a loss comparison from bench/determinism.py."""
     if c.get("identical") is None:
-        return DASH
+        return f"not measured ({c['why']})" if c.get("why") else DASH
     return "yes" if c["identical"] else f"no (max abs Δ {c['max_abs_diff']:.1e})"
 
 

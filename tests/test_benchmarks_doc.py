@@ -80,3 +80,22 @@ def test_padding_neutral_speed_factors_out_the_batch_composition(bench_module):
     t2 = {"workloads": {"w": {"config": config, "tkc": dict(tkc), "peer": peer2, "ratios": {}}}}
     report.add_padding_neutral(t2, pad)
     assert report.PAD_KEY not in peer2
+
+
+def test_determinism_checks_need_their_premise(bench_module):
+    """A 'resumed' run that was never killed, or a '2-rank' run that ran one rank, proves nothing: not measured."""
+    det = bench_module("determinism")
+    losses = [6.5, 6.4, 6.3, 6.2]
+    runs = {
+        "one_process_0": {"losses": losses}, "one_process_1": {"losses": list(losses)},
+        "ranks_0": {"losses": list(losses), "world_size": 2}, "ranks_1": {"losses": list(losses), "world_size": 2},
+        "kill9": {"losses": list(losses), "killed_with_sigkill": True, "steps_after_resume": 2},
+    }
+    ok = det._judge(runs)
+    assert ok["repeat"]["identical"] and ok["ranks_kept"] and ok["kill9_resume"]["identical"]
+    never_killed = det._judge({**runs, "kill9": {**runs["kill9"], "killed_with_sigkill": False}})
+    assert never_killed["kill9_resume"]["identical"] is None
+    from_scratch = det._judge({**runs, "kill9": {**runs["kill9"], "steps_after_resume": 4}})
+    assert from_scratch["kill9_resume"]["identical"] is None
+    one_rank = det._judge({**runs, "ranks_1": {**runs["ranks_1"], "world_size": 1}})
+    assert one_rank["ranks_repeat"]["identical"] is None and one_rank["ranks_kept"] is None
