@@ -1,14 +1,17 @@
 """Benchmark 4: determinism: the same per-step losses again, across repeats, ranks and a kill -9 resume.
 
-    .venv/bin/python bench/determinism.py [--side both|tkc|peer] [--workload sft_lora]
+    .venv/bin/python bench/determinism.py [--side both|tkc|peer] [--workloads sft_lora,dpo_lora]
 
-Per tool, on one shared workload (default SFT+LoRA: 40 steps of 4 records; bench/workloads.py), every
-per-step loss compared at full precision (tkc: steps.jsonl; peer: trainer_state.json's log_history):
+Per tool, on shared workloads (default SFT+LoRA, 40 steps of 4 records, and DPO+LoRA, 20 steps of 4 pairs;
+bench/workloads.py), every per-step loss compared at full precision (tkc: steps.jsonl; peer:
+trainer_state.json's log_history):
 * repeat: the one-process run twice; the first is the reference for the other checks.
 * ranks: two processes with the same global batch (2 records per rank), twice. tkc: the bundle's own torchrun
   launch script (gloo on CPU; the cpu profile's 2 threads split, 1 per rank); peer: its multi-process launch
-  (FORCE_TORCHRUN=1, NPROC_PER_NODE=2). Judged: the two 2-rank runs identical to each other. Shown: how far
-  they are from the one-process run (float sums in another order, so not expected to be bit-equal).
+  (FORCE_TORCHRUN=1, NPROC_PER_NODE=2). Judged: the two 2-rank runs identical to each other, and no further
+  from the one-process run than 1% of that run's loss spread (its standard deviation over the steps): float
+  sums run in another order, so bit-equality across rank counts is not expected, and Adam carries the
+  last-bit differences forward.
 * kill -9: a checkpoint every 10 steps; the process group gets SIGKILL as soon as step 15 is reported, and
   the same run is started again from its checkpoint. tkc: `tkc run` again (it resumes by itself); peer:
   `resume_from_checkpoint: <output_dir>/checkpoint-10`, its documented way. Judged: all 40 losses of the
@@ -25,6 +28,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -43,7 +47,7 @@ RANKS = 2
 SAVE_EVERY = 10
 KILL_AT = 15
 PEER_STEP = r"^\{'loss': "  # the peer's per-step log line
-RANK_TOLERANCE = 1e-5  # relative: what the 2-rank losses may differ from one process's by (float reassociation)
+RANK_SPREAD = 0.01  # 2 ranks may differ from one process by this fraction of its losses' standard deviation
 
 
 def _free_port() -> int:
@@ -112,19 +116,19 @@ def tkc_side(w: Workload, model: Path) -> dict:
     stage = "dpo" if w.kind == "dpo" else "sft"
     runs: dict[str, dict] = {}
     for i in range(2):
-        bundle = _tkc_bundle(w, model, workdir("determinism", "tkc", f"one-{i}"))
+        bundle = _tkc_bundle(w, model, workdir("determinism", w.name, "tkc", f"one-{i}"))
         r = run([TKC, "run", bundle], timeout=900)
         runs[f"one_process_{i}"] = _outcome(r, _tkc_losses(bundle, stage))
     venv_bin = str(TKC.parent)
     for i in range(2):
-        bundle = _tkc_bundle(w, model, workdir("determinism", "tkc", f"ranks-{i}"), ranks=RANKS)
+        bundle = _tkc_bundle(w, model, workdir("determinism", w.name, "tkc", f"ranks-{i}"), ranks=RANKS)
         script = next((bundle / "launch").glob("00-*.sh"))
         env = {"PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""), "MASTER_PORT": str(_free_port())}
         r = run(["bash", script], env=env, timeout=900)
         record = bundle / "outputs" / stage / "run_record.json"
         world = json.loads(record.read_text()).get("world_size") if record.exists() else None
         runs[f"ranks_{i}"] = _outcome(r, _tkc_losses(bundle, stage), world_size=world)
-    bundle = _tkc_bundle(w, model, workdir("determinism", "tkc", "kill9"), save_steps=SAVE_EVERY)
+    bundle = _tkc_bundle(w, model, workdir("determinism", w.name, "tkc", "kill9"), save_steps=SAVE_EVERY)
     first = run([TKC, "run", bundle], timeout=900, stop_on=rf"^\[{stage}\] step {KILL_AT}/")
     killed_at = len(_tkc_losses(bundle, stage) or [])
     again = run([TKC, "run", bundle], timeout=900)
@@ -158,17 +162,17 @@ def _peer_run(w: Workload, model: Path, d: Path, *, fresh: bool = True, env: dic
 def peer_side(w: Workload, model: Path) -> dict:
     runs: dict[str, dict] = {}
     for i in range(2):
-        r, out = _peer_run(w, model, workdir("determinism", "peer", f"one-{i}"))
+        r, out = _peer_run(w, model, workdir("determinism", w.name, "peer", f"one-{i}"))
         runs[f"one_process_{i}"] = _outcome(r, _peer_losses(out))
     venv_bin = str(Path(PEER_CLI).parent)  # its launcher execs `torchrun` from PATH
     for i in range(2):
         env = {"FORCE_TORCHRUN": "1", "NNODES": "1", "NPROC_PER_NODE": str(RANKS),
                "MASTER_PORT": str(_free_port()), "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
-        r, out = _peer_run(w, model, workdir("determinism", "peer", f"ranks-{i}"), env=env,
+        r, out = _peer_run(w, model, workdir("determinism", w.name, "peer", f"ranks-{i}"), env=env,
                            per_device_train_batch_size=w.batch // RANKS)
         world = next((s for _, s in r.lines if f"world size: {RANKS}" in s), None)
         runs[f"ranks_{i}"] = _outcome(r, _peer_losses(out), world_size=RANKS if world else None)
-    d = workdir("determinism", "peer", "kill9")
+    d = workdir("determinism", w.name, "peer", "kill9")
     save_cfg = {"save_strategy": "steps", "save_steps": SAVE_EVERY}
     first, out = _peer_run(w, model, d, stop_on=rf"\| {KILL_AT}/{w.steps} \[", **save_cfg)
     ckpt = out / f"checkpoint-{SAVE_EVERY}"
@@ -199,8 +203,10 @@ def _judge(runs: dict[str, dict]) -> dict:
     kill9 = compare(loss.get("kill9"), ref)
     if not kill.get("killed_with_sigkill") or not 0 < (kill.get("steps_after_resume") or 0) < len(ref or []):
         kill9.update(identical=None, why="the run was not killed mid-way and resumed")
-    ranks_ok = None if ranks["identical"] is None or to_one["max_rel_diff"] is None else (
-        ranks["identical"] and to_one["max_rel_diff"] <= RANK_TOLERANCE)
+    if ref and len(ref) >= 2:
+        to_one["tolerance_abs"] = RANK_SPREAD * statistics.pstdev(ref)
+    ranks_ok = None if ranks["identical"] is None or to_one.get("tolerance_abs") is None else (
+        ranks["identical"] and to_one["max_abs_diff"] <= to_one["tolerance_abs"])
     return {
         "runs": runs,
         "repeat": compare(loss.get("one_process_1"), ref),
@@ -214,41 +220,52 @@ def _judge(runs: dict[str, dict]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--side", choices=["both", "tkc", "peer"], default="both")
-    ap.add_argument("--workload", default="sft_lora", choices=sorted(WORKLOADS))
+    ap.add_argument("--workloads", default="sft_lora,dpo_lora", help="comma-separated, of " + ",".join(WORKLOADS))
     ap.add_argument("--quick", action="store_true", help="accepted for run_all; the benchmark is already short")
     a = ap.parse_args(argv)
-    w = WORKLOADS[a.workload]
     model = build_assets()
-    res: dict = {"workload": {**w.__dict__, "steps": w.steps}, "ranks": RANKS, "save_every": SAVE_EVERY,
-                 "kill_at_step": KILL_AT, "rank_tolerance_rel": RANK_TOLERANCE}
-    t0 = time.monotonic()
-    if a.side in ("both", "tkc") and tkc_ready("run"):
-        res["tkc"] = tkc_side(w, model)
+    do_tkc = a.side in ("both", "tkc") and tkc_ready("run")
     if a.side in ("both", "peer"):
         ensure_peer()
-        res["peer"] = peer_side(w, model)
+    res: dict = {"ranks": RANKS, "save_every": SAVE_EVERY, "kill_at_step": KILL_AT, "rank_spread": RANK_SPREAD,
+                 "workloads": {}}
+    t0 = time.monotonic()
+    for n in a.workloads.split(","):
+        w = WORKLOADS[n]
+        entry: dict = {"config": {**w.__dict__, "data_dir": str(w.data_dir) if w.data_dir else None,
+                                  "steps": w.steps}}
+        if do_tkc:
+            entry["tkc"] = tkc_side(w, model)
+        if a.side in ("both", "peer"):
+            entry["peer"] = peer_side(w, model)
+        entry["measured_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        res["workloads"][n] = entry
     res["bench_wall_s"] = round(time.monotonic() - t0, 1)
-    _keep_other_side(res, a.side)
+    _keep_earlier(res)
     res["versions"] = {"tkc": tkc_versions(), "peer": peer_versions() if a.side != "tkc" else None}
-    res["workload"]["data_dir"] = str(res["workload"]["data_dir"]) if res["workload"]["data_dir"] else None
     save("determinism", res)
     return res
 
 
-def _keep_other_side(res: dict, side: str) -> None:
+def _keep_earlier(res: dict) -> None:
+    """A subset ran (one side, or some workloads): keep the rest from the previous results, flagged."""
     from common import RESULTS
 
     path = RESULTS / "determinism.json"
-    if side == "both" or not path.exists():
+    if not path.exists():
         return
     old = json.loads(path.read_text())
-    other = "peer" if side == "tkc" else "tkc"
-    if other in old:
-        res[other] = {**old[other], "from_earlier_run": old.get("generated_utc")}
+    for n, entry in (old.get("workloads") or {}).items():
+        mine = res["workloads"].setdefault(n, {**entry, "measured_utc": entry.get("measured_utc")})
+        for tool in ("tkc", "peer"):
+            if tool not in mine and tool in entry:
+                mine[tool] = {**entry[tool], "from_earlier_run": old.get("generated_utc")}
 
 
 if __name__ == "__main__":
     out = main()
-    for tool in ("tkc", "peer"):
-        if tool in out:
-            print(tool, {k: out[tool][k] for k in ("repeat", "ranks_repeat", "ranks_vs_one_process", "kill9_resume")})
+    for name, e in out["workloads"].items():
+        for tool in ("tkc", "peer"):
+            if tool in e:
+                checks = ("repeat", "ranks_repeat", "ranks_vs_one_process", "kill9_resume")
+                print(name, tool, {k: e[tool][k] for k in checks})
