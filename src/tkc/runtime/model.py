@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
+from tkc.runtime import gcpause
 from tkc.runtime.context import RunContext
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _model_ready(load: Callable) -> Callable:
+    """A loader after which the stage's heavy imports are done and its model exists: the garbage collector,
+    paused while `tkc run` starts a stage, runs again from here (tkc.runtime.gcpause)."""
+
+    @functools.wraps(load)
+    def wrapper(*args, **kwargs):
+        model = load(*args, **kwargs)
+        gcpause.model_ready()
+        return model
+
+    return wrapper
 
 
 def dtype_of(stage: dict) -> torch.dtype:
@@ -74,7 +89,8 @@ def quiet_checkpointing_alias() -> Iterator[None]:
         yield
 
 
-def load_stage_output(ctx: RunContext, name: str, *, dtype: torch.dtype = torch.float32, head: str = "causal_lm"):
+def _load_stage_output(ctx: RunContext, name: str, *, dtype: torch.dtype = torch.float32,
+                       head: str = "causal_lm"):
     """A finished stage's model: full weights as saved, or its adapter merged into the weights it started from."""
     model_dir = ctx.stage_dir(name) / "model"
     if not model_dir.is_dir():
@@ -82,20 +98,20 @@ def load_stage_output(ctx: RunContext, name: str, *, dtype: torch.dtype = torch.
     if (model_dir / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base = start_weights(ctx, ctx.stage_by_name(name), head=head, dtype=dtype)
+        base = _start_weights(ctx, ctx.stage_by_name(name), head=head, dtype=dtype)
         with quiet_checkpointing_alias():
             return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
     return _auto_class(head).from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
 
 
-def start_weights(ctx: RunContext, stage: dict, *, head: str = "causal_lm", dtype: torch.dtype | None = None):
+def _start_weights(ctx: RunContext, stage: dict, *, head: str = "causal_lm", dtype: torch.dtype | None = None):
     """The weights a stage starts from: its init_from stage's output, else the bundle's model."""
     dtype = dtype or dtype_of(stage)
     seed = stage.get("train", {}).get("seed", ctx.resolved["seed"])
     quant = (stage.get("finetuning") or {}).get("quantization")
     if not stage.get("init_from"):
         return _from_bundle_model(ctx, head, dtype, seed, quant)
-    lm = load_stage_output(ctx, stage["init_from"], dtype=dtype)
+    lm = _load_stage_output(ctx, stage["init_from"], dtype=dtype)
     if head == "causal_lm":
         return lm
     torch.manual_seed(seed)  # the value head starts from seeded random weights
@@ -104,6 +120,10 @@ def start_weights(ctx: RunContext, stage: dict, *, head: str = "causal_lm", dtyp
     cls_model = _auto_class(head).from_config(config, dtype=dtype, attn_implementation="sdpa")
     cls_model.base_model.load_state_dict(lm.base_model.state_dict())
     return cls_model
+
+
+load_stage_output = _model_ready(_load_stage_output)
+start_weights = _model_ready(_start_weights)
 
 
 def decoder_layers(model: nn.Module, layers_path: str | None = None) -> nn.ModuleList:
@@ -161,10 +181,11 @@ def add_neftune(model: nn.Module, alpha: float) -> None:
     model.get_input_embeddings().register_forward_hook(hook)
 
 
+@_model_ready
 def build_trainable(ctx: RunContext, stage: dict, *, head: str = "causal_lm"):
     """Start weights plus the stage's fine-tuning method; returns the model in train mode."""
     ft, train = stage["finetuning"], stage["train"]
-    model = start_weights(ctx, stage, head=head)
+    model = _start_weights(ctx, stage, head=head)
     model.config.use_cache = False
     if ft["method"] == "freeze":
         apply_freeze(model, ft["freeze"])

@@ -160,8 +160,9 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
     """Run the bundle's stages (or one), skipping finished ones and resuming interrupted ones; returns an exit code.
 
     own_process: the caller owns the interpreter (`tkc run`), so optional packages the bundle does not use are
-    hidden for the whole run (see unused_packages): faster start-up, no import-time noise; and the C heap keeps
-    freed memory for reuse (tkc.runtime.memory).
+    hidden for the whole run (see unused_packages): faster start-up, no import-time noise; the C heap keeps
+    freed memory for reuse (tkc.runtime.memory); and each stage starts with the garbage collector paused until
+    its model is loaded (tkc.runtime.gcpause).
     """
     bundle_dir = Path(bundle_dir).resolve()
     problem = verify(bundle_dir)
@@ -177,14 +178,18 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
             print("tkc run: --strict-env: refusing to run in an environment that differs from the pins")
             return EXIT_ENV_MISMATCH
     if own_process:
+        from tkc.runtime import gcpause
         from tkc.runtime.memory import keep_freed_memory
 
         keep_freed_memory()  # before torch allocates: every step reuses the last one's pages
+        gcpause.own()  # each stage starts with the garbage collector paused, until its model is loaded
+        gcpause.pause()
     with hidden_packages(unused_packages(resolved) if own_process else []):
         return _run_verified(bundle_dir, resolved, stage, source_root)
 
 
 def _run_verified(bundle_dir: Path, resolved: dict, stage: str | None, source_root: Path | None) -> int:
+    from tkc.runtime import gcpause
     from tkc.runtime.dist import init_distributed, shutdown_distributed
 
     set_cpu_threads(resolved)
@@ -202,7 +207,11 @@ def _run_verified(bundle_dir: Path, resolved: dict, stage: str | None, source_ro
         for st in selected:
             seed_everything(st.get("train", {}).get("seed", resolved["seed"]),
                             st.get("train", {}).get("deterministic", True))
-            code = _run_stage(ctx, st)
+            gcpause.pause()
+            try:
+                code = _run_stage(ctx, st)
+            finally:
+                gcpause.stage_done()
             if code != EXIT_OK:
                 return code
         return EXIT_OK
