@@ -93,19 +93,9 @@ def _tkc_losses(bundle: Path, stage: str) -> list[float] | None:
 
 
 def _tkc_bundle(w: Workload, model: Path, d: Path, ranks: int = 1, **train: object) -> Path:
-    """Compile the workload's recipe into d/run; `ranks` > 1 gives a CPU node with that many processes."""
+    """Compile the workload's recipe (`ranks` processes on its CPU node) into d/run."""
     shutil.rmtree(d, ignore_errors=True)
-    recipe = write_tkc_recipe(w, model, d / "recipe.yaml", **train)
-    if ranks > 1:
-        import yaml
-
-        text = recipe.read_text()
-        data = yaml.safe_load(text)
-        # the bench's cpu profile, with `ranks` processes on its node (global batch unchanged)
-        data["hardware"] = {"accelerator": "cpu", "devices_per_node": ranks, "memory_gb": 16}
-        data["launch"] = {"kind": "torchrun"}
-        data["train"]["micro_batch_size"] = w.batch // ranks
-        recipe.write_text(text.split("\n", 1)[0] + "\n" + yaml.safe_dump(data, sort_keys=False))
+    recipe = write_tkc_recipe(w, model, d / "recipe.yaml", ranks, **train)
     c = run([TKC, "compile", recipe, "-o", d / "run"], timeout=120)
     if c.returncode != 0:
         raise RuntimeError("tkc compile failed:\n" + c.text[-2000:])
