@@ -209,6 +209,15 @@ def run(
     )
 
 
+def step_rates(marks: list) -> list[float]:
+    """Tokens/s of steps 2..N from (arrival time, cumulative tokens) per step."""
+    return [
+        (c1 - c0) / (t1 - t0)
+        for (t0, c0), (t1, c1) in zip(marks, marks[1:], strict=False)
+        if t1 > t0 and c1 > c0
+    ]
+
+
 def median(xs: list[float]) -> float | None:
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None

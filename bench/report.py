@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, ROOT  # noqa: E402
+from common import RESULTS, ROOT, step_rates  # noqa: E402
 
 OUT = ROOT / "BENCHMARKS.md" if RESULTS == ROOT / "bench" / "results" else RESULTS / "BENCHMARKS.md"
 DASH = "—"
@@ -24,11 +24,6 @@ PAD_KEY = "step_tokens_per_s_p90_padding_neutral"
 def _cv(xs: list[float]) -> float | None:
     """Coefficient of variation: how much a per-step figure varies, relative to its mean."""
     return statistics.pstdev(xs) / statistics.fmean(xs) if len(xs) >= 2 else None
-
-
-def _step_rates(marks: list) -> list[float]:
-    """Tokens/s of steps 2..N from (arrival time, cumulative tokens) marks."""
-    return [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in zip(marks, marks[1:], strict=False) if t1 > t0]
 
 
 def _load(name: str) -> dict:
@@ -450,11 +445,16 @@ def add_examples_per_s(t: dict) -> dict:
             walls = [x["train_wall_s"] for x in side.get("per_run", []) if x.get("ok") and x.get("train_wall_s")]
             if records and walls:
                 side["examples_per_s"] = statistics.median(records / x for x in walls)
-        for key, rk in (("peer", "ratios"), (PEER_T, "ratios_vs_" + PEER_T)):
-            a, b = (w.get("tkc") or {}).get("examples_per_s"), (w.get(key) or {}).get("examples_per_s")
-            if rk in w and a and b:
-                w[rk]["examples_per_s"] = a / b
+        _add_ratio(w, "examples_per_s")
     return t
+
+
+def _add_ratio(w: dict, figure: str) -> None:
+    """tkc ÷ peer of a derived figure, beside the ratios bench/train.py wrote (default and matched threads)."""
+    for key, rk in (("peer", "ratios"), (PEER_T, "ratios_vs_" + PEER_T)):
+        a, b = (w.get("tkc") or {}).get(figure), (w.get(key) or {}).get(figure)
+        if rk in w and a and b:
+            w[rk][figure] = a / b
 
 
 SAME_WORKLOAD = ("kind", "method", "dataset_file", "records", "batch", "cutoff", "learning_rate", "seed")
@@ -477,7 +477,7 @@ def add_padding_neutral(t: dict, pad: dict) -> dict:
         tkc = w.get("tkc") or {}
         if tkc.get("step_tokens_per_s_p90") is not None:  # the bench's recipes train unpadded (tkc's default)
             tkc[PAD_KEY], tkc["padding_efficiency"] = tkc["step_tokens_per_s_p90"], 1.0
-            cvs = [_cv(_step_rates(x.get("step_marks") or [])) for x in tkc.get("per_run", []) if x.get("ok")]
+            cvs = [_cv(step_rates(x.get("step_marks") or [])) for x in tkc.get("per_run", []) if x.get("ok")]
             cvs = [c for c in cvs if c is not None]
             if cvs:
                 tkc["step_rate_cv"] = tkc["computed_step_rate_cv"] = statistics.median(cvs)
@@ -503,10 +503,7 @@ def add_padding_neutral(t: dict, pad: dict) -> dict:
                 side["padding_efficiency"] = statistics.median(effs)
                 side["step_rate_cv"] = statistics.median(a for a, _ in spreads)
                 side["computed_step_rate_cv"] = statistics.median(b for _, b in spreads)
-        for key, rk in (("peer", "ratios"), (PEER_T, "ratios_vs_" + PEER_T)):
-            a, b = tkc.get(PAD_KEY), (w.get(key) or {}).get(PAD_KEY)
-            if rk in w and a and b:
-                w[rk][PAD_KEY] = a / b
+        _add_ratio(w, PAD_KEY)
     return t
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import TKC, TKC_PY, median, ratio, run, save, tkc_ready, tkc_versions  # noqa: E402
+from common import TKC, TKC_PY, median, ratio, run, save, step_rates, tkc_ready, tkc_versions  # noqa: E402
 from errors import PEER_ENV  # noqa: E402
 from peer import CLI as PEER_CLI  # noqa: E402
 from peer import PY as PEER_PY  # noqa: E402
@@ -74,11 +74,7 @@ def _robust(r, marks: list[tuple[float, int]], total_tokens: int | None) -> dict
     peer's also picks its least padded batches: bench/report.py's padding-neutral figure corrects for that).
     tokens_per_cpu_s: tokens of steps 2..N / CPU seconds the process tree used from step 1 to exit.
     """
-    rates = [
-        (c1 - c0) / (t1 - t0)
-        for (t0, c0), (t1, c1) in zip(marks, marks[1:], strict=False)
-        if t1 > t0 and c1 > c0
-    ]
+    rates = step_rates(marks)
     p90 = statistics.quantiles(rates, n=10)[-1] if len(rates) >= 2 else None
     out: dict = {
         "step_tokens_per_s_median": median(rates),
