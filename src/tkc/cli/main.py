@@ -115,7 +115,7 @@ def run_hot(argv: list[str]) -> int | None:
 def main() -> None:
     argv = sys.argv[1:]
     if argv and argv[0] in HOT_VERBS:
-        gc.disable()  # short-lived: the collector would only walk the objects its imports made (~7% of a compile)
+        gc.disable()  # short-lived: the collector would only walk the objects its imports made
     elif argv and argv[0] == "run":
         from tkc.runtime import gcpause
 

@@ -2,8 +2,8 @@
 
 Importing torch, transformers and a model class creates a few hundred thousand long-lived objects (modules,
 classes, functions). CPython runs a full collection several times while they pile up, and each one traverses
-everything made so far: on the bench machine, importing torch + transformers + Qwen2 took 2.3 s with the
-collector paused and 3.0 s with it running. None of it is garbage.
+everything made so far, none of which is garbage. BENCHMARKS.md's launch-to-first-step figures are measured
+with the pause.
 
 `pause()` stops the collector when a stage starts; `model_ready()`, called by the model loaders once the
 heavy imports and the model exist, moves everything made so far into the permanent generation
