@@ -313,7 +313,8 @@ def _repeat_rows(rt: dict) -> list[str]:
             f"(padding-neutral), matched threads | {f(wt.get('tokens_per_s'), 0)}; {f(wt.get(PAD_KEY), 0)} | "
             f"{f(pm.get('tokens_per_s'), 0)}; {f(pm.get(PAD_KEY), 0)} | "
             f"{r(rm_.get('tokens_per_s'))}; {r(rm_.get(PAD_KEY))} | ≥ 1.5× | "
-            f"{met(None if rm_.get('tokens_per_s') is None else rm_['tokens_per_s'] >= 1.5)} |"
+            + "; ".join(met(None if rm_.get(k) is None else rm_[k] >= 1.5) for k in ("tokens_per_s", PAD_KEY))
+            + " |"
         )
     return rows
 
@@ -786,6 +787,9 @@ STATIC = """## Reading these figures
 * The machine is shared with other jobs (see the load averages above); wall-clock figures swing by 2× or
   more between identical runs. Each table shows every run, the runs alternate the two tools, and the
   per-step median and per-CPU-second figures are given because they move less with the load.
+* The machine's speed also shifts for minutes at a time, and not by one factor for every kernel (attention
+  was seen to slow in a phase where matrix products did not), so a phase can move a ratio, not only both
+  sides. The training figures are medians of three alternating runs per tool, preprocessing of five.
 * How much to trust a ratio: compare the main run with the independent repeat in the summary (same
   commands, another time of day). Where they disagree, the difference between the tools is smaller than
   the machine's noise.
@@ -799,7 +803,7 @@ STATIC = """## Reading these figures
 
 ```bash
 .venv/bin/python bench/peer.py         # once: the peer's private venv (bench/.peer/venv, gitignored)
-make bench                             # = .venv/bin/python bench/run_all.py  (~24 min here; --quick ~6 min)
+make bench                             # = .venv/bin/python bench/run_all.py  (~27 min here; --quick ~6 min)
 .venv/bin/python bench/errors.py       # or each alone: errors, preprocess, parity, matmul, train, padding, determinism
 .venv/bin/python bench/report.py       # rewrite this file from bench/results/*.json
 ```

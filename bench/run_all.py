@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/run_all.py [--quick] [--side both|tkc|peer]      # `make bench`
 
-Full: about 24 minutes on this 2-core machine (2026-12-05; the training part, three workloads x 2
-repetitions per tool plus the peer-defaults row, 6.2 of them; the peer's padded sizes 1.7; determinism
-(repeats, 2 ranks, kill -9 resume; SFT+LoRA and DPO+LoRA) 10.2; matmul about 5 s). The peer also runs at tkc's thread count when its default
+Full: about 27 minutes on this 2-core machine (2026-12-05; the training part, three workloads x 3
+repetitions per tool plus the peer-defaults row, 8.7 of them; preprocessing 5 cold + cached pairs per tool, 1.5;
+the peer's padded sizes 1.7; determinism (repeats, 2 ranks, kill -9 resume; SFT+LoRA and DPO+LoRA) 10.2; matmul
+about 5 s). The peer also runs at tkc's thread count when its default
 differs (not here: both use 2). --quick: about 6 minutes (fewer repetitions, SFT+LoRA only, no determinism
 run: its previous results stay). Set TKC_BENCH_RESULTS=DIR to write results and the report there instead
 (trial runs).
