@@ -581,7 +581,8 @@ def section_train(t: dict) -> list[str]:
             "as a median over steps and as a 90th percentile, and tokens per CPU-second of the process tree "
             "from step 1 to exit (inflated for both tools when threads wait on each other under load). "
             "Peak RSS of the whole process tree. "
-            "Medians over the runs listed per tool; runs alternate tools and the order flips every repetition."
+            f"Medians of {t.get('reps', DASH)} runs per tool (listed below); runs alternate tools and the order "
+            "flips every repetition."
         ),
         "",
         "Same rows, order of batches aside, same optimizer steps and loss; what tkc's step does differently (all in "
@@ -787,9 +788,9 @@ STATIC = """## Reading these figures
 * The machine is shared with other jobs (see the load averages above); wall-clock figures swing by 2× or
   more between identical runs. Each table shows every run, the runs alternate the two tools, and the
   per-step median and per-CPU-second figures are given because they move less with the load.
-* The machine's speed also shifts for minutes at a time, and not by one factor for every kernel (attention
-  was seen to slow in a phase where matrix products did not), so a phase can move a ratio, not only both
-  sides. The training figures are medians of three alternating runs per tool, preprocessing of five.
+* The machine's speed also shifts for minutes at a time (the same bundle, run back to back, lands on one
+  of two levels), and such a phase can move a ratio as well as both sides; hence medians of several
+  alternating runs per tool (each section says how many).
 * How much to trust a ratio: compare the main run with the independent repeat in the summary (same
   commands, another time of day). Where they disagree, the difference between the tools is smaller than
   the machine's noise.

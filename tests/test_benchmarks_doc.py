@@ -116,3 +116,18 @@ def test_two_ranks_may_differ_from_one_process_only_by_float_order(bench_module)
     assert judged(near)["ranks_kept"] is True
     assert judged(far)["ranks_kept"] is False
     assert judged(far)["ranks_repeat"]["identical"] is True  # repeatable, yet not the same training
+
+
+def test_the_repeat_row_judges_each_of_its_figures(bench_module):
+    report = bench_module("report")
+    side = {"per_run": [{"ok": True}], "tokens_per_s": 1.0}
+
+    def status(tokens_ratio, p90_ratio):
+        w = {"tkc": side, "peer": side, "peer_default_threads": 2, "tkc_cpu_threads": 2,
+             "ratios": {"tokens_per_s": tokens_ratio, report.PAD_KEY: p90_ratio}}
+        (row,) = report._repeat_rows({"workloads": {"sft_full": w}})
+        return row.rsplit("|", 2)[-2].strip()
+
+    assert status(1.6, 1.7) == "met; met"
+    assert status(1.6, 1.42) == "met; **not met**"  # a second figure under target is not hidden by the first
+    assert status(1.45, None) == "**not met**; —"
