@@ -16,11 +16,17 @@ EXIT_FAILED = 1
 EXIT_BAD_BUNDLE = 2
 EXIT_BUNDLE_CHANGED = 3
 EXIT_ENV_MISMATCH = 4
+EXIT_SAVE_FAILED = 75  # EX_TEMPFAIL: a checkpoint or model could not be written (disk full); earlier ones intact
 EXIT_SIGTERM = 143  # 128 + SIGTERM: a checkpoint was written; `tkc run` again resumes exactly
 
 
 class BundleChanged(RuntimeError):
     """A checkpoint or DONE marker belongs to a different bundle hash than the one being run."""
+
+
+class SaveFailed(RuntimeError):
+    """Writing a checkpoint or a stage's model failed (disk full, quota, file-size limit, I/O error); nothing
+    half-written was left behind and every earlier checkpoint is intact. `tkc run` exits EXIT_SAVE_FAILED."""
 
 
 @dataclass
