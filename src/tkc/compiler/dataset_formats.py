@@ -144,13 +144,31 @@ def _is_str_list(v: object) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
+# Content-part types a message's `content` list may hold (the runtime's `tkc.runtime.data.parts.PART_TYPES`:
+# text parts are joined, reasoning goes to reasoning_content, tool calls to tool_calls; a test keeps both equal).
+CONTENT_PART_TYPES = ("text", "input_text", "output_text", "reasoning", "thinking", "tool_call", "tool_use",
+                      "function_call")  # fmt: skip
+
+
+def _check_parts(i: int, parts: list) -> tuple[str, str] | None:
+    for j, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else ("text" if isinstance(part, str) else None)
+        if kind not in CONTENT_PART_TYPES:
+            shown = repr(kind) if isinstance(kind, str) else json.dumps(part, default=str)[:60]
+            return (f"item {i} content part {j} has unsupported type {shown}",
+                    f"content parts of type {', '.join(CONTENT_PART_TYPES)} (media parts need multimodal support)")
+    return None
+
+
 def _check_messages(v: object, tags: dict) -> tuple[str, str] | None:
     role, content = tags.get("role") or "role", tags.get("content") or "content"
     if not isinstance(v, list) or not v:
         return "is not a non-empty list", f"a list of {{{role!r}: ..., {content!r}: ...}} objects"
     for i, m in enumerate(v):
         if not isinstance(m, dict) or role not in m or content not in m:
-            return f"item {i} is {json.dumps(m)[:80]}", f"an object with keys {role!r} and {content!r}"
+            return f"item {i} is {json.dumps(m, default=str)[:80]}", f"an object with keys {role!r} and {content!r}"
+        if isinstance(m[content], list) and (bad := _check_parts(i, m[content])):
+            return bad
     return None
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from tkc.runtime.data.errors import BadRecord
+from tkc.runtime.data.parts import flatten_parts
 
 _MEDIA = ("images", "videos", "audios")
 
@@ -85,7 +86,7 @@ def _tool_call(call) -> dict:
     call = call.get("function", call) if isinstance(call, dict) else call
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         raise BadRecord(
-            f"function call {json.dumps(call)[:60]}", 'an object {"name": str, "arguments": object}'
+            f"function call {json.dumps(call, default=str)[:60]}", 'an object {"name": str, "arguments": object}'
         )
     args = call.get("arguments", {})
     if isinstance(args, str):
@@ -108,7 +109,7 @@ def _alpaca_history(history) -> list[dict]:
     for i, pair in enumerate(history or []):
         if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
             raise BadRecord(
-                f"history item {i} is {json.dumps(pair)[:60]}", "a [query, response] pair of strings"
+                f"history item {i} is {json.dumps(pair, default=str)[:60]}", "a [query, response] pair of strings"
             )
         messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     return messages
@@ -171,20 +172,38 @@ def _message(m, i: int, tags: dict, roles: dict) -> dict:
         raise BadRecord(
             f"message {i} is {json.dumps(m, default=str)[:60]}", f"an object with {rtag!r} and {ctag!r}"
         )
-    if m[rtag] not in roles:
-        raise BadRecord(f"message {i} has {rtag} {m[rtag]!r}", f"one of {', '.join(map(repr, roles))}")
+    if not isinstance(m[rtag], str) or m[rtag] not in roles:
+        shown = repr(m[rtag]) if isinstance(m[rtag], str) else json.dumps(m[rtag], default=str)[:40]
+        raise BadRecord(f"message {i} has {rtag} {shown}", f"one of {', '.join(map(repr, roles))}")
     role, content = roles[m[rtag]], m.get(ctag)
     if role == "function_call":
         return {"role": "assistant", "content": "", "tool_calls": parse_tool_calls(content)}
+    reasoning, calls = m.get("reasoning_content"), []
+    if isinstance(content, list):
+        content, from_parts, raw_calls = flatten_parts(content, f"message {i}")
+        reasoning = from_parts if from_parts is not None else reasoning
+        calls = parse_tool_calls(raw_calls) if raw_calls else []
     if role == "assistant" and m.get("tool_calls"):
-        return {
-            "role": "assistant",
-            "content": content or "",
-            "tool_calls": parse_tool_calls(m["tool_calls"]),
-        }
+        calls += parse_tool_calls(m["tool_calls"])
+    if content is None and calls:
+        content = ""
     if not isinstance(content, str):
-        raise BadRecord(f"message {i} {ctag} is {type(content).__name__}", f"{ctag!r} as a string")
-    return {"role": role, "content": content}
+        raise BadRecord(f"message {i} {ctag} is {type(content).__name__}", f"{ctag!r} as a string or content parts")
+    return _with_extras({"role": role, "content": content}, i, reasoning, calls)
+
+
+def _with_extras(out: dict, i: int, reasoning, calls: list) -> dict:
+    """Reasoning and tool calls belong to assistant turns only; elsewhere they would be silently lost."""
+    for what, value in (("reasoning", reasoning), ("tool calls", calls)):
+        if value and out["role"] != "assistant":
+            raise BadRecord(f"message {i} ({out['role']}) carries {what}", f"{what} on assistant messages only")
+    if reasoning is not None:
+        if not isinstance(reasoning, str):
+            raise BadRecord(f"message {i} reasoning_content is {type(reasoning).__name__}", "a string")
+        out["reasoning_content"] = reasoning
+    if calls:
+        out["tool_calls"] = calls
+    return out
 
 
 def _check_turns(messages: list[dict], *, ends_with_assistant: bool) -> None:

@@ -184,7 +184,9 @@ def render_all(items: list, chat: ChatSpec, pick: Callable[[dict], list[dict]], 
     out = []
     for where, ex in items:
         try:
-            text, spans = chat.spans(pick(ex), ex.get("tools"))
+            messages = pick(ex)
+            _check_reasoning(messages, chat)
+            text, spans = chat.spans(messages, ex.get("tools"))
             if not spans:
                 raise BadRecord(
                     "the rendered conversation has no assistant turn to train on", "an assistant turn"
@@ -203,6 +205,18 @@ def render_all(items: list, chat: ChatSpec, pick: Callable[[dict], list[dict]], 
             continue
         out.append((where, ex, text, spans))
     return out
+
+
+def _check_reasoning(messages: list[dict], chat: ChatSpec) -> None:
+    """Reasoning only where the template renders it: elsewhere it would vanish from the trained text unseen."""
+    if "reasoning_content" in chat.template_text:
+        return
+    for i, m in enumerate(messages):
+        if m.get("reasoning_content"):
+            raise BadRecord(
+                f"message {i} carries reasoning, but the chat template has no reasoning field",
+                "a template that renders reasoning_content (e.g. qwen3, glm4_5), or records without reasoning",
+            )
 
 
 def _masked(encoded: Encoded, spans: list[Span], train_all: bool, last_only: bool):
