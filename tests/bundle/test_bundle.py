@@ -110,3 +110,52 @@ def test_resolved_is_fully_explicit(tkc, demo_copy, tmp_path):
     assert sft["finetuning"]["lora"]["targets"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert sft["init_from"] == "pretrain"
     assert resolved["model"]["family"] == "qwen2" and resolved["template"]["id"] == "auto"
+
+
+def _write_output(bundle: Path, name: str, text: str) -> None:
+    (bundle / "outputs" / "sft").mkdir(parents=True, exist_ok=True)
+    (bundle / "outputs" / "sft" / name).write_text(text)
+
+
+def test_force_between_two_bundles_never_deletes_outputs(tkc, demo_copy, tmp_path):
+    """Compile A, train, force B, train, force A, train, force B: every earlier output survives somewhere."""
+    out, recipe = tmp_path / "run", demo_copy / "demo.yaml"
+    b_args = ("--set", "train.seed=7")
+    hash_a = _compile(tkc, recipe, out)
+    _write_output(out, "model.bin", "A trained first")
+    hash_b = _compile(tkc, recipe, out, *b_args, "--force")
+    _write_output(out, "model.bin", "B trained")
+    code, _, err = tkc("compile", recipe, "-o", out, "--force")
+    assert code == 0 and "moved the previous bundle" in err and f"run.old-{hash_b[:12]}" in err
+    _write_output(out, "model.bin", "A trained again")
+    code, _, err = tkc("compile", recipe, "-o", out, *b_args, "--force")
+    assert code == 0 and f"run.old-{hash_a[:12]}-2" in err and "nothing was deleted" in err
+    kept = {p.name: (p / "outputs" / "sft" / "model.bin").read_text()
+            for p in tmp_path.iterdir() if p.name.startswith("run.old-")}
+    assert kept == {f"run.old-{hash_a[:12]}": "A trained first", f"run.old-{hash_b[:12]}": "B trained",
+                    f"run.old-{hash_a[:12]}-2": "A trained again"}
+    assert read_manifest(out)["bundle_hash"] == hash_b and not (out / "outputs").exists()
+
+
+def test_force_keeps_an_existing_aside_folder_and_files_a_person_added(tkc, demo_copy, tmp_path):
+    out, recipe = tmp_path / "run", demo_copy / "demo.yaml"
+    hash_a = _compile(tkc, recipe, out)
+    squatter = tmp_path / f"run.old-{hash_a[:12]}"
+    squatter.mkdir()
+    (squatter / "mine.txt").write_text("not tkc's")
+    (out / "notes.txt").write_text("a person's notes")
+    _compile(tkc, recipe, out)  # same hash: the bundle is rewritten, the notes must not vanish
+    assert (squatter / "mine.txt").read_text() == "not tkc's"
+    assert (tmp_path / f"run.old-{hash_a[:12]}-2" / "notes.txt").read_text() == "a person's notes"
+    _compile(tkc, recipe, out, "--set", "train.seed=7", "--force")  # a pristine bundle, nothing to keep
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["recipes", "run", f"run.old-{hash_a[:12]}", f"run.old-{hash_a[:12]}-2"])
+
+
+def test_unreadable_manifest_is_a_verify_problem_not_a_crash(tkc, demo_copy, tmp_path):
+    out = tmp_path / "run"
+    _compile(tkc, demo_copy / "demo.yaml", out)
+    (out / "manifest.json").write_text("[1, 2")
+    assert [p.path for p in check_bundle(out)] == ["manifest.json"]
+    code, _, err = tkc("verify", out)
+    assert code == 1 and "manifest.json: unreadable" in err

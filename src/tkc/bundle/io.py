@@ -52,12 +52,31 @@ def _write_tree(root: Path, contents: dict[str, bytes]) -> None:
             target.chmod(0o755)
 
 
+@dataclass(frozen=True)
+class Written:
+    """What `write_bundle_at` did: the new manifest, and where the bundle it replaced was kept (None: nothing
+    was kept, because there was no bundle there or it held nothing but its own verified, compiled files)."""
+
+    manifest: dict[str, Any]
+    aside: Path | None = None
+    aside_hash: str | None = None
+
+
 def write_bundle(out: Path, contents: dict[str, bytes], volatile: dict[str, Any], tkc_version: str,
                  force: bool = False, sources: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """`write_bundle_at`, returning only the manifest."""
+    return write_bundle_at(out, contents, volatile, tkc_version, force, sources).manifest
+
+
+def write_bundle_at(out: Path, contents: dict[str, bytes], volatile: dict[str, Any], tkc_version: str,
+                    force: bool = False, sources: dict[str, bytes] | None = None) -> Written:
     """Write into a temp dir beside `out`, verify it, then rename into place.
 
-    An existing bundle is replaced only with `force`, and its `outputs/` (checkpoints, models) is moved
-    into the new bundle when the hash is unchanged; otherwise the old one is kept under `<out>.old-<hash>`.
+    An existing bundle is replaced only with `force` (or when the hash is unchanged). tkc never deletes outputs
+    or anything a person put in a bundle: the old bundle is moved to `<out>.old-<hash>` (`-2`, `-3`, ... when that
+    name is taken; an existing folder is never overwritten). With an unchanged hash its `outputs/` moves into the
+    new bundle. The moved-aside folder is removed only when it holds nothing but the old bundle's own compiled
+    files, unchanged (those can be compiled again); otherwise it stays, and `Written.aside` says where.
     """
     out = Path(out)
     manifest = build_manifest(contents, tkc_version, sources)
@@ -68,39 +87,85 @@ def write_bundle(out: Path, contents: dict[str, bytes], volatile: dict[str, Any]
         problems = verify_bundle(tmp)
         if problems:
             raise RuntimeError("bundle failed verification right after writing: " + "; ".join(problems))
-        _swap_into_place(tmp, out, manifest, force)
+        aside, old_hash = _swap_into_place(tmp, out, manifest, force)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)  # only our own temp dir: no outputs ever move into it
         raise
-    return manifest
+    return Written(manifest, aside, old_hash if aside else None)
 
 
 class BundleExists(Exception):
     pass
 
 
-def _swap_into_place(tmp: Path, out: Path, manifest: dict[str, Any], force: bool) -> None:
-    if out.exists():
-        if not (out / MANIFEST).is_file() and any(out.iterdir()):
+def _old_hash(out: Path, manifest: dict[str, Any], force: bool) -> str:
+    """The hash of the bundle at `out` ("empty" for an empty folder); refuses what must not be replaced."""
+    if not (out / MANIFEST).is_file():
+        if any(out.iterdir()):
             raise BundleExists(f"{out} exists and is not a tkc bundle; refusing to touch it")
-        old = read_manifest(out) if (out / MANIFEST).is_file() else None
-        if old and old.get("bundle_hash") == manifest["bundle_hash"]:
-            if (out / "outputs").exists():
-                os.replace(out / "outputs", tmp / "outputs")
-        elif old and not force:
-            raise BundleExists(f"{out} holds another bundle ({old.get('bundle_hash', '?')[:12]}); "
-                               "use --force to replace it (its outputs are kept aside)")
-        aside = out.parent / f"{out.name}.old-{(old or {}).get('bundle_hash', 'empty')[:12]}"
-        if aside.exists():
-            shutil.rmtree(aside)
-        os.replace(out, aside)
-        os.replace(tmp, out)
-        if not (aside / "outputs").exists():
-            shutil.rmtree(aside)
-    else:
+        return "empty"
+    try:
+        old = str(read_manifest(out).get("bundle_hash", "unreadable"))
+    except (OSError, ValueError, AttributeError):
+        old = "unreadable"
+    if old != manifest["bundle_hash"] and not force:
+        raise BundleExists(f"{out} holds another bundle ({old[:12]}); "
+                           "use --force to replace it (it is moved aside with its outputs, never deleted)")
+    return old
+
+
+def _claim_aside(out: Path, old_hash: str) -> Path:
+    """A new, empty folder `<out>.old-<hash>[-N]` beside `out`: created here, so no existing folder is reused."""
+    base = f"{out.name}.old-{old_hash[:12]}"
+    for n in range(1, 10_000):
+        candidate = out.parent / (base if n == 1 else f"{base}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise BundleExists(f"too many folders named {base}-N beside {out}; move some away")
+
+
+def _swap_into_place(tmp: Path, out: Path, manifest: dict[str, Any], force: bool) -> tuple[Path | None, str]:
+    """Rename `tmp` to `out`; the old `out` goes to a fresh aside folder (outputs follow an unchanged hash)."""
+    if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
+        fsync_path(out.parent)
+        return None, ""
+    old_hash = _old_hash(out, manifest, force)
+    aside = _claim_aside(out, old_hash)
+    try:
+        os.replace(out, aside)  # onto the empty folder just created: rename(2) replaces an empty directory
+    except BaseException:
+        aside.rmdir()
+        raise
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(aside, out)  # put the old bundle back where it was
+        raise
+    if old_hash == manifest["bundle_hash"] and (aside / "outputs").exists():
+        os.replace(aside / "outputs", out / "outputs")
     fsync_path(out.parent)
+    if _disposable(aside):
+        shutil.rmtree(aside)
+        return None, old_hash
+    return aside, old_hash
+
+
+def _disposable(aside: Path) -> bool:
+    """Empty, or exactly a compiled bundle (every file listed in its manifest and unchanged) without outputs."""
+    if not any(aside.iterdir()):
+        return True
+    if (aside / "outputs").exists() or not (aside / MANIFEST).is_file():
+        return False
+    try:
+        return check_bundle(aside) == []
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
@@ -141,8 +206,11 @@ def check_bundle(root: Path) -> list[FileProblem]:
     root = Path(root)
     if not (root / MANIFEST).is_file():
         return [FileProblem(MANIFEST, "missing: not a tkc bundle")]
-    manifest = read_manifest(root)
-    expected: dict[str, str] = {**manifest.get("sources", {}), **manifest.get("files", {})}
+    try:
+        manifest = read_manifest(root)
+        expected: dict[str, str] = {**manifest.get("sources", {}), **manifest.get("files", {})}
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        return [FileProblem(MANIFEST, f"unreadable ({type(exc).__name__}): not a valid tkc manifest")]
     problems: list[FileProblem] = []
     if bundle_hash(manifest.get("files", {})) != manifest.get("bundle_hash"):
         problems.append(FileProblem(MANIFEST, "bundle_hash does not match the file list"))

@@ -35,7 +35,7 @@ def compile_(
     check: Annotated[bool, Opt("Validate and resolve only; write nothing.")] = False,
 ) -> int:
     """Validate, resolve and write a bundle; print its hash."""
-    from tkc.bundle.io import BundleExists, build_manifest, write_bundle
+    from tkc.bundle.io import BundleExists, build_manifest, write_bundle_at
     from tkc.compiler.pipeline import compile_recipe
 
     overrides = list(set_ or [])
@@ -58,10 +58,14 @@ def compile_(
     volatile = {"compiled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
                 "source_root": str(compiled.source_root), "python": platform.python_version()}
     try:
-        manifest = write_bundle(out, compiled.files, volatile, compiled.plan.inputs.tkc_version, force,
-                                compiled.sources)
+        written = write_bundle_at(out, compiled.files, volatile, compiled.plan.inputs.tkc_version, force,
+                                  compiled.sources)
     except BundleExists as exc:
         print(f"tkc: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    print(manifest["bundle_hash"])
+    if written.aside is not None:
+        why = "with its outputs" if (written.aside / "outputs").exists() else "it holds files tkc did not compile"
+        print(f"tkc: moved the previous bundle at {out} (bundle {(written.aside_hash or '?')[:12]}; {why}) "
+              f"aside to {written.aside}; nothing was deleted", file=sys.stderr)
+    print(written.manifest["bundle_hash"])
     return 0
