@@ -159,3 +159,27 @@ def test_unreadable_manifest_is_a_verify_problem_not_a_crash(tkc, demo_copy, tmp
     assert [p.path for p in check_bundle(out)] == ["manifest.json"]
     code, _, err = tkc("verify", out)
     assert code == 1 and "manifest.json: unreadable" in err
+
+
+def test_diff_names_differing_recipe_files_when_plans_are_identical(tkc, demo_copy, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    recipe = demo_copy / "demo.yaml"
+    hash_a = _compile(tkc, recipe, a)
+    recipe.write_text(recipe.read_text().replace("name: demo\n", "name: demo   # a reviewer's note\n"))
+    assert _compile(tkc, recipe, b) == hash_a  # comments are outside the plan
+    result = diff_bundles(a, b)
+    assert not result.same and result.same_plan and [f for f, _, _ in result.files] == ["recipe/demo.yaml"]
+    code, out, _ = tkc("diff", a, b, "--plain")
+    assert code == 1 and "bundles are identical" not in out
+    assert "plans are identical" in out and "changed  recipe/demo.yaml" in out
+    assert "+name: demo   # a reviewer's note" in out and "-name: demo" in out
+    renamed = demo_copy / "renamed.yaml"
+    renamed.write_text(recipe.read_text() + "# renamed\n")
+    _compile(tkc, renamed, tmp_path / "c")
+    code, out, _ = tkc("diff", b, tmp_path / "c", "--plain")
+    assert code == 1 and "removed  recipe/demo.yaml" in out and "added    recipe/renamed.yaml" in out
+    assert "--- a/recipe/demo.yaml" in out and "+++ b/recipe/renamed.yaml" in out and "+# renamed" in out
+    code, out, _ = tkc("diff", a, a, "--plain")
+    assert code == 0 and "bundles are identical" in out
+    code, _, err = tkc("diff", a, tmp_path / "nowhere", "--plain")
+    assert code == 2 and "not a tkc bundle" in err

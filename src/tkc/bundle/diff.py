@@ -30,10 +30,16 @@ class BundleDiff:
     files: list[tuple[str, str | None, str | None]] = field(default_factory=list)  # path, hash a, hash b
     texts: dict[str, list[str]] = field(default_factory=dict)                     # path -> unified diff lines
     hashes: tuple[str, str] = ("", "")
+    provenance: list[tuple[str, str, str]] = field(default_factory=list)         # key, prov a, prov b
+
+    @property
+    def same_plan(self) -> bool:
+        return self.hashes[0] == self.hashes[1]
 
     @property
     def same(self) -> bool:
-        return self.hashes[0] == self.hashes[1]
+        """Identical plans and identical sources (recipe copies, provenance): nothing to show."""
+        return self.same_plan and not self.files
 
 
 def _load(root: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -42,6 +48,7 @@ def _load(root: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
 
 
 _SKIP_TEXT = {"resolved.json", "provenance.json"}
+_SOURCE = "recipe/tkc-source.json"
 
 
 def diff_bundles(a: Path, b: Path) -> BundleDiff:
@@ -53,6 +60,9 @@ def diff_bundles(a: Path, b: Path) -> BundleDiff:
         if fa.get(key, "<absent>") != fb.get(key, "<absent>"):
             out.values.append((key, fa.get(key, "<absent>"), fb.get(key, "<absent>"),
                                _prov(prov_a, key), _prov(prov_b, key)))
+    out.provenance = [(k, prov_a.get(k, ""), prov_b.get(k, "")) for k in sorted(set(prov_a) | set(prov_b))
+                      if prov_a.get(k) != prov_b.get(k) and not k.startswith("_files.")
+                      and fa.get(k, "<absent>") == fb.get(k, "<absent>")]
     files_a = {**man_a.get("sources", {}), **man_a["files"]}
     files_b = {**man_b.get("sources", {}), **man_b["files"]}
     for path in sorted(set(files_a) | set(files_b)):
@@ -60,7 +70,22 @@ def diff_bundles(a: Path, b: Path) -> BundleDiff:
             out.files.append((path, files_a.get(path), files_b.get(path)))
             if path not in _SKIP_TEXT and path in files_a and path in files_b:
                 out.texts[path] = _text_diff(a / path, b / path, path)
+    _entry_diff(out, a, b, files_a, files_b)
     return out
+
+
+def _entry(root: Path) -> str | None:
+    try:
+        return str(json.loads((root / _SOURCE).read_text(encoding="utf-8"))["entry"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _entry_diff(out: BundleDiff, a: Path, b: Path, files_a: dict[str, str], files_b: dict[str, str]) -> None:
+    """A renamed top-level recipe: its text diffed against the other bundle's entry recipe."""
+    ea, eb = _entry(a), _entry(b)
+    if ea and eb and ea != eb and ea in files_a and eb in files_b and files_a[ea] != files_b[eb]:
+        out.texts[f"{ea} -> {eb}"] = _text_diff(a / ea, b / eb, ea, eb)
 
 
 def _prov(prov: dict[str, str], key: str) -> str:
@@ -69,26 +94,36 @@ def _prov(prov: dict[str, str], key: str) -> str:
     return prov.get(key, "")
 
 
-def _text_diff(pa: Path, pb: Path, path: str) -> list[str]:
+def _text_diff(pa: Path, pb: Path, path: str, path_b: str | None = None) -> list[str]:
     try:
         la = pa.read_text(encoding="utf-8").splitlines()
         lb = pb.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         return ["(binary file differs)"]
-    return list(difflib.unified_diff(la, lb, f"a/{path}", f"b/{path}", lineterm=""))
+    except OSError as exc:
+        return [f"({path}: cannot read: {exc.strerror})"]
+    return list(difflib.unified_diff(la, lb, f"a/{path}", f"b/{path_b or path}", lineterm=""))
 
 
 def render_diff(d: BundleDiff) -> str:
     """Plain text, stable, suitable for code review."""
     if d.same:
-        return f"bundles are identical ({d.hashes[0][:16]})\n"
-    lines = [f"bundle {d.hashes[0][:16]} -> {d.hashes[1][:16]}", ""]
+        return f"bundles are identical ({d.hashes[0][:16]}): same plan, same sources\n"
+    if d.same_plan:
+        lines = [f"plans are identical ({d.hashes[0][:16]}), but the sources differ "
+                 "(recipe copies and provenance are verified but outside the bundle hash)", ""]
+    else:
+        lines = [f"bundle {d.hashes[0][:16]} -> {d.hashes[1][:16]}", ""]
     if d.values:
         lines.append("resolved values:")
         for key, va, vb, pa, pb in d.values:
             src = pa if pa == pb else f"{pa} -> {pb}"
             lines.append(f"  {key}: {json.dumps(va, ensure_ascii=False)} -> {json.dumps(vb, ensure_ascii=False)}"
                          f"   [{src}]")
+        lines.append("")
+    if d.provenance:
+        lines.append("same values, other provenance:")
+        lines += [f"  {key}: [{pa} -> {pb}]" for key, pa, pb in d.provenance]
         lines.append("")
     lines.append("files:")
     for path, ha, hb in d.files:

@@ -1,4 +1,4 @@
-"""`tkc diff`: what changed between two bundles, by meaning; exit 1 when they differ."""
+"""`tkc diff`: what changed between two bundles, by meaning; exit 1 when plans or sources differ, 2 on bad input."""
 
 from __future__ import annotations
 
@@ -16,7 +16,15 @@ def diff(
     """Compare resolved values with provenance, data hashes, environment pins and scripts."""
     from tkc.bundle.diff import diff_bundles, render_diff
 
-    result = diff_bundles(a, b)
+    for bundle in (a, b):
+        if not (bundle / "manifest.json").is_file() or not (bundle / "resolved.json").is_file():
+            typer.echo(f"tkc diff: {bundle} is not a tkc bundle (no manifest.json / resolved.json)", err=True)
+            raise typer.Exit(2)
+    try:
+        result = diff_bundles(a, b)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        typer.echo(f"tkc diff: cannot read a bundle: {exc}; run `tkc verify` on each", err=True)
+        raise typer.Exit(2) from None
     text = render_diff(result)
     if plain:
         typer.echo(text, nl=False)
