@@ -6,6 +6,8 @@ Exit codes:
   2    the bundle is invalid (verify_bundle failed, resolved.json unreadable, unknown stage)
   3    outputs or checkpoints belong to a different bundle hash: refused rather than mixing two plans
   4    installed packages differ from resolved.environment.pins and --strict-env was given
+  75   a checkpoint or a stage's model could not be written (disk full, quota, file-size limit): the half-written
+       files were removed, earlier checkpoints are intact; free space and `tkc run` again resumes from the last one
   143  SIGTERM: a checkpoint was written at the current optimizer step; `tkc run` again resumes exactly
 """
 
@@ -26,8 +28,10 @@ from tkc.runtime.context import (
     EXIT_BUNDLE_CHANGED,
     EXIT_ENV_MISMATCH,
     EXIT_OK,
+    EXIT_SAVE_FAILED,
     BundleChanged,
     RunContext,
+    SaveFailed,
     load_bundle_hash,
     resolve_source_root,
 )
@@ -190,6 +194,7 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
 
 def _run_verified(bundle_dir: Path, resolved: dict, stage: str | None, source_root: Path | None) -> int:
     from tkc.runtime import gcpause
+    from tkc.runtime.data.errors import BadRecord, DataError
     from tkc.runtime.dist import init_distributed, shutdown_distributed
 
     set_cpu_threads(resolved)
@@ -218,5 +223,11 @@ def _run_verified(bundle_dir: Path, resolved: dict, stage: str | None, source_ro
     except BundleChanged as e:
         print(f"tkc run: refusing to run: {e}")
         return EXIT_BUNDLE_CHANGED
+    except SaveFailed as e:  # disk full mid-save: what was written, what is intact, how to resume; no traceback
+        print(f"tkc run: {e}")
+        return EXIT_SAVE_FAILED
+    except (BadRecord, DataError) as e:  # a record or a data file the stage cannot use: positioned, no traceback
+        print(f"tkc run: {e}")
+        return EXIT_BAD_BUNDLE
     finally:
         shutdown_distributed(dist)
