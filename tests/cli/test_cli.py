@@ -79,3 +79,20 @@ def test_catalog_render_refusal_exits_nonzero(tmp_path):
     out = subprocess.run([sys.executable, "-m", "tkc.cli.main", "catalog", "render", "llama2", str(conv)],
                          capture_output=True, text=True)
     assert out.returncode == 1 and "refuses" in out.stderr and out.stdout == ""
+
+
+def test_explain_shows_the_default_system_the_tokenizer_template_inserts(tkc, demo_copy):
+    # template: auto with the tiny model's tokenizer template (Qwen2.5's, which adds a system turn when none is given)
+    code, out, _ = tkc("explain", demo_copy / "demo.yaml", "template.default_system")
+    assert code == 0
+    assert out.strip() == ('template.default_system = "You are Qwen, created by Alibaba Cloud. You are a helpful '
+                           'assistant."    [derived:resolve_chat_template:render_probe]')
+    config = demo_copy / "assets" / "tiny-qwen2" / "tokenizer_config.json"
+    tok = json.loads(config.read_text())
+    tok["chat_template"] = tok["chat_template"].replace("You are Qwen, created by Alibaba Cloud. You are a helpful "
+                                                        "assistant.", "Be brief.")
+    config.write_text(json.dumps(tok))
+    code, out, _ = tkc("explain", demo_copy / "demo.yaml", "template.default_system")
+    assert code == 0 and 'template.default_system = "Be brief."' in out
+    code, out, _ = tkc("explain", demo_copy / "demo.yaml", "template.default_system", "--set", "template=chatml")
+    assert code == 0 and out.strip() == "template.default_system = null    [template:chatml]"

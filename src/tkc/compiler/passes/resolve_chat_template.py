@@ -30,7 +30,7 @@ _PROBE_TOOL = [{"type": "function", "function": {"name": "tkc_probe_tool", "desc
                                                   "parameters": {"type": "object", "properties": {}}}}]
 
 
-def _renders(text: str, messages: list[dict], tools: Any = None, **kw: str) -> str | None:
+def _renders(text: str, messages: list[dict], tools: Any = None, **kw: Any) -> str | None:
     from tkc.catalog.chat import TemplateRefused, render
 
     try:
@@ -50,12 +50,31 @@ def probe_capabilities(text: str, bos: str, eos: str) -> tuple[bool, bool]:
             with_tools is not None and "tkc_probe_tool" in with_tools)
 
 
+_SYSTEM_MARK = "\ue010tkc-probe-system\ue011"  # private-use characters: no template strips or rewrites them
+
+
+def probe_default_system(text: str, bos: str, eos: str, **kw: Any) -> str | None:
+    """The system prompt a template inserts when a conversation has none, found by rendering: whatever stands,
+    in the render without a system message, where a given system message would stand. None: nothing inserted
+    (or no system role to compare with)."""
+    marked = _renders(text, [{"role": "system", "content": _SYSTEM_MARK}, *_PROBE_USER], bos_token=bos,
+                      eos_token=eos, **kw)
+    bare = _renders(text, _PROBE_USER, bos_token=bos, eos_token=eos, **kw)
+    if marked is None or bare is None or marked.count(_SYSTEM_MARK) != 1:
+        return None
+    head, tail = marked.split(_SYSTEM_MARK)
+    if len(bare) <= len(head) + len(tail) or not (bare.startswith(head) and bare.endswith(tail)):
+        return None
+    return bare[len(head):len(bare) - len(tail)].strip() or None
+
+
 def _auto_values(plan: Plan) -> dict[str, tuple[Any, str]]:
     facts = plan.inputs.model
     text = facts.chat_template or ""
     tokens = facts.special_tokens
     src = "derived:tokenizer_config"
-    system, tools = probe_capabilities(text, tokens.get("bos_token", ""), tokens.get("eos_token", ""))
+    bos, eos = tokens.get("bos_token", ""), tokens.get("eos_token", "")
+    system, tools = probe_capabilities(text, bos, eos)
     probed = "derived:resolve_chat_template:render_probe"
     return {
         "template.id": ("auto", source_of(plan, ("template",))), "template.source": ("tokenizer", src),
@@ -63,7 +82,8 @@ def _auto_values(plan: Plan) -> dict[str, tuple[Any, str]]:
         "template.eos_token": (tokens.get("eos_token", ""), src),
         "template.stop_tokens": (sorted({tokens[k] for k in ("eos_token",) if k in tokens}), src),
         "template.supports_system": (system, probed), "template.supports_tools": (tools, probed),
-        "template.default_system": (None, src), "template.render_kwargs": ({}, src),
+        "template.default_system": (probe_default_system(text, bos, eos) if system else None, probed),
+        "template.render_kwargs": ({}, src),
         "template.file": (TEMPLATE_FILE, "derived:resolve_chat_template"), FILES + TEMPLATE_FILE: (text, src),
     }
 
