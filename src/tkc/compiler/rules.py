@@ -133,6 +133,28 @@ def template_capabilities(plan: Plan) -> Iterator[Violation]:
                    f"{plan.get('template.id')!r} has no tool support", "choose a template with tools")
 
 
+def _model_positions(config: dict) -> int | None:
+    """The longest sequence the model's config allows: max_position_embeddings (n_positions for GPT-2 shapes;
+    a multimodal model's text_config), raised by a rope_scaling factor over its original length (YaRN)."""
+    text = config.get("text_config")
+    config = text if isinstance(text, dict) else config
+    limit = config.get("max_position_embeddings") or config.get("n_positions")
+    rope = config.get("rope_scaling") or {}
+    if isinstance(rope, dict) and rope.get("factor") and rope.get("original_max_position_embeddings"):
+        limit = max(limit or 0, int(rope["factor"] * rope["original_max_position_embeddings"]))
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def cutoff_fits_model(plan: Plan) -> Iterator[Violation]:
+    config = plan.inputs.model.config
+    limit = _model_positions(dict(config)) if config else None
+    cutoff = plan.get("data.cutoff_len")
+    if limit is not None and isinstance(cutoff, int) and cutoff > limit:
+        yield (("data", "cutoff_len"), f"cutoff_len {cutoff} is longer than the model's {limit} positions "
+               f"(max_position_embeddings in {plan.inputs.model.path}/config.json)",
+               f"the model's limit is {limit}: use cutoff_len <= {limit}")
+
+
 def hub_revision(plan: Plan) -> Iterator[Violation]:
     if plan.get("model.source") == "hub" and plan.get("model.init") == "scratch":
         yield (("model", "init"), "init: scratch needs a local model directory with config.json", None)
@@ -166,5 +188,6 @@ RULES: dict[str, Callable[[Plan], Iterator[Violation]]] = {
     "PEFT001": quantization_needs_lora,
     "TMPL002": template_capabilities,
     "MODEL002": hub_revision,
+    "DATA011": cutoff_fits_model,
     "TRACK001": tracker_pinned,
 }

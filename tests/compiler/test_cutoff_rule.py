@@ -1,0 +1,52 @@
+"""DATA011: a cutoff_len longer than the model's positions (its config.json) is a positioned compile error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tkc.compiler.rules import _model_positions
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _project(tmp_path: Path, cutoff: int) -> Path:
+    shutil.copytree(REPO / "recipes" / "assets" / "tiny-qwen2", tmp_path / "assets" / "tiny-qwen2")
+    shutil.copytree(REPO / "recipes" / "data", tmp_path / "data")
+    (tmp_path / "r.yaml").write_text(f"""schema_version: 1
+name: cutoff
+model: {{path: assets/tiny-qwen2, init: scratch}}
+template: auto
+data:
+  datasets:
+    d: {{path: data/arith_sft.jsonl, format: alpaca}}
+  cutoff_len: {cutoff}
+stages:
+  - {{kind: sft, name: sft, datasets: [d], finetuning: {{method: full}}}}
+hardware: cpu
+""")
+    return tmp_path / "r.yaml"
+
+
+def test_cutoff_above_the_model_limit_is_positioned(tkc, tmp_path):
+    assert json.loads((REPO / "recipes/assets/tiny-qwen2/config.json").read_text())["max_position_embeddings"] == 512
+    code, _, err = tkc("compile", _project(tmp_path, 4096), "--check")
+    assert code == 2, err
+    assert "DATA011" in err and "r.yaml:8" in err and "cutoff_len 4096 is longer than the model's 512" in err
+    assert "use cutoff_len <= 512" in err
+
+
+def test_cutoff_at_the_limit_compiles(tkc, tmp_path):
+    code, _, err = tkc("compile", _project(tmp_path, 512), "--check")
+    assert code == 0, err
+
+
+def test_model_positions_from_config_shapes():
+    assert _model_positions({"max_position_embeddings": 2048}) == 2048
+    assert _model_positions({"n_positions": 1024}) == 1024
+    assert _model_positions({"text_config": {"max_position_embeddings": 8192}, "max_position_embeddings": 1}) == 8192
+    yarn = {"max_position_embeddings": 32768,
+            "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}
+    assert _model_positions(yarn) == 131072
+    assert _model_positions({}) is None
