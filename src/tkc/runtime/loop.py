@@ -152,10 +152,12 @@ def _save(ctx: RunContext, stage: dict, model: nn.Module, optimizer, step: int, 
 
 
 def _restore(ctx: RunContext, stage: dict, model: nn.Module, optimizer) -> tuple[int, int, int | None]:
-    path = checkpoint.latest_checkpoint(ctx.stage_dir(stage) / "checkpoints")
-    if path is None:
+    found = checkpoint.load_latest(ctx.stage_dir(stage) / "checkpoints", bundle_hash=ctx.bundle_hash,
+                                   log=lambda msg: ctx.log(f"[{stage['name']}] {msg}"),
+                                   set_aside_corrupt=ctx.dist.is_main)
+    if found is None:
         return 0, 0, None
-    tensors, opt_state, state = checkpoint.load_checkpoint(path, bundle_hash=ctx.bundle_hash)
+    path, tensors, opt_state, state = found
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in tensors.items():

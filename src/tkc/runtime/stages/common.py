@@ -145,12 +145,18 @@ def save_model(ctx: RunContext, stage: dict, model) -> None:
     """outputs/<stage>/model/: adapter or full weights (safetensors), tokenizer, chat template."""
     if not ctx.dist.is_main:
         return
-    target = ctx.stage_dir(stage) / "model"
-    model.save_pretrained(str(target), safe_serialization=True)
-    ctx.tokenizer().save_pretrained(str(target))
+    from tkc.runtime.checkpoint import save_model_dir
+
     template = ctx.chat_template()
-    if template is not None:
-        (target / "chat_template.jinja").write_text(template, encoding="utf-8")
+
+    def write(folder) -> None:
+        model.save_pretrained(str(folder), safe_serialization=True)
+        ctx.tokenizer().save_pretrained(str(folder))
+        if template is not None:
+            (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+
+    # atomic (a full disk leaves no half-written model/, raises SaveFailed), adapter_config.json byte-stable
+    save_model_dir(ctx.stage_dir(stage) / "model", write)
 
 
 def finish(ctx: RunContext, stage: dict, result: LoopResult, metrics: dict[str, Any]) -> None:
