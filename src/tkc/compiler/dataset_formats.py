@@ -46,6 +46,17 @@ _DEFAULT_TAGS: dict[str, dict[str, str | None]] = {
                "observation": "tool", "function": "function_call", "system": "system"},
 }  # fmt: skip
 
+# Optional columns read when the data has them though the recipe names none: a chat file's tool definitions
+# belong to its tool calls (dropping them trains calls to functions the model was never shown). Naming the key
+# in `columns` (a column name, or null to leave the data's column out) turns this off.
+_AUTO_COLUMNS = {"sharegpt": {"tools": "tools"}, "openai": {"tools": "tools"}}
+
+
+def auto_columns(fmt: str, user_columns: dict | None) -> dict:
+    """{key: column name} the probe maps when the data has that column and the recipe did not name the key."""
+    return {k: v for k, v in _AUTO_COLUMNS.get(fmt, {}).items() if k not in (user_columns or {})}
+
+
 # Which dataset kinds each training stage kind consumes.
 STAGE_DATASET_KINDS = {
     "pt": ("text",),

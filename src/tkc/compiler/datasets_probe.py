@@ -44,6 +44,8 @@ class Probe:
     problems: tuple[ProbeProblem, ...] = ()
     records_checked: int = 0
     columns_seen: tuple[str, ...] = ()
+    columns: dict | None = None  # the columns the records were checked with (`columns` plus auto-mapped ones)
+    auto_mapped: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -243,12 +245,14 @@ def probe_dataset(
     *,
     tags: dict | None = None,
     root: Path | None = None,
+    auto_columns: dict | None = None,
 ) -> Probe:
     """Hash every file of a local dataset and shape-check its first `max_records` records per file.
 
     File paths in the result are relative to `root` (the source root; default: the dataset path's parent).
     Raises FileNotFoundError/ValueError for a missing path or an unreadable file type; record-level trouble
-    comes back as `Probe.problems`.
+    comes back as `Probe.problems`. `auto_columns` ({key: column name}) are mapped when a checked record has that
+    column and `columns` names none; `Probe.columns` is the result and `Probe.auto_mapped` says which were added.
     """
     path = Path(path)
     if not path.exists():
@@ -263,27 +267,27 @@ def probe_dataset(
     file_type = file_type or actual
     hashed = tuple(ProbeFile(_rel(p, root), sha256_file(p), p.stat().st_size) for p in files)
     tags = tags if tags is not None else formats.resolve_columns_and_tags(fmt, kind, None, None)[1]
-    problems, checked, seen = _probe_records(
-        path, files, file_type, columns, fmt, kind, tags, max_records, root
-    )
-    return Probe(file_type, hashed, tuple(problems), checked, tuple(sorted(seen)))
-
-
-def _probe_records(path, files, file_type, columns, fmt, kind, tags, max_records, root):
+    records = _first_records(files, file_type, max_records, root)
+    seen = {str(k) for _, _, r in records if isinstance(r, dict) for k in r}
+    # optional columns the data has and the recipe left unnamed (e.g. a sharegpt `tools` column) are read too
+    found = {k: name for k, name in (auto_columns or {}).items() if name in seen and not columns.get(k)}
+    columns = {**columns, **found}
     shapes = formats.column_checks(columns, fmt, tags)
+    problems = [ProbeProblem(file, where, message, expected) for file, where, record in records
+                for message, expected in _check_record(record, columns, shapes)]  # fmt: skip
+    return Probe(file_type, hashed, tuple(problems), len(records), tuple(sorted(seen)), columns, tuple(sorted(found)))
+
+
+def _first_records(files: list[Path], file_type: str, max_records: int, root: Path) -> list[tuple[str, int, object]]:
+    """(file, line or index, record) of the first `max_records` records (the files in order)."""
     if file_type == "hf_disk":
         files, file_type = [p for p in files if p.suffix == ".arrow"][:1], "arrow"
-    problems: list[ProbeProblem] = []
-    checked, seen = 0, set()
+    out: list[tuple[str, int, object]] = []
     for p in files:
-        for where, record in iter_records(p, file_type, max_records):
-            checked += 1
-            seen |= set(record) if isinstance(record, dict) else set()
-            for message, expected in _check_record(record, columns, shapes):
-                problems.append(ProbeProblem(_rel(p, root), where, message, expected))
-        if checked >= max_records:
+        out += [(_rel(p, root), where, record) for where, record in iter_records(p, file_type, max_records)]
+        if len(out) >= max_records:
             break
-    return problems, checked, seen
+    return out
 
 
 # ---------------------------------------------------------------- LLaMA-Factory style registry

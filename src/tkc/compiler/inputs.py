@@ -94,6 +94,7 @@ def _registry_path(entry: dict[str, Any] | None, registry_dir: Path, root: Path)
 
 def _probe(name: str, spec: Any, registry: dict[str, Any], registry_dir: Path, root: Path,
            file: str | None) -> DatasetFacts:
+    from tkc.compiler.dataset_formats import auto_columns
     from tkc.compiler.datasets_probe import probe_dataset
 
     key = f"data.datasets.{name}"
@@ -115,13 +116,14 @@ def _probe(name: str, spec: Any, registry: dict[str, Any], registry_dir: Path, r
         return replace(facts, file_type="missing", problems=(
             Diagnostic("DATA002", f"dataset not found: {path_text} (relative to {root})", key, file),))
     try:
-        probe = probe_dataset(path, None, cols, fmt, kind, tags=tags, root=root)
+        probe = probe_dataset(path, None, cols, fmt, kind, tags=tags, root=root, auto_columns=auto_columns(
+            fmt, spec.columns if spec.columns is not None else (entry or {}).get("columns")))
     except (OSError, ValueError) as exc:
         return replace(facts, file_type="missing", problems=(Diagnostic("DATA001", str(exc), key, file),))
     problems = _collapse(probe.problems, key, probe.file_type)
     files = tuple({"path": relpath(root / f.path, root), "sha256": f.sha256, "size": f.size} for f in probe.files)
     return replace(facts, local=True, path=relpath(path, root), file_type=probe.file_type, files=files,
-                   problems=problems)
+                   problems=problems, columns=probe.columns or cols, auto_columns=probe.auto_mapped)
 
 
 def _hub_facts(facts: DatasetFacts, key: str, revision: str | None, file: str | None) -> DatasetFacts:

@@ -41,6 +41,7 @@ class DatasetFacts:
     tags: Mapping[str, Any] = field(default_factory=dict)
     split: str = "train"
     from_registry: bool = False
+    auto_columns: tuple[str, ...] = ()     # column keys mapped because the data has them (e.g. tools)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,12 @@ from tkc.compiler.plan import Plan
 from tkc.schema.diagnostics import Diagnostic
 
 
+def _columns_source(plan: Plan, facts: Any, at: tuple, layout_src: str) -> str:
+    base = source_of(plan, (*at, "columns")) if plan.inputs.recipe.spec.data.datasets[at[-1]].columns else layout_src
+    # columns the data has and the recipe left unnamed (a chat file's `tools`) are mapped by the loading step
+    return f"{base}+derived:load_inputs({','.join(facts.auto_columns)})" if facts.auto_columns else base
+
+
 def resolve_datasets(plan: Plan) -> Plan:
     spec = plan.inputs.recipe.spec.data
     out: dict[str, tuple[Any, str]] = {}
@@ -26,7 +32,7 @@ def resolve_datasets(plan: Plan) -> Plan:
             p + "files": ([dict(f) for f in facts.files], "derived:load_inputs"),
             p + "format": (facts.format, source_of(plan, (*at, "format")) if ds.format else layout_src),
             p + "kind": (facts.kind, source_of(plan, (*at, "kind")) if ds.kind else layout_src),
-            p + "columns": (dict(facts.columns), source_of(plan, (*at, "columns")) if ds.columns else layout_src),
+            p + "columns": (dict(facts.columns), _columns_source(plan, facts, at, layout_src)),
             p + "tags": (dict(facts.tags), source_of(plan, (*at, "tags")) if ds.tags else layout_src),
             p + "split": (facts.split, source_of(plan, (*at, "split"))),
             p + "max_samples": (ds.max_samples, source_of(plan, (*at, "max_samples"))),
