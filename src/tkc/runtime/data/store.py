@@ -1,9 +1,14 @@
-"""Content-addressed cache of tokenized rows: Arrow IPC stream files (memory-mapped on load), never pickle."""
+"""Content-addressed cache of tokenized rows: Arrow IPC stream files (memory-mapped on load), never pickle.
+
+An entry's COMPLETE marker records each file's size and sha256; `load` checks them (and the row counts) and sets a
+damaged entry aside (`<key>.corrupt-<k>`) so the caller rebuilds it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -11,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # Bump when the tokenized output of the same inputs changes (conversion, masking, truncation, packing).
 DATA_FORMAT_VERSION = 1
@@ -82,7 +89,7 @@ def save(cache_dir: Path, key: str, tables: dict, stats: dict, key_parts: dict) 
             write_stream(table, tmp / f"{split}.arrow")
         (tmp / "stats.json").write_bytes(canonical(stats) + b"\n")
         (tmp / "key.json").write_bytes(canonical(key_parts) + b"\n")
-        (tmp / "COMPLETE").write_text("")
+        (tmp / "COMPLETE").write_bytes(canonical({"files": _file_records(tmp)}) + b"\n")
         os.replace(tmp, final)
     except OSError:
         if not (final / "COMPLETE").exists():
@@ -147,10 +154,70 @@ class Rows(Sequence):
         return f"Rows({len(self)} rows: {', '.join(self.column_names)})"
 
 
+def _file_records(folder: Path) -> dict:
+    out = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name != "COMPLETE":
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            out[p.name] = {"sha256": h.hexdigest(), "size": p.stat().st_size}
+    return out
+
+
+def check_entry(where: Path) -> str | None:
+    """What is wrong with a COMPLETE entry's files against its record (None: nothing). Entries written before the
+    record (an empty COMPLETE) are checked by their row counts only (in `load`)."""
+    text = (where / "COMPLETE").read_text()
+    if not text.strip():
+        return None
+    want = json.loads(text)["files"]
+    have = _file_records(where)
+    for name in sorted(want):
+        if name not in have:
+            return f"{name} is missing"
+        if have[name] != want[name]:
+            return f"{name} is not what was written ({have[name]['size']} bytes, {want[name]['size']} written)"
+    return None
+
+
+def _open(where: Path) -> tuple[dict, dict]:
+    """({split: Rows}, stats) of an entry that passed check_entry; ValueError when its row counts disagree."""
+    splits = {p.stem: Rows(p) for p in sorted(where.glob("*.arrow"))}
+    stats = json.loads((where / "stats.json").read_text())
+    for split, n in (stats.get("rows") or {}).items():
+        if n and (split not in splits or len(splits[split]) != n):
+            raise ValueError(f"{split}.arrow holds {len(splits[split]) if split in splits else 0} rows, not {n}")
+    return splits, stats
+
+
 def load(cache_dir: Path, key: str) -> tuple[dict, dict] | None:
-    """({split: Rows}, stats) for a complete cache entry, else None."""
+    """({split: Rows}, stats) for a complete, undamaged cache entry, else None (a damaged one is set aside)."""
+    import pyarrow as pa
+
     where = entry_dir(cache_dir, key)
     if not (where / "COMPLETE").is_file():
         return None
-    splits = {p.stem: Rows(p) for p in sorted(where.glob("*.arrow"))}
-    return splits, json.loads((where / "stats.json").read_text())
+    try:
+        problem = check_entry(where)
+        if problem is None:
+            return _open(where)
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as e:
+        problem = f"unreadable: {e}"
+    # Derived data, rebuilt from the verified inputs; still kept aside rather than deleted (tkc deletes nothing it
+    # cannot prove is its own garbage), so a failing disk or a tool that truncated it can be looked at.
+    try:
+        aside = _set_aside(where)
+    except FileNotFoundError:  # another rank or process set it aside first
+        return None
+    log.warning("data cache entry %s is damaged (%s): kept as %s; rebuilding it", where, problem, aside.name)
+    return None
+
+
+def _set_aside(where: Path) -> Path:
+    k = 1
+    while (aside := where.with_name(f"{where.name}.corrupt-{k}")).exists():
+        k += 1
+    os.rename(where, aside)
+    return aside
