@@ -128,3 +128,52 @@ def test_interrupted_checkpoint_write_leaves_previous_usable(tmp_path):
         checkpoint.save_checkpoint(root, step, tensors=t, optimizer_state={}, state={"bundle_hash": "h"}, keep=2)
     assert [s for s, _ in checkpoint.list_checkpoints(root)] == [9, 12]
     assert not list(root.glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_corrupt_latest_checkpoint_is_set_aside_and_the_previous_one_resumes_exactly(rt, tmp_path, tiny_pretrained,
+                                                                                     reference_run):
+    bundle = rt.write_bundle(tmp_path / "run", _plan(rt, tiny_pretrained))
+    assert rt.run_in_subprocess(bundle).returncode == 0
+    out = bundle / "outputs" / "sft"
+    (out / "DONE").unlink()  # as if killed after the step-9 checkpoint
+    (out / "checkpoints" / "ckpt-9" / "state.json").unlink()  # and that checkpoint lost its state
+    again = rt.run_in_subprocess(bundle)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "checkpoint ckpt-9 is corrupt (state.json is missing); kept as checkpoints/ckpt-9.corrupt-1" in again.stdout
+    assert "resuming from ckpt-6 (step 6)" in again.stdout
+    ref_losses, ref_sha = reference_run
+    assert _losses(rt, bundle) == ref_losses
+    assert _weights_sha(bundle) == ref_sha
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["ckpt-6", "ckpt-9", "ckpt-9.corrupt-1"]
+    assert not (out / "checkpoints" / "ckpt-9.corrupt-1" / "state.json").exists()  # kept as it was found
+
+
+@pytest.mark.slow
+def test_full_disk_at_a_checkpoint_exits_75_with_a_clear_message_then_resumes(rt, tmp_path, tiny_pretrained,
+                                                                              reference_run):
+    import subprocess
+
+    from tkc.runtime.context import EXIT_SAVE_FAILED
+
+    bundle = rt.write_bundle(tmp_path / "run", _plan(rt, tiny_pretrained))
+    # files capped at 100 kB (RLIMIT_FSIZE, SIGXFSZ ignored): the data cache and the checkpoint's weights (60 kB)
+    # fit, its optimizer state (128 kB) does not, so the first save fails midway with EFBIG as on a full disk
+    code = ("import resource, signal, sys, pathlib; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)); "
+            "from tkc.runtime.run import run_bundle; "
+            f"sys.exit(run_bundle(pathlib.Path({str(bundle)!r})))")
+    proc = subprocess.run([rt.PY, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONHASHSEED": "0"})
+    assert proc.returncode == EXIT_SAVE_FAILED == 75, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "tkc run: could not write checkpoint ckpt-3" in proc.stdout and "File too large" in proc.stdout
+    assert "this stage has no earlier checkpoint" in proc.stdout and "once space is freed" in proc.stdout
+    ckpts = bundle / "outputs" / "sft" / "checkpoints"
+    assert list(ckpts.iterdir()) == []  # nothing half-written that could look complete
+    assert not (bundle / "outputs" / "sft" / "DONE").exists()
+    again = rt.run_in_subprocess(bundle)  # space freed
+    assert again.returncode == 0, again.stdout + again.stderr
+    ref_losses, ref_sha = reference_run
+    assert _losses(rt, bundle) == ref_losses
+    assert _weights_sha(bundle) == ref_sha
