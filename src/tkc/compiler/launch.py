@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tkc.schema.names import is_dns1123_label, is_image_reference
+
 if TYPE_CHECKING:
     import jinja2
 
@@ -176,9 +178,10 @@ def _accelerate_yaml(stage: dict[str, Any], launch: dict[str, Any]) -> str:
 
 def _render_slurm(resolved: dict[str, Any], launch: dict[str, Any], stages: list[dict[str, Any]]) -> str:
     slurm = launch["slurm"]
-    for key in ("partition", "account", "time"):
-        if slurm[key] is not None and not _DIRECTIVE.match(str(slurm[key])):
-            raise LaunchError(f"launch.slurm.{key} {slurm[key]!r}: only letters, digits and _.,:+- are allowed")
+    bad = [f"launch.slurm.{key} {slurm[key]!r}" for key in ("partition", "account", "time")
+           if slurm[key] is not None and not _DIRECTIVE.match(str(slurm[key]))]
+    if bad:  # the schema checks these per key; this guards what reaches an #SBATCH line
+        raise LaunchError(f"{'; '.join(bad)}: only letters, digits and _.,:+- are allowed")
     acc = launch["accelerator"]
     gres = f"{_GRES[acc]}:{launch['nproc_per_node']}" if acc in _GRES else None
     steps = [{"script": stage_script(s), "all_nodes": _distributed(s)} for s in stages]
@@ -191,6 +194,7 @@ def _render_k8s(resolved: dict[str, Any], launch: dict[str, Any], stages: list[d
     """A headless Service + an Indexed Job of `nnodes` pods (pod 0 hosts the rendezvous), as a v1 List."""
     name = _slug(f"tkc-{resolved.get('name', '')}", limit=52)  # pod hostnames add "-<index>"
     k8s, labels = launch["kubernetes"], {"app.kubernetes.io/name": "tkc", "tkc/run": name}
+    _check_k8s(name, k8s)
     lines = ["set -euo pipefail"]
     for s in stages:  # one-process stages run on pod 0 only
         run = f"bash {shlex.quote(stage_script(s))}"
@@ -220,6 +224,16 @@ def _render_k8s(resolved: dict[str, Any], launch: dict[str, Any], stages: list[d
             "# The image must hold the pinned environment and this bundle at /workspace/run.\n")
     doc = {"apiVersion": "v1", "kind": "List", "items": [service, job]}
     return head + yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=True, default_flow_style=False)
+
+
+def _check_k8s(name: str, k8s: dict[str, Any]) -> None:
+    """The schema checks namespace and image per key; this guards what reaches the manifest, derived names too."""
+    checks = {f"resource name {name!r}": is_dns1123_label(name) and len(name) <= 52,
+              f"launch.kubernetes.namespace {k8s['namespace']!r}": is_dns1123_label(str(k8s["namespace"])),
+              f"launch.kubernetes.image {k8s['image']!r}": is_image_reference(str(k8s["image"]))}
+    bad = [what for what, ok in checks.items() if not ok]
+    if bad:
+        raise LaunchError(f"not valid for Kubernetes: {'; '.join(bad)}")
 
 
 class _NoAliasDumper(yaml.SafeDumper):

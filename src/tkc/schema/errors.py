@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 import types
 import typing
 from typing import Any, Union, get_args, get_origin
@@ -13,6 +14,13 @@ from tkc.schema.top import RecipeSpec
 from tkc.schema.yaml_loader import KeyPath, Position, dotted
 
 _CODES = {"extra_forbidden": "SCHEMA001", "missing": "SCHEMA003"}
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 6, 6, 80, 80, 40
+
+
+def _got(value: Any) -> str:
+    """The offending value for a message: its repr, shortened (it may be a whole mapping, or a 1 MiB string)."""
+    return _REPR.repr(value)
 
 
 def data_path(loc: tuple[Any, ...], data: Any) -> KeyPath:
@@ -106,9 +114,9 @@ def _message(err: Any, path: KeyPath, loc: tuple[Any, ...]) -> tuple[str, KeyPat
             got = err.get("ctx", {}).get("tag")
             return f"unknown stage kind {got!r}; one of {', '.join(expected)}", (*path, "kind"), did_you_mean(
                 str(got), expected)
-        return f"{err['msg']} (got {err.get('input')!r})", path, did_you_mean(str(err.get("input")), expected)
+        return f"{err['msg']} (got {_got(err.get('input'))})", path, did_you_mean(str(err.get("input")), expected)
     about = field_help(tuple(p for p in loc if not (isinstance(p, str) and _is_type_part(p))))
-    return f"{err['msg']} (got {err.get('input')!r})", path, f"{dotted(path)}: {about}" if about else None
+    return f"{err['msg'].removeprefix('Value error, ')} (got {_got(err.get('input'))})", path, f"{dotted(path)}: {about}" if about else None
 
 
 def field_help(loc: tuple[Any, ...]) -> str | None:

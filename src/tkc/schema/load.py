@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from tkc.schema.diagnostics import CompileError, Diagnostic
 from tkc.schema.errors import diagnostics_from_validation
 from tkc.schema.migrate import migrate
 from tkc.schema.top import RecipeSpec
-from tkc.schema.yaml_loader import KeyPath, Position, dotted, load_yaml_file
+from tkc.schema.yaml_loader import (
+    Budget,
+    KeyPath,
+    LoadedYaml,
+    Position,
+    decode_recipe,
+    dotted,
+    load_yaml,
+    read_recipe_bytes,
+)
 
 
 @dataclass
@@ -48,33 +57,76 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _read_chain(path: Path, seen: tuple[Path, ...], acc: dict[Path, bytes],
-                diags: list[Diagnostic]) -> tuple[dict, dict[KeyPath, Position]]:
-    """Read a recipe and its bases depth-first; bases first, so later files win."""
-    path = path.resolve()
+MAX_RECIPE_FILES = 32   # recipe files read per compile, the entry and every `extends:` base (repeats counted)
+_FATAL = ("YAML001", "YAML005", "YAML006", "YAML007", "YAML008", "YAML009", "RECIPE001", "RECIPE004")
+
+
+@dataclass
+class _Chain:
+    """What reading a recipe and its bases has gathered so far."""
+
+    files: dict[Path, bytes] = field(default_factory=dict)
+    diags: list[Diagnostic] = field(default_factory=list)
+    budget: Budget = field(default_factory=Budget)
+    voided: set[KeyPath] = field(default_factory=set)
+    incomplete: set[KeyPath] = field(default_factory=set)
+    reads: int = 0
+
+
+def _refuse(chain: _Chain, code: str, msg: str, where: Position | None) -> tuple[dict, dict]:
+    pos = (where.file, where.line, where.col) if where else (None, None, None)
+    chain.diags.append(Diagnostic(code, msg, "extends" if where else "", *pos))
+    return {}, {}
+
+
+def _read_chain(path: Path, seen: tuple[Path, ...], chain: _Chain,
+                where: Position | None = None) -> tuple[dict, dict[KeyPath, Position]]:
+    """Read a recipe and its bases depth-first; bases first, so later files win. `where`: the extends entry."""
+    try:
+        path = path.resolve()
+        found = path.is_file()
+    except (OSError, ValueError, RuntimeError):  # a name too long for the file system, a symlink loop
+        found = False
     if path in seen:
-        diags.append(Diagnostic("RECIPE002", f"extends cycle: {' -> '.join(p.name for p in (*seen, path))}",
-                                "extends", str(seen[-1])))
-        return {}, {}
-    if not path.is_file():
-        where = str(seen[-1]) if seen else None
-        diags.append(Diagnostic("RECIPE001", f"recipe file not found: {path}", "extends" if seen else "", where))
-        return {}, {}
-    acc[path] = path.read_bytes()
-    loaded = load_yaml_file(path, _display(path))
-    diags.extend(loaded.problems)
-    data = loaded.data if isinstance(loaded.data, dict) else {}
-    if loaded.data is not None and not isinstance(loaded.data, dict):
-        diags.append(Diagnostic("RECIPE003", "a recipe must be a mapping", "", _display(path), 1, 1))
+        return _refuse(chain, "RECIPE002", f"extends cycle: {' -> '.join(p.name for p in (*seen, path))}", where)
+    if not found:
+        return _refuse(chain, "RECIPE001", f"recipe file not found: {_short_path(path)}", where)
+    chain.reads += 1
+    if chain.reads > MAX_RECIPE_FILES:
+        return _refuse(chain, "RECIPE004", f"more than {MAX_RECIPE_FILES} recipe files through extends:", where)
+    data, positions = _read_one(path, chain)
     merged: dict = {}
-    positions: dict[KeyPath, Position] = {}
+    base_positions: dict[KeyPath, Position] = {}
     bases = data.get("extends") or []
-    for base in bases if isinstance(bases, list) else []:
-        base_data, base_pos = _read_chain(path.parent / str(base), (*seen, path), acc, diags)
+    for i, base in enumerate(bases if isinstance(bases, list) else []):
+        at = positions.get(("extends", i)) or positions.get(("extends",))
+        base_data, base_pos = _read_chain(path.parent / str(base), (*seen, path), chain, at)
         merged = _merge(merged, base_data)
-        positions.update(base_pos)
-    positions.update(loaded.positions)
-    return _merge(merged, data), positions
+        base_positions.update(base_pos)
+    return _merge(merged, data), {**base_positions, **positions}
+
+
+def _read_one(path: Path, chain: _Chain) -> tuple[dict, dict[KeyPath, Position]]:
+    """One recipe file: its bytes kept verbatim (within the size limit), its YAML loaded within the budget."""
+    file = _display(path)
+    raw, problem = read_recipe_bytes(path, file)
+    if raw is None:
+        chain.diags.extend([problem] if problem else [])
+        return {}, {}
+    chain.files[path] = raw
+    text, problem = decode_recipe(raw, file)
+    loaded = load_yaml(text, file, chain.budget) if text is not None else LoadedYaml(None, {}, [problem])
+    chain.diags.extend(d for d in loaded.problems if d is not None)
+    chain.voided |= loaded.voided
+    chain.incomplete |= loaded.incomplete
+    if loaded.data is not None and not isinstance(loaded.data, dict):
+        chain.diags.append(Diagnostic("RECIPE003", "a recipe must be a mapping", "", file, 1, 1))
+    return (loaded.data if isinstance(loaded.data, dict) else {}), loaded.positions
+
+
+def _short_path(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _display(path: Path) -> str:
@@ -84,13 +136,22 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def parse_override(text: str) -> tuple[KeyPath, Any]:
-    """'stages.0.beta=0.2' -> (('stages', 0, 'beta'), 0.2); the value is read as a YAML scalar."""
+def parse_override(text: str, index: int = 1, budget: Budget | None = None) -> tuple[KeyPath, Any]:
+    """'stages.0.beta=0.2' -> (('stages', 0, 'beta'), 0.2); the value is read as YAML, within the recipe limits.
+
+    `index`: which --set this is (1-based), the line its diagnostics name.
+    """
     if "=" not in text:
-        raise CompileError([Diagnostic("SET001", f"--set expects key=value, got {text!r}", "", "--set")])
+        raise CompileError([Diagnostic("SET001", f"--set expects key=value, got {text!r}", "", "--set", index)])
     key, value = text.split("=", 1)
-    parts: KeyPath = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
-    return parts, yaml.safe_load(value) if value.strip() else ""
+    parts: KeyPath = tuple(int(p) if p.isascii() and p.isdigit() else p for p in key.strip().split("."))
+    if not value.strip():
+        return parts, ""
+    loaded = load_yaml(value, "--set", budget)
+    if loaded.problems:
+        raise CompileError([replace(d, path=dotted(parts), line=index, col=len(key) + 1 + (d.col or 1))
+                            for d in loaded.problems])
+    return parts, loaded.data
 
 
 def _apply_override(data: dict, path: KeyPath, value: Any) -> None:
@@ -147,13 +208,13 @@ def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = (), toleran
     With `tolerant`, a recipe whose only problems are bad or unknown keys comes back with those keys dropped
     and the problems in `.problems`, so one compile run reports schema and cross-field mistakes together.
     """
-    diags: list[Diagnostic] = []
-    files: dict[Path, bytes] = {}
-    data, positions = _read_chain(Path(path), (), files, diags)
-    if any(d.code in ("YAML001", "RECIPE001") for d in diags):
+    chain = _Chain()
+    data, positions = _read_chain(Path(path), (), chain)
+    diags = chain.diags
+    if any(d.code in _FATAL for d in diags):
         raise CompileError(_sorted(diags))  # unreadable input: schema errors would only be noise
     for i, text in enumerate(overrides):
-        key, value = parse_override(text)
+        key, value = parse_override(text, i + 1, chain.budget)
         _apply_override(data, key, value)
         positions[key] = Position("--set", i + 1, 1)
     data, _ = migrate(data)
@@ -161,7 +222,8 @@ def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = (), toleran
     try:
         spec = RecipeSpec.model_validate(data)
     except ValidationError as exc:
-        diags.extend(diagnostics_from_validation(exc, data, positions))
+        diags.extend(d for d in diagnostics_from_validation(exc, data, positions) if not _echo(d, chain))
+    files = chain.files
     if (diags or spec is None) and tolerant and not any(d.code.startswith("YAML") for d in diags):
         spec = spec or _repair(data, diags, positions)
         if spec is not None:
@@ -169,6 +231,24 @@ def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = (), toleran
     if diags or spec is None:
         raise CompileError(_sorted(diags))
     return LoadedRecipe(spec, Path(path).resolve(), files, list(overrides), positions, data)
+
+
+def _echo(diag: Diagnostic, chain: _Chain) -> bool:
+    """A schema error that only repeats a YAML problem: about a value the YAML layer dropped (read as None,
+    e.g. after an unsafe tag), or a key reported missing from a mapping that lost keys to a YAML problem."""
+    if not diag.code.startswith("SCHEMA"):
+        return False
+    if any(_under(diag.path, dotted(p)) for p in chain.voided):
+        return True
+    return diag.code == "SCHEMA003" and _parent(diag.path) in {dotted(p) for p in chain.incomplete}
+
+
+def _under(path: str, prefix: str) -> bool:
+    return not prefix or path == prefix or path.startswith((f"{prefix}.", f"{prefix}["))
+
+
+def _parent(path: str) -> str:
+    return re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path) if re.search(r"[.\[]", path) else ""
 
 
 def _sorted(diags: list[Diagnostic]) -> list[Diagnostic]:

@@ -13,7 +13,9 @@ Raw = dict[str, Any]
 def _v0_to_v1(raw: Raw) -> Raw:
     """v0 kept LoRA options flat under finetuning (lora_rank, lora_alpha, lora_dropout, lora_targets)."""
     out = dict(raw)
-    ft = dict(out.get("finetuning") or {})
+    ft = dict(out["finetuning"]) if isinstance(out.get("finetuning"), dict) else {}
+    if ft.get("lora") is not None and not isinstance(ft["lora"], dict):
+        return {**out, "schema_version": 1}  # a malformed lora block: left for the schema to report
     lora = dict(ft.get("lora") or {})
     for old, new in (("lora_rank", "rank"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout"),
                      ("lora_targets", "targets")):

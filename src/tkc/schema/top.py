@@ -4,8 +4,9 @@
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
+from tkc.schema.names import check_image, check_namespace, check_slurm_time, check_slurm_value
 from tkc.schema.recipe import DataSpec, FinetuningSpec, ModelSpec, Name, Spec, TrainSpec
 from tkc.schema.stages import StageSpec
 
@@ -20,15 +21,21 @@ class HardwareSpec(Spec):
     interconnect: Literal["none", "pcie", "nvlink", "infiniband", "hccs"] = Field("none", description="Links.")
 
 
+SlurmValue = Annotated[str, AfterValidator(check_slurm_value)]
+
+
 class SlurmSpec(Spec):
-    partition: str | None = Field(None, description="Slurm partition.")
-    account: str | None = Field(None, description="Slurm account.")
-    time: str = Field("24:00:00", description="Wall-time limit.")
+    partition: SlurmValue | None = Field(None, description="Slurm partition (letters, digits, _.,:+-).")
+    account: SlurmValue | None = Field(None, description="Slurm account (letters, digits, _.,:+-).")
+    time: Annotated[str, AfterValidator(check_slurm_time)] = Field(
+        "24:00:00", description="Wall-time limit: minutes, [days-]hours:minutes:seconds, days-hours or UNLIMITED.")
 
 
 class KubernetesSpec(Spec):
-    image: str = Field("tkc:latest", description="Container image with the pinned environment.")
-    namespace: str = Field("default", description="Namespace.")
+    image: Annotated[str, AfterValidator(check_image)] = Field(
+        "tkc:latest", description="Container image with the pinned environment: [registry/]name[:tag][@digest].")
+    namespace: Annotated[str, AfterValidator(check_namespace)] = Field(
+        "default", description="Namespace (a DNS-1123 label: lowercase letters, digits, '-'; at most 63).")
 
 
 class LaunchSpec(Spec):
