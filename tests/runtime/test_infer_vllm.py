@@ -33,7 +33,18 @@ def make_ctx(rt, tmp_path: Path, *, init: str = "pretrained", adapter_stages=("s
         model = bundle / "outputs" / name / "model"
         model.mkdir(parents=True)
         (model / "adapter_config.json").write_text(json.dumps({"r": 8, "peft_type": "LORA"}))
+        seal(bundle, name)
     return open_context(bundle)
+
+
+def seal(bundle: Path, name: str) -> None:
+    """Finish a fake stage as the runtime does: outputs manifest, then DONE."""
+    from tkc.bundle.io import read_manifest
+    from tkc.bundle.stage_outputs import write_stage_manifest
+
+    digest = read_manifest(bundle)["bundle_hash"]
+    write_stage_manifest(bundle / "outputs" / name, name, digest)
+    (bundle / "outputs" / name / "DONE").write_text(digest + "\n")
 
 
 class FakeVLLM(types.ModuleType):
@@ -136,6 +147,8 @@ def test_finish_reason_stop_and_full_weights(rt, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", fake)
     ctx = make_ctx(rt, tmp_path, adapter_stages=())
     (ctx.stage_dir("sft") / "model").mkdir(parents=True)  # full weights (no adapter_config.json)
+    (ctx.stage_dir("sft") / "model" / "model.safetensors").write_bytes(b"fake")
+    seal(ctx.bundle_dir, "sft")
     engine = load_engine(ctx, "sft", engine="vllm")
     assert (
         fake.calls["llm"]["model"] == str(ctx.stage_dir("sft") / "model")

@@ -95,6 +95,9 @@ def _load_stage_output(ctx: RunContext, name: str, *, dtype: torch.dtype = torch
     model_dir = ctx.stage_dir(name) / "model"
     if not model_dir.is_dir():
         raise RuntimeError(f"stage {name!r} has no output model at {model_dir}; run it first")
+    from tkc.runtime.stage_manifest import require_intact
+
+    require_intact(ctx, name)  # its files as they were when it finished, before any weights load
     if (model_dir / "adapter_config.json").exists():
         from peft import PeftModel
 

@@ -1,4 +1,4 @@
-"""What a stage leaves in outputs/<stage>/: metrics.json, loss.png, run_record.json, model/, DONE."""
+"""What a stage leaves in outputs/<stage>/: metrics.json, loss.png, run_record.json, model/, manifest.json, DONE."""
 
 from __future__ import annotations
 
@@ -88,5 +88,12 @@ def is_done(ctx: RunContext, stage: dict) -> bool:
 
 
 def mark_done(ctx: RunContext, stage: dict) -> None:
+    """The outputs manifest (sha256 of every file the stage left, checked before a later stage reads them),
+    then DONE; every rank waits until both exist, so no rank reads a stage's outputs before they are sealed."""
+    from tkc.runtime.distributed import barrier
+    from tkc.runtime.stage_manifest import seal
+
+    seal(ctx, stage)
     if ctx.dist.is_main:
         done_marker(ctx, stage).write_text(ctx.bundle_hash + "\n", encoding="utf-8")
+    barrier(ctx.dist)

@@ -36,6 +36,7 @@ from tkc.runtime.context import (
     resolve_source_root,
 )
 from tkc.runtime.envcheck import check_environment, format_mismatches
+from tkc.runtime.stage_manifest import StageOutputsChanged
 
 STAGE_MODULES = {"pt": "pt", "sft": "sft", "rm": "rm", "dpo": "dpo", "kto": "kto", "ppo": "ppo", "eval": "eval",
                  "infer": "infer", "export": "export", "grpo": "grpo"}
@@ -223,6 +224,9 @@ def _run_verified(bundle_dir: Path, resolved: dict, stage: str | None, source_ro
     except BundleChanged as e:
         print(f"tkc run: refusing to run: {e}")
         return EXIT_BUNDLE_CHANGED
+    except StageOutputsChanged as e:  # a finished stage's outputs changed since it finished: named, nothing loaded
+        print(f"tkc run: {e}")
+        return EXIT_BAD_BUNDLE
     except SaveFailed as e:  # disk full mid-save: what was written, what is intact, how to resume; no traceback
         print(f"tkc run: {e}")
         return EXIT_SAVE_FAILED

@@ -60,7 +60,9 @@ def weights_for(ctx: RunContext, stage_name: str | None) -> tuple[str, str | Non
                 "rebuild; run a training stage first, or use engine: hf"
             )
         return ctx.model_path(), None
-    model_dir = ctx.stage_dir(stage_name) / "model"
+    from tkc.runtime.stage_manifest import require_intact
+
+    model_dir = require_intact(ctx, stage_name) / "model"  # checked against its manifest before vLLM reads it
     if not (model_dir / "adapter_config.json").exists():
         return str(model_dir), None
     base, adapter = weights_for(ctx, ctx.stage_by_name(stage_name).get("init_from"))
