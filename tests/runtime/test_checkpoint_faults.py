@@ -248,3 +248,14 @@ def test_full_disk_while_saving_the_model_leaves_no_half_written_folder(tmp_path
     assert "could not save the model to model: [Errno 27] File too large" in message
     assert "last checkpoint ckpt-9 is intact" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+
+
+def test_published_checkpoints_hold_canonical_adapter_configs(tmp_path):
+    tmp = tmp_path / ".tmp-checkpoint-5"
+    (tmp / "policy").mkdir(parents=True)  # as a trainer (GRPO's) writes its adapter into the checkpoint
+    config = {"r": 4, "target_modules": ["v_proj", "q_proj", "o_proj"], "modules_to_save": ["score", "head"]}
+    (tmp / "policy" / "adapter_config.json").write_text(json.dumps(config))
+    checkpoint.publish(tmp, tmp_path / "checkpoint-5", 5)
+    saved = json.loads((tmp_path / "checkpoint-5" / "policy" / "adapter_config.json").read_text())
+    assert saved == {**config, "target_modules": ["o_proj", "q_proj", "v_proj"]}  # a user's list keeps its order
+    assert checkpoint.check_files(tmp_path / "checkpoint-5") is None

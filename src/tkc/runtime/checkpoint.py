@@ -114,7 +114,9 @@ def publish(tmp: Path, final: Path, step: int) -> None:
     """Make the fully written directory `tmp` the checkpoint `final`, atomically: every file and folder fsynced,
     a COMPLETE marker (the step and each file's sha256 and size) written and fsynced last, then one rename (and the
     parent fsynced). A crash before the rename leaves only `tmp`, which readers ignore; after it, `final` is whole
-    on disk. A checkpoint already at `final` (a step redone after a fallback) is set aside, not deleted."""
+    on disk. A checkpoint already at `final` (a step redone after a fallback) is set aside, not deleted. Adapter
+    configs a trainer saved into it (GRPO's) are made canonical first, like the stage's model."""
+    canonical_adapter_configs(tmp)
     files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != "COMPLETE")
     for f in files:
         fsync_path(f)
@@ -159,8 +161,7 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    ckpts = list_checkpoints(root)
-    return ckpts[-1][1] if ckpts else None
+    return (list_checkpoints(root) or [(0, None)])[-1][1]
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
