@@ -154,7 +154,7 @@ def parse_override(text: str, index: int = 1, budget: Budget | None = None) -> t
     return parts, loaded.data
 
 
-def _apply_override(data: dict, path: KeyPath, value: Any) -> None:
+def _apply_override(data: dict, path: KeyPath, value: Any, index: int = 1) -> None:
     node: Any = data
     for part in path[:-1]:
         if isinstance(node, list) and isinstance(part, int) and part < len(node):
@@ -162,13 +162,13 @@ def _apply_override(data: dict, path: KeyPath, value: Any) -> None:
         elif isinstance(node, dict):
             node = node.setdefault(part, {})
         else:
-            raise CompileError([Diagnostic("SET002", "no such key to override", dotted(path), "--set")])
+            raise CompileError([Diagnostic("SET002", "no such key to override", dotted(path), "--set", index)])
     if isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node):
         node[path[-1]] = value
     elif isinstance(node, dict):
         node[path[-1]] = value
     else:
-        raise CompileError([Diagnostic("SET002", "no such key to override", dotted(path), "--set")])
+        raise CompileError([Diagnostic("SET002", "no such key to override", dotted(path), "--set", index)])
 
 
 def _without(data: Any, paths: list[KeyPath]) -> Any:
@@ -215,7 +215,7 @@ def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = (), toleran
         raise CompileError(_sorted(diags))  # unreadable input: schema errors would only be noise
     for i, text in enumerate(overrides):
         key, value = parse_override(text, i + 1, chain.budget)
-        _apply_override(data, key, value)
+        _apply_override(data, key, value, i + 1)
         positions[key] = Position("--set", i + 1, 1)
     data, _ = migrate(data)
     spec = None

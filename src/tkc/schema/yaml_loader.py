@@ -188,8 +188,8 @@ def load_yaml(text: str, file: str, budget: Budget | None = None) -> LoadedYaml:
         return LoadedYaml(None, {}, [_syntax_error(exc, text, file)])
     if limit is not None:
         return LoadedYaml(None, {}, [limit])
-    if node is None:
-        return LoadedYaml({}, {}, [])
+    if node is None:  # an empty document: keys it lacks are reported at its start
+        return LoadedYaml({}, {(): Position(file, 1, 1)}, [])
     walker = _Walker(file, budget or Budget())
     try:
         data = walker.walk(node, ())
