@@ -17,7 +17,8 @@ Rows per stage kind (all int lists; labels are -100 where not trained; no paddin
 * rm/dpo: chosen_input_ids, chosen_labels, chosen_attention_mask, rejected_input_ids, rejected_labels,
          rejected_attention_mask: prompt + answer each, labels on the answer (and its end marker) only;
          the prompt is truncated identically on both sides.
-Truncation to cutoff_len: see `encode` (keep_response: trim the prompt from the left, then the answer's tail).
+Truncation to cutoff_len: see `truncation` (keep_response: drop whole earlier turns, then keep the prompt's start
+and the answer's start; rows calling a tool whose definition was cut are dropped and counted).
 `collate(batch, pad_id)` pads any of these into torch tensors.
 
 Cache: `<cache_dir>/<key[:2]>/<key>/{train,eval}.arrow + stats.json`, key = sha256 over the data-format

@@ -281,7 +281,8 @@ def _nothing_to_train(stage: dict, stats: dict) -> str:
     why = f"; first skipped: {first[0]['file']}:{first[0]['line']}: {first[0]['message']}" if first else ""
     return (f"stage {stage['name']!r}: no training rows left ({stats['examples']['train']} examples, "
             f"{stats['skipped']['count']} skipped, {stats['dropped_no_labels']} with nothing to train "
-            f"after truncation to cutoff_len){why}")  # fmt: skip
+            f"after truncation to cutoff_len, {stats['dropped_tool_defs']} calling a tool whose definition was "
+            f"cut){why}")  # fmt: skip
 
 
 def _stats(stage, per_dataset, bad, counters, train, evals, n_train, n_eval) -> dict:
@@ -295,6 +296,7 @@ def _stats(stage, per_dataset, bad, counters, train, evals, n_train, n_eval) -> 
         "skipped": {"count": bad.count, "reasons": bad.reasons},
         "examples": {"train": n_train, "eval": n_eval},
         "truncated": counters.truncated, "dropped_no_labels": counters.dropped_no_labels,
+        "dropped_tool_defs": counters.dropped_tool_defs, "cuts": counters.cuts,
         "tokens": _token_counts(train, kind),
         "length": {"max": max(lengths, default=0), "mean": float(np.mean(lengths)) if lengths else 0.0},
         "padding_fraction": {"batch_size": batch, "unpacked": padding_fraction(lengths, batch), "packed": None},

@@ -3,9 +3,10 @@
 Rows are dicts of numpy int32 arrays (converted to Arrow columns by `tkc.runtime.data.store`).
 
 Truncation (`data.truncation`):
-* `keep_response` (default): when prompt + response exceed cutoff_len, the prompt is trimmed from the
-  LEFT first (the turns nearest the response survive), down to at most a quarter of cutoff_len; only then
-  is the response's TAIL cut. "Prompt" is everything before the last assistant turn's span.
+* `keep_response` (default): whole earlier turns go first, then the prompt keeps its start (system prompt,
+  tool definitions, the first turn's start) and the response its start; rows calling a tool whose definition
+  was cut are dropped (`stats["dropped_tool_defs"]`). See `tkc.runtime.data.truncation`. Each changed row is
+  reported in `stats["cuts"]` (the first 50: where, turns dropped, tokens cut, dropped and why).
 * `right`: keep the first cutoff_len tokens.
 A row whose labels are all -100 after truncation trains nothing (and makes a NaN loss); it is dropped
 and counted in `stats["dropped_no_labels"]`.
@@ -14,13 +15,14 @@ and counted in `stats["dropped_no_labels"]`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from tkc.catalog.chat import assistant_spans
 from tkc.runtime.data.bpe import ByteLevelBPE
 from tkc.runtime.data.errors import BadRecord
+from tkc.runtime.data.truncation import Cut, called_tools, keep_response_bounds, select_prompt, tool_def_ends
 
 IGNORE = -100
 Span = tuple[int, int, int]
@@ -59,10 +61,29 @@ class EncodeOptions:
             raise ValueError(f"data.cutoff_len must be at least 2, got {self.cutoff_len}")
 
 
+_MAX_CUTS = 50  # per-row truncation reports kept in the stats (the counts cover every row)
+
+
 @dataclass
 class Counters:
     truncated: int = 0
     dropped_no_labels: int = 0
+    dropped_tool_defs: int = 0  # rows whose kept assistant turns call a tool whose definition was cut
+    cuts: list = field(default_factory=list)  # the first _MAX_CUTS rows truncation changed: where and what
+
+    def note(self, where, cut: Cut | None, dropped: str | None = None) -> None:
+        if cut is None:
+            return
+        self.truncated += 1
+        if len(self.cuts) < _MAX_CUTS:
+            self.cuts.append({"where": str(where), **asdict(cut), "missing_tools": list(cut.missing_tools),
+                              "dropped": dropped})  # fmt: skip
+
+    def merge(self, other: Counters) -> None:
+        self.truncated += other.truncated
+        self.dropped_no_labels += other.dropped_no_labels
+        self.dropped_tool_defs += other.dropped_tool_defs
+        self.cuts += other.cuts[: _MAX_CUTS - len(self.cuts)]
 
 
 # ---------------------------------------------------------------- tokenizer access
@@ -144,31 +165,68 @@ def label_mask(encoded: Encoded, spans: list[Span]) -> np.ndarray:
 # ---------------------------------------------------------------- truncation
 
 
-def keep_response_bounds(prompt_len: int, resp_len: int, cutoff: int) -> tuple[int, int]:
-    """How many prompt tokens (kept from the right) and response tokens (kept from the left) fit in cutoff."""
-    if prompt_len + resp_len <= cutoff:
-        return prompt_len, resp_len
-    min_prompt = min(prompt_len, cutoff // 4)
-    if resp_len <= cutoff - min_prompt:
-        return cutoff - resp_len, resp_len
-    return min_prompt, cutoff - min_prompt
+def _token_spans(encoded: Encoded, spans: list[Span]) -> list[tuple[int, int]]:
+    return [(encoded.first_token_at(s), encoded.first_token_at(e)) for s, e, _ in spans]
 
 
-def truncate(
-    ids: np.ndarray,
-    labels: np.ndarray,
-    prompt_len: int,
-    opts: EncodeOptions,
-    keep: tuple[int, int] | None = None,
-):
+def _head_end(text: str, messages: list[dict], spans: list[Span]) -> int:
+    """Where the first user turn's content starts (tool definitions come before it in every template)."""
+    first = next((m["content"] for m in messages if m["role"] == "user"), "")
+    at = text.rfind(first, 0, spans[0][0]) if first else -1
+    return at if at >= 0 else spans[0][0]
+
+
+@dataclass
+class Rendered:
+    """One rendered, tokenized conversation: what truncation needs to know about it."""
+
+    encoded: Encoded
+    text: str
+    spans: list[Span]
+    messages: list[dict]
+    tools: list[dict] | None
+
+    def cut(self, budget: int, resp_keep: int) -> tuple[np.ndarray, Cut]:
+        """Kept token indices and what was cut, for a prompt budget and the response tokens kept."""
+        tspans = _token_spans(self.encoded, self.spans)
+        start, n = tspans[-1][0], len(self.encoded.ids)
+        prompt, dropped, head_kept = select_prompt(tspans, budget, start - self._header_start())
+        sel = np.concatenate([prompt, np.arange(start, start + resp_keep)])
+        cut = Cut(dropped, start - len(prompt), n - start - resp_keep)
+        if self.tools and head_kept < tspans[0][0]:
+            ends = tool_def_ends(self.text, self.tools, _head_end(self.text, self.messages, self.spans))
+            kept_turns = [self.spans[k][2] for k in _kept_turns(len(tspans), dropped)]
+            missing = sorted(n for n in called_tools(self.messages, kept_turns)
+                             if n in ends and self.encoded.first_token_at(ends[n]) > head_kept)  # fmt: skip
+            cut.missing_tools = tuple(missing)
+        return sel, cut
+
+
+    def _header_start(self) -> int:
+        """The first token after the last prompt turn's content (where the response's turn header begins)."""
+        i = self.spans[-1][2]
+        content = self.messages[i - 1].get("content") if i > 0 else ""
+        at = self.text.rfind(content, 0, self.spans[-1][0]) if content else -1
+        return self.encoded.first_token_at(at + len(content) if at >= 0 else self.spans[-1][0])
+
+
+def _kept_turns(k: int, dropped: int) -> list[int]:
+    """Assistant turns (by position) left after `dropped` units went, in select_prompt's order."""
+    gone = set([*range(1, k - 1), 0][:dropped]) if k > 1 else set()
+    return [i for i in range(k) if i not in gone]
+
+
+def truncate(ids: np.ndarray, labels: np.ndarray, row: Rendered, opts: EncodeOptions):
+    """(ids, labels, Cut or None): a row over cutoff_len cut by `data.truncation` (see the module docstring)."""
     n, cutoff = len(ids), opts.cutoff_len
     if n <= cutoff:
-        return ids, labels, False
+        return ids, labels, None
     if opts.truncation == "right":
-        return ids[:cutoff], labels[:cutoff], True
-    p, r = keep or keep_response_bounds(prompt_len, n - prompt_len, cutoff)
-    sel = np.r_[prompt_len - p : prompt_len, prompt_len : prompt_len + r]
-    return ids[sel], labels[sel], True
+        return ids[:cutoff], labels[:cutoff], Cut(response_tokens_cut=n - cutoff)
+    start = row.encoded.first_token_at(row.spans[-1][0])
+    p, r = keep_response_bounds(start, n - start, cutoff)
+    sel, cut = row.cut(p, min(r, n - start))
+    return ids[sel], labels[sel], cut
 
 
 def _trains(labels: np.ndarray) -> bool:
@@ -180,7 +238,7 @@ def _trains(labels: np.ndarray) -> bool:
 
 
 def render_all(items: list, chat: ChatSpec, pick: Callable[[dict], list[dict]], on_bad) -> list:
-    """[(where, example, text, spans)] for the examples whose conversation renders; others go to on_bad."""
+    """[(where, example, text, spans, messages)] for the examples whose conversation renders; others to on_bad."""
     out = []
     for where, ex in items:
         try:
@@ -203,7 +261,7 @@ def render_all(items: list, chat: ChatSpec, pick: Callable[[dict], list[dict]], 
                 )
             )
             continue
-        out.append((where, ex, text, spans))
+        out.append((where, ex, text, spans, messages))
     return out
 
 
@@ -239,12 +297,10 @@ def encode_sft(
     rendered = render_all(items, chat, lambda ex: ex["messages"], on_bad)
     encoded = encode_texts(tokenizer, [r[2] for r in rendered])
     rows = []
-    for (_, ex, _, spans), te in zip(rendered, encoded, strict=True):
-        ids, labels, plen = _masked(te, spans, opts.train_on_prompt and not kto, opts.mask_history or kto)
-        ids, labels, cut = truncate(ids, labels, plen, opts)
-        counters.truncated += cut
-        if not _trains(labels):
-            counters.dropped_no_labels += 1
+    for (where, ex, text, spans, messages), te in zip(rendered, encoded, strict=True):
+        ids, labels, _ = _masked(te, spans, opts.train_on_prompt and not kto, opts.mask_history or kto)
+        ids, labels, cut = truncate(ids, labels, Rendered(te, text, spans, messages, ex.get("tools")), opts)
+        if _dropped(where, cut, labels, counters):
             continue
         row = {"input_ids": ids, "labels": labels, "attention_mask": np.ones(len(ids), dtype=np.int32)}
         if kto:
@@ -254,44 +310,64 @@ def encode_sft(
     return rows
 
 
+def _dropped(where, cut: Cut | None, labels: np.ndarray, counters: Counters) -> bool:
+    """Count what truncation did to a row; True when the row goes (a cut tool definition, nothing to train)."""
+    why = None
+    if cut is not None and cut.missing_tools:
+        why = f"calls {', '.join(cut.missing_tools)} whose definition did not fit in cutoff_len"
+        counters.dropped_tool_defs += 1
+    elif not _trains(labels):
+        why = "nothing left to train after truncation to cutoff_len"
+        counters.dropped_no_labels += 1
+    counters.note(where, cut, why)
+    return why is not None
+
+
 def encode_pairwise(items, tokenizer, chat: ChatSpec, opts: EncodeOptions, on_bad, counters: Counters):
     """rm/dpo rows {chosen_,rejected_}{input_ids, labels, attention_mask}: same prompt, labels on the answer only."""
     sides = {}
     for side in ("chosen", "rejected"):
         rendered = render_all(items, chat, lambda ex, s=side: [*ex["messages"], ex[s]], on_bad)
-        sides[side] = {id(r[1]): (r[2], r[3]) for r in rendered}
+        sides[side] = {id(r[1]): r for r in rendered}
     both = [ex for _, ex in items if id(ex) in sides["chosen"] and id(ex) in sides["rejected"]]
-    texts = [sides[s][id(ex)][0] for ex in both for s in ("chosen", "rejected")]
+    texts = [sides[s][id(ex)][2] for ex in both for s in ("chosen", "rejected")]
     encoded = encode_texts(tokenizer, texts)
     rows = []
     for k, ex in enumerate(both):
-        pair = [
-            _masked(encoded[2 * k + j], sides[s][id(ex)][1], False, True)
-            for j, s in enumerate(("chosen", "rejected"))
-        ]
-        row = _pair_row(pair, opts, counters)
+        pair = []
+        for j, s in enumerate(("chosen", "rejected")):
+            where, _, text, spans, messages = sides[s][id(ex)]
+            te = encoded[2 * k + j]
+            pair.append((*_masked(te, spans, False, True), Rendered(te, text, spans, messages, ex.get("tools"))))
+        row = _pair_row(where, pair, opts, counters)
         if row is not None:
             rows.append(row)
     return rows
 
 
-def _pair_row(pair, opts: EncodeOptions, counters: Counters) -> dict | None:
-    prompt_len = min(p for _, _, p in pair)
-    resp_len = max(len(ids) - p for ids, _, p in pair)
-    keep = keep_response_bounds(prompt_len, resp_len, opts.cutoff_len)
-    row, cut_any = {}, False
-    for side, (ids, labels, plen) in zip(("chosen", "rejected"), pair, strict=True):
-        ids, labels, cut = truncate(
-            ids, labels, plen, opts, (min(keep[0], plen), min(keep[1], len(ids) - plen))
-        )
-        cut_any |= cut
-        if not _trains(labels):
-            counters.dropped_no_labels += 1
-            return None
+def _pair_row(where, pair, opts: EncodeOptions, counters: Counters) -> dict | None:
+    """Both sides cut alike: the same prompt tokens, each answer's start (when either side is too long)."""
+    if all(len(ids) <= opts.cutoff_len for ids, _, _, _ in pair):
+        cuts = [(ids, labels, None) for ids, labels, _, _ in pair]
+    else:
+        keep = keep_response_bounds(min(p for _, _, p, _ in pair), max(len(i) - p for i, _, p, _ in pair),
+                                    opts.cutoff_len)  # fmt: skip
+        cuts = [(ids[sel], labels[sel], cut) for ids, labels, plen, r in pair
+                for sel, cut in [r.cut(min(keep[0], plen), min(keep[1], len(ids) - plen))]]  # fmt: skip
+    worst = max((c for _, _, c in cuts if c), key=lambda c: (bool(c.missing_tools), c.response_tokens_cut),
+                default=None)  # fmt: skip
+    if any(_dropped_side(cuts)) and _dropped(where, worst, np.zeros(0, np.int32), counters):
+        return None
+    counters.note(where, worst)
+    row = {}
+    for side, (ids, labels, _) in zip(("chosen", "rejected"), cuts, strict=True):
         row.update({f"{side}_input_ids": ids, f"{side}_labels": labels,
                     f"{side}_attention_mask": np.ones(len(ids), dtype=np.int32)})  # fmt: skip
-    counters.truncated += cut_any
     return row
+
+
+def _dropped_side(cuts) -> list[bool]:
+    return [bool(c and c.missing_tools) or not _trains(labels) for _, labels, c in cuts]
 
 
 def encode_pt(items, tokenizer, opts: EncodeOptions, eos_id: int, batch: int = 1000) -> list[dict]:

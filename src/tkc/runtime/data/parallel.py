@@ -115,8 +115,7 @@ class Workers:
         for part, bad, c in self._pool.map(_work, jobs):
             for exc in bad:
                 on_bad(exc)  # raises on the first record of an `on_bad_record: error` dataset
-            counters.truncated += c.truncated
-            counters.dropped_no_labels += c.dropped_no_labels
+            counters.merge(c)
             rows += columns_to_rows(part)
         return rows
 

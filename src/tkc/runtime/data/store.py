@@ -20,7 +20,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # Bump when the tokenized output of the same inputs changes (conversion, masking, truncation, packing).
-DATA_FORMAT_VERSION = 1
+DATA_FORMAT_VERSION = 2  # 2: keep_response truncation keeps the prompt's start (runtime/data/truncation.py)
 
 
 def canonical(obj) -> bytes:
