@@ -67,3 +67,18 @@ def test_inspect_compiles_a_recipe_in_memory(tmp_path):
     assert result.exit_code == 0, result.output
     assert "stage dpo (dpo)" in result.output and "chosen_input_ids" in result.output
     assert not (H.REPO / "recipes" / "run").exists()  # nothing written next to the recipe
+
+
+def test_inspect_in_plain_text_marks_trained_spans_and_shows_each_cut(tmp_path):
+    bundle = _bundle(tmp_path, "sft_ok.jsonl")
+    result = CliRunner().invoke(
+        app, ["inspect", str(bundle), "--cache-dir", str(tmp_path / "cache")], terminal_width=200
+    )
+    assert result.exit_code == 0, result.output
+    out = result.output  # not a terminal: no colour, so the trained tokens are marked in the text itself
+    assert "trained ⟦between these marks⟧, the rest masked" in out
+    example = out.split("the rest masked):\n", 1)[1]
+    assert example.count("⟦") == example.count("⟧") >= 1 and "<|im_end|>⟧" in example
+    assert "dropped (tool definition cut): 0" in out
+    cuts = [line.strip() for line in out.splitlines() if line.strip().startswith("cut data/sft_ok.jsonl:")]
+    assert len(cuts) == 3 and "earlier turn(s) dropped" in cuts[0] and "prompt and" in cuts[0]

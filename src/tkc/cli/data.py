@@ -58,17 +58,35 @@ def _histogram(lengths: list[int], bins: int) -> list[str]:
             for i, c in enumerate(counts)]  # fmt: skip
 
 
-def _highlight(tokenizer, ids: list[int], labels: list[int]) -> str:
-    """Decode runs of trained / untrained tokens; trained runs in bold green."""
+MARKS = ("⟦", "⟧")  # trained spans in plain text (a file, a pipe, a CI log), where colour does not show
+
+
+def _highlight(tokenizer, ids: list[int], labels: list[int], plain: bool = False) -> str:
+    """Decode runs of trained / untrained tokens; trained runs in bold green, or between ⟦ ⟧ in plain text."""
     from rich.markup import escape
 
     out, start = [], 0
     for k in range(1, len(ids) + 1):
         if k == len(ids) or (labels[k] != -100) != (labels[start] != -100):
             text = escape(tokenizer.decode(ids[start:k]))
-            out.append(f"[bold green]{text}[/]" if labels[start] != -100 else f"[dim]{text}[/]")
+            trained = labels[start] != -100
+            if plain:
+                out.append(f"{MARKS[0]}{text}{MARKS[1]}" if trained else text)
+            else:
+                out.append(f"[bold green]{text}[/]" if trained else f"[dim]{text}[/]")
             start = k
     return "".join(out)
+
+
+def _cut_lines(s: dict, limit: int = 10) -> list[str]:
+    """What truncation did, per row (the build keeps the first 50 changed rows)."""
+    lines = []
+    for c in s.get("cuts", [])[:limit]:
+        text = (f"    cut {c['where']}: {c['turns_dropped']} earlier turn(s) dropped, {c['prompt_tokens_cut']} prompt "
+                f"and {c['response_tokens_cut']} response tokens cut")  # fmt: skip
+        lines.append(text + (f"; row dropped: {c['dropped']}" if c.get("dropped") else ""))
+    more = s["truncated"] - len(lines)
+    return lines + ([f"    ... and {more} more truncated row(s)"] if more > 0 else [])
 
 
 def _print_stage(console, stage: dict, data: Any, tokenizer, bins: int, example: int) -> None:
@@ -85,9 +103,10 @@ def _print_stage(console, stage: dict, data: Any, tokenizer, bins: int, example:
         )
     console.print(f"  examples: train {s['examples']['train']}, eval {s['examples']['eval']}; rows: train "
                   f"{s['rows']['train']}, eval {s['rows']['eval']}")  # fmt: skip
-    console.print(
-        f"  truncated to cutoff: {s['truncated']}; dropped (nothing to train): {s['dropped_no_labels']}"
-    )
+    console.print(f"  truncated to cutoff: {s['truncated']}; dropped (nothing to train): {s['dropped_no_labels']}; "
+                  f"dropped (tool definition cut): {s.get('dropped_tool_defs', 0)}")  # fmt: skip
+    for line in _cut_lines(s):
+        console.print(line, markup=False, highlight=False)
     pad = s["padding_fraction"]
     packed = "n/a" if pad["packed"] is None else f"{pad['packed']:.1%}"
     console.print(f"  tokens: {s['tokens']['total']} ({s['tokens']['trained']} trained); padding at batch "
@@ -99,11 +118,12 @@ def _print_stage(console, stage: dict, data: Any, tokenizer, bins: int, example:
         console.print(line, markup=False)
     if len(data.train):
         row = data.train[min(example, len(data.train) - 1)]
+        plain = not console.is_terminal
+        legend = f"trained {MARKS[0]}between these marks{MARKS[1]}, the rest masked" if plain else \
+            "[bold green]trained[/], [dim]masked[/]"  # fmt: skip
+        console.print(f"  example row {min(example, len(data.train) - 1)} ({legend}):")
         console.print(
-            f"  example row {min(example, len(data.train) - 1)} ([bold green]trained[/], [dim]masked[/]):"
-        )
-        console.print(
-            _highlight(tokenizer, row[f"{prefix}input_ids"], row[f"{prefix}labels"]), highlight=False
+            _highlight(tokenizer, row[f"{prefix}input_ids"], row[f"{prefix}labels"], plain), highlight=False
         )
 
 
@@ -133,9 +153,15 @@ def inspect(
     from tkc.runtime.data import BadRecord, DataError, build_stage_data
     from tkc.runtime.data.tokenizer import load_tokenizer
 
-    console = Console()
+    console = Console(soft_wrap=True)  # a file or CI log keeps each line whole (no wrapping at 80 columns)
     resolved, template_text, root, bundle_dir = _load_target(target, source_root)
-    tokenizer = load_tokenizer(resolved, root)
+    from tkc.runtime.model_files import ModelFilesChanged, PathOutsideRoots
+
+    try:
+        tokenizer = load_tokenizer(resolved, root)  # the model folder checked against the bundle first
+    except (ModelFilesChanged, PathOutsideRoots) as exc:
+        console.print(f"[bold red]tkc data inspect:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
     stages = [s for s in resolved["stages"] if s["kind"] in _TRAINABLE and s.get("datasets")]
     if stage is not None:
         stages = [s for s in stages if s["name"] == stage]
