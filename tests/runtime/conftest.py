@@ -75,13 +75,20 @@ def _with_hashes(ds: dict) -> dict:
     return ds
 
 
+def _model_files(folder: Path) -> dict:
+    """The model folder's files as the compiler records them (tkc run checks the folder against them)."""
+    from tkc.compiler.inputs import _model_files as record
+
+    return record(folder)
+
+
 def resolved(stages: list[dict], *, model_path: str = "assets/tiny-qwen2", init: str = "scratch",
              datasets: list[str] | None = None, cutoff_len: int = 128, seed: int = 42) -> dict:
     used = datasets or sorted({d for s in stages for d in s["datasets"] + s["options"].get("datasets", [])})
     return {
         "format_version": 1, "name": "test", "seed": seed,
         "model": {"source": "local", "path": model_path, "revision": None, "init": init, "family": "qwen2",
-                  "model_type": "qwen2", "trust_remote_code": False, "files": {}},
+                  "model_type": "qwen2", "trust_remote_code": False, "files": _model_files(RECIPES / model_path)},
         "template": {"id": "qwen2_5", "file": "template/chat_template.jinja", "bos_token": "",
                      "eos_token": "<|im_end|>", "stop_tokens": ["<|im_end|>"], "supports_system": True,
                      "supports_tools": True, "default_system": None},

@@ -13,10 +13,15 @@ def run(
     stage: Annotated[str | None, typer.Option(help="Run only this stage.")] = None,
     source_root: Annotated[Path | None, typer.Option(help="Where the bundle's relative data/model paths "
                                                            "resolve (default: recorded at compile).")] = None,
-    strict_env: Annotated[bool, typer.Option(help="Refuse to run when installed versions differ from the "
-                                                  "bundle's pins.")] = False,
+    allow_env_drift: Annotated[bool, typer.Option(help="Run even when the installed packages differ from the "
+                                                       "bundle's pins (versions, extra packages, modified files); "
+                                                       "the differences are printed and recorded in each "
+                                                       "stage's run_record.json. Without it: exit 4.")] = False,
+    strict_env: Annotated[bool, typer.Option(hidden=True, help="Accepted and ignored: refusing environment "
+                                                               "drift is the default.")] = False,
 ) -> None:
-    """Verify the bundle, check the environment, then train/evaluate each stage deterministically."""
+    """Verify the bundle, check the environment and the model files, then run each stage deterministically."""
     from tkc.runtime.run import run_bundle
 
-    raise typer.Exit(run_bundle(bundle, stage=stage, source_root=source_root, strict_env=strict_env, own_process=True))
+    raise typer.Exit(run_bundle(bundle, stage=stage, source_root=source_root, allow_env_drift=allow_env_drift,
+                                strict_env=strict_env, own_process=True))

@@ -37,7 +37,9 @@ class RunContext:
     bundle_hash: str
     dist: DistInfo = field(default_factory=DistInfo)
     stop_requested: bool = False
+    env_drift: list[str] = field(default_factory=list)   # what `--allow-env-drift` let through (run records)
     _tokenizer: Any = None
+    _model_path: str | None = None
 
     @property
     def outputs(self) -> Path:
@@ -60,17 +62,22 @@ class RunContext:
         return (self.bundle_dir / tpl["file"]).read_text(encoding="utf-8")
 
     def model_path(self) -> str:
-        m = self.resolved["model"]
-        return str(self.source_root / m["path"]) if m["source"] == "local" else m["path"]
+        """The local model folder, verified against the bundle once before anything loads it, or the hub id."""
+        if self._model_path is None:
+            from tkc.runtime.model_files import checked_model_path
+
+            self._model_path = checked_model_path(self.resolved, self.source_root)
+        return self._model_path
 
     def tokenizer(self):
         """The model's tokenizer, with the bundle's chat template (never the one shipped beside the weights)."""
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            m = self.resolved["model"]
-            tok = AutoTokenizer.from_pretrained(self.model_path(), revision=m.get("revision"),
-                                                trust_remote_code=bool(m.get("trust_remote_code")))
+            from tkc.runtime.model_files import hub_kwargs
+
+            path = self.model_path()  # verified first: remote code runs only from files the bundle hashed
+            tok = AutoTokenizer.from_pretrained(path, **hub_kwargs(self.resolved))
             text = self.chat_template()
             if text is not None:
                 tok.chat_template = text

@@ -47,19 +47,23 @@ def _from_bundle_model(ctx: RunContext, head: str, dtype: torch.dtype, seed: int
     """The bundle's model: random init from config.json with `seed` (init: scratch) or its pretrained weights."""
     from transformers import AutoConfig
 
+    from tkc.runtime.model_files import hub_kwargs
+
     m = ctx.resolved["model"]
-    common: dict[str, Any] = {"revision": m.get("revision"), "trust_remote_code": bool(m.get("trust_remote_code"))}
-    config = AutoConfig.from_pretrained(ctx.model_path(), **common)
+    path = ctx.model_path()  # verified against the bundle before transformers reads (or runs) anything in it
+    common: dict[str, Any] = hub_kwargs(ctx.resolved)  # trust_remote_code always explicit: never a stdin question
+    config = AutoConfig.from_pretrained(path, **common)
     if head == "seq_cls":
         config.num_labels = 1
         config.pad_token_id = ctx.tokenizer().pad_token_id
     torch.manual_seed(seed)
     if m["init"] == "scratch":
-        return _auto_class(head).from_config(config, dtype=dtype, attn_implementation="sdpa")
+        return _auto_class(head).from_config(config, dtype=dtype, attn_implementation="sdpa",
+                                             trust_remote_code=common["trust_remote_code"])
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa", "config": config, **common}
     if quant:
         kwargs["quantization_config"] = _bnb_config(quant, dtype)
-    return _auto_class(head).from_pretrained(ctx.model_path(), **kwargs)
+    return _auto_class(head).from_pretrained(path, **kwargs)
 
 
 def _bnb_config(quant: dict, dtype: torch.dtype):
@@ -104,7 +108,8 @@ def _load_stage_output(ctx: RunContext, name: str, *, dtype: torch.dtype = torch
         base = _start_weights(ctx, ctx.stage_by_name(name), head=head, dtype=dtype)
         with quiet_checkpointing_alias():
             return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
-    return _auto_class(head).from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
+    return _auto_class(head).from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa",
+                                             trust_remote_code=bool(ctx.resolved["model"].get("trust_remote_code")))
 
 
 def _start_weights(ctx: RunContext, stage: dict, *, head: str = "causal_lm", dtype: torch.dtype | None = None):
@@ -120,7 +125,8 @@ def _start_weights(ctx: RunContext, stage: dict, *, head: str = "causal_lm", dty
     torch.manual_seed(seed)  # the value head starts from seeded random weights
     config = lm.config
     config.num_labels, config.pad_token_id = 1, ctx.tokenizer().pad_token_id
-    cls_model = _auto_class(head).from_config(config, dtype=dtype, attn_implementation="sdpa")
+    cls_model = _auto_class(head).from_config(config, dtype=dtype, attn_implementation="sdpa",
+                                              trust_remote_code=bool(ctx.resolved["model"].get("trust_remote_code")))
     cls_model.base_model.load_state_dict(lm.base_model.state_dict())
     return cls_model
 

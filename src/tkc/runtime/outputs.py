@@ -68,6 +68,7 @@ def run_record(ctx: RunContext, stage: dict, *, wall_s: float, tokens_seen: int,
     return {"stage": stage["name"], "kind": stage["kind"], "bundle_hash": ctx.bundle_hash, "versions": versions(),
             "hardware": hardware(), "world_size": ctx.dist.world_size, "wall_time_s": round(wall_s, 3),
             "tokens_seen": tokens_seen, "steps": steps, "resumed_from_step": resumed_from,
+            "env_drift": list(ctx.env_drift),  # what `tkc run --allow-env-drift` let through ([]: none)
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

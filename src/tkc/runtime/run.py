@@ -3,9 +3,11 @@
 Exit codes:
   0    every selected stage finished (stages with outputs/<stage>/DONE are skipped)
   1    a stage raised an error (Python's exit status for an uncaught exception)
-  2    the bundle is invalid (verify_bundle failed, resolved.json unreadable, unknown stage)
+  2    the bundle is invalid (verify_bundle failed, resolved.json unreadable, unknown stage), or its model folder
+       differs from the files it recorded, or a path it reads lies outside its read roots
   3    outputs or checkpoints belong to a different bundle hash: refused rather than mixing two plans
-  4    installed packages differ from resolved.environment.pins and --strict-env was given
+  4    the environment drifted from resolved.environment.pins (versions, extra behaviour-changing packages,
+       installed files against their RECORD; tkc.runtime.envcheck) and --allow-env-drift was not given
   75   a checkpoint or a stage's model could not be written (disk full, quota, file-size limit): the half-written
        files were removed, earlier checkpoints are intact; free space and `tkc run` again resumes from the last one
   143  SIGTERM: a checkpoint was written at the current optimizer step; `tkc run` again resumes exactly
@@ -35,7 +37,8 @@ from tkc.runtime.context import (
     load_bundle_hash,
     resolve_source_root,
 )
-from tkc.runtime.envcheck import check_environment, format_mismatches
+from tkc.runtime.envcheck import environment_drift, format_mismatches
+from tkc.runtime.model_files import ModelFilesChanged, PathOutsideRoots
 from tkc.runtime.stage_manifest import StageOutputsChanged
 
 STAGE_MODULES = {"pt": "pt", "sft": "sft", "rm": "rm", "dpo": "dpo", "kto": "kto", "ppo": "ppo", "eval": "eval",
@@ -160,14 +163,42 @@ def _select(resolved: dict, stage: str | None) -> list[dict]:
     return chosen
 
 
+def no_stdin() -> None:
+    """Point stdin (fd 0 and sys.stdin) at /dev/null: nothing `tkc run` loads can ever wait on a question."""
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+
+
+def check_env(resolved: dict, allow_drift: bool) -> tuple[int | None, list[str]]:
+    """(exit code to stop with, or None; the drift `--allow-env-drift` lets through, for the run records).
+
+    The packages `tkc run` hides for the run (unused_packages) are not drift: they cannot be imported. In-process
+    callers (tests) own their interpreter and are judged as the `tkc run` process would be.
+    """
+    env = resolved.get("environment") or {}
+    drift = environment_drift(env.get("pins") or {}, unused_packages(resolved))
+    if not drift:
+        return None, []
+    print("tkc run: " + format_mismatches(drift, env.get("file", "env/requirements.lock")))
+    if not allow_drift:
+        print("tkc run: refusing to run in an environment that differs from the bundle's pins "
+              "(--allow-env-drift runs anyway and records the differences in each stage's run_record.json)")
+        return EXIT_ENV_MISMATCH, []
+    print("tkc run: --allow-env-drift: running anyway; the differences go into each stage's run_record.json")
+    return None, [str(d) for d in drift]
+
+
 def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path | None = None,
-               strict_env: bool = False, own_process: bool = False) -> int:
+               allow_env_drift: bool = False, strict_env: bool = False, own_process: bool = False) -> int:
     """Run the bundle's stages (or one), skipping finished ones and resuming interrupted ones; returns an exit code.
 
     own_process: the caller owns the interpreter (`tkc run`), so optional packages the bundle does not use are
     hidden for the whole run (see unused_packages): faster start-up, no import-time noise; the C heap keeps
-    freed memory for reuse (tkc.runtime.memory); and each stage starts with the garbage collector paused until
-    its model is loaded (tkc.runtime.gcpause).
+    freed memory for reuse (tkc.runtime.memory); each stage starts with the garbage collector paused until
+    its model is loaded (tkc.runtime.gcpause); and stdin reads /dev/null (no library can ever prompt).
+    strict_env: accepted for old command lines and ignored; refusing drift is the default now.
     """
     bundle_dir = Path(bundle_dir).resolve()
     problem = verify(bundle_dir)
@@ -175,14 +206,11 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
         print(f"tkc run: bundle {bundle_dir} failed verification: {problem}")
         return EXIT_BAD_BUNDLE
     resolved = json.loads((bundle_dir / "resolved.json").read_text(encoding="utf-8"))
-    env = resolved.get("environment") or {}
-    mismatches = check_environment(env.get("pins") or {})
-    if mismatches:
-        print("tkc run: " + format_mismatches(mismatches, env.get("file", "env/requirements.lock")))
-        if strict_env:
-            print("tkc run: --strict-env: refusing to run in an environment that differs from the pins")
-            return EXIT_ENV_MISMATCH
+    refused, drift = check_env(resolved, allow_env_drift)
+    if refused is not None:
+        return refused
     if own_process:
+        no_stdin()
         from tkc.runtime import gcpause
         from tkc.runtime.memory import keep_freed_memory
 
@@ -190,10 +218,11 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
         gcpause.own()  # each stage starts with the garbage collector paused, until its model is loaded
         gcpause.pause()
     with hidden_packages(unused_packages(resolved) if own_process else []):
-        return _run_verified(bundle_dir, resolved, stage, source_root)
+        return _run_verified(bundle_dir, resolved, stage, source_root, drift)
 
 
-def _run_verified(bundle_dir: Path, resolved: dict, stage: str | None, source_root: Path | None) -> int:
+def _run_verified(bundle_dir: Path, resolved: dict, stage: str | None, source_root: Path | None,
+                  drift: list[str] | None = None) -> int:
     from tkc.runtime import gcpause
     from tkc.runtime.data.errors import BadRecord, DataError
     from tkc.runtime.dist import init_distributed, shutdown_distributed
@@ -201,7 +230,7 @@ def _run_verified(bundle_dir: Path, resolved: dict, stage: str | None, source_ro
     set_cpu_threads(resolved)
     dist = init_distributed((resolved.get("launch") or {}).get("backend", "gloo"))
     ctx = RunContext(bundle_dir, resolved, resolve_source_root(bundle_dir, source_root), load_bundle_hash(bundle_dir),
-                     dist=dist)
+                     dist=dist, env_drift=list(drift or []))
     try:
         selected = _select(resolved, stage)
     except KeyError as e:
@@ -210,6 +239,7 @@ def _run_verified(bundle_dir: Path, resolved: dict, stage: str | None, source_ro
         return EXIT_BAD_BUNDLE
     _install_sigterm(ctx)
     try:
+        ctx.model_path()  # the model folder checked against the bundle before any stage starts (exit 2 if changed)
         for st in selected:
             seed_everything(st.get("train", {}).get("seed", resolved["seed"]),
                             st.get("train", {}).get("deterministic", True))
@@ -224,6 +254,9 @@ def _run_verified(bundle_dir: Path, resolved: dict, stage: str | None, source_ro
     except BundleChanged as e:
         print(f"tkc run: refusing to run: {e}")
         return EXIT_BUNDLE_CHANGED
+    except (ModelFilesChanged, PathOutsideRoots) as e:  # nothing was loaded from the folder
+        print(f"tkc run: refusing to run: {e}")
+        return EXIT_BAD_BUNDLE
     except StageOutputsChanged as e:  # a finished stage's outputs changed since it finished: named, nothing loaded
         print(f"tkc run: {e}")
         return EXIT_BAD_BUNDLE

@@ -77,6 +77,16 @@ def _chat_spec(resolved: dict, tokenizer, template_text, bundle_dir, spans_fn) -
                     dict(tpl.get("render_kwargs") or {}), spans_fn)  # fmt: skip
 
 
+def _inside_read_roots(resolved: dict, entry: dict, source_root: Path) -> None:
+    from tkc.runtime.model_files import PathOutsideRoots, check_inside_roots
+
+    for f in entry.get("files") or []:
+        try:
+            check_inside_roots(source_root / f["path"], resolved, source_root, f"dataset {entry['name']!r} file")
+        except PathOutsideRoots as exc:
+            raise DataError(str(exc)) from None
+
+
 def _key_parts(resolved, stage, entries, tokenizer, chat: ChatSpec | None, source_root: Path) -> dict:
     media = any(e["columns"].get(m) for e in entries for m in ("images", "videos", "audios"))
     chat_src = Path(__file__).parents[2] / "catalog" / "chat.py"
@@ -194,6 +204,7 @@ def build_stage_data(
     entries = _check_stage(resolved, stage)
     source_root = Path(source_root)
     for e in entries:
+        _inside_read_roots(resolved, e, source_root)  # the compiler's rule (read_roots), at the given source root
         verify_files(e, source_root)  # refuse changed data before trusting a cache keyed on recorded hashes
     chat = (
         None

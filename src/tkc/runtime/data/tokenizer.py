@@ -6,10 +6,11 @@ from pathlib import Path
 
 
 def load_tokenizer(resolved: dict, source_root: Path):
+    """The tokenizer as `tkc run` loads it: a local folder only after it matches the bundle's recorded files
+    (tkc.runtime.model_files), a hub tokenizer only from the local cache at the pinned revision (never a
+    download), and trust_remote_code always passed explicitly, so transformers never asks on stdin."""
     from transformers import AutoTokenizer
 
-    model = resolved["model"]
-    if model["source"] == "local":
-        return AutoTokenizer.from_pretrained(str(Path(source_root) / model["path"]))
-    # never download behind the bundle's back: hub tokenizers must already be in the local cache
-    return AutoTokenizer.from_pretrained(model["path"], revision=model.get("revision"), local_files_only=True)
+    from tkc.runtime.model_files import checked_model_path, hub_kwargs
+
+    return AutoTokenizer.from_pretrained(checked_model_path(resolved, source_root), **hub_kwargs(resolved))
