@@ -69,6 +69,7 @@ def write_recipe(directory: Path, dataset_path: str = REPO_ID, revision: str | N
         "  cutoff_len: 64\n"
         "stages:\n"
         "  - {kind: sft, name: sft, datasets: [h], finetuning: {method: full}, train: {max_steps: 1}}\n"
+        f"read_roots: [{json.dumps(str(TINY))}]\n"   # the model lives outside the recipe's folder
     )
     recipe = directory / "recipe.yaml"
     recipe.write_text(text, encoding="utf-8")

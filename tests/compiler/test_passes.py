@@ -171,6 +171,7 @@ def test_registry_paths_resolve_from_the_registry_folder(tmp_path, shared_datase
     shutil.copytree(REPO / "recipes" / "assets", tmp_path / "assets")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"name: t\nmodel: {{path: assets/tiny-qwen2}}\n"
+                      f"read_roots: [{shared_datasets}]\n"
                       f"data:\n  registry: {shared_datasets / 'dataset_info.json'}\n"
                       "  datasets:\n    alpaca: {registry: alpaca_en_demo}\n"
                       "    tools: {registry: glaive_toolcall_en_demo}\n    prefs: {registry: dpo_en_demo}\n"

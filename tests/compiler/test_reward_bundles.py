@@ -10,6 +10,7 @@ import pytest
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 COMMON = f"""
+read_roots: [{RECIPES}]
 model: {{path: {RECIPES / 'assets' / 'tiny-qwen2'}, init: scratch}}
 data:
   datasets:

@@ -10,12 +10,13 @@ from typing import Any
 
 from tkc import __version__
 from tkc.bundle.canonical import sha256_file
+from tkc.compiler import paths
 from tkc.compiler.plan import DatasetFacts, Inputs, ModelFacts, RewardBundleFacts
 from tkc.schema.diagnostics import Diagnostic, did_you_mean
 from tkc.schema.load import LoadedRecipe
 
 LOCKFILE_DIR = Path(__file__).resolve().parents[3] / "lockfiles"
-MODEL_FILE_LIMIT = 64 << 20   # hash files up to this size; weights above it are recorded by size only
+MODEL_FILE_LIMIT = 64 << 20   # hash files up to this size; weights above it are recorded by size only (never code)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                     "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt")
 
@@ -30,7 +31,8 @@ def _model_files(model_dir: Path) -> dict[str, str]:
         if path.is_file() and not any(p.startswith(".") for p in path.relative_to(model_dir).parts):
             rel = path.relative_to(model_dir).as_posix()
             size = path.stat().st_size
-            files[rel] = sha256_file(path) if size <= MODEL_FILE_LIMIT else f"size:{size}"
+            code = path.suffix == ".py"  # remote code runs only from files whose hash the runtime checks
+            files[rel] = sha256_file(path) if size <= MODEL_FILE_LIMIT or code else f"size:{size}"
     return files
 
 
@@ -59,15 +61,24 @@ def _special_tokens(model_dir: Path) -> dict[str, str]:
     return out
 
 
-def load_model_facts(recipe: LoadedRecipe, root: Path) -> ModelFacts:
+def load_model_facts(recipe: LoadedRecipe, root: Path, found: paths.PathFacts) -> tuple[ModelFacts, paths.PathFacts]:
+    """A local folder's config, template, tokens and file hashes; a path outside the read roots is not read."""
     spec = recipe.spec.model
     local = (root / spec.path).expanduser()
-    if local.is_dir():
-        config_path = local / "config.json"
-        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else None
-        return ModelFacts(True, relpath(local, root), config, _tokenizer_template(local), _special_tokens(local),
-                          _model_files(local))
-    return ModelFacts(False, spec.path)
+    checked = paths.check(found, ("model", "path"), "model folder", spec.path, local)
+    if checked is not found:
+        return ModelFacts(True, relpath(local, root)), checked
+    for link in paths.escaping_links(local) if local.is_dir() else []:
+        checked = paths.PathFacts(checked.roots, checked.recorded, (*checked.outside, (
+            ("model", "path"), f"model file {link!r} is a symlink out of the model folder {spec.path!r}")))
+    return _local_model(local, root) if local.is_dir() else ModelFacts(False, spec.path), checked
+
+
+def _local_model(local: Path, root: Path) -> ModelFacts:
+    config_path = local / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else None
+    return ModelFacts(True, relpath(local, root), config, _tokenizer_template(local), _special_tokens(local),
+                      _model_files(local))
 
 
 def _layout(spec: Any, entry: dict[str, Any] | None) -> tuple[str, str, dict, dict]:
@@ -93,7 +104,7 @@ def _registry_path(entry: dict[str, Any] | None, registry_dir: Path, root: Path)
 
 
 def _probe(name: str, spec: Any, registry: dict[str, Any], registry_dir: Path, root: Path,
-           file: str | None) -> DatasetFacts:
+           file: str | None, roots: tuple[Path, ...] = ()) -> DatasetFacts:
     from tkc.compiler.dataset_formats import auto_columns
     from tkc.compiler.datasets_probe import probe_dataset
 
@@ -110,6 +121,8 @@ def _probe(name: str, spec: Any, registry: dict[str, Any], registry_dir: Path, r
         return DatasetFacts(False, path_text or "", "missing", problems=(Diagnostic("DATA003", str(exc), key, file),))
     path = (root / path_text).expanduser()
     facts = DatasetFacts(False, path_text, "hub", (), (), fmt, kind, cols, tags, spec.split, entry is not None)
+    if (outside := _outside(path, path_text, f"{key}.{'path' if spec.path else 'registry'}", file, roots)):
+        return replace(facts, file_type="missing", problems=(outside,))
     if not path.exists():
         if (entry or {}).get("source") == "hub" or ("/" in path_text and not path_text.startswith((".", "/"))):
             return _hub_facts(facts, key, spec.revision, file)
@@ -121,6 +134,7 @@ def _probe(name: str, spec: Any, registry: dict[str, Any], registry_dir: Path, r
     except (OSError, ValueError) as exc:
         return replace(facts, file_type="missing", problems=(Diagnostic("DATA001", str(exc), key, file),))
     problems = _collapse(probe.problems, key, probe.file_type)
+    problems += tuple(d for f in probe.files if (d := _outside(root / f.path, f.path, f"{key}.path", file, roots)))
     files = tuple({"path": relpath(root / f.path, root), "sha256": f.sha256, "size": f.size} for f in probe.files)
     return replace(facts, local=True, path=relpath(path, root), file_type=probe.file_type, files=files,
                    problems=problems, columns=probe.columns or cols, auto_columns=probe.auto_mapped)
@@ -143,7 +157,14 @@ def _hub_facts(facts: DatasetFacts, key: str, revision: str | None, file: str | 
                                                                      hint=hint),))
 
 
-_PLACED = ("DATA002", "DATA003", "DATA004")   # diagnostics about a recipe key (not a data file's record)
+def _outside(path: Path, text: str, key: str, file: str | None, roots: tuple[Path, ...]) -> Diagnostic | None:
+    """PATH001 when a dataset path leaves the read roots (it is then not read)."""
+    real = paths.outside(path, roots)
+    return None if real is None else Diagnostic("PATH001", paths.message("dataset path", text, real, roots), key,
+                                                file, hint=paths.HINT)
+
+
+_PLACED = ("DATA002", "DATA003", "DATA004", "PATH001")   # diagnostics about a recipe key (not a data file's record)
 
 
 def _placed(recipe: LoadedRecipe, facts: DatasetFacts) -> DatasetFacts:
@@ -219,25 +240,38 @@ def load_reward_bundle(ref: str, root: Path) -> RewardBundleFacts:
                              f"bundle {path_text} {problem}" if problem else None)
 
 
-def load_reward_bundles(recipe: LoadedRecipe, root: Path) -> dict[str, RewardBundleFacts]:
+def load_reward_bundles(recipe: LoadedRecipe, root: Path,
+                        found: paths.PathFacts | None = None) -> dict[str, RewardBundleFacts]:
+    """Each referenced bundle; one outside the read roots is not read (PATH001 reports it)."""
+    roots = found.roots if found else ()
     refs = {getattr(st, "reward_model", None) for st in recipe.spec.stages}
-    return {ref: load_reward_bundle(ref, root) for ref in sorted(r for r in refs if r and is_bundle_ref(r))}
+    return {ref: load_reward_bundle(ref, root) if paths.outside(root / split_bundle_ref(ref)[0], roots) is None
+            else RewardBundleFacts(relpath(root / split_bundle_ref(ref)[0], root), problem="outside the folders this recipe may read (PATH001)")
+            for ref in sorted(r for r in refs if r and is_bundle_ref(r))}
+
+
+def _registry(recipe: LoadedRecipe, root: Path, found: paths.PathFacts) -> tuple[dict, Path, paths.PathFacts]:
+    """The dataset registry's entries and folder; one outside the read roots is not read."""
+    text = recipe.spec.data.registry
+    if not text:
+        return {}, root, found
+    checked = paths.check(found, ("data", "registry"), "dataset registry", text, root / text)
+    if checked is not found:
+        return {}, root, checked
+    from tkc.compiler.datasets_probe import load_registry
+
+    return load_registry(root / text), (root / text).parent, checked
 
 
 def load_inputs(recipe: LoadedRecipe, root: Path) -> Inputs:
-    """Read the model directory, probe every dataset, read the lockfiles."""
-    data = recipe.spec.data
-    registry: dict[str, Any] = {}
-    registry_dir = root
-    if data.registry:
-        from tkc.compiler.datasets_probe import load_registry
-
-        registry = load_registry(root / data.registry)
-        registry_dir = (root / data.registry).parent
+    """Read the model directory, probe every dataset, read the lockfiles; nothing outside the read roots."""
+    found = paths.check_recipe_files(recipe, paths.read_roots(recipe, root))
+    found = paths.check_reward_bundles(recipe, root, found)
+    registry, registry_dir, found = _registry(recipe, root, found)
+    model, found = load_model_facts(recipe, root, found)
     pos = recipe.position(("data",))
-    datasets = {name: _probe(name, spec, registry, registry_dir, root, pos.file if pos else None)
-                for name, spec in data.datasets.items()}
+    datasets = {name: _probe(name, spec, registry, registry_dir, root, pos.file if pos else None, found.roots)
+                for name, spec in recipe.spec.data.datasets.items()}
     datasets = {name: _placed(recipe, facts) for name, facts in datasets.items()}
     lockfiles = {p.stem: p.read_text(encoding="utf-8") for p in sorted(LOCKFILE_DIR.glob("*.txt"))}
-    return Inputs(recipe, load_model_facts(recipe, root), datasets, lockfiles, __version__,
-                  load_reward_bundles(recipe, root))
+    return Inputs(recipe, model, datasets, lockfiles, __version__, load_reward_bundles(recipe, root, found), found)

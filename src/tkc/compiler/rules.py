@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 from tkc.compiler.dataset_formats import check_stage_dataset_kind
@@ -160,6 +161,30 @@ def hub_revision(plan: Plan) -> Iterator[Violation]:
         yield (("model", "init"), "init: scratch needs a local model directory with config.json", None)
 
 
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def remote_code_pinned(plan: Plan) -> Iterator[Violation]:
+    """Remote code runs only from files the bundle pins: a local folder's (hashed, checked at run), or a hub
+    model's at a full commit sha (a branch or tag can move to other code)."""
+    revision = plan.get("model.revision")
+    if plan.get("model.trust_remote_code") and plan.get("model.source") == "hub" and \
+            not _COMMIT.fullmatch(str(revision or "")):
+        yield (("model", "revision") if revision else ("model", "trust_remote_code"),
+               f"trust_remote_code on hub model {plan.get('model.path')!r} needs a pinned revision (a 40-hex commit "
+               f"sha), not {revision!r}: the model's Python code runs at `tkc run`",
+               "set model.revision to the commit sha, or download the model into the recipe's folder (its files are "
+               "then hashed into the bundle and checked before they run)")
+
+
+def paths_inside_roots(plan: Plan) -> Iterator[Violation]:
+    """Paths found outside the source root and `read_roots` by the loading step (compiler/paths.py)."""
+    from tkc.compiler.paths import HINT
+
+    for key, message in plan.inputs.paths.outside:
+        yield (key, message, HINT)
+
+
 def tracker_pinned(plan: Plan) -> Iterator[Violation]:
     """The tracker's package must be in the pinned environment the bundle runs in, or the run fails at step 0."""
     from tkc.compiler.launch import read_lock_pins
@@ -188,6 +213,8 @@ RULES: dict[str, Callable[[Plan], Iterator[Violation]]] = {
     "PEFT001": quantization_needs_lora,
     "TMPL002": template_capabilities,
     "MODEL002": hub_revision,
+    "MODEL003": remote_code_pinned,
+    "PATH001": paths_inside_roots,
     "DATA011": cutoff_fits_model,
     "TRACK001": tracker_pinned,
 }

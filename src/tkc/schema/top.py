@@ -62,6 +62,9 @@ class RecipeSpec(Spec):
     schema_version: Literal[1] = Field(1, description="Recipe schema version (see schema/migrate.py).")
     name: Name = Field(description="Run name.")
     extends: list[str] = Field(default_factory=list, description="Base recipes merged under this one.")
+    read_roots: list[str] = Field(default_factory=list, description=(
+        "Extra folders (relative to this recipe's folder) whose files the recipe may read: models, datasets, "
+        "registries, extends bases, reward bundles. Any other path outside the recipe's folder is refused."))
     model: ModelSpec
     template: str = Field("auto", description="Chat template id, or auto (the tokenizer's own, else family's).")
     data: DataSpec
