@@ -181,6 +181,8 @@ def tkc_recipe(w: Workload, model_dir: Path, recipe_dir: Path, ranks: int = 1, *
         "schema_version": 1,
         "name": f"bench-{w.name}".replace("_", "-"),
         "model": {"path": rel(model_dir)},
+        # the model and data live outside the recipe's folder: list them, or tkc compile refuses (PATH001)
+        "read_roots": sorted({rel(model_dir), rel(DATASETS), rel(w.datasets_dir)}),
         "template": "qwen2_5",
         "data": data,
         "stages": [stage],
