@@ -141,3 +141,13 @@ def test_bad_set_value_is_a_positioned_error(tmp_path):
     assert [(d.code, d.file, d.line, d.path) for d in diags] == [("YAML002", "--set", 2, "train.seed")]
     diags = _errors(tmp_path, GOOD, overrides=("train.seed=[unclosed",))
     assert [(d.code, d.file, d.line) for d in diags] == [("YAML001", "--set", 1)]
+
+
+def test_stage_and_dataset_counts_are_bounded(tmp_path):
+    """Compile time grows with stages x stages (3000 stages took 34 s): a pipeline has at most 256 stages."""
+    text = GOOD + "".join(f"  - {{kind: sft, name: s{i}}}\n" for i in range(256))
+    text = text.replace("  datasets:\n", "  datasets:\n" + "".join(f"    d{i}: {{path: x}}\n" for i in range(1024)))
+    diags = _errors(tmp_path, text)
+    by_path = {d.path: d for d in diags}
+    assert "at most 256 items" in by_path["stages"].message and by_path["stages"].line == 1030
+    assert "at most 1024 items" in by_path["data.datasets"].message and by_path["data.datasets"].line == 4

@@ -94,7 +94,7 @@ def _read_chain(path: Path, seen: tuple[Path, ...], chain: _Chain,
     chain.reads += 1
     if chain.reads > MAX_RECIPE_FILES:
         return _refuse(chain, "RECIPE004", f"more than {MAX_RECIPE_FILES} recipe files through extends:", where)
-    data, positions = _read_one(path, chain)
+    data, positions = _read_one(path, chain, where)
     merged: dict = {}
     base_positions: dict[KeyPath, Position] = {}
     bases = data.get("extends") or []
@@ -106,10 +106,12 @@ def _read_chain(path: Path, seen: tuple[Path, ...], chain: _Chain,
     return _merge(merged, data), {**base_positions, **positions}
 
 
-def _read_one(path: Path, chain: _Chain) -> tuple[dict, dict[KeyPath, Position]]:
+def _read_one(path: Path, chain: _Chain, where: Position | None) -> tuple[dict, dict[KeyPath, Position]]:
     """One recipe file: its bytes kept verbatim (within the size limit), its YAML loaded within the budget."""
     file = _display(path)
     raw, problem = read_recipe_bytes(path, file)
+    if raw is None and problem and problem.code == "RECIPE001" and where:  # unreadable: at its extends entry
+        return _refuse(chain, problem.code, f"{problem.message}: {_short_path(path)}", where)
     if raw is None:
         chain.diags.extend([problem] if problem else [])
         return {}, {}

@@ -44,7 +44,8 @@ class DatasetSpec(Spec):
 
 
 class DataSpec(Spec):
-    datasets: dict[Name, DatasetSpec] = Field(min_length=1, description="Named datasets used by stages.")
+    datasets: dict[Name, DatasetSpec] = Field(min_length=1, max_length=1024,
+                                              description="Named datasets used by stages (at most 1024).")
     registry: str | None = Field(None, description="A dataset_info.json-style registry file.")
     cutoff_len: Annotated[int, Field(ge=16, le=1_048_576)] = Field(1024, description="Max tokens per example.")
     packing: bool = Field(False, description="Pack several examples per sequence (no cross-attention).")

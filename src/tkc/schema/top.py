@@ -68,7 +68,7 @@ class RecipeSpec(Spec):
     model: ModelSpec
     template: str = Field("auto", description="Chat template id, or auto (the tokenizer's own, else family's).")
     data: DataSpec
-    stages: list[StageSpec] = Field(min_length=1, description="Stages, run in order.")
+    stages: list[StageSpec] = Field(min_length=1, max_length=256, description="Stages, run in order (at most 256).")
     finetuning: FinetuningSpec = Field(default_factory=FinetuningSpec, description="Default for stages.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Default training options for stages.")
     hardware: str | HardwareSpec = Field("cpu", description="Hardware profile id or an inline description.")
