@@ -11,6 +11,7 @@ from tkc.runtime.context import EXIT_BUNDLE_CHANGED
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 COMMON = f"""
+read_roots: [{RECIPES}]
 model: {{path: {RECIPES / 'assets' / 'tiny-qwen2'}, init: scratch}}
 data:
   datasets:
