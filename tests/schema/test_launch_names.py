@@ -79,3 +79,17 @@ def test_resource_names_from_any_recipe_name_are_dns1123_labels(name):
     job = _slug(f"tkc-{name}", limit=52)
     assert is_dns1123_label(job) and len(job) <= 52
     assert is_dns1123_label(f"{job}-4095")
+
+
+def test_launch_rendering_backstop_names_every_bad_value():
+    """What reaches #SBATCH lines and the manifest is checked again (a trailing newline included)."""
+    from tkc.compiler.launch import LaunchError, render_launch
+
+    slurm = compile_recipe(REPO / "recipes" / "llama3_1_70b_qlora_multinode_slurm.yaml").resolved
+    slurm["launch"]["slurm"] = {"partition": "gpu\n", "account": "a b", "time": "48:00:00\n"}
+    with pytest.raises(LaunchError, match=r"partition 'gpu\\n'; launch.slurm.account 'a b'; launch.slurm.time"):
+        render_launch(slurm)
+    k8s = compile_recipe(REPO / "recipes" / "qwen3_8b_sft_kubernetes.yaml").resolved
+    k8s["launch"]["kubernetes"] = {"image": "x;id", "namespace": "Team"}
+    with pytest.raises(LaunchError, match=r"namespace 'Team'; launch.kubernetes.image 'x;id'"):
+        render_launch(k8s)

@@ -179,7 +179,7 @@ def _accelerate_yaml(stage: dict[str, Any], launch: dict[str, Any]) -> str:
 def _render_slurm(resolved: dict[str, Any], launch: dict[str, Any], stages: list[dict[str, Any]]) -> str:
     slurm = launch["slurm"]
     bad = [f"launch.slurm.{key} {slurm[key]!r}" for key in ("partition", "account", "time")
-           if slurm[key] is not None and not _DIRECTIVE.match(str(slurm[key]))]
+           if slurm[key] is not None and not _DIRECTIVE.fullmatch(str(slurm[key]))]
     if bad:  # the schema checks these per key; this guards what reaches an #SBATCH line
         raise LaunchError(f"{'; '.join(bad)}: only letters, digits and _.,:+- are allowed")
     acc = launch["accelerator"]
