@@ -151,3 +151,9 @@ def test_stage_and_dataset_counts_are_bounded(tmp_path):
     by_path = {d.path: d for d in diags}
     assert "at most 256 items" in by_path["stages"].message and by_path["stages"].line == 1030
     assert "at most 1024 items" in by_path["data.datasets"].message and by_path["data.datasets"].line == 4
+
+
+def test_too_many_values_refused_before_the_node_tree_is_built():
+    loaded = load_yaml("x: [" + ",".join(["1"] * 100_001) + "]\n", "wide.yaml")
+    assert [d.code for d in loaded.problems] == ["YAML009"] and loaded.problems[0].line == 1
+    assert "more than 100000 values" in loaded.problems[0].message

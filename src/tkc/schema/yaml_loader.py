@@ -164,9 +164,12 @@ def _limit(mark: Any, code: str, file: str, msg: str) -> Diagnostic:
 
 
 def _scan(text: str, file: str) -> Diagnostic | None:
-    """Nesting depth and alias count from the event stream, before any node tree is built."""
-    depth = aliases = 0
+    """Nesting depth, alias and value counts from the event stream, before any node tree is built."""
+    depth = aliases = values = 0
     for event in yaml.parse(text, Loader=_LOADER):
+        values += isinstance(event, yaml.NodeEvent)
+        if values > MAX_VALUES:
+            return _limit(event.start_mark, "YAML009", file, f"more than {MAX_VALUES} values")
         if isinstance(event, _NESTING):
             depth += 1
             if depth > MAX_DEPTH:
