@@ -99,7 +99,7 @@ def _check_conversation(path: Path, conv: Any) -> None:
         if not isinstance(msg.get("content"), (str, list, type(None))):
             raise bad(f"messages[{i}].content", f"expected a string or a list of parts, got "
                       f"{_json_type(msg.get('content'))}")
-        parts = msg.get("content") if isinstance(msg.get("content"), list) else []
+        parts: list[Any] = msg["content"] if isinstance(msg.get("content"), list) else []
         if not all(isinstance(part, dict) and isinstance(part.get("type"), str) for part in parts):
             raise bad(f"messages[{i}].content", "each part must be an object with a string \"type\"")
     tools = conv.get("tools")

@@ -117,8 +117,8 @@ def _read_one(path: Path, chain: _Chain, where: Position | None) -> tuple[dict, 
         return {}, {}
     chain.files[path] = raw
     text, problem = decode_recipe(raw, file)
-    loaded = load_yaml(text, file, chain.budget) if text is not None else LoadedYaml(None, {}, [problem])
-    chain.diags.extend(d for d in loaded.problems if d is not None)
+    loaded = load_yaml(text, file, chain.budget) if text is not None else LoadedYaml(None, {}, [])
+    chain.diags.extend([*loaded.problems, *([problem] if problem else [])])
     chain.voided |= loaded.voided
     chain.incomplete |= loaded.incomplete
     if loaded.data is not None and not isinstance(loaded.data, dict):
