@@ -6,12 +6,17 @@ import json
 import shutil
 from pathlib import Path
 
-from tkc.compiler.rules import _model_positions
+from tkc.compiler import compile_recipe
+from tkc.compiler.plan import ModelFacts
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _project(tmp_path: Path, cutoff: int) -> Path:
+def _model_positions(config: dict) -> int | None:
+    return ModelFacts(True, "m", config).max_positions()
+
+
+def _project(tmp_path: Path, cutoff: int | None) -> Path:
     shutil.copytree(REPO / "recipes" / "assets" / "tiny-qwen2", tmp_path / "assets" / "tiny-qwen2")
     shutil.copytree(REPO / "recipes" / "data", tmp_path / "data")
     (tmp_path / "r.yaml").write_text(f"""schema_version: 1
@@ -21,7 +26,7 @@ template: auto
 data:
   datasets:
     d: {{path: data/arith_sft.jsonl, format: alpaca}}
-  cutoff_len: {cutoff}
+{f"  cutoff_len: {cutoff}" if cutoff else ""}
 stages:
   - {{kind: sft, name: sft, datasets: [d], finetuning: {{method: full}}}}
 hardware: cpu
@@ -40,6 +45,12 @@ def test_cutoff_above_the_model_limit_is_positioned(tkc, tmp_path):
 def test_cutoff_at_the_limit_compiles(tkc, tmp_path):
     code, _, err = tkc("compile", _project(tmp_path, 512), "--check")
     assert code == 0, err
+
+
+def test_the_default_cutoff_is_lowered_to_the_model_limit_with_provenance(tmp_path):
+    compiled = compile_recipe(_project(tmp_path, None))   # the schema default (1024) is above the model's 512
+    assert compiled.resolved["data"]["cutoff_len"] == 512
+    assert compiled.plan.provenance["data.cutoff_len"] == "derived:resolve_model_family(max_position_embeddings)"
 
 
 def test_model_positions_from_config_shapes():

@@ -26,6 +26,18 @@ class ModelFacts:
     special_tokens: Mapping[str, str] = field(default_factory=dict)   # bos_token/eos_token of the tokenizer
     files: Mapping[str, str] = field(default_factory=dict)
 
+    def max_positions(self) -> int | None:
+        """The longest sequence the model's config allows: max_position_embeddings (n_positions for GPT-2 shapes;
+        a multimodal model's text_config), raised by a rope_scaling factor over its original length (YaRN)."""
+        config = dict(self.config or {})
+        text = config.get("text_config")
+        config = text if isinstance(text, dict) else config
+        limit = config.get("max_position_embeddings") or config.get("n_positions")
+        rope = config.get("rope_scaling") or {}
+        if isinstance(rope, dict) and rope.get("factor") and rope.get("original_max_position_embeddings"):
+            limit = max(limit or 0, int(rope["factor"] * rope["original_max_position_embeddings"]))
+        return limit if isinstance(limit, int) and limit > 0 else None
+
 
 @dataclass(frozen=True)
 class DatasetFacts:

@@ -134,21 +134,8 @@ def template_capabilities(plan: Plan) -> Iterator[Violation]:
                    f"{plan.get('template.id')!r} has no tool support", "choose a template with tools")
 
 
-def _model_positions(config: dict) -> int | None:
-    """The longest sequence the model's config allows: max_position_embeddings (n_positions for GPT-2 shapes;
-    a multimodal model's text_config), raised by a rope_scaling factor over its original length (YaRN)."""
-    text = config.get("text_config")
-    config = text if isinstance(text, dict) else config
-    limit = config.get("max_position_embeddings") or config.get("n_positions")
-    rope = config.get("rope_scaling") or {}
-    if isinstance(rope, dict) and rope.get("factor") and rope.get("original_max_position_embeddings"):
-        limit = max(limit or 0, int(rope["factor"] * rope["original_max_position_embeddings"]))
-    return limit if isinstance(limit, int) and limit > 0 else None
-
-
 def cutoff_fits_model(plan: Plan) -> Iterator[Violation]:
-    config = plan.inputs.model.config
-    limit = _model_positions(dict(config)) if config else None
+    limit = plan.inputs.model.max_positions()
     cutoff = plan.get("data.cutoff_len")
     if limit is not None and isinstance(cutoff, int) and cutoff > limit:
         yield (("data", "cutoff_len"), f"cutoff_len {cutoff} is longer than the model's {limit} positions "

@@ -39,6 +39,16 @@ def _detect(plan: Plan, fams: dict[str, Family]) -> tuple[str | None, str, str |
     return None, model_type, f"{what} matches several families ({', '.join(sorted(hits))}); set model.family"
 
 
+def _default_cutoff(plan: Plan) -> dict[str, tuple[Any, str]]:
+    """The default cutoff_len, lowered to the model's positions when it has fewer (a recipe's own value above
+    them is DATA011, not lowered: the user asked for it)."""
+    limit, cutoff = plan.inputs.model.max_positions(), plan.get("data.cutoff_len")
+    if limit is None or not isinstance(cutoff, int) or cutoff <= limit or \
+            source_of(plan, ("data", "cutoff_len")) != "default":
+        return {}
+    return {"data.cutoff_len": (limit, "derived:resolve_model_family(max_position_embeddings)")}
+
+
 def resolve_model_family(plan: Plan) -> Plan:
     spec = plan.inputs.recipe.spec.model
     facts = plan.inputs.model
@@ -63,7 +73,7 @@ def resolve_model_family(plan: Plan) -> Plan:
         "model.family": (family, src),
         "model.model_type": (model_type or None, "derived:resolve_model_family"),
     }
-    plan = plan.with_values(out)
+    plan = plan.with_values({**out, **_default_cutoff(plan)})
     if error:
         plan = plan.with_diagnostics([plan.diagnostic("MODEL001", error, ("model",))])
     return plan

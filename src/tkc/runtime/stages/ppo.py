@@ -175,7 +175,7 @@ def run(ctx: RunContext, stage: dict) -> int:
               str(ctx.stage_dir(stage) / "model" / "value_head.safetensors"))
     result = loop.LoopResult(EXIT_OK, step, total, tokens, time.perf_counter() - t0, resumed, log.records)
     rewards = [x["reward"] for x in log.records]
+    outputs.write_json(ctx.stage_dir(stage) / "ppo_options.json", opts)  # before finish: DONE seals the folder
     finish(ctx, stage, result, {"trainable_params": trainable, "reward_first": rewards[0] if rewards else None,
                                 "reward_last": rewards[-1] if rewards else None})
-    outputs.write_json(ctx.stage_dir(stage) / "ppo_options.json", opts)
     return EXIT_OK
