@@ -25,12 +25,22 @@ def _from_bundle(bundle: Path) -> tuple[Path, list[str], Path | None]:
     return bundle / source["entry"], list(source["overrides"]), root
 
 
+def _print_notes(compiled) -> int:
+    """Print the DEAD001 notes (values the recipe sets that no stage uses) to stderr; how many there were."""
+    from tkc.compiler.dead_settings import dead_settings
+
+    notes = dead_settings(compiled.plan)
+    for note in notes:
+        print(note.render(), file=sys.stderr)
+    return len(notes)
+
+
 def compile_(
     recipe: Annotated[Path, Arg("Recipe YAML, or a bundle directory to recompile.")],
     out: Annotated[Path | None, Opt("Bundle directory to write.", "-o", "--out")] = None,
     set_: Annotated[list[str] | None, Opt("Override a key: a.b=value.", "--set")] = None,
     source_root: Annotated[Path | None, Opt("Where relative paths resolve (default: the recipe's folder).")] = None,
-    strict: Annotated[bool, Opt("Refuse a non-hermetic bundle (unpinned hub inputs).")] = False,
+    strict: Annotated[bool, Opt("Refuse a non-hermetic bundle (unpinned hub inputs) or settings no stage uses.")] = False,
     force: Annotated[bool, Opt("Replace a different bundle at --out.")] = False,
     check: Annotated[bool, Opt("Validate and resolve only; write nothing.")] = False,
 ) -> int:
@@ -51,6 +61,10 @@ def compile_(
         print(f"tkc: non-hermetic: {reason}", file=sys.stderr)
     if strict and reasons:
         print("tkc: --strict refuses a non-hermetic bundle; nothing was written", file=sys.stderr)
+        return EXIT_INVALID
+    if _print_notes(compiled) and strict:
+        print("tkc: --strict refuses a recipe with settings no stage uses (DEAD001); nothing was written",
+              file=sys.stderr)
         return EXIT_INVALID
     if check or out is None:
         print(build_manifest(compiled.files, compiled.plan.inputs.tkc_version)["bundle_hash"])

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from tkc.compiler.dataset_formats import check_stage_dataset_kind
 from tkc.compiler.inputs import is_bundle_ref
 from tkc.compiler.plan import Plan
+from tkc.compiler.rules_export import export_unmerged_needs_lora
 from tkc.schema.diagnostics import did_you_mean
 from tkc.schema.stages import TRAINING_KINDS
 
@@ -204,4 +205,5 @@ RULES: dict[str, Callable[[Plan], Iterator[Violation]]] = {
     "PATH001": paths_inside_roots,
     "DATA011": cutoff_fits_model,
     "TRACK001": tracker_pinned,
+    "EXPORT001": export_unmerged_needs_lora,
 }

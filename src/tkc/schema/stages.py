@@ -82,13 +82,20 @@ class GrpoStage(StageBase):
 
 class EvalStage(StageBase):
     kind: Literal["eval"]
-    metric: Literal["exact_match", "loss"] = Field("exact_match", description="What is scored.")
+    metric: Literal["exact_match", "loss", "perplexity"] = Field(
+        "exact_match", description="What is scored, into metrics.json. exact_match: share of rows whose greedy "
+        "continuation of the prompt (max_new_tokens, cut at a stop token) decodes to the reference. loss: mean "
+        "negative log-likelihood in nats per trained token (the tokens sft would train on: assistant turns, unless "
+        "train_on_prompt), summed over every row and divided by the token count, under the model under test. "
+        "perplexity: exp(loss); metrics.json holds both.")
     max_new_tokens: Annotated[int, Field(gt=0)] = Field(16, description="Generation length.")
 
 
 class ExportStage(StageBase):
     kind: Literal["export"]
-    merge_adapter: bool = Field(True, description="Merge LoRA into the base weights.")
+    merge_adapter: bool = Field(True, description="true: merge the source stage's LoRA adapter into full weights. "
+                                "false: save the adapter itself (adapter_config.json, adapter_model.safetensors) with "
+                                "the tokenizer and chat template; the source stage must be a LoRA stage.")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Saved weight dtype.")
 
 
