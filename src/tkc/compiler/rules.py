@@ -110,6 +110,31 @@ def grpo_reward(plan: Plan) -> Iterator[Violation]:
                    f"multiple of num_generations ({n})", f"use a multiple of {n}")
 
 
+def _set_in_recipe(plan: Plan, *paths: tuple[str | int, ...]) -> tuple[str | int, ...] | None:
+    return next((p for p in paths if p in plan.inputs.recipe.positions), None)
+
+
+def rollout_one_process(plan: Plan) -> Iterator[Violation]:
+    """ppo and grpo generate, score and update in one process: a launch over several devices cannot run them."""
+    for i, kind, name in _stages(plan):
+        world = plan.get(f"stages.{i}.train.world_size")
+        if kind in ("ppo", "grpo") and isinstance(world, int) and world > 1:
+            where = _set_in_recipe(plan, ("launch", "kind"), ("hardware", "profile"), ("hardware",)) or ("stages", i)
+            yield (where, f"stage {name!r} ({kind}) runs in one process, but this launch runs {world} "
+                   f"({plan.get('launch.kind')} over {plan.get('hardware.profile')})",
+                   f"set launch.kind: local, or compile the {kind} stage for a single-device hardware profile")
+
+
+def grpo_beta_needs_lora(plan: Plan) -> Iterator[Violation]:
+    """The KL reference is the policy with its adapter switched off, so beta > 0 needs a LoRA policy."""
+    for i, kind, name in _stages(plan):
+        beta, method = plan.get(f"stages.{i}.options.beta"), plan.get(f"stages.{i}.finetuning.method")
+        if kind == "grpo" and beta and method != "lora":
+            yield (("stages", i, "beta"), f"grpo stage {name!r}: beta {beta} (a KL reference to the start policy) "
+                   f"needs finetuning method lora, not {method!r}: the reference is the policy with its adapter off",
+                   "set finetuning.method: lora for this stage, or beta: 0")
+
+
 def precision_supported(plan: Plan) -> Iterator[Violation]:
     for i, _, name in _stages(plan):
         prec = plan.get(f"stages.{i}.train.precision")
@@ -197,6 +222,8 @@ RULES: dict[str, Callable[[Plan], Iterator[Violation]]] = {
     "DATA010": dataset_refs,
     "STAGE001": stage_refs,
     "GRPO001": grpo_reward,
+    "GRPO002": grpo_beta_needs_lora,
+    "ROLL001": rollout_one_process,
     "PREC001": precision_supported,
     "PEFT001": quantization_needs_lora,
     "TMPL002": template_capabilities,
