@@ -131,7 +131,23 @@ def _start_weights(ctx: RunContext, stage: dict, *, head: str = "causal_lm", dty
     return cls_model
 
 
+def _load_stage_adapter(ctx: RunContext, name: str, *, dtype: torch.dtype = torch.float32):
+    """A finished LoRA stage's PeftModel, not merged: its adapter on the weights that stage started from."""
+    model_dir = ctx.stage_dir(name) / "model"
+    if not (model_dir / "adapter_config.json").exists():
+        raise RuntimeError(f"stage {name!r} saved full weights at {model_dir}, no adapter to export unmerged")
+    from peft import PeftModel
+
+    from tkc.runtime.stage_manifest import require_intact
+
+    require_intact(ctx, name)
+    base = _start_weights(ctx, ctx.stage_by_name(name), dtype=dtype)
+    with quiet_checkpointing_alias():
+        return PeftModel.from_pretrained(base, str(model_dir))
+
+
 load_stage_output = _model_ready(_load_stage_output)
+load_stage_adapter = _model_ready(_load_stage_adapter)
 start_weights = _model_ready(_start_weights)
 
 

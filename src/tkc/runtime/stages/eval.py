@@ -1,15 +1,20 @@
-"""Evaluation stage (kind: eval): greedy generation on held-out chat rows, exact-match accuracy printed and saved."""
+"""Evaluation stage (kind: eval): the stage's `metric` on its rows, printed and saved to metrics.json.
+
+exact_match: greedy generation from each row's prompt, compared with its reference after decoding.
+loss: mean negative log-likelihood per trained token (the tokens a training stage would score, labels != -100),
+summed over all rows' tokens and divided by their count; perplexity: exp(loss)."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 
 from tkc.runtime import outputs
 from tkc.runtime.context import RunContext
 from tkc.runtime.model import load_stage_output, start_weights
-from tkc.runtime.stages.common import load_rows
+from tkc.runtime.stages.common import load_rows, pad
 
 
 def split_prompt(row: dict) -> tuple[list[int], list[int]]:
@@ -49,16 +54,27 @@ def greedy(model, tok, prompts: list[list[int]], max_new: int, stop_ids: list[in
     return outs
 
 
-def run(ctx: RunContext, stage: dict) -> int:
-    opts = stage.get("options") or {}
-    tok = ctx.tokenizer()
-    train_rows, eval_rows = load_rows(ctx, stage, datasets=opts.get("datasets") or stage["datasets"], kind="sft")
-    rows = train_rows + eval_rows
-    model, source = model_under_test(ctx, stage)
+@torch.no_grad()
+def token_nll(model, rows: list[dict], pad_id: int, batch: int = 16) -> tuple[float, int]:
+    """(summed NLL in nats, token count) over every trained token of `rows`: token t is scored by the logits at
+    t-1, as in training. Right-padded batches; padding and prompt tokens (label -100) are not counted."""
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch):
+        b = pad(rows[i:i + batch], pad_id)
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+        labels = b["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="sum")
+        total += float(nll.double())
+        count += int((labels != -100).sum())
+    return total, count
+
+
+def score_exact_match(ctx: RunContext, stage: dict, model, rows: list[dict]) -> tuple[dict, list[dict]]:
+    tok, opts = ctx.tokenizer(), stage["options"]
     stops = (ctx.resolved.get("template") or {}).get("stop_tokens") or [tok.eos_token]
     stop_ids = [tok.convert_tokens_to_ids(s) for s in stops] + [tok.eos_token_id]
     pairs = [split_prompt(r) for r in rows]
-    preds = greedy(model, tok, [p for p, _ in pairs], int(opts.get("max_new_tokens", 16)), stop_ids)
+    preds = greedy(model, tok, [p for p, _ in pairs], int(opts["max_new_tokens"]), stop_ids)
     records, correct = [], 0
     for (prompt, ref), pred in zip(pairs, preds, strict=True):
         ref_text = tok.decode(ref, skip_special_tokens=True).strip()
@@ -66,13 +82,38 @@ def run(ctx: RunContext, stage: dict) -> int:
         correct += ref_text == pred_text
         records.append({"prompt": tok.decode(prompt), "reference": ref_text, "prediction": pred_text})
     acc = correct / max(1, len(records))
-    ctx.log(f"[{stage['name']}] exact_match {acc:.1%} ({correct}/{len(records)}) on {source or 'base model'}")
+    return {"exact_match": acc, "correct": correct, "total": len(records)}, records
+
+
+def score_loss(ctx: RunContext, model, rows: list[dict]) -> dict:
+    total, count = token_nll(model, rows, ctx.tokenizer().pad_token_id)
+    if not count:
+        raise RuntimeError("eval: the rows have no trained tokens to score (every label is masked)")
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": count, "total": len(rows)}
+
+
+def run(ctx: RunContext, stage: dict) -> int:
+    opts = stage["options"]
+    metric = opts["metric"]
+    train_rows, eval_rows = load_rows(ctx, stage, datasets=stage["datasets"])
+    rows = train_rows + eval_rows
+    model, source = model_under_test(ctx, stage)
+    records: list[dict] | None = None
+    if metric == "exact_match":
+        scores, records = score_exact_match(ctx, stage, model, rows)
+        said = f"exact_match {scores['exact_match']:.1%} ({scores['correct']}/{scores['total']})"
+    else:
+        scores = score_loss(ctx, model, rows)
+        said = f"{metric} {scores[metric]:.4f} (loss {scores['loss']:.4f} over {scores['tokens']} tokens)"
+    ctx.log(f"[{stage['name']}] {said} on {source or 'base model'}")
     if ctx.dist.is_main:
         out = ctx.stage_dir(stage)
         out.mkdir(parents=True, exist_ok=True)
-        outputs.write_json(out / "metrics.json", {"exact_match": acc, "correct": correct, "total": len(records),
-                                                  "model": source or "base"})
-        with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        extra = {} if metric == "exact_match" else {"metric": metric}
+        outputs.write_json(out / "metrics.json", {**scores, **extra, "model": source or "base"})
+        if records is not None:
+            with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     outputs.mark_done(ctx, stage)
     return 0
