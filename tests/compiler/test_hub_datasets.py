@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tkc.bundle.hub_cache import find_snapshot, hub_cache_dir
 from tkc.cli.main import app
-from tkc.compiler.hub_cache import find_snapshot, hub_cache_dir
 from tkc.compiler.pipeline import compile_recipe
 from tkc.schema.diagnostics import CompileError
 

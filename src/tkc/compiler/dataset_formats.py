@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 import json
 
+from tkc.bundle.kinds import STAGE_DATASET_KINDS
+
 FORMATS = ("alpaca", "sharegpt", "openai", "text")
 KINDS = ("sft", "preference", "kto", "text")
 
@@ -55,19 +57,6 @@ _AUTO_COLUMNS = {"sharegpt": {"tools": "tools"}, "openai": {"tools": "tools"}}
 def auto_columns(fmt: str, user_columns: dict | None) -> dict:
     """{key: column name} the probe maps when the data has that column and the recipe did not name the key."""
     return {k: v for k, v in _AUTO_COLUMNS.get(fmt, {}).items() if k not in (user_columns or {})}
-
-
-# Which dataset kinds each training stage kind consumes.
-STAGE_DATASET_KINDS = {
-    "pt": ("text",),
-    "sft": ("sft",),
-    "rm": ("preference",),
-    "dpo": ("preference",),
-    "kto": ("kto",),
-    "ppo": ("sft",),
-    "grpo": ("sft",),
-    "eval": ("sft",),
-}
 
 
 def suggest(word: str, choices: list[str]) -> str:

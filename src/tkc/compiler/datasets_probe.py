@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tkc.bundle.canonical import sha256_file
 from tkc.compiler import dataset_formats as formats
 
 SUFFIX_TYPES = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow",
@@ -50,12 +50,6 @@ class Probe:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def sha256_file(path: Path) -> str:
-    """Streaming sha256 (never loads the file)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def is_hf_disk(path: Path) -> bool:

@@ -142,7 +142,7 @@ def _probe(name: str, spec: Any, registry: dict[str, Any], registry_dir: Path, r
 
 def _hub_facts(facts: DatasetFacts, key: str, revision: str | None, file: str | None) -> DatasetFacts:
     """A hub id. Offline, the local HF cache must hold it at the asked revision: `tkc run` reads only that cache."""
-    from tkc.compiler.hub_cache import find_snapshot, hub_offline
+    from tkc.bundle.hub_cache import find_snapshot, hub_offline
 
     if not hub_offline():
         return facts  # online, this machine's cache says nothing about the one `tkc run` will use

@@ -4,7 +4,6 @@ keep the last save_total_limit; on resume, fall back past a corrupt checkpoint (
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -17,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from tkc.bundle.canonical import sha256_file
 from tkc.bundle.io import fsync_path
 from tkc.runtime.context import BundleChanged, SaveFailed
 
@@ -132,11 +132,7 @@ def publish(tmp: Path, final: Path, step: int) -> None:
 
 
 def _file_record(path: Path) -> dict:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"sha256": h.hexdigest(), "size": path.stat().st_size}
+    return {"sha256": sha256_file(path), "size": path.stat().st_size}
 
 
 def set_aside(path: Path, why: str) -> Path:

@@ -108,11 +108,3 @@ def resolve_source_root(bundle_dir: Path, override: Path | None) -> Path:
         if root:
             return Path(root)
     return bundle_dir.resolve()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

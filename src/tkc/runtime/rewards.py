@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from tkc.bundle.kinds import REWARD_FUNCTIONS
+
 RewardFn = Callable[..., list[float]]
 
 
@@ -58,6 +60,8 @@ BUILTINS: dict[str, Callable[[int, Sequence[int]], RewardFn]] = {
     "length_penalty": length_penalty,
 }
 NAMES = tuple(sorted(BUILTINS))
+if NAMES != tuple(sorted(REWARD_FUNCTIONS)):  # the schema offers REWARD_FUNCTIONS: each must exist here
+    raise ImportError(f"tkc.runtime.rewards implements {NAMES}, tkc.bundle.kinds lists {REWARD_FUNCTIONS}")
 
 
 def make(name: str, *, max_new_tokens: int, stop_ids: Sequence[int]) -> RewardFn:

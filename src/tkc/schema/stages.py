@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from tkc.bundle.kinds import REWARD_FUNCTIONS
 from tkc.schema.recipe import FinetuningSpec, Name, Spec, TrainOverride
 
 
@@ -58,7 +59,6 @@ class PpoStage(StageBase):
     temperature: Annotated[float, Field(gt=0)] = Field(1.0, description="Rollout sampling temperature.")
 
 
-REWARD_FUNCTIONS = ("exact_match", "format", "length_penalty")   # kept equal to tkc.runtime.rewards.NAMES by a test
 
 
 class GrpoStage(StageBase):

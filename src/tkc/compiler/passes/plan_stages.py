@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tkc.bundle.kinds import STAGE_DATASET_KINDS
 from tkc.catalog.registry import families
-from tkc.compiler.dataset_formats import STAGE_DATASET_KINDS
 from tkc.compiler.plan import Plan
 from tkc.schema.stages import TRAINING_KINDS
 

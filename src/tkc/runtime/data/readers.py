@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from tkc.bundle.canonical import sha256_file
+from tkc.bundle.hub_cache import hub_cache_dir
 from tkc.runtime.data.errors import BadRecord, DataError, Where
 
 _BY_LINE = {"jsonl", "csv", "txt"}
 _SPLIT_RE = re.compile(r"^(?P<name>[\w.-]+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def verify_files(entry: dict, source_root: Path) -> None:
@@ -172,7 +167,7 @@ def hub_snapshot(entry: dict) -> tuple[Path | None, str | None]:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-    rev, cache = entry.get("revision"), _hub_cache_dir()
+    rev, cache = entry.get("revision"), hub_cache_dir()  # from the environment now (huggingface_hub froze its own)
     try:
         folder = snapshot_download(entry["path"], repo_type="dataset", revision=rev, cache_dir=cache,
                                    local_files_only=True)  # fmt: skip
@@ -182,16 +177,6 @@ def hub_snapshot(entry: dict) -> tuple[Path | None, str | None]:
             f"the hub cache {cache} has no snapshot of {entry['path']!r} at revision {rev or 'main'!r}",
         )
     return Path(folder), None
-
-
-def _hub_cache_dir() -> str:
-    """huggingface_hub's cache folder from the environment now (its `constants` froze it at import time)."""
-    home = os.getenv(
-        "HF_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface")
-    )
-    home = os.path.expandvars(os.path.expanduser(home))
-    legacy = os.getenv("HUGGINGFACE_HUB_CACHE", os.path.join(home, "hub"))
-    return os.path.expandvars(os.path.expanduser(os.getenv("HF_HUB_CACHE", legacy)))
 
 
 def hub_fingerprint(entry: dict, source_root: Path) -> str | None:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tkc.bundle.canonical import sha256_file
+
 log = logging.getLogger(__name__)
 
 # Bump when the tokenized output of the same inputs changes (conversion, masking, truncation, packing).
@@ -158,11 +160,7 @@ def _file_records(folder: Path) -> dict:
     out = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.name != "COMPLETE":
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            out[p.name] = {"sha256": h.hexdigest(), "size": p.stat().st_size}
+            out[p.name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
     return out
 
 
