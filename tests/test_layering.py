@@ -31,3 +31,37 @@ def test_runtime_is_not_imported_by_cli_module():
                           "print(any(m.startswith('tkc.runtime') for m in sys.modules))"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_runtime_reads_only_the_bundle():
+    """Every runtime module imported: none of the compile side's packages comes with it (the runtime reads
+    the bundle, never the recipe schema, the catalog or the compiler)."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import tkc.runtime\n"
+        "names = [m.name for m in pkgutil.walk_packages(tkc.runtime.__path__, 'tkc.runtime.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "print(len(names))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
+        "(['tkc', 'catalog'], ['tkc', 'compiler'], ['tkc', 'schema'])))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    count, leaked = out.stdout.strip().splitlines()
+    assert int(count) > 40  # the walk reached the stages, data and infer packages
+    assert leaked == "[]", leaked
+
+
+def test_inference_engines_import_the_interface_never_the_reverse():
+    import ast
+
+    infer = REPO / "src" / "tkc" / "runtime" / "infer"
+    imported = {
+        node.module
+        for node in ast.walk(ast.parse((infer / "engine.py").read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert not {m for m in imported if m.startswith("tkc.runtime.infer")}, imported
+    for impl in ("hf.py", "vllm_engine.py"):
+        text = (infer / impl).read_text(encoding="utf-8")
+        assert "tkc.runtime.infer.engine import" in text and "tkc.runtime.infer.factory" not in text

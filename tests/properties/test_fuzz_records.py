@@ -10,10 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tkc.bundle.chat import ChatTemplate
 from tkc.compiler.dataset_formats import column_checks
 from tkc.compiler.datasets_probe import _check_record
 from tkc.runtime.data.build import _BadRecords, _convert
-from tkc.runtime.data.encode import ChatSpec, Counters, EncodeOptions, encode_pairwise, encode_sft
+from tkc.runtime.data.encode import Counters, EncodeOptions, encode_pairwise, encode_sft
 from tkc.runtime.data.errors import Where
 
 _spec = importlib.util.spec_from_file_location(
@@ -112,7 +113,7 @@ def _entry(fmt: str, kind: str) -> dict:
 
 def _rows(stage_kind: str, items: list, bad) -> tuple[list, Counters]:
     tok, counters = H.tokenizer(), Counters()
-    chat, opts = ChatSpec(H.template_text("qwen3"), "", "<|im_end|>"), EncodeOptions(64)
+    chat, opts = ChatTemplate(H.template_text("qwen3"), "", "<|im_end|>"), EncodeOptions(64)
     if stage_kind == "pt":
         return items, counters
     if stage_kind == "dpo":

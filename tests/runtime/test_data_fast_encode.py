@@ -75,7 +75,7 @@ def _items(name: str) -> list:
 @functools.cache
 def _texts(name: str) -> list[str]:
     items = _items(name)
-    chat = E.ChatSpec(H.template_text("qwen2_5"))
+    chat = E.ChatTemplate(H.template_text("qwen2_5"))
     if name == "dpo":
         convs = [[*ex["messages"], ex[side]] for _, ex in items for side in ("chosen", "rejected")]
         return [chat.spans(c, None)[0] for c in convs]
@@ -139,7 +139,7 @@ def test_tokenizers_it_cannot_reproduce_get_no_fast_path():
 
 
 def _rows(kind, items, tok, opts):
-    chat = E.ChatSpec(H.template_text("qwen2_5"))
+    chat = E.ChatTemplate(H.template_text("qwen2_5"))
     counters = E.Counters()
     if kind == "preference":
         rows = E.encode_pairwise(items, tok, chat, opts, print, counters)

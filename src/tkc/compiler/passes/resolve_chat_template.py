@@ -31,7 +31,7 @@ _PROBE_TOOL = [{"type": "function", "function": {"name": "tkc_probe_tool", "desc
 
 
 def _renders(text: str, messages: list[dict], tools: Any = None, **kw: Any) -> str | None:
-    from tkc.catalog.chat import TemplateRefused, render
+    from tkc.bundle.chat import TemplateRefused, render
 
     try:
         return render(text, messages, tools=tools, add_generation_prompt=True, **kw)

@@ -10,7 +10,7 @@ Rows per stage kind (all int lists; labels are -100 where not trained; no paddin
 * sft:   input_ids, labels, attention_mask; with data.packing also position_ids (restart at 0 per example;
          see `packing` for why collate then drops attention_mask and the model needs use_cache=False).
          Labels: the tokens whose first character lies in an assistant span of
-         `tkc.catalog.chat.assistant_spans` (content + end-of-turn marker); mask_history keeps the last
+         `tkc.bundle.chat.assistant_spans` (content + end-of-turn marker); mask_history keeps the last
          turn only; train_on_prompt trains every token. Media columns (images/videos/audios) pass through
          as lists of absolute paths.
 * kto:   input_ids, labels (last assistant turn only), attention_mask, label (1 desirable / 0 undesirable).

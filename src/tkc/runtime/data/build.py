@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -11,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tkc.bundle.chat import RENDERER_VERSION, ChatTemplate
+from tkc.bundle.kinds import STAGE_DATASET_KINDS
 from tkc.runtime.data import parallel, store
 from tkc.runtime.data.convert import convert_record
-from tkc.runtime.data.encode import ChatSpec, Counters, EncodeOptions, encode_pairwise, encode_pt, encode_sft
+from tkc.runtime.data.encode import Counters, EncodeOptions, encode_pairwise, encode_pt, encode_sft
 from tkc.runtime.data.errors import BadRecord, DataError
 from tkc.runtime.data.mixing import mix, split_eval
 from tkc.runtime.data.packing import pack_rows, padding_fraction
@@ -21,7 +22,10 @@ from tkc.runtime.data.readers import hub_fingerprint, read_entry, verify_files
 
 log = logging.getLogger(__name__)
 
-STAGE_DATASET_KIND = {"pt": "text", "sft": "sft", "rm": "preference", "dpo": "preference", "kto": "kto"}
+# The rows each stage kind reads: ppo and grpo take their prompts from sft rows, eval scores sft rows. Only an
+# sft stage packs them (data.packing): a stage that splits rows into prompt and answer needs one example a row.
+ROWS_KIND = {"pt": "pt", "sft": "sft", "rm": "rm", "dpo": "dpo", "kto": "kto", "ppo": "sft", "grpo": "sft",
+             "eval": "sft"}  # fmt: skip
 COLUMNS = {
     "pt": ["input_ids", "labels", "attention_mask"],
     "sft": ["input_ids", "labels", "attention_mask"],
@@ -70,11 +74,9 @@ def _template_text(resolved: dict, tokenizer, template_text: str | None, bundle_
     )
 
 
-def _chat_spec(resolved: dict, tokenizer, template_text, bundle_dir, spans_fn) -> ChatSpec:
-    tpl = resolved.get("template") or {}
+def _chat_template(resolved: dict, tokenizer, template_text, bundle_dir) -> ChatTemplate:
     text = _template_text(resolved, tokenizer, template_text, bundle_dir)
-    return ChatSpec(text, tpl.get("bos_token") or "", tpl.get("eos_token") or (tokenizer.eos_token or ""),
-                    dict(tpl.get("render_kwargs") or {}), spans_fn)  # fmt: skip
+    return ChatTemplate.from_plan(resolved.get("template"), text, tokenizer_eos=tokenizer.eos_token or "")
 
 
 def _inside_read_roots(resolved: dict, entry: dict, source_root: Path) -> None:
@@ -87,9 +89,8 @@ def _inside_read_roots(resolved: dict, entry: dict, source_root: Path) -> None:
             raise DataError(str(exc)) from None
 
 
-def _key_parts(resolved, stage, entries, tokenizer, chat: ChatSpec | None, source_root: Path) -> dict:
+def _key_parts(resolved, stage, entries, tokenizer, chat: ChatTemplate | None, source_root: Path) -> dict:
     media = any(e["columns"].get(m) for e in entries for m in ("images", "videos", "audios"))
-    chat_src = Path(__file__).parents[2] / "catalog" / "chat.py"
     return {
         "stage_kind": stage["kind"],
         "datasets": entries,
@@ -99,9 +100,8 @@ def _key_parts(resolved, stage, entries, tokenizer, chat: ChatSpec | None, sourc
         "data": {k: v for k, v in resolved["data"].items() if k != "preprocessing_batch_size"},
         "seed": resolved["seed"],
         "tokenizer": store.tokenizer_fingerprint(tokenizer),
-        "template": None if chat is None else [chat.template_text, chat.bos_token, chat.eos_token, chat.extra,
-                                               getattr(chat.spans_fn, "__qualname__", None)],
-        "renderer": hashlib.sha256(chat_src.read_bytes()).hexdigest() if chat_src.is_file() else None,
+        "template": None if chat is None else [chat.text, chat.bos_token, chat.eos_token, dict(chat.render_kwargs)],
+        "renderer": RENDERER_VERSION,
         # media paths are stored resolved, so they are only valid for this source root
         "source_root": str(Path(source_root).resolve()) if media else None,
     }  # fmt: skip
@@ -170,14 +170,15 @@ def _token_counts(rows: list[dict], kind: str) -> dict:
 
 def _check_stage(resolved: dict, stage: dict) -> list[dict]:
     kind = stage["kind"]
-    if kind not in STAGE_DATASET_KIND:
+    if kind not in ROWS_KIND:
         raise DataError(
             f"stage {stage['name']!r}: kind {kind!r} has no tokenized training data in tkc.runtime.data"
         )
+    (wanted,) = STAGE_DATASET_KINDS[kind]
     entries = [resolved["datasets"][n] for n in stage["datasets"]]
     for e in entries:
-        if e["kind"] != STAGE_DATASET_KIND[kind]:
-            raise DataError(f"stage {stage['name']!r} ({kind}) needs {STAGE_DATASET_KIND[kind]} datasets; "
+        if e["kind"] != wanted:
+            raise DataError(f"stage {stage['name']!r} ({kind}) needs {wanted} datasets; "
                             f"{e['name']!r} is {e['kind']!r}")  # fmt: skip
     return entries
 
@@ -191,13 +192,12 @@ def build_stage_data(
     *,
     template_text: str | None = None,
     bundle_dir: Path | None = None,
-    spans_fn=None,
     workers: int | None = None,
 ) -> StageData:
     """Tokenized train/eval rows for one stage, from the cache when every input is unchanged.
 
     The chat template text comes from `template_text`, else `bundle_dir/<resolved.template.file>`, else
-    the tokenizer's own `chat_template`. `spans_fn` replaces `tkc.catalog.chat.assistant_spans` (tests).
+    the tokenizer's own `chat_template`.
     `workers`: processes that render and tokenize (None: one per 5000 examples, up to min(8, CPUs)); the
     rows do not depend on it, so it is not part of the cache key.
     """
@@ -209,7 +209,7 @@ def build_stage_data(
     chat = (
         None
         if stage["kind"] == "pt"
-        else _chat_spec(resolved, tokenizer, template_text, bundle_dir, spans_fn)
+        else _chat_template(resolved, tokenizer, template_text, bundle_dir)
     )
     parts = _key_parts(resolved, stage, entries, tokenizer, chat, source_root)
     key = store.cache_key(parts)
@@ -236,7 +236,8 @@ def build_stage_data(
 
 def _build(resolved, stage, entries, tokenizer, chat, source_root, workers) -> tuple[dict, dict]:
     start = time.perf_counter()
-    kind, data, seed = stage["kind"], resolved["data"], resolved["seed"]
+    kind, data, seed = ROWS_KIND[stage["kind"]], resolved["data"], resolved["seed"]
+    packed = bool(data.get("packing")) and stage["kind"] == "sft"
     bad, per_dataset = _BadRecords(entries), {}
     media = tuple(
         m
@@ -263,7 +264,7 @@ def _build(resolved, stage, entries, tokenizer, chat, source_root, workers) -> t
         if pool is not None:
             pool.close()
     stats = _stats(stage, per_dataset, bad, counters, train, evals, len(train_items), len(eval_items))
-    if data.get("packing") and kind == "sft":
+    if packed:
         train, evals = pack_rows(train, data["cutoff_len"]), pack_rows(evals, data["cutoff_len"])
         stats["padding_fraction"]["packed"] = padding_fraction(
             _lengths(train, kind), stats["padding_fraction"]["batch_size"]
@@ -276,7 +277,7 @@ def _build(resolved, stage, entries, tokenizer, chat, source_root, workers) -> t
         (len(train_items) + len(eval_items)) / max(stats["seconds"], 1e-9), 1
     )
     columns = (
-        COLUMNS[kind] + (["position_ids"] if data.get("packing") and kind == "sft" else []) + list(media)
+        COLUMNS[kind] + (["position_ids"] if packed else []) + list(media)
     )
     tables = {"train": store.rows_to_table(train, columns)}
     if evals or eval_items:
@@ -297,13 +298,13 @@ def _nothing_to_train(stage: dict, stats: dict) -> str:
 
 
 def _stats(stage, per_dataset, bad, counters, train, evals, n_train, n_eval) -> dict:
-    kind = stage["kind"]
+    kind = ROWS_KIND[stage["kind"]]
     for name, n in bad.per_dataset.items():
         per_dataset[name]["skipped"] = n
     batch = int((stage.get("train") or {}).get("micro_batch_size") or 1)
     lengths = _lengths(train, kind)
     return {
-        "stage": stage["name"], "kind": kind, "datasets": per_dataset,
+        "stage": stage["name"], "kind": stage["kind"], "datasets": per_dataset,
         "skipped": {"count": bad.count, "reasons": bad.reasons},
         "examples": {"train": n_train, "eval": n_eval},
         "truncated": counters.truncated, "dropped_no_labels": counters.dropped_no_labels,

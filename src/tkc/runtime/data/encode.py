@@ -19,29 +19,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tkc.catalog.chat import assistant_spans
+from tkc.bundle.chat import ChatTemplate, Span
 from tkc.runtime.data.bpe import ByteLevelBPE
 from tkc.runtime.data.errors import BadRecord
 from tkc.runtime.data.truncation import Cut, called_tools, keep_response_bounds, select_prompt, tool_def_ends
 
 IGNORE = -100
-Span = tuple[int, int, int]
-
-
-@dataclass
-class ChatSpec:
-    """What the runtime needs to render a conversation: the template text and the bundle's special tokens."""
-
-    template_text: str
-    bos_token: str = ""
-    eos_token: str = ""
-    extra: dict = field(default_factory=dict)
-    spans_fn: Callable[..., tuple[str, list[Span]]] | None = None
-
-    def spans(self, messages: list[dict], tools: list[dict] | None) -> tuple[str, list[Span]]:
-        fn = self.spans_fn or assistant_spans
-        return fn(self.template_text, messages, tools=tools, bos_token=self.bos_token,
-                  eos_token=self.eos_token, **self.extra)  # fmt: skip
 
 
 @dataclass
@@ -237,7 +220,7 @@ def _trains(labels: np.ndarray) -> bool:
 # ---------------------------------------------------------------- rendering
 
 
-def render_all(items: list, chat: ChatSpec, pick: Callable[[dict], list[dict]], on_bad) -> list:
+def render_all(items: list, chat: ChatTemplate, pick: Callable[[dict], list[dict]], on_bad) -> list:
     """[(where, example, text, spans, messages)] for the examples whose conversation renders; others to on_bad."""
     out = []
     for where, ex in items:
@@ -265,9 +248,9 @@ def render_all(items: list, chat: ChatSpec, pick: Callable[[dict], list[dict]], 
     return out
 
 
-def _check_reasoning(messages: list[dict], chat: ChatSpec) -> None:
+def _check_reasoning(messages: list[dict], chat: ChatTemplate) -> None:
     """Reasoning only where the template renders it: elsewhere it would vanish from the trained text unseen."""
-    if "reasoning_content" in chat.template_text:
+    if chat.renders_reasoning():
         return
     for i, m in enumerate(messages):
         if m.get("reasoning_content"):
@@ -291,7 +274,7 @@ def _masked(encoded: Encoded, spans: list[Span], train_all: bool, last_only: boo
 
 
 def encode_sft(
-    items, tokenizer, chat: ChatSpec, opts: EncodeOptions, on_bad, counters: Counters, *, kto=False
+    items, tokenizer, chat: ChatTemplate, opts: EncodeOptions, on_bad, counters: Counters, *, kto=False
 ):
     """sft rows {input_ids, labels, attention_mask}; kto rows add `label` and train the last turn only."""
     rendered = render_all(items, chat, lambda ex: ex["messages"], on_bad)
@@ -323,7 +306,7 @@ def _dropped(where, cut: Cut | None, labels: np.ndarray, counters: Counters) -> 
     return why is not None
 
 
-def encode_pairwise(items, tokenizer, chat: ChatSpec, opts: EncodeOptions, on_bad, counters: Counters):
+def encode_pairwise(items, tokenizer, chat: ChatTemplate, opts: EncodeOptions, on_bad, counters: Counters):
     """rm/dpo rows {chosen_,rejected_}{input_ids, labels, attention_mask}: same prompt, labels on the answer only."""
     sides = {}
     for side in ("chosen", "rejected"):

@@ -8,13 +8,13 @@ Each worker runs the tokenizer single-threaded; parallelism comes from the proce
 from __future__ import annotations
 
 import os
-import pickle
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
 
-from tkc.runtime.data.encode import ChatSpec, Counters, EncodeOptions, encode_pairwise, encode_sft
+from tkc.bundle.chat import ChatTemplate
+from tkc.runtime.data.encode import Counters, EncodeOptions, encode_pairwise, encode_sft
 
 # Below this many examples a worker's start-up (fresh interpreter, numpy, jinja2) costs more than it saves.
 MIN_EXAMPLES_PER_WORKER = 5000
@@ -32,14 +32,8 @@ def auto_workers(n_items: int) -> int:
     return max(1, min(os.cpu_count() or 1, 8, n_items // MIN_EXAMPLES_PER_WORKER))
 
 
-def can_parallelize(tokenizer, chat: ChatSpec | None) -> bool:
-    if getattr(tokenizer, "backend_tokenizer", None) is None or chat is None:
-        return False
-    try:
-        pickle.dumps(chat.spans_fn)
-    except Exception:  # a test's local function: stay in-process
-        return False
-    return True
+def can_parallelize(tokenizer, chat: ChatTemplate | None) -> bool:
+    return getattr(tokenizer, "backend_tokenizer", None) is not None and chat is not None
 
 
 def _init(tokenizer_json: str, chat: dict, opts: dict) -> None:
@@ -47,7 +41,7 @@ def _init(tokenizer_json: str, chat: dict, opts: dict) -> None:
     from tokenizers import Tokenizer
 
     global _STATE
-    _STATE = (_Tokenizer(Tokenizer.from_str(tokenizer_json)), ChatSpec(**chat), EncodeOptions(**opts))
+    _STATE = (_Tokenizer(Tokenizer.from_str(tokenizer_json)), ChatTemplate(**chat), EncodeOptions(**opts))
 
 
 def rows_to_columns(rows: list[dict]) -> tuple[list[str], list] | list[dict]:
@@ -98,7 +92,7 @@ class Workers:
     jinja2, the tokenizer) overlaps the parent's reading and conversion instead of following it.
     """
 
-    def __init__(self, tokenizer, chat: ChatSpec, opts: EncodeOptions, workers: int):
+    def __init__(self, tokenizer, chat: ChatTemplate, opts: EncodeOptions, workers: int):
         import multiprocessing
 
         init = (tokenizer.backend_tokenizer.to_str(), asdict(chat), asdict(opts))

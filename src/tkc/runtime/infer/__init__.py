@@ -1,5 +1,7 @@
-"""Inference: the Engine interface (HF transformers, vLLM) over a bundle's stage outputs."""
+"""Inference: the Engine interface (engine.py), its implementations (HF transformers, vLLM) and the factory."""
 
-from tkc.runtime.infer.engine import ChatFormat, Completion, Engine, load_engine, model_stage, open_context
+from tkc.bundle.chat import ChatTemplate
+from tkc.runtime.infer.engine import Completion, Engine
+from tkc.runtime.infer.factory import load_engine, model_stage, open_context
 
-__all__ = ["ChatFormat", "Completion", "Engine", "load_engine", "model_stage", "open_context"]
+__all__ = ["ChatTemplate", "Completion", "Engine", "load_engine", "model_stage", "open_context"]

@@ -1,19 +1,20 @@
-"""The inference engine interface: Completion, the Engine protocol, the bundle's chat format, and load_engine."""
+"""The inference engine interface: Completion, the Engine protocol, prompts and stops; engines import it.
+
+Implementations (`hf.HFEngine`, `vllm_engine.VLLMEngine`) import this module, never the reverse;
+`tkc.runtime.infer.factory.load_engine` picks one.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
-from tkc.runtime.context import RunContext, load_bundle_hash, resolve_source_root
+from tkc.bundle.chat import ChatTemplate
+from tkc.runtime.context import RunContext
 
 # A prompt is raw text (sent as is) or a chat conversation (rendered with the bundle's template).
 Prompt = str | list[dict]
-ENGINES = ("hf", "vllm")
-MODEL_LESS_KINDS = ("eval", "infer")  # stages that write no model/: chat with the model they read
 
 
 @dataclass(frozen=True)
@@ -52,47 +53,15 @@ class Engine(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class ChatFormat:
-    """The bundle's chat template and its resolved metadata (resolved.json "template")."""
-
-    text: str
-    bos_token: str = ""
-    eos_token: str = ""
-    stop_tokens: tuple[str, ...] = ()
-    render_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def prompt(self, messages: list[dict], *, tools: list[dict] | None = None) -> str:
-        """The conversation rendered up to the assistant's turn, exactly as the model was trained on it."""
-        from tkc.catalog.chat import render
-
-        return render(
-            self.text,
-            messages,
-            tools=tools,
-            add_generation_prompt=True,
-            bos_token=self.bos_token,
-            eos_token=self.eos_token,
-            **self.render_kwargs,
-        )
-
-
-def chat_format(ctx: RunContext) -> ChatFormat | None:
-    """The ChatFormat of the bundle, or None for a bundle without a template (pretraining only)."""
-    tpl = ctx.resolved.get("template")
+def chat_template(ctx: RunContext) -> ChatTemplate | None:
+    """The bundle's chat template as the data pipeline renders it, or None for a bundle without one (pt only)."""
     text = ctx.chat_template()
-    if not tpl or text is None:
+    if text is None:
         return None
-    return ChatFormat(
-        text,
-        tpl.get("bos_token") or "",
-        tpl.get("eos_token") or "",
-        tuple(tpl.get("stop_tokens") or ()),
-        dict(tpl.get("render_kwargs") or {}),
-    )
+    return ChatTemplate.from_plan(ctx.plan.template, text, tokenizer_eos=ctx.tokenizer().eos_token or "")
 
 
-def render_prompt(fmt: ChatFormat | None, prompt: Prompt) -> str:
+def render_prompt(fmt: ChatTemplate | None, prompt: Prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     if fmt is None:
@@ -131,47 +100,3 @@ def split_stops(tokenizer, stops: Sequence[str]) -> tuple[set[int], list[str]]:
         else:
             strings.append(s)
     return ids, strings
-
-
-def open_context(bundle: Path, source_root: Path | None = None) -> RunContext:
-    """A RunContext for a bundle directory, as `tkc run` builds it (no distributed setup)."""
-    bundle = Path(bundle).resolve()
-    resolved = json.loads((bundle / "resolved.json").read_text(encoding="utf-8"))
-    return RunContext(bundle, resolved, resolve_source_root(bundle, source_root), load_bundle_hash(bundle))
-
-
-def model_stage(ctx: RunContext, stage_name: str | None) -> str | None:
-    """The stage whose outputs/<stage>/model/ to load: the named one (an eval/infer stage: the model it reads),
-    or, when none is named, the last stage that wrote a model; None means the bundle's base model."""
-    if stage_name is None:
-        done = [s for s in ctx.resolved["stages"] if (ctx.stage_dir(s) / "model").is_dir()]
-        return max(done, key=lambda s: s["index"])["name"] if done else None
-    stage = ctx.stage_by_name(stage_name)
-    if stage["kind"] in MODEL_LESS_KINDS:
-        return model_stage(ctx, stage["init_from"]) if stage.get("init_from") else None
-    if not (ctx.stage_dir(stage) / "model").is_dir():
-        raise RuntimeError(
-            f"stage {stage_name!r} has no model yet ({ctx.stage_dir(stage) / 'model'}); "
-            f"run it first: tkc run {ctx.bundle_dir} --stage {stage_name}"
-        )
-    return stage_name
-
-
-def load_engine(
-    ctx_or_bundle: RunContext | Path | str, stage_name: str | None = None, engine: str = "hf", **options: Any
-) -> Engine:
-    """An engine over a stage's output model (adapter merged or full weights); None: the bundle's base model.
-
-    An eval/infer stage name means the model that stage reads. `options` go to the engine's from_bundle.
-    """
-    ctx = ctx_or_bundle if isinstance(ctx_or_bundle, RunContext) else open_context(Path(ctx_or_bundle))
-    stage_name = model_stage(ctx, stage_name) if stage_name is not None else None
-    if engine == "hf":
-        from tkc.runtime.infer.hf import HFEngine
-
-        return HFEngine.from_bundle(ctx, stage_name, **options)
-    if engine == "vllm":
-        from tkc.runtime.infer.vllm_engine import VLLMEngine
-
-        return VLLMEngine.from_bundle(ctx, stage_name, **options)
-    raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")

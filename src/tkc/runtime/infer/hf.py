@@ -11,12 +11,12 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from tkc.bundle.chat import ChatTemplate
 from tkc.runtime.context import RunContext
 from tkc.runtime.infer.engine import (
-    ChatFormat,
     Completion,
     Prompt,
-    chat_format,
+    chat_template,
     cut_at_stop,
     held_back,
     render_prompt,
@@ -74,7 +74,7 @@ class _IdQueue(BaseStreamer):
 class HFEngine:
     """Engine over a transformers causal LM and its tokenizer; chat prompts rendered with the bundle's template."""
 
-    def __init__(self, model, tokenizer, fmt: ChatFormat | None = None, *, batch_size: int = 16):
+    def __init__(self, model, tokenizer, fmt: ChatTemplate | None = None, *, batch_size: int = 16):
         self.model, self.tok, self.fmt, self.batch_size = model.eval(), tokenizer, fmt, batch_size
         self.model.generation_config = GenerationConfig()  # the checkpoint's file must not fill unset knobs
         if self.tok.pad_token_id is None:
@@ -97,7 +97,7 @@ class HFEngine:
         else:
             model = load_stage_output(ctx, stage_name, dtype=torch_dtype)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device), ctx.tokenizer(), chat_format(ctx), batch_size=batch_size)
+        return cls(model.to(device), ctx.tokenizer(), chat_template(ctx), batch_size=batch_size)
 
     @property
     def device(self) -> torch.device:

@@ -7,8 +7,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tkc.bundle.chat import ChatTemplate
 from tkc.runtime.context import RunContext
-from tkc.runtime.infer.engine import ChatFormat, Completion, Prompt, chat_format, render_prompt, split_stops
+from tkc.runtime.infer.engine import Completion, Prompt, chat_template, render_prompt, split_stops
 
 MISSING = (
     "engine 'vllm' needs the vllm package, which is not installed: pip install 'tkc[vllm]' "
@@ -81,7 +82,7 @@ def _lora_rank(adapter_dir: str) -> int:
 class VLLMEngine:
     """Engine over `vllm.LLM`: prompts rendered by tkc (same template text as HFEngine), LoRA via LoRARequest."""
 
-    def __init__(self, llm, tokenizer, fmt: ChatFormat | None, lora_request=None):
+    def __init__(self, llm, tokenizer, fmt: ChatTemplate | None, lora_request=None):
         self.llm, self.tok, self.fmt, self.lora_request = llm, tokenizer, fmt, lora_request
         self.vllm = import_vllm()
 
@@ -107,7 +108,7 @@ class VLLMEngine:
             from vllm.lora.request import LoRARequest
 
             lora = LoRARequest(stage_name, 1, adapter)
-        return cls(vllm.LLM(**{**kwargs, **llm_kwargs}), ctx.tokenizer(), chat_format(ctx), lora)
+        return cls(vllm.LLM(**{**kwargs, **llm_kwargs}), ctx.tokenizer(), chat_template(ctx), lora)
 
     def params(
         self, *, max_new_tokens: int, temperature: float, top_p: float, stop: Sequence[str], seed: int

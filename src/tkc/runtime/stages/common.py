@@ -15,12 +15,12 @@ from tkc.runtime.context import RunContext
 from tkc.runtime.loop import LoopResult, Rows
 
 
-def load_rows(ctx: RunContext, stage: dict, *, datasets: list[str] | None = None, kind: str | None = None
-              ) -> tuple[Rows, Rows]:
-    """Token-id rows for the stage from tkc.runtime.data (looked up at call time so tests can substitute it)."""
+def load_rows(ctx: RunContext, stage: dict, *, datasets: list[str] | None = None) -> tuple[Rows, Rows]:
+    """Token-id rows for the stage from tkc.runtime.data (looked up at call time so tests can substitute it);
+    the stage's own kind picks them (ppo, grpo and eval read unpacked sft rows: tkc.runtime.data.build.ROWS_KIND)."""
     from tkc.runtime import data
 
-    stage = {**stage, "datasets": datasets if datasets is not None else stage["datasets"], "kind": kind or stage["kind"]}
+    stage = {**stage, "datasets": datasets if datasets is not None else stage["datasets"]}
     built = data.build_stage_data(ctx.resolved, stage, ctx.tokenizer(), ctx.source_root, ctx.outputs / ".cache",
                                   template_text=ctx.chat_template(), bundle_dir=ctx.bundle_dir)
     return list(built.train), list(built.eval or [])

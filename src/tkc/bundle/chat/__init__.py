@@ -1,0 +1,94 @@
+"""The chat renderer below compiler and runtime: sandboxed Jinja rendering, assistant spans and stop tokens.
+
+The compiler renders templates to probe them; the runtime renders the bundle's template for training data
+(assistant spans) and for inference (generation prompts, stop tokens). Both import this package, which needs
+only jinja2: it sits next to the bundle format, below the catalog (data files) and the runtime (torch).
+
+`ChatTemplate` is the one description of a bundle's template the runtime renders with: the text of
+`template/chat_template.jinja` and the plan's `template` values (`tkc.bundle.plan.ResolvedTemplate`).
+`plan_stop_tokens` is the one reader of the plan's stop tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tkc.bundle.chat.render import SpanError, TemplateRefused, has_generation_markers, render
+from tkc.bundle.chat.spans import Span, assistant_spans
+
+if TYPE_CHECKING:
+    from tkc.bundle.plan import ResolvedTemplate
+
+__all__ = ["RENDERER_VERSION", "ChatTemplate", "Span", "SpanError", "TemplateRefused",
+           "assistant_spans", "has_generation_markers", "plan_stop_tokens", "render"]  # fmt: skip
+
+# Bump when what `render` or `assistant_spans` returns for some input changes: the data cache keys on it
+# (a change of the renderer's source alone, a comment or a refactor, keeps cached rows valid).
+RENDERER_VERSION = 1
+
+
+# A resolved.json `template` read as plain JSON (hand-written bundles in tests) may leave these out
+_DEFAULTS: dict[str, Any] = {"bos_token": "", "eos_token": "", "stop_tokens": (), "render_kwargs": {}}
+
+
+def _field(template: ResolvedTemplate | Mapping[str, Any], name: str) -> Any:
+    # a typed plan's template (attributes) or the dict of a resolved.json read as JSON
+    if isinstance(template, Mapping):
+        value = template.get(name)
+        return _DEFAULTS[name] if value is None else value
+    return getattr(template, name)
+
+
+def plan_stop_tokens(template: ResolvedTemplate | Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The plan's stop tokens (resolved.json template.stop_tokens); none for a bundle without a template.
+
+    The runtime adds the tokenizer's eos token to these wherever it generates (`stop_token_ids`)."""
+    return () if template is None else tuple(_field(template, "stop_tokens"))
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A bundle's chat template, ready to render: the training data and inference render with the same one."""
+
+    text: str
+    bos_token: str = ""
+    eos_token: str = ""
+    stop_tokens: tuple[str, ...] = ()
+    render_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_plan(
+        cls, template: ResolvedTemplate | Mapping[str, Any] | None, text: str, *, tokenizer_eos: str = ""
+    ) -> ChatTemplate:
+        """The template of a plan and its text; `eos_token` is the plan's, else the tokenizer's (a template
+        taken from a tokenizer without a plan entry renders with that tokenizer's eos)."""
+        if template is None:
+            return cls(text, "", tokenizer_eos)
+        return cls(
+            text,
+            _field(template, "bos_token"),
+            _field(template, "eos_token") or tokenizer_eos,
+            plan_stop_tokens(template),
+            dict(_field(template, "render_kwargs")),
+        )
+
+    def render(
+        self, messages: list[dict], *, tools: list[dict] | None = None, add_generation_prompt: bool = False
+    ) -> str:
+        return render(self.text, messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                      bos_token=self.bos_token, eos_token=self.eos_token, **self.render_kwargs)  # fmt: skip
+
+    def prompt(self, messages: list[dict], *, tools: list[dict] | None = None) -> str:
+        """The conversation rendered up to the assistant's turn, exactly as the model was trained on it."""
+        return self.render(messages, tools=tools, add_generation_prompt=True)
+
+    def spans(self, messages: list[dict], tools: list[dict] | None = None) -> tuple[str, list[Span]]:
+        """The rendered conversation and the char spans of its assistant turns (`assistant_spans`)."""
+        return assistant_spans(self.text, messages, tools=tools, bos_token=self.bos_token,
+                               eos_token=self.eos_token, **self.render_kwargs)  # fmt: skip
+
+    def renders_reasoning(self) -> bool:
+        """Whether the template writes a message's reasoning (elsewhere it would vanish from the text unseen)."""
+        return "reasoning_content" in self.text

@@ -1,0 +1,152 @@
+"""Assistant spans: the characters of a rendered conversation a model is trained to generate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tkc.bundle.chat.render import (
+    SpanError,
+    _context,
+    _render_tracked,
+    has_generation_markers,
+    render,
+)
+
+# Private-use characters: never produced by a tokenizer's text, never stripped by a template
+_SENTINELS = ("\ue000", "\ue001")
+
+Span = tuple[int, int, int]
+
+
+def assistant_spans(
+    template_text: str,
+    messages: list[dict],
+    *,
+    tools: list[dict] | None = None,
+    bos_token: str = "",
+    eos_token: str = "",
+    **extra: Any,
+) -> tuple[str, list[Span]]:
+    """The rendered conversation and, per assistant turn, the char span `(start, end, message_index)` to train on.
+
+    A span covers what the model must generate after the generation prompt: the turn's rendered content (with
+    any reasoning block or tool calls the template writes there) and the end-of-turn marker (`<|im_end|>`,
+    `<|eot_id|>`, `</s>`, ...). It excludes the whitespace the template writes after the marker and the
+    next turn's header. Found by incremental rendering: `render(messages[:i], add_generation_prompt=True)`
+    ends where turn i starts, `render(messages[:i+1])` ends where it ends. Templates that rewrite a turn
+    once later turns exist (Qwen3 drops earlier reasoning) fail that prefix check; such turns are located
+    segment by segment instead (see `_rewritten_span`). Templates with `{% generation %}` markers use them.
+
+    Consequences worth knowing: a final turn also carries what the template appends only at the very end
+    (Phi-3.5's `<|endoftext|>`); templates whose turns end with the next role header rather than a token
+    (ChatGLM3, GLM-4) give spans without an end marker, so the runtime must append the stop token itself.
+    """
+    kw = {"tools": tools, "bos_token": bos_token, "eos_token": eos_token, **extra}
+    turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if has_generation_markers(template_text):
+        return render(template_text, messages, **kw), _generation_spans(template_text, messages, turns, kw)
+    # the conversation is copied to plain data once; each prefix render takes a slice of it
+    ctx = _context(messages, tools, False, {"bos_token": bos_token, "eos_token": eos_token, **extra})
+
+    def prefix(n: int, add_generation_prompt: bool) -> str:
+        msgs = ctx["messages"][:n]
+        return _render_tracked(
+            template_text, {**ctx, "messages": msgs, "add_generation_prompt": add_generation_prompt}
+        )[0]
+
+    full = prefix(len(messages), False)
+    return full, [_turn_span(template_text, messages, i, full, kw, prefix) for i in turns]
+
+
+def _generation_spans(template_text: str, messages: list[dict], turns: list[int], kw: dict) -> list[Span]:
+    extra = {k: v for k, v in kw.items() if k != "tools"}
+    ctx = _context(messages, kw["tools"], False, extra)
+    _, marked = _render_tracked(template_text, ctx)
+    if len(marked) != len(turns):
+        raise SpanError(f"template marks {len(marked)} generation blocks for {len(turns)} assistant turns")
+    return [(s, e, i) for (s, e), i in zip(marked, turns, strict=True)]
+
+
+def _turn_span(
+    template_text: str, messages: list[dict], i: int, full: str, kw: dict, prefix: Callable[[int, bool], str]
+) -> Span:
+    before = prefix(i, True)
+    # the last turn's prefix render is the full render itself (same messages, same options)
+    through = full if i == len(messages) - 1 else prefix(i + 1, False)
+    if full.startswith(through) and through.startswith(before):
+        return len(before), _trim_end(through, len(before)), i
+    return _rewritten_span(template_text, messages, i, full, kw)
+
+
+def _trim_end(text: str, start: int) -> int:
+    # The whitespace after the end-of-turn marker separates turns; the model never generates it
+    return max(start, len(text.rstrip()))
+
+
+def _rewritten_span(template_text: str, messages: list[dict], i: int, full: str, kw: dict) -> Span:
+    """Locate turn i inside `full` when the prefix renders disagree with it.
+
+    This happens when a template rewrites a turn once later turns exist (Qwen3 drops earlier reasoning),
+    appends text only to the last turn (Phi-3.5's trailing eos) or moves the system prompt (Mistral v3 puts
+    it before the last user message). The turn's content is found in the full conversation by rendering it
+    twice with two sentinel contents: outside the content the three renders agree. The span starts where
+    the generation prompt ends, when the text before the turn survives in `full`, else at the content; it
+    ends after the closing text the template writes after the turn's content (`_closing_len`).
+    """
+    renders = [render(template_text, _with_content(messages, i, s), **kw) for s in _SENTINELS]
+    if renders[0] == renders[1]:
+        raise SpanError(f"turn {i}: the template does not render this turn's content")
+    head = _common_prefix_len(renders[0], renders[1])
+    tail = _common_prefix_len(renders[0][::-1], renders[1][::-1])
+    if full[:head] != renders[0][:head] or not full.endswith(renders[0][len(renders[0]) - tail :]):
+        raise SpanError(f"turn {i}: its content changes the text around it; cannot locate it")
+    content_end = len(full) - tail
+    start = min(_turn_start(template_text, messages, i, full, kw), head)
+    closing = _closing_text(template_text, messages, i, kw)
+    return start, content_end + _closing_len(closing, full[content_end:]), i
+
+
+def _with_content(messages: list[dict], i: int, content: str) -> list[dict]:
+    return [*messages[:i], {**messages[i], "content": content}, *messages[i + 1 :]]
+
+
+def _turn_start(template_text: str, messages: list[dict], i: int, full: str, kw: dict) -> int:
+    """Where the model starts generating turn i: after the part of the generation prompt `full` repeats."""
+    before = render(template_text, messages[:i], add_generation_prompt=True, **kw)
+    if full.startswith(before):
+        return len(before)
+    head = render(template_text, messages[:i], **kw)
+    if not full.startswith(head):
+        return len(full)  # the caller falls back to the content start
+    # Qwen3 without thinking prompts with an empty <think></think> block that history turns do not carry
+    return len(head) + _common_prefix_len(before[len(head) :], full[len(head) :])
+
+
+def _closing_text(template_text: str, messages: list[dict], i: int, kw: dict) -> str:
+    """What the template writes after turn i's content when it is the last turn (`<|im_end|>`, ...)."""
+    tails = [render(template_text, _with_content(messages[: i + 1], i, s), **kw) for s in _SENTINELS]
+    n = _common_prefix_len(tails[0][::-1], tails[1][::-1])
+    return tails[0][len(tails[0]) - n :].rstrip()
+
+
+def _closing_len(closing: str, after: str) -> int:
+    """How much of `after` (the text after the content) is the turn's closing text.
+
+    The closing text of a last turn may carry more than a middle turn does (Phi-3.5 adds eos at the end
+    of the conversation): keep the part `after` repeats, cut back to whitespace so that a half-matched
+    token (`<|` of `<|endoftext|>` against `<|user|>`) is not taken, and drop trailing whitespace.
+    """
+    n = _common_prefix_len(closing, after)
+    if n < len(closing):
+        n = max((k + 1 for k in range(n) if closing[k].isspace()), default=0)
+    return len(closing[:n].rstrip())
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
