@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
-import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,12 +9,10 @@ from pathlib import Path
 
 from tkc.bundle.canonical import sha256_file
 from tkc.compiler import dataset_formats as formats
+from tkc.dataio import BadJson, iter_file
 
 SUFFIX_TYPES = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow",
                 ".txt": "txt"}  # fmt: skip
-# A record larger than this (in a .json array) is reported, not read: the probe must stay bounded.
-_MAX_PREFIX_BYTES = 64 << 20
-_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -89,118 +85,18 @@ def _rel(p: Path, root: Path) -> str:
     return resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else p.as_posix()
 
 
-# ---------------------------------------------------------------- bounded readers: yield (line_or_index, record)
-
-
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, object]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield lineno, _loads(line)
+def iter_records(path: Path, file_type: str, n: int = 20) -> Iterator[tuple[int, object]]:
+    """The first `n` records of one data file, as (line or index, record); bad JSON comes back as a `_BadJson`."""
+    for where, record in iter_file(path, file_type, n):
+        if isinstance(record, BadJson):
+            at = f" at column {record.colno}" if record.colno is not None else ""
+            record = _BadJson(f"invalid JSON: {record.msg}{at}")
+        yield where, record
 
 
 class _BadJson:
     def __init__(self, error: str):
         self.error = error
-
-
-def _loads(text: str) -> object:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        return _BadJson(f"invalid JSON: {exc.msg} at column {exc.colno}")
-
-
-def _iter_json_array(path: Path) -> Iterator[tuple[int, object]]:
-    """Records of a top-level JSON array, decoded one at a time from a growing, bounded prefix."""
-    decoder, text_decoder = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8")()
-    with open(path, "rb") as f:
-        buf, pos, eof = _fill(f, text_decoder, "", 0, False)
-        if pos >= len(buf):
-            return
-        if buf[pos] != "[":  # a `.json` file holding JSON lines, which HF datasets reads too
-            yield from _iter_jsonl(path)
-            return
-        buf, pos, eof = _fill(f, text_decoder, buf, pos + 1, eof)
-        index = 0
-        while pos < len(buf) and buf[pos] != "]":
-            if buf[pos] == "," and index:
-                buf, pos, eof = _fill(f, text_decoder, buf, pos + 1, eof)
-                continue
-            try:
-                record, end = decoder.raw_decode(buf, pos)
-            except json.JSONDecodeError as exc:
-                if eof or len(buf) > _MAX_PREFIX_BYTES:
-                    yield index, _BadJson(f"invalid JSON: {exc.msg}")
-                    return
-                buf, eof = _read_more(f, text_decoder, buf)
-                continue
-            yield index, record
-            index += 1
-            buf, pos, eof = _fill(f, text_decoder, buf[end:], 0, eof)  # keep the buffer about one record long
-
-
-def _fill(f, text_decoder, buf: str, pos: int, eof: bool) -> tuple[str, int, bool]:
-    """Skip whitespace from `pos`, reading more until a non-space character is available or the file ends."""
-    pos = _skip_ws(buf, pos)
-    while pos >= len(buf) and not eof:
-        buf, eof = _read_more(f, text_decoder, buf)
-        pos = _skip_ws(buf, pos)
-    return buf, pos, eof
-
-
-def _read_more(f, text_decoder, buf: str) -> tuple[str, bool]:
-    chunk = f.read(max(_CHUNK, len(buf)))
-    return buf + text_decoder.decode(chunk, final=not chunk), not chunk
-
-
-def _skip_ws(buf: str, pos: int) -> int:
-    while pos < len(buf) and buf[pos] in " \t\r\n":
-        pos += 1
-    return pos
-
-
-def _iter_csv(path: Path) -> Iterator[tuple[int, object]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            yield reader.line_num, row
-
-
-def _iter_txt(path: Path) -> Iterator[tuple[int, object]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield lineno, {"text": line.rstrip("\n")}
-
-
-def _iter_arrow_table(path: Path, file_type: str, n: int) -> Iterator[tuple[int, object]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if file_type == "parquet":
-        batches = pq.ParquetFile(path).iter_batches(batch_size=n)
-    else:
-        with pa.memory_map(str(path)) as source:
-            try:
-                reader = pa.ipc.open_stream(source)
-            except pa.ArrowInvalid:
-                reader = pa.ipc.open_file(source)
-            first = reader.get_batch(0) if hasattr(reader, "get_batch") else next(iter(reader), None)
-            batches = [first] if first is not None else []
-    for batch in batches:
-        yield from enumerate(batch.to_pylist())
-        return
-
-
-def iter_records(path: Path, file_type: str, n: int = 20) -> Iterator[tuple[int, object]]:
-    """The first `n` records of one data file, as (line or index, record); bad JSON comes back as a `_BadJson`."""
-    readers = {"jsonl": _iter_jsonl, "json": _iter_json_array, "csv": _iter_csv, "txt": _iter_txt}
-    it = readers[file_type](path) if file_type in readers else _iter_arrow_table(path, file_type, n)
-    for i, item in enumerate(it):
-        if i >= n:
-            return
-        yield item
 
 
 # ---------------------------------------------------------------- shape checks

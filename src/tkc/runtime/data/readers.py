@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections.abc import Iterator
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from tkc.bundle.canonical import sha256_file
 from tkc.bundle.hub_cache import hub_cache_dir
+from tkc.dataio import FILE_TYPES, BadJson, iter_file
 from tkc.runtime.data.errors import BadRecord, DataError, Where
 
 _BY_LINE = {"jsonl", "csv", "txt"}
@@ -50,70 +50,26 @@ def slice_bounds(split: str, n: int) -> range:
     return range(n)[slice(_bound(start, n), _bound(stop, n))]
 
 
-# ---------------------------------------------------------------- per file type: yield (line or index, record)
+# ---------------------------------------------------------------- per file: tkc.dataio's readers, shared with the probe
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, object]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield lineno, _loads(line, lineno)
+def _records(path: Path, ftype: str) -> Iterator[tuple[int, object]]:
+    """(line or index, record) of one file; a bad JSON line becomes a BadRecord (skipped or refused per
+    on_bad_record); a bad JSON array is refused with the whole file's line and column."""
+    for where, record in iter_file(path, ftype):
+        if isinstance(record, BadJson) and record.colno is not None:
+            record = BadRecord(f"invalid JSON ({record.msg} at column {record.colno})", "one JSON object per line")
+        elif isinstance(record, BadJson):
+            _refuse_json(path)
+        yield where, record
 
 
-def _loads(text: str, where: int) -> object:
+def _refuse_json(path: Path) -> None:
     try:
-        return json.loads(text)
+        json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        return BadRecord(f"invalid JSON ({exc.msg} at column {exc.colno})", "one JSON object per line")
-
-
-def _json(path: Path) -> Iterator[tuple[int, object]]:
-    with open(path, encoding="utf-8") as f:
-        head = f.read(4096).lstrip()
-    if not head.startswith("["):
-        yield from _jsonl(path)  # a `.json` file holding JSON lines, as HF datasets accepts
-        return
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path.name}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
-    yield from enumerate(data)
-
-
-def _csv(path: Path) -> Iterator[tuple[int, object]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            yield reader.line_num, row
-
-
-def _txt(path: Path) -> Iterator[tuple[int, object]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield lineno, {"text": line.rstrip("\n")}
-
-
-def _parquet(path: Path) -> Iterator[tuple[int, object]]:
-    import pyarrow.parquet as pq
-
-    yield from enumerate(pq.read_table(path).to_pylist())
-
-
-def _arrow(path: Path) -> Iterator[tuple[int, object]]:
-    import pyarrow as pa
-
-    with pa.memory_map(str(path)) as source:
-        try:
-            table = pa.ipc.open_stream(source).read_all()
-        except pa.ArrowInvalid:
-            table = pa.ipc.open_file(source).read_all()
-    yield from enumerate(table.to_pylist())
-
-
-_READERS = {"jsonl": _jsonl, "json": _json, "csv": _csv, "txt": _txt, "parquet": _parquet, "arrow": _arrow}
+        raise DataError(f"{path.name}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    raise DataError(f"{path.name}: invalid JSON")
 
 
 def iter_entry_records(entry: dict, source_root: Path) -> Iterator[tuple[Where, object]]:
@@ -122,11 +78,11 @@ def iter_entry_records(entry: dict, source_root: Path) -> Iterator[tuple[Where, 
     if ftype in ("hf_disk", "hub"):
         yield from _hf_records(entry, source_root)
         return
-    if ftype not in _READERS:
+    if ftype not in FILE_TYPES:
         raise DataError(f"dataset {entry['name']!r}: unsupported file_type {ftype!r}")
     for f in entry["files"]:
         path = source_root / f["path"]
-        for where, record in _READERS[ftype](path):
+        for where, record in _records(path, ftype):
             yield Where(f["path"], where, ftype in _BY_LINE, entry["name"]), record
 
 
