@@ -15,7 +15,11 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def _opts(**kw) -> dict:
-    return {"reward_model": None, "reward_function": None, "num_generations": 4, "max_new_tokens": 6, **kw}
+    """A grpo stage's options as the compiler resolves them: every schema option, at its default unless given."""
+    from tkc.schema.stages import GrpoStage, StageBase
+
+    schema = {k: f.default for k, f in GrpoStage.model_fields.items() if k not in StageBase.model_fields and k != "kind"}
+    return {**schema, "reward_bundle": None, "num_generations": 4, "max_new_tokens": 6, **kw}
 
 
 def _grpo(rt, index: int, *, init_from=None, **opts):
@@ -106,8 +110,8 @@ def test_grpo_rm_reward_trains_same_seed_same_steps_and_exact_resume(rt, tmp_pat
     # same seed, fresh bundle -> identical per-step losses and rewards (CPU sampling is seeded by TRL's set_seed)
     assert rt.steps(b, "grpo") == recs
     # resume from the step-2 checkpoint reproduces steps 3-4 and the final adapter exactly
-    assert (out / "checkpoints" / "checkpoint-2").is_dir()
-    shutil.rmtree(out / "checkpoints" / "checkpoint-4")
+    assert (out / "checkpoints" / "ckpt-2" / "state.json").is_file()  # checkpoint.py's naming and state
+    shutil.rmtree(out / "checkpoints" / "ckpt-4")
     (out / "DONE").unlink()
     assert wired(a) == 0
     assert rt.steps(a, "grpo") == recs
@@ -152,33 +156,73 @@ def test_grpo_stop_request_checkpoints_and_resumes_exactly(rt, tmp_path, tiny_pr
     seed_everything(42, True)
     assert grpo.run(ctx, ctx.stage_by_name("grpo")) == EXIT_SIGTERM
     out = cut / "outputs" / "grpo"
-    assert (out / "checkpoints" / "checkpoint-1" / "COMPLETE").is_file() and not (out / "DONE").exists()
+    assert (out / "checkpoints" / "ckpt-1" / "COMPLETE").is_file() and not (out / "DONE").exists()
     assert not list((out / "checkpoints").glob(".tmp-*"))
     assert wired(cut) == 0
     assert rt.steps(cut, "grpo") == rt.steps(whole, "grpo")
     assert all(r["grad_norm"] > 0 for r in rt.steps(whole, "grpo"))
 
 
-def test_last_complete_checkpoint_skips_and_removes_unpublished(tmp_path):
-    from tkc.runtime.stages.grpo import last_complete_checkpoint
+def _published(root: Path, step: int, bundle_hash: str) -> Path:
+    """A trainer-style checkpoint saved the way the grpo stage saves one."""
+    from tkc.runtime import checkpoint
 
+    def write(staging: Path) -> Path:
+        (staging / f"checkpoint-{step}").mkdir(parents=True)
+        (staging / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        return staging / f"checkpoint-{step}"
+
+    return checkpoint.save_staged(root, step, write, keep=0,
+                                  state={"bundle_hash": bundle_hash, "stage": "grpo", "step": step})
+
+
+def test_resume_point_follows_checkpoint_rules(rt, tmp_path):
+    """Every stage's checkpoint rules: unpublished staging is ignored, a corrupt newest one is set aside (kept) and
+    the one before it used, another bundle's checkpoint is refused (exit 3)."""
+    from tkc.runtime.context import BundleChanged
+    from tkc.runtime.stages.grpo import resume_point
+
+    ctx, stage = rt.make_ctx(rt.write_bundle(tmp_path / "run", rt.resolved([_grpo(rt, 0)]))), {"name": "grpo"}
     root = tmp_path / "checkpoints"
-    for name, complete in (("checkpoint-2", True), ("checkpoint-4", False), (".tmp-checkpoint-6", False)):
-        (root / name).mkdir(parents=True)
-        (root / name / "trainer_state.json").write_text("{}")
-        if complete:
-            (root / name / "COMPLETE").write_text("2\n")
-    assert last_complete_checkpoint(root) == (root / "checkpoint-2", 2)
-    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2"]
-    assert last_complete_checkpoint(tmp_path / "missing") == (None, 0)
+    assert resume_point(ctx, stage, root) == (None, 0)
+    two, four = _published(root, 2, ctx.bundle_hash), _published(root, 4, ctx.bundle_hash)
+    (root / ".tmp-ckpt-6" / "checkpoint-6").mkdir(parents=True)  # a save that died before publish
+    assert resume_point(ctx, stage, root) == (four, 4)
+    (four / "trainer_state.json").write_text(json.dumps({"global_step": 5}))  # same size, other bytes
+    assert resume_point(ctx, stage, root) == (two, 2)
+    assert (root / "ckpt-4.corrupt-1" / "trainer_state.json").is_file()
+    _published(root, 8, "0" * 64)
+    with pytest.raises(BundleChanged, match="bundle 000000000000"):
+        resume_point(ctx, stage, root)
+
+
+def test_grpo_config_maps_the_resolved_stage(rt, tmp_path):
+    """bundle -> GRPOConfig, no training: precision off on CPU, the stage's checkpointing, lengths and options."""
+    from tkc.runtime.stages.grpo_config import config_fields, config_record, grpo_config
+
+    stage = _grpo(rt, 0, reward_function="format", beta=0.04, top_k=5, loss_type="grpo", max_new_tokens=7)
+    stage["train"].update(gradient_checkpointing=True, save_steps=0)
+    args = grpo_config(stage, accelerator="cpu", trust_remote_code=False, total=3, output_dir=tmp_path / "ck")
+    assert (args.bf16, args.fp16, args.use_cpu, args.activation_checkpointing) == (False, False, True, True)
+    assert (args.max_steps, args.max_completion_length, args.num_generations, args.steps_per_generation) == (3, 7, 4, 2)
+    assert (args.beta, args.top_k, args.loss_type, args.temperature, args.save_strategy) == \
+        (0.04, 5, "grpo", 1.0, "no")
+    assert (args.per_device_train_batch_size, args.seed, args.report_to) == (4, 42, [])
+    stage["train"].update(precision="bf16", gradient_checkpointing=False)
+    gpu = config_fields(stage, accelerator="cuda", trust_remote_code=False, total=3, output_dir=tmp_path / "ck")
+    assert [gpu[k] for k in ("bf16", "fp16", "use_cpu", "activation_checkpointing")] == [True, False, False, False]
+    record = config_record(args)
+    assert "output_dir" not in record and record["max_completion_length"] == 7
 
 
 @pytest.mark.slow
 def test_grpo_save_that_fails_midway_leaves_the_previous_checkpoint(rt, tmp_path, tiny_pretrained, wired,
-                                                                     monkeypatch):
+                                                                     monkeypatch, capsys):
     """A save that dies after the weights and before the rest (a full disk, a kill) publishes nothing: the step-1
     checkpoint stays the newest complete one, and `tkc run` again resumes from it."""
     from transformers import Trainer
+
+    from tkc.runtime.context import EXIT_SAVE_FAILED
 
     grpo = _grpo(rt, 0, reward_function="length_penalty")
     grpo["train"].update(max_steps=3, save_steps=1, save_total_limit=0)
@@ -191,11 +235,11 @@ def test_grpo_save_that_fails_midway_leaves_the_previous_checkpoint(rt, tmp_path
         return real(self, output_dir)
 
     monkeypatch.setattr(Trainer, "_save_rng_state", dies_at_step_2)
-    with pytest.raises(OSError, match="No space left"):
-        wired(bundle)
+    assert wired(bundle) == EXIT_SAVE_FAILED  # as every stage's failed save: named, no traceback
+    assert "No space left" in capsys.readouterr().out
     ckpts = bundle / "outputs" / "grpo" / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-1"]
-    assert (ckpts / "checkpoint-1" / "COMPLETE").is_file()
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.startswith("ckpt-")) == ["ckpt-1"]
+    assert (ckpts / "ckpt-1" / "COMPLETE").is_file() and not list(ckpts.glob(".tmp-*"))
     monkeypatch.setattr(Trainer, "_save_rng_state", real)
     assert wired(bundle) == 0
     record = json.loads((bundle / "outputs" / "grpo" / "run_record.json").read_text())

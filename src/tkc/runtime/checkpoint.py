@@ -1,5 +1,8 @@
-"""Atomic checkpoints: write .tmp-ckpt-N, fsync, COMPLETE marker (sha256 and size of every file), rename to ckpt-N;
-keep the last save_total_limit; on resume, fall back past a corrupt checkpoint (set aside, never deleted)."""
+"""Atomic checkpoints, one format for every stage: write .tmp-ckpt-N, fsync, COMPLETE marker (sha256 and size of every
+file), rename to ckpt-N; keep the last save_total_limit; on resume, fall back past a corrupt checkpoint (set aside,
+never deleted). Each holds state.json (bundle hash, stage, step): a checkpoint of another bundle is refused.
+tkc's loop writes trainable.safetensors + optimizer.pt (save_checkpoint); the grpo stage writes its trainer's
+own files through the same naming, publish, prune and fallback (save_staged, newest_loadable, read_state)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -21,6 +24,7 @@ from tkc.bundle.io import fsync_path
 from tkc.runtime.context import BundleChanged, SaveFailed
 
 _CKPT = re.compile(r"^ckpt-(\d+)$")
+T = TypeVar("T")
 # What a failed write raises: OSError from Python, SafetensorError from safetensors' Rust writer, RuntimeError from
 # torch.save's zip writer (which hides the OSError: _Sink records it).
 _WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
@@ -35,7 +39,7 @@ def save_checkpoint(root: Path, step: int, *, tensors: dict[str, torch.Tensor], 
     """Write one checkpoint atomically; a crash at any point leaves the previous complete checkpoint usable.
     A failed write (disk full, quota, file-size limit) removes the half-written temp folder and raises SaveFailed."""
     root.mkdir(parents=True, exist_ok=True)
-    tmp, final = root / f".tmp-ckpt-{step}", root / f"ckpt-{step}"
+    tmp, final = staging_dir(root, step), checkpoint_dir(root, step)
     shutil.rmtree(tmp, ignore_errors=True)  # an unpublished temp of an earlier crash: never a checkpoint
     try:
         tmp.mkdir()
@@ -46,6 +50,34 @@ def save_checkpoint(root: Path, step: int, *, tensors: dict[str, torch.Tensor], 
     except _WRITE_ERRORS as e:
         shutil.rmtree(tmp, ignore_errors=True)  # frees the space it took; nothing half-written stays behind
         raise SaveFailed(_save_failed(root, final.name, _nbytes(tensors) + _nbytes(optimizer_state), e)) from None
+    prune_checkpoints(root, keep)
+    return final
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    return root / f"ckpt-{step}"
+
+
+def staging_dir(root: Path, step: int) -> Path:
+    """Where checkpoint `step` is written before publish: ignored by every listing, removed by prune."""
+    return root / f".tmp-ckpt-{step}"
+
+
+def save_staged(root: Path, step: int, write: Callable[[Path], Path], *, state: dict[str, Any], keep: int) -> Path:
+    """A checkpoint whose files a trainer writes (grpo's): `write(staging)` fills a folder under the staging dir and
+    returns it; then state.json, publish, prune, and on a failed write SaveFailed, all as save_checkpoint."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp, final = staging_dir(root, step), checkpoint_dir(root, step)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        written = write(tmp)
+        (written / "state.json").write_text(json.dumps(state, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+        publish(written, final, step)
+    except _WRITE_ERRORS as e:
+        nbytes = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) if tmp.is_dir() else 0
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SaveFailed(_save_failed(root, final.name, nbytes, e)) from None
+    shutil.rmtree(tmp, ignore_errors=True)
     prune_checkpoints(root, keep)
     return final
 
@@ -193,9 +225,9 @@ def check_files(path: Path, *, hashes: bool = True) -> str | None:
     return None
 
 
-def load_checkpoint(path: Path, *, bundle_hash: str) -> tuple[dict[str, torch.Tensor], dict, dict[str, Any]]:
-    """Return (trainable tensors, optimizer state, loop state); refuse a checkpoint from another bundle
-    (BundleChanged); CheckpointCorrupt when its files are not what was written or cannot be read."""
+def read_state(path: Path, *, bundle_hash: str) -> dict[str, Any]:
+    """state.json of a checkpoint whose files are all as written; BundleChanged for a checkpoint of another bundle,
+    CheckpointCorrupt when a file is not what was written or state.json cannot be read."""
     problem = check_files(path)
     if problem:
         raise CheckpointCorrupt(problem)
@@ -211,6 +243,12 @@ def load_checkpoint(path: Path, *, bundle_hash: str) -> tuple[dict[str, torch.Te
             f"{bundle_hash[:12]}: the plan changed since training started. Delete {path.parent.parent} to start "
             "this stage over, or run the original bundle."
         )
+    return state
+
+
+def load_checkpoint(path: Path, *, bundle_hash: str) -> tuple[dict[str, torch.Tensor], dict, dict[str, Any]]:
+    """Return (trainable tensors, optimizer state, loop state) of one of the loop's checkpoints (see read_state)."""
+    state = read_state(path, bundle_hash=bundle_hash)
     try:
         tensors = load_file(str(path / "trainable.safetensors"))
     except (OSError, SafetensorError) as e:
@@ -224,15 +262,24 @@ def load_checkpoint(path: Path, *, bundle_hash: str) -> tuple[dict[str, torch.Te
 
 def load_latest(root: Path, *, bundle_hash: str, log: Callable[[str], None], set_aside_corrupt: bool = True
                 ) -> tuple[Path, dict[str, torch.Tensor], dict, dict[str, Any]] | None:
-    """The newest checkpoint that loads whole, as (path, tensors, optimizer state, state); None when none does.
+    """The newest of the loop's checkpoints that loads whole, as (path, tensors, optimizer state, state)."""
+    found = newest_loadable(root, lambda p: load_checkpoint(p, bundle_hash=bundle_hash), log=log,
+                            set_aside_corrupt=set_aside_corrupt)
+    return None if found is None else (found[0], *found[1])
 
-    A corrupt one is renamed ckpt-N.corrupt-k (kept for inspection, never deleted) by the rank that may write
-    (`set_aside_corrupt`), logged, and the one before it tried. With none left the stage starts at step 0, which is
-    exactly what a fresh run does: the data order and every RNG are functions of (seed, step) alone."""
+
+def newest_loadable(root: Path, load: Callable[[Path], T], *, log: Callable[[str], None],
+                    set_aside_corrupt: bool = True) -> tuple[Path, T] | None:
+    """The newest checkpoint that `load` reads whole, as (path, what it read); None when none does.
+
+    A corrupt one (`load` raised CheckpointCorrupt) is renamed ckpt-N.corrupt-k (kept for inspection, never deleted)
+    by the rank that may write (`set_aside_corrupt`), logged, and the one before it tried. With none left the stage
+    starts at step 0, which is exactly what a fresh run does: the data order and every RNG are functions of
+    (seed, step) alone."""
     ckpts = list_checkpoints(root)
     for _, path in reversed(ckpts):
         try:
-            return path, *load_checkpoint(path, bundle_hash=bundle_hash)
+            return path, load(path)
         except CheckpointCorrupt as e:
             kept = set_aside(path, "corrupt").name if set_aside_corrupt else path.name
             log(f"checkpoint {path.name} is corrupt ({e}); kept as {root.name}/{kept}, falling back to the one before")

@@ -141,7 +141,8 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _save(ctx: RunContext, stage: dict, model: nn.Module, optimizer, step: int, per_epoch: int, tokens: int) -> None:
+def save_checkpoint(ctx: RunContext, stage: dict, model: nn.Module, optimizer, step: int, per_epoch: int, tokens: int) -> None:
+    """The stage's checkpoint at this optimizer step (main rank writes; every rank waits); public for ppo."""
     if ctx.dist.is_main:
         state = {"bundle_hash": ctx.bundle_hash, "stage": stage["name"], "step": step, "tokens_seen": tokens,
                  "epoch": step // per_epoch, "batch_in_epoch": step % per_epoch, "seed": stage["train"]["seed"]}
@@ -151,7 +152,8 @@ def _save(ctx: RunContext, stage: dict, model: nn.Module, optimizer, step: int, 
     barrier(ctx.dist)
 
 
-def _restore(ctx: RunContext, stage: dict, model: nn.Module, optimizer) -> tuple[int, int, int | None]:
+def restore_checkpoint(ctx: RunContext, stage: dict, model: nn.Module, optimizer) -> tuple[int, int, int | None]:
+    """Load the newest whole checkpoint into model and optimizer: (step, tokens_seen, resumed_from or None)."""
     found = checkpoint.load_latest(ctx.stage_dir(stage) / "checkpoints", bundle_hash=ctx.bundle_hash,
                                    log=lambda msg: ctx.log(f"[{stage['name']}] {msg}"),
                                    set_aside_corrupt=ctx.dist.is_main)
@@ -167,7 +169,8 @@ def _restore(ctx: RunContext, stage: dict, model: nn.Module, optimizer) -> tuple
     return state["step"], state["tokens_seen"], state["step"]
 
 
-def _set_lr(optimizer, train: dict, step: int, total: int) -> float:
+def set_lr(optimizer, train: dict, step: int, total: int) -> float:
+    """Set this step's learning rate (lr_factor; LoRA+ groups keep their lr_mult) and return it."""
     lr = train["learning_rate"] * lr_factor(train, step, total)
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_mult", 1.0)
@@ -226,7 +229,7 @@ def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task,
     """Run (or resume) the stage's optimizer steps; on SIGTERM checkpoint and return EXIT_SIGTERM."""
     t = stage["train"]
     per_epoch, total = plan_steps(len(train_rows), t)
-    step, tokens_seen, resumed_from = _restore(ctx, stage, model, optimizer)
+    step, tokens_seen, resumed_from = restore_checkpoint(ctx, stage, model, optimizer)
     log = StepLog.open(ctx, stage, keep_through=step)
     runner, params = _wrap(ctx, model), [p for p in model.parameters() if p.requires_grad]
     bar = Progress(stage["name"], total, start=step, enabled=ctx.dist.is_main, every=t["logging_steps"])
@@ -236,7 +239,7 @@ def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task,
             ts = time.perf_counter()
             torch.manual_seed(t["seed"] * 1_000_003 + step * 1_009 + ctx.dist.rank)  # dropout/NEFTune per step
             rows = [train_rows[i] for i in batch_indices(len(train_rows), t, step, per_epoch)]
-            lr = _set_lr(optimizer, t, step, total)
+            lr = set_lr(optimizer, t, step, total)
             loss, grad_norm = _one_step(ctx, runner, task, rows, t, params)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -253,7 +256,7 @@ def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task,
                 bar.note(f"[{stage['name']}] step {step} eval_loss {eval_loss:.4f}")
             stop = any_rank(ctx.dist, ctx.stop_requested)
             if stop or (t["save_steps"] and step % t["save_steps"] == 0 and step < total):
-                _save(ctx, stage, model, optimizer, step, per_epoch, tokens_seen)
+                save_checkpoint(ctx, stage, model, optimizer, step, per_epoch, tokens_seen)
             if stop:
                 bar.note(f"[{stage['name']}] stop requested: checkpoint at step {step} written; run again to resume")
                 return LoopResult(EXIT_SIGTERM, step, total, tokens_seen, time.perf_counter() - t0, resumed_from,

@@ -1,8 +1,10 @@
 """PPO stage (kind: ppo): policy + value head, frozen reference (adapter disabled), reward from an rm stage's model.
 
-A deliberately thin PPO, in our own loop so checkpoints and exact resume work as in every other stage
-(TRL 1.16 has no PPO trainer). One step = sample responses for one global batch of prompts, score them,
-then `ppo_epochs` clipped-surrogate updates on that rollout. Runs in one process (no DDP).
+A deliberately thin PPO on tkc's training loop's public pieces (loop.plan_steps, batch_indices, set_lr,
+restore_checkpoint, save_checkpoint, StepLog), so data order, learning-rate schedule, checkpoints and exact resume
+are those of every other stage (TRL 1.16 has no PPO trainer). One step = sample responses for one global batch of
+prompts, score them, then `ppo_epochs` clipped-surrogate updates on that rollout. Runs in one process (no DDP: the
+compiler's rule ROLL001 refuses a launch over several); every option is the compiler's resolved value.
 """
 
 from __future__ import annotations
@@ -128,17 +130,18 @@ def build_reference(model: PolicyWithValue, lora: bool):
 
 def run(ctx: RunContext, stage: dict) -> int:
     opts, t = stage["options"], stage["train"]
-    if ctx.dist.enabled:
-        raise RuntimeError("the ppo stage runs in one process; launch it without torchrun")
+    if ctx.dist.enabled:  # the compiler gives ppo one process (ROLL001); only a launcher started by hand gets here
+        raise RuntimeError(f"the ppo stage runs in one process, but this one was started with world size "
+                           f"{ctx.dist.world_size}: run `tkc run` on this bundle without torchrun")
     policy = build_trainable(ctx, stage)
     model = PolicyWithValue(policy, policy.config.hidden_size)
     reference = build_reference(model, stage["finetuning"]["method"] == "lora")
     reward_model = load_reward_model(ctx, opts)
     optimizer = build_optimizer(model, stage)
-    rows, _ = load_rows(ctx, stage, kind="sft")
+    rows, _ = load_rows(ctx, stage)
     prompts = [split_prompt(r)[0] for r in rows]
     per_epoch, total = loop.plan_steps(len(prompts), t)
-    step, tokens, resumed = loop._restore(ctx, stage, model, optimizer)
+    step, tokens, resumed = loop.restore_checkpoint(ctx, stage, model, optimizer)
     log = loop.StepLog.open(ctx, stage, keep_through=step)
     trainable, n_params = count_params(model)
     ctx.log(f"[{stage['name']}] ppo: {len(prompts)} prompts, reward from {describe(opts)}, "
@@ -149,10 +152,10 @@ def run(ctx: RunContext, stage: dict) -> int:
         while step < total:
             torch.manual_seed(t["seed"] * 1_000_003 + step * 1_009)  # sampling is a function of the step
             batch = [prompts[i] for i in loop.batch_indices(len(prompts), t, step, per_epoch)]
-            lr = loop._set_lr(optimizer, t, step, total)
+            lr = loop.set_lr(optimizer, t, step, total)
             r = rollout(ctx, model, reference, reward_model, batch, opts)
-            for _ in range(opts.get("ppo_epochs", 1)):
-                loss = ppo_loss(model, r, opts.get("clip_range", 0.2))
+            for _ in range(opts["ppo_epochs"]):
+                loss = ppo_loss(model, r, opts["clip_range"])
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, t["max_grad_norm"] or float("inf"))
                 optimizer.step()
@@ -162,7 +165,7 @@ def run(ctx: RunContext, stage: dict) -> int:
                      "tokens_seen": tokens})
             bar.update(step, loss=loss.item(), lr=lr, tokens_per_s=tokens / max(1e-9, time.perf_counter() - t0))
             if ctx.stop_requested or (t["save_steps"] and step % t["save_steps"] == 0 and step < total):
-                loop._save(ctx, stage, model, optimizer, step, per_epoch, tokens)
+                loop.save_checkpoint(ctx, stage, model, optimizer, step, per_epoch, tokens)
             if ctx.stop_requested:
                 return EXIT_SIGTERM
     finally:
