@@ -90,3 +90,27 @@ def test_load_plan_reads_a_bundle(resolved, tmp_path):
     (tmp_path / "resolved.json").write_text("{", encoding="utf-8")
     with pytest.raises(PlanError, match="resolved.json: cannot read"):
         load_plan(tmp_path)
+
+
+def test_tkc_run_refuses_a_plan_that_does_not_structure(tkc, tmp_path):
+    """A resolved.json edited by hand (its manifest recomputed, so `tkc verify` passes) is refused by `tkc run`
+    with exit 2 and the key path, before any stage starts."""
+    from tkc.bundle.canonical import sha256_bytes
+    from tkc.bundle.io import bundle_hash
+
+    out = tmp_path / "run"
+    code, _, err = tkc("compile", REPO / "recipes" / "demo.yaml", "-o", out)
+    assert code == 0, err
+    tree = json.loads((out / "resolved.json").read_text(encoding="utf-8"))
+    tree["stages"][0]["train"]["seed"] = "42"
+    data = (json.dumps(tree, sort_keys=True, indent=2) + "\n").encode()
+    (out / "resolved.json").write_bytes(data)
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    manifest["files"]["resolved.json"] = sha256_bytes(data)
+    manifest["bundle_hash"] = bundle_hash(manifest["files"])
+    (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert tkc("verify", out)[0] == 0
+    code, stdout, stderr = tkc("run", out)
+    assert code == 2
+    assert "stages[0].train.seed: expected int, got str" in stdout + stderr
+    assert not (out / "outputs" / "pretrain").exists()

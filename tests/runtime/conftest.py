@@ -16,12 +16,13 @@ RECIPES = REPO / "recipes"
 SHARED = Path(os.environ.get("TKC_SHARED", REPO.parent / "shared")) / "datasets"
 TINY = RECIPES / "assets" / "tiny-qwen2"
 PY = sys.executable
+TRAINING_KINDS = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo")
 
-TRAIN = {"learning_rate": 1e-3, "lr_scheduler": "constant", "warmup_steps": 0, "epochs": 1.0, "max_steps": 6,
+TRAIN = {"learning_rate": 1e-3, "lr_scheduler": "constant", "warmup_ratio": 0.0, "epochs": 1.0, "max_steps": 6,
          "global_batch_size": 8, "micro_batch_size": 4, "gradient_accumulation_steps": 2, "world_size": 1,
          "padding": "unpadded",
          "seed": 42, "precision": "fp32", "gradient_checkpointing": False, "save_steps": 2, "save_total_limit": 2,
-         "logging_steps": 1, "eval_steps": None, "weight_decay": 0.0, "max_grad_norm": 1.0, "optimizer": "adamw",
+         "logging_steps": 1, "eval_steps": None, "weight_decay": 0.0, "max_grad_norm": 1.0, "optimizer": "adamw_torch",
          "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "neftune_alpha": None, "deterministic": True}
 LORA = {"rank": 8, "alpha": 16, "dropout": 0.0, "targets": ["q_proj", "v_proj"], "variant": "lora",
         "init": "default", "plus_ratio": None, "modules_to_save": []}
@@ -59,10 +60,29 @@ DATASETS["kto"]["tags"] = {**TAGS, "role": "role", "content": "content", "user":
 
 def stage(name: str, kind: str, index: int, datasets: list[str], *, method: str = "full", init_from=None,
           options=None, lora=None, freeze=None, **train) -> dict:
-    return {"name": name, "kind": kind, "index": index, "datasets": datasets, "init_from": init_from,
-            "finetuning": {"method": method, "freeze": freeze, "lora": {**LORA, **(lora or {})} if method == "lora" else None,
-                           "quantization": None},
-            "train": {**TRAIN, **train}, "options": options or {}}
+    """A stage as the compiler resolves it (tkc.bundle.plan): every option of its kind (the schema's default
+    unless given); `train` and `finetuning` for training kinds only."""
+    st = {"name": name, "kind": kind, "index": index, "datasets": datasets, "init_from": init_from,
+          "options": _options(kind, options or {})}
+    if kind in TRAINING_KINDS:
+        st["finetuning"] = {"method": method, **({"lora": {**LORA, **(lora or {})}} if method == "lora" else {}),
+                            **({"freeze": freeze} if freeze else {})}
+        st["train"] = {**TRAIN, **train}
+    return st
+
+
+def _options(kind: str, given: dict) -> dict:
+    import typing
+
+    from tkc.schema.stages import StageBase, StageSpec
+
+    spec = next(t for t in typing.get_args(typing.get_args(StageSpec)[0])
+                if t.model_fields["kind"].annotation == typing.Literal[kind])
+    schema = {k: f.default for k, f in spec.model_fields.items() if k not in StageBase.model_fields and k != "kind"}
+    unknown = set(given) - set(schema) - {"reward_bundle"}
+    assert not unknown, f"{kind} stages have no options {sorted(unknown)}"
+    extra = {"reward_bundle": given.get("reward_bundle")} if kind in ("ppo", "grpo") else {}
+    return {**schema, **given, **extra}
 
 
 def _with_hashes(ds: dict) -> dict:
@@ -89,18 +109,23 @@ def resolved(stages: list[dict], *, model_path: str = "assets/tiny-qwen2", init:
         "format_version": 1, "name": "test", "seed": seed,
         "model": {"source": "local", "path": model_path, "revision": None, "init": init, "family": "qwen2",
                   "model_type": "qwen2", "trust_remote_code": False, "files": _model_files(RECIPES / model_path)},
-        "template": {"id": "qwen2_5", "file": "template/chat_template.jinja", "bos_token": "",
+        "template": {"id": "qwen2_5", "source": "catalog", "file": "template/chat_template.jinja", "bos_token": "",
                      "eos_token": "<|im_end|>", "stop_tokens": ["<|im_end|>"], "supports_system": True,
-                     "supports_tools": True, "default_system": None},
+                     "supports_tools": True, "default_system": None, "render_kwargs": {}},
         "datasets": {d: _with_hashes(copy.deepcopy(DATASETS[d])) for d in used},
         "data": {"cutoff_len": cutoff_len, "packing": False, "train_on_prompt": False, "mask_history": False,
-                 "val_size": 0.0, "mix": "concat", "truncation": "keep_response", "preprocessing_batch_size": 1000},
-        "hardware": {"profile": "cpu", "accelerator": "cpu", "devices_per_node": 1, "nodes": 1, "memory_gb": 8,
-                     "supports_bf16": False, "supports_fp16": False, "interconnect": "none"},
-        "launch": {"kind": "local", "backend": "gloo", "nnodes": 1, "nproc_per_node": 1, "master_port": 29500},
-        "tracking": {"kind": "none", "project": None},
+                 "val_size": 0.0, "mix": "concat"},
+        "hardware": {"profile": "cpu", "accelerator": "cpu", "devices_per_node": 1, "nodes": 1, "memory_gb": 8.0,
+                     "supports_bf16": False, "supports_fp16": False, "interconnect": "none", "lockfile": "cpu",
+                     "default_launch": "local", "cpu_threads": 1},
+        "launch": {"kind": "local", "backend": "gloo", "nnodes": 1, "nproc_per_node": 1, "world_size": 1,
+                   "master_port": 29500, "zero_stage": None, "offload": False, "rdzv_timeout_s": 900,
+                   "cpu_threads": 1, "slurm": None, "kubernetes": None},
+        "tracking": {"kind": "none", "project": "test"},
         "environment": {"lockfile": "cpu", "file": "env/requirements.lock", "pins": {}},
         "hermetic": True, "non_hermetic_reasons": [], "stages": stages,
+        # "/": a hand-written bundle reads its model and data wherever a test put them (tmp folders, shared/)
+        "read_roots": ["/"],
     }
 
 

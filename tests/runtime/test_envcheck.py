@@ -71,8 +71,11 @@ def test_the_dev_environment_runs_compiled_bundles_without_allow_env_drift() -> 
     from tkc.runtime.run import unused_packages
 
     pins = read_lock_pins((REPO / "lockfiles" / "cpu.txt").read_text())
-    resolved = {"stages": [{"finetuning": {"method": "lora"}}], "launch": {"kind": "local"}}
-    assert environment_drift(pins, unused_packages(resolved)) == []
+    from tkc.bundle.plan import structure_plan
+    from tkc.compiler import compile_recipe
+
+    plan = structure_plan(compile_recipe(REPO / "recipes" / "tiny_sft_dpo.yaml").resolved)  # lora, local
+    assert environment_drift(pins, unused_packages(plan)) == []
 
 
 def test_an_extra_behaviour_changing_package_is_drift_unless_pinned_or_hidden() -> None:

@@ -6,33 +6,45 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import attrs
 import pytest
 
+from tkc.bundle.plan import (
+    ResolvedPlan,
+    ResolvedPpoOptions,
+    ResolvedQuantization,
+    ResolvedRewardBundle,
+    structure_plan,
+)
+from tkc.compiler import compile_recipe
 from tkc.runtime.run import hidden_packages, unused_packages
 
-PLAIN = {"launch": {"kind": "local"},
-         "stages": [{"name": "sft", "finetuning": {"method": "lora", "quantization": None}, "options": {}}]}
+REPO = Path(__file__).resolve().parents[2]
 
-
-def _with(**changes) -> dict:
-    plan = json.loads(json.dumps(PLAIN))
-    st = plan["stages"][0]
+def _plan(**changes) -> ResolvedPlan:
+    """A compiled CPU plan (one LoRA sft stage), with a quantized stage, a reward bundle or another launcher."""
+    plan = structure_plan(compile_recipe(REPO / "recipes" / "tiny_sft_dpo.yaml").resolved)
+    st = plan.stages[0]
+    assert st.finetuning is not None
     if "quantization" in changes:
-        st["finetuning"]["quantization"] = changes["quantization"]
-    if "reward_bundle" in changes:
-        st["options"]["reward_bundle"] = changes["reward_bundle"]
+        st = attrs.evolve(st, finetuning=attrs.evolve(st.finetuning, quantization=changes["quantization"]))
+    if "reward_bundle" in changes:  # a ppo stage's options carry the reward bundle
+        opts = ResolvedPpoOptions("../rm:rm", changes["reward_bundle"], 1, 0.05, 0.2, 8, 1.0)
+        st = attrs.evolve(st, kind="ppo", options=opts)
     if "launch" in changes:
-        plan["launch"]["kind"] = changes["launch"]
-    return plan
+        plan = attrs.evolve(plan, launch=attrs.evolve(plan.launch, kind=changes["launch"]))
+    return attrs.evolve(plan, stages=(st,))
 
 
 def test_unused_packages_follow_the_plan():
-    assert unused_packages(PLAIN) == ["bitsandbytes", "deepspeed"]
-    assert unused_packages(_with(quantization={"bits": 4, "quant_type": "nf4", "double_quant": True})) == ["deepspeed"]
+    assert unused_packages(_plan()) == ["bitsandbytes", "deepspeed"]
+    assert unused_packages(_plan(quantization=ResolvedQuantization(4, "nf4", True))) == ["deepspeed"]
     # another bundle's rm stage may be quantized: its model must load as that bundle loads it
-    assert unused_packages(_with(reward_bundle={"path": "../rm", "bundle_hash": "x", "stage": "rm"})) == ["deepspeed"]
-    assert unused_packages(_with(launch="deepspeed")) == ["bitsandbytes"]
+    assert unused_packages(_plan(reward_bundle=ResolvedRewardBundle("../rm", "x", "rm"))) == ["deepspeed"]
+    assert unused_packages(_plan(launch="deepspeed")) == ["bitsandbytes"]
+    assert unused_packages(None) == ["bitsandbytes", "deepspeed"]
 
 
 def test_hidden_packages_blocks_imports_then_restores():

@@ -248,7 +248,7 @@ def test_packed_continuations_really_attend_to_their_own_prompt():
     assert not torch.allclose(right, shifted, rtol=1e-4)
 
 
-DPO = {"loss": "sigmoid", "beta": 0.1, "label_smoothing": 0.0, "simpo_gamma": 0.5, "ftx": 0.0, "reference": "init"}
+DPO = {"loss": "sigmoid", "beta": 0.1, "label_smoothing": 0.0, "simpo_gamma": 0.5, "ftx": 0.0}
 
 
 def test_dpo_task_packs_pairs_unless_checkpointing_or_neftune(rt, tmp_path, tiny_pretrained, shared_datasets):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from tkc.bundle.plan import ResolvedPlan
 
 COMMANDS = "/reset clears the conversation, /exit (or Ctrl-D) quits"
 
@@ -129,7 +132,7 @@ def chat(
 
     sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
     # This process is the CLI's own: optional packages the bundle never uses stay unimported (as in `tkc run`).
-    with hidden_packages(unused_packages(_resolved_or_empty(bundle))):
+    with hidden_packages(unused_packages(_plan_or_none(bundle))):
         session, title = open_session(bundle, stage, engine, source_root, system=system, seed=seed, **sampling)
         if sys.stdin.isatty():
             repl(session, title)
@@ -137,14 +140,14 @@ def chat(
             pipe_loop(session, iter(sys.stdin), lambda s: (sys.stdout.write(s), sys.stdout.flush()))
 
 
-def _resolved_or_empty(bundle: Path) -> dict:
-    """The bundle's resolved.json, or {} when it cannot be read (open_session then reports why)."""
-    import json
+def _plan_or_none(bundle: Path) -> ResolvedPlan | None:
+    """The bundle's typed plan, or None when it cannot be read (open_session then reports why)."""
+    from tkc.bundle.plan import PlanError, load_plan
 
     try:
-        return json.loads((Path(bundle) / "resolved.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+        return load_plan(bundle)
+    except PlanError:
+        return None
 
 
 def open_session(

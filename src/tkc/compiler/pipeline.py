@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tkc.bundle.canonical import pretty_json_bytes
+from tkc.bundle.plan import structure_plan, unstructure_plan
 from tkc.compiler.inputs import load_inputs, relpath
 from tkc.compiler.passes.check_constraints import check_constraints
 from tkc.compiler.passes.derive_parallelism import derive_parallelism
@@ -78,7 +79,8 @@ def compile_loaded(recipe: LoadedRecipe, source_root: Path | None = None,
     found = [*recipe.problems, *plan.diagnostics]
     if found:
         raise CompileError(sorted(found, key=lambda d: (d.file or "~", d.line or 0, d.col or 0, d.code)))
-    resolved = unflatten(plan.values)
+    # the typed plan is the contract: what does not structure is a compiler bug, refused here, not at run time
+    resolved = unstructure_plan(structure_plan(unflatten(plan.values)))
     sources, entry = _recipe_files(recipe)
     sources[SOURCE_FILE] = pretty_json_bytes({"entry": entry, "overrides": list(recipe.overrides)})
     sources["provenance.json"] = pretty_json_bytes({k: v for k, v in plan.provenance.items()

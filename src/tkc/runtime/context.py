@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tkc.bundle.plan import ResolvedPlan, ResolvedStage, structure_plan
 from tkc.runtime.dist import DistInfo
 
 # Exit codes of `tkc run` (documented in tkc.runtime.run).
@@ -31,6 +32,9 @@ class SaveFailed(RuntimeError):
 
 @dataclass
 class RunContext:
+    """`plan` is resolved.json structured once (tkc.bundle.plan): stages read typed fields from it. `resolved`,
+    the same plan as a dict, stays while every stage moves to `plan`."""
+
     bundle_dir: Path
     resolved: dict[str, Any]
     source_root: Path
@@ -38,8 +42,13 @@ class RunContext:
     dist: DistInfo = field(default_factory=DistInfo)
     stop_requested: bool = False
     env_drift: list[str] = field(default_factory=list)   # what `--allow-env-drift` let through (run records)
+    plan: ResolvedPlan = None  # type: ignore[assignment]  # structured from `resolved` when not given
     _tokenizer: Any = None
     _model_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.plan is None:
+            self.plan = structure_plan(self.resolved)
 
     @property
     def outputs(self) -> Path:
@@ -55,11 +64,15 @@ class RunContext:
                 return st
         raise KeyError(f"no stage named {name!r} in resolved.json")
 
+    def stage_plan(self, stage: dict | str) -> ResolvedStage:
+        """The typed stage for a stage dict (what `run(ctx, stage)` receives) or name."""
+        return self.plan.stage(stage if isinstance(stage, str) else stage["name"])
+
     def chat_template(self) -> str | None:
-        tpl = self.resolved.get("template")
-        if not tpl:
+        tpl = self.plan.template
+        if tpl is None:
             return None
-        return (self.bundle_dir / tpl["file"]).read_text(encoding="utf-8")
+        return (self.bundle_dir / tpl.file).read_text(encoding="utf-8")
 
     def model_path(self) -> str:
         """The local model folder, verified against the bundle once before anything loads it, or the hub id."""

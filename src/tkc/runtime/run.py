@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tkc.bundle.plan import PlanError, ResolvedPlan, load_plan
 from tkc.runtime.context import (
     EXIT_BAD_BUNDLE,
     EXIT_BUNDLE_CHANGED,
@@ -59,7 +60,7 @@ def verify(bundle_dir: Path) -> str | None:
     return "; ".join(map(str, problems)) if problems else None
 
 
-def set_cpu_threads(resolved: dict) -> int:
+def set_cpu_threads(plan: ResolvedPlan) -> int:
     """Intra-op threads from the plan (`launch.cpu_threads`, the profile's unless the recipe sets it).
 
     The compiler pins it because float reductions run in a thread-count-dependent order: with the same count,
@@ -70,25 +71,27 @@ def set_cpu_threads(resolved: dict) -> int:
     """
     import torch
 
-    threads = int((resolved.get("launch") or {}).get("cpu_threads") or 1)
+    threads = plan.launch.cpu_threads
     torch.set_num_threads(threads)
     return threads
 
 
-def unused_packages(resolved: dict) -> list[str]:
+def unused_packages(plan: ResolvedPlan | None) -> list[str]:
     """Installed optional packages this bundle never uses, which would otherwise load as a side effect.
 
     peft imports bitsandbytes whenever it is installed: ~1 CPU-second before the first LoRA step on the bench box
     (its ops are wrapped in torch.compile, which loads inductor, functorch and networkx) and a printed failed
     `kernels` lookup. transformers' unwrap_model (at save) imports deepspeed whenever it is installed, which prints
     "Setting accelerator to CPU". Kept importable when a stage quantizes, when a reward model comes from another
-    bundle (whose stages may quantize), or when the launcher is deepspeed.
+    bundle (whose stages may quantize), or when the launcher is deepspeed. None (a bundle the caller could not
+    read, and reports): both hidden.
     """
-    stages = resolved.get("stages") or []
-    quantized = any((st.get("finetuning") or {}).get("quantization") for st in stages)
-    foreign = any((st.get("options") or {}).get("reward_bundle") for st in stages)
+    if plan is None:
+        return ["bitsandbytes", "deepspeed"]
+    quantized = any(st.finetuning is not None and st.finetuning.quantization is not None for st in plan.stages)
+    foreign = any(getattr(st.options, "reward_bundle", None) is not None for st in plan.stages)
     hidden = [] if quantized or foreign else ["bitsandbytes"]
-    if (resolved.get("launch") or {}).get("kind") != "deepspeed":
+    if plan.launch.kind != "deepspeed":
         hidden.append("deepspeed")
     return hidden
 
@@ -171,17 +174,16 @@ def no_stdin() -> None:
     sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
 
 
-def check_env(resolved: dict, allow_drift: bool) -> tuple[int | None, list[str]]:
+def check_env(plan: ResolvedPlan, allow_drift: bool) -> tuple[int | None, list[str]]:
     """(exit code to stop with, or None; the drift `--allow-env-drift` lets through, for the run records).
 
     The packages `tkc run` hides for the run (unused_packages) are not drift: they cannot be imported. In-process
     callers (tests) own their interpreter and are judged as the `tkc run` process would be.
     """
-    env = resolved.get("environment") or {}
-    drift = environment_drift(env.get("pins") or {}, unused_packages(resolved))
+    drift = environment_drift(dict(plan.environment.pins), unused_packages(plan))
     if not drift:
         return None, []
-    print("tkc run: " + format_mismatches(drift, env.get("file", "env/requirements.lock")))
+    print("tkc run: " + format_mismatches(drift, plan.environment.file))
     if not allow_drift:
         print("tkc run: refusing to run in an environment that differs from the bundle's pins "
               "(--allow-env-drift runs anyway and records the differences in each stage's run_record.json)")
@@ -205,8 +207,13 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
     if problem:
         print(f"tkc run: bundle {bundle_dir} failed verification: {problem}")
         return EXIT_BAD_BUNDLE
+    try:  # structured once, before any process starts work: a plan that does not fit is named by its key path
+        plan = load_plan(bundle_dir)
+    except PlanError as e:
+        print(f"tkc run: bundle {bundle_dir}: resolved.json does not match the plan: {e}")
+        return EXIT_BAD_BUNDLE
     resolved = json.loads((bundle_dir / "resolved.json").read_text(encoding="utf-8"))
-    refused, drift = check_env(resolved, allow_env_drift)
+    refused, drift = check_env(plan, allow_env_drift)
     if refused is not None:
         return refused
     if own_process:
@@ -217,20 +224,20 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
         keep_freed_memory()  # before torch allocates: every step reuses the last one's pages
         gcpause.own()  # each stage starts with the garbage collector paused, until its model is loaded
         gcpause.pause()
-    with hidden_packages(unused_packages(resolved) if own_process else []):
-        return _run_verified(bundle_dir, resolved, stage, source_root, drift)
+    with hidden_packages(unused_packages(plan) if own_process else []):
+        return _run_verified(bundle_dir, plan, resolved, stage, source_root, drift)
 
 
-def _run_verified(bundle_dir: Path, resolved: dict, stage: str | None, source_root: Path | None,
-                  drift: list[str] | None = None) -> int:
+def _run_verified(bundle_dir: Path, plan: ResolvedPlan, resolved: dict, stage: str | None,
+                  source_root: Path | None, drift: list[str] | None = None) -> int:
     from tkc.runtime import gcpause
     from tkc.runtime.data.errors import BadRecord, DataError
     from tkc.runtime.dist import init_distributed, shutdown_distributed
 
-    set_cpu_threads(resolved)
-    dist = init_distributed((resolved.get("launch") or {}).get("backend", "gloo"))
+    set_cpu_threads(plan)
+    dist = init_distributed(plan.launch.backend)
     ctx = RunContext(bundle_dir, resolved, resolve_source_root(bundle_dir, source_root), load_bundle_hash(bundle_dir),
-                     dist=dist, env_drift=list(drift or []))
+                     dist=dist, env_drift=list(drift or []), plan=plan)
     try:
         selected = _select(resolved, stage)
     except KeyError as e:
@@ -241,8 +248,8 @@ def _run_verified(bundle_dir: Path, resolved: dict, stage: str | None, source_ro
     try:
         ctx.model_path()  # the model folder checked against the bundle before any stage starts (exit 2 if changed)
         for st in selected:
-            seed_everything(st.get("train", {}).get("seed", resolved["seed"]),
-                            st.get("train", {}).get("deterministic", True))
+            train = ctx.stage_plan(st).train  # stages that do not train (eval, infer, export) use the run's seed
+            seed_everything(train.seed if train else plan.seed, train.deterministic if train else True)
             gcpause.pause()
             try:
                 code = _run_stage(ctx, st)

@@ -9,6 +9,7 @@ from tkc.compiler.plan import Plan
 from tkc.schema.stages import TRAINING_KINDS
 
 _BASE_FIELDS = {"kind", "name", "datasets", "init_from", "train", "finetuning"}
+_METHOD_BLOCKS = ("lora", "freeze")   # blocks that apply only under their own method
 _DATA_OPTIONS = ("cutoff_len", "packing", "train_on_prompt", "mask_history", "val_size", "mix")
 
 
@@ -42,8 +43,8 @@ def _finetuning(plan: Plan, i: int, stage: Any) -> dict[str, tuple[Any, str]]:
     out: dict[str, tuple[Any, str]] = {f"stages.{i}.finetuning.method": (spec.method, source_of(plan, (*root, "method")))}
     for block in ("lora", "freeze", "quantization"):
         value = getattr(spec, block)
-        if value is None:
-            continue
+        if value is None or block in _METHOD_BLOCKS and spec.method != block:
+            continue  # a lora block under method full trains nothing: it is not part of the plan
         for key, item in value.model_dump().items():
             out[f"stages.{i}.finetuning.{block}.{key}"] = (item, source_of(plan, (*root, block, key)))
     return out
