@@ -20,8 +20,6 @@ def test_sft_then_eval_then_export(rt, tmp_path, tiny_pretrained, capsys):
                                                                             "max_new_tokens": 4}),
         rt.stage("export", "export", 2, [], init_from="sft", options={"merge_adapter": True, "dtype": "fp32"}),
     ]
-    for s in stages[1:]:
-        del s["train"], s["finetuning"]
     plan = rt.resolved(stages, model_path=str(tiny_pretrained), init="pretrained")
     plan["datasets"]["arith_sft"]["max_samples"] = 16
     plan["datasets"]["arith_eval"]["max_samples"] = 20
@@ -63,9 +61,6 @@ def test_loss_perplexity_and_unmerged_export(rt, tmp_path, tiny_pretrained):
         rt.stage("merged", "export", 4, [], init_from="sft", options={"merge_adapter": True, "dtype": "fp32"}),
         rt.stage("adapter", "export", 5, [], init_from="sft", options={"merge_adapter": False, "dtype": "fp32"}),
     ]
-    for s in stages:
-        if s["kind"] != "sft":
-            del s["train"], s["finetuning"]
     plan = rt.resolved(stages, model_path=str(tiny_pretrained), init="pretrained")
     plan["datasets"]["arith_sft"]["max_samples"] = 48
     plan["datasets"]["arith_eval"]["max_samples"] = 20
