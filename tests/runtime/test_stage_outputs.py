@@ -19,8 +19,6 @@ def _bundle(rt, tmp_path, tiny_pretrained):
         rt.stage("eval", "eval", 2, ["arith_eval"], init_from="sft", options={"metric": "exact_match",
                                                                             "max_new_tokens": 2}),
     ]
-    for s in stages[1:]:
-        del s["train"], s["finetuning"]
     plan = rt.resolved(stages, model_path=str(tiny_pretrained), init="pretrained")
     plan["datasets"]["arith_sft"]["max_samples"] = 16
     plan["datasets"]["arith_eval"]["max_samples"] = 4
