@@ -24,8 +24,8 @@ def make_ctx(rt, tmp_path: Path, *, init: str = "pretrained", adapter_stages=("s
     stages = [
         rt.stage("sft", "sft", 0, ["arith_sft"], method="lora"),
         rt.stage("dpo", "dpo", 1, ["dpo_pairs"], method="lora", init_from="sft"),
-        {"name": "infer", "kind": "infer", "index": 2, "datasets": ["arith_eval"], "init_from": "sft",
-         "options": {"engine": "vllm", "max_new_tokens": 8, "temperature": 0.0}},
+        rt.stage("infer", "infer", 2, ["arith_eval"], init_from="sft",
+                 options={"engine": "vllm", "max_new_tokens": 8, "temperature": 0.0}),
     ]  # fmt: skip
     plan = rt.resolved(stages, init=init, datasets=["arith_sft", "arith_eval"])
     bundle = rt.write_bundle(tmp_path / "b", plan)

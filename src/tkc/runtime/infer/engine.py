@@ -88,13 +88,14 @@ def held_back(text: str, stops: Sequence[str]) -> int:
     return longest
 
 
-def split_stops(tokenizer, stops: Sequence[str]) -> tuple[set[int], list[str]]:
-    """(ids, strings): a stop that is one special/added token is stopped on by id (decoding skips special
-    tokens, so it never shows in the text); any other stop is matched in the decoded text. eos is always a stop."""
+def split_stops(tokenizer, fmt: ChatTemplate | None, extra: Sequence[str] = ()) -> tuple[set[int], list[str]]:
+    """(ids, strings) of the template's stop tokens (the plan's, `ChatTemplate.stop_tokens`), the tokenizer's eos
+    (always a stop) and the caller's `extra` stops: a stop that is one special/added token is stopped on by id
+    (decoding skips special tokens, so it never shows in the text); any other is matched in the decoded text."""
     ids = {tokenizer.eos_token_id} - {None}
     added = tokenizer.get_added_vocab()
     strings: list[str] = []
-    for s in stops:
+    for s in [*(fmt.stop_tokens if fmt is not None else ()), *extra]:
         if s in tokenizer.all_special_tokens or s in added:
             ids.add(tokenizer.convert_tokens_to_ids(s))
         else:

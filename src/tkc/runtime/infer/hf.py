@@ -105,7 +105,7 @@ class HFEngine:
 
     def stops(self, extra: Sequence[str]) -> tuple[set[int], list[str]]:
         """(stop ids, stop strings): the template's stop tokens, the tokenizer's eos, and `extra`."""
-        return split_stops(self.tok, [*(self.fmt.stop_tokens if self.fmt else ()), *extra])
+        return split_stops(self.tok, self.fmt, extra)
 
     def config(
         self, max_new_tokens: int, temperature: float, top_p: float, stop_ids: set[int]

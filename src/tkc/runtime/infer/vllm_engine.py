@@ -114,7 +114,7 @@ class VLLMEngine:
         self, *, max_new_tokens: int, temperature: float, top_p: float, stop: Sequence[str], seed: int
     ):
         """The template's stop tokens and `stop`: special tokens as stop_token_ids, the rest as stop strings."""
-        ids, strings = split_stops(self.tok, [*(self.fmt.stop_tokens if self.fmt else ()), *stop])
+        ids, strings = split_stops(self.tok, self.fmt, stop)
         return self.vllm.SamplingParams(
             **sampling_kwargs(
                 max_new_tokens=max_new_tokens,

@@ -13,6 +13,7 @@ import torch
 
 from tkc.runtime import outputs
 from tkc.runtime.context import RunContext
+from tkc.runtime.data.tokenizer import stop_token_ids
 from tkc.runtime.model import load_stage_output, start_weights
 from tkc.runtime.stages.common import load_rows, pad
 
@@ -71,8 +72,7 @@ def token_nll(model, rows: list[dict], pad_id: int, batch: int = 16) -> tuple[fl
 
 def score_exact_match(ctx: RunContext, stage: dict, model, rows: list[dict]) -> tuple[dict, list[dict]]:
     tok, opts = ctx.tokenizer(), stage["options"]
-    stops = (ctx.resolved.get("template") or {}).get("stop_tokens") or [tok.eos_token]
-    stop_ids = [tok.convert_tokens_to_ids(s) for s in stops] + [tok.eos_token_id]
+    stop_ids = stop_token_ids(tok, ctx.plan.template)
     pairs = [split_prompt(r) for r in rows]
     preds = greedy(model, tok, [p for p, _ in pairs], int(opts["max_new_tokens"]), stop_ids)
     records, correct = [], 0

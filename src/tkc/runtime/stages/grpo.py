@@ -53,6 +53,7 @@ import torch
 
 from tkc.runtime import checkpoint, loop, outputs, rewards
 from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, RunContext
+from tkc.runtime.data.tokenizer import stop_token_ids
 from tkc.runtime.model import build_optimizer, build_trainable, count_params, quiet_checkpointing_alias
 from tkc.runtime.progress import Progress
 from tkc.runtime.reward_model import describe, load_reward_model
@@ -62,10 +63,7 @@ from tkc.runtime.stages.grpo_config import config_record, grpo_config
 
 
 def _stop_ids(ctx: RunContext) -> list[int]:
-    tok = ctx.tokenizer()
-    stops = (ctx.resolved.get("template") or {}).get("stop_tokens") or []
-    ids = [tok.convert_tokens_to_ids(s) for s in stops] + [tok.eos_token_id]
-    return list(dict.fromkeys(i for i in ids if i is not None and i != tok.unk_token_id))
+    return stop_token_ids(ctx.tokenizer(), ctx.plan.template)
 
 
 def prompt_items(ctx: RunContext, stage: dict) -> list[dict]:

@@ -19,6 +19,7 @@ from torch import nn
 
 from tkc.runtime import loop, outputs
 from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, RunContext
+from tkc.runtime.data.tokenizer import stop_token_ids
 from tkc.runtime.model import build_optimizer, build_trainable, count_params
 from tkc.runtime.progress import Progress
 from tkc.runtime.reward_model import describe, load_reward_model
@@ -76,15 +77,15 @@ def rollout(ctx: RunContext, model: PolicyWithValue, reference, reward_model, pr
     pad, width = tok.pad_token_id, max(map(len, prompts))
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     pmask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    stops = [tok.convert_tokens_to_ids(s) for s in (ctx.resolved.get("template") or {}).get("stop_tokens", [])]
+    stops = stop_token_ids(tok, ctx.plan.template)  # the plan's stop tokens and eos
     gen = GenerationConfig(do_sample=True, temperature=opts["temperature"], top_k=0, top_p=1.0,
-                           max_new_tokens=opts["max_new_tokens"], eos_token_id=stops + [tok.eos_token_id],
+                           max_new_tokens=opts["max_new_tokens"], eos_token_id=stops,
                            pad_token_id=pad)
     model.eval()
     seqs = model.policy.generate(input_ids=ids, attention_mask=pmask, generation_config=gen)
     model.train()
     resp = seqs[:, width:]
-    is_stop = torch.isin(resp, torch.tensor(stops + [tok.eos_token_id]))
+    is_stop = torch.isin(resp, torch.tensor(stops))
     after_stop = (is_stop.cumsum(1) - is_stop.long()) > 0
     rmask = (~after_stop).float()
     seqs[:, width:] = torch.where(after_stop, torch.full_like(resp, pad), resp)
