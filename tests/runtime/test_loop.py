@@ -38,7 +38,7 @@ def test_lr_schedule_warmup_then_decay():
     assert f[2] == 1.0 and all(a >= b for a, b in zip(f[2:], f[3:], strict=False)) and f[-1] < 0.02
     lin = {**TRAIN, "lr_scheduler": "linear", "warmup_ratio": 0.0}
     assert loop.lr_factor(lin, 10, 20) == 0.5
-    assert loop.lr_factor({**TRAIN, "lr_scheduler": "constant", "warmup_steps": 0}, 19, 20) == 1.0
+    assert loop.lr_factor({**TRAIN, "lr_scheduler": "constant", "warmup_ratio": 0.0}, 19, 20) == 1.0
 
 
 class _Ctx:

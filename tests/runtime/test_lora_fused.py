@@ -22,7 +22,8 @@ def _model(rank=8, alpha=16.0, dropout=0.0, variant="lora"):
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     model = apply_lora(base, {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": TARGETS,
-                              "variant": variant}, task_type="CAUSAL_LM", quantized=False)
+                              "variant": variant, "init": "default", "modules_to_save": []},
+                       task_type="CAUSAL_LM", quantized=False)
     torch.manual_seed(1)
     for m in model.modules():  # B starts at zero: give the adapters something to add
         if isinstance(m, PeftLinear):

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 SMALL = {"max_steps": 6, "global_batch_size": 8, "micro_batch_size": 4, "save_steps": 0, "learning_rate": 5e-3}
-DPO = {"beta": 0.1, "label_smoothing": 0.0, "simpo_gamma": 0.5, "ftx": 0.0, "reference": "init"}
+DPO = {"beta": 0.1, "label_smoothing": 0.0, "simpo_gamma": 0.5, "ftx": 0.0}
+
+
+def _dpo(loss: str, beta: float, simpo_gamma: float = 0.5):
+    from tkc.bundle.plan import ResolvedDpoOptions
+
+    return ResolvedDpoOptions(loss=loss, beta=beta, label_smoothing=0.0, simpo_gamma=simpo_gamma, ftx=0.0)
 
 
 def _bundle(rt, tmp_path, tiny_pretrained, kind, datasets, options=None, **kw):
@@ -36,16 +42,16 @@ def test_preference_loss_formulas():
         (torch.tensor([2.0]), torch.tensor([3.0]))
     beta = 0.5
     margin = beta * ((-4 + 6) - 0)
-    sig = preference_loss({"loss": "sigmoid", "beta": beta}, pol, ref, n)
+    sig = preference_loss(_dpo("sigmoid", beta), pol, ref, n)
     assert sig.item() == pytest.approx(-math.log(1 / (1 + math.exp(-margin))))
-    assert preference_loss({"loss": "hinge", "beta": beta}, pol, ref, n).item() == pytest.approx(max(0, 1 - margin))
+    assert preference_loss(_dpo("hinge", beta), pol, ref, n).item() == pytest.approx(max(0, 1 - margin))
     gap = (-4 / 2 - -6 / 3) - (-5 / 2 - -5 / 3)
-    ipo = preference_loss({"loss": "ipo", "beta": beta}, pol, ref, n).item()
+    ipo = preference_loss(_dpo("ipo", beta), pol, ref, n).item()
     assert ipo == pytest.approx((gap - 1 / (2 * beta)) ** 2)
-    simpo = preference_loss({"loss": "simpo", "beta": beta, "simpo_gamma": 0.3}, pol, None, n).item()
+    simpo = preference_loss(_dpo("simpo", beta, 0.3), pol, None, n).item()
     assert simpo == pytest.approx(-math.log(1 / (1 + math.exp(-(beta * (-2 - -2) - 0.3)))))
     ac, ar = -2.0, -2.0
-    orpo = preference_loss({"loss": "orpo", "beta": beta}, pol, None, n).item()
+    orpo = preference_loss(_dpo("orpo", beta), pol, None, n).item()
     assert orpo == pytest.approx(-ac - beta * math.log(0.5), rel=1e-5)  # equal averages: odds ratio term is log 1/2
     del ar
 
@@ -68,10 +74,11 @@ def test_kto_trains(rt, tmp_path, tiny_pretrained, shared_datasets, method):
 
 
 def test_kto_loss_weights_desirable_and_undesirable():
+    from tkc.bundle.plan import ResolvedKtoOptions
     from tkc.runtime.stages.kto import kto_loss
 
     r = torch.tensor([1.0, -1.0])
-    out = kto_loss({"beta": 1.0, "desirable_weight": 2.0, "undesirable_weight": 3.0}, r, torch.tensor([True, False]))
+    out = kto_loss(ResolvedKtoOptions(beta=1.0, desirable_weight=2.0, undesirable_weight=3.0), r, torch.tensor([True, False]))
     z = 0.0  # mean log-ratio 0, clamped at 0
     assert out[0].item() == pytest.approx(2 * (1 - 1 / (1 + math.exp(-(1 - z)))))
     assert out[1].item() == pytest.approx(3 * (1 - 1 / (1 + math.exp(-(z + 1)))))

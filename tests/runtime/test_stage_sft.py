@@ -12,8 +12,8 @@ from tkc.runtime.run import run_bundle
 SMALL = {"max_steps": 6, "global_batch_size": 8, "micro_batch_size": 4, "save_steps": 0}
 METHODS = {
     "full": {"method": "full"},
-    "freeze": {"method": "freeze", "freeze": {"trainable_layers": 1, "trainable_modules": []}},
-    "freeze_mlp": {"method": "freeze", "freeze": {"trainable_layers": 2, "trainable_modules": ["mlp"]}},
+    "freeze": {"method": "freeze", "freeze": {"trainable_layers": 1, "trainable_modules": [], "layers_path": "model.layers"}},
+    "freeze_mlp": {"method": "freeze", "freeze": {"trainable_layers": 2, "trainable_modules": ["mlp"], "layers_path": "model.layers"}},
     "lora": {"method": "lora", "learning_rate": 1e-2},
     "dora": {"method": "lora", "lora": {"variant": "dora"}, "learning_rate": 1e-2},
     # rsLoRA scales by alpha/sqrt(r), sqrt(r) times LoRA's alpha/r: the same step needs a smaller rate.

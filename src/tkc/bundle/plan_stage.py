@@ -20,7 +20,7 @@ class ResolvedTrain:
     micro_batch_size: int
     gradient_accumulation_steps: int
     world_size: int
-    padding: str                   # unpadded | longest
+    padding: str                   # unpadded | longest (TrainSpec.padding and runtime/attention.py say how)
     seed: int
     precision: str                 # fp32 | bf16 | fp16
     gradient_checkpointing: bool

@@ -71,10 +71,8 @@ def batch_indices(n_rows: int, train: dict, step: int, per_epoch: int) -> list[i
 
 
 def warmup_steps(train: dict, total: int) -> int:
-    """warmup_steps when the plan gives it, else ceil(warmup_ratio x total)."""
-    if train.get("warmup_steps") is not None:
-        return int(train["warmup_steps"])
-    return math.ceil(float(train.get("warmup_ratio") or 0.0) * total)
+    """ceil(warmup_ratio x total)."""
+    return math.ceil(train["warmup_ratio"] * total)
 
 
 def lr_factor(train: dict, step: int, total: int) -> float:
@@ -250,7 +248,7 @@ def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task,
             log.add({"step": step, "epoch": round(step / per_epoch, 4), "loss": loss, "lr": lr,
                      "grad_norm": grad_norm, "tokens_seen": tokens_seen})
             bar.update(step, loss=loss, lr=lr, tokens_per_s=tps)
-            if t.get("eval_steps") and step % t["eval_steps"] == 0 and eval_rows:
+            if t["eval_steps"] and step % t["eval_steps"] == 0 and eval_rows:
                 eval_loss = evaluate(ctx, runner, task, eval_rows, t["micro_batch_size"])
                 log.add({"step": step, "eval_loss": eval_loss})
                 bar.note(f"[{stage['name']}] step {step} eval_loss {eval_loss:.4f}")

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tkc.bundle.plan import ResolvedQuantization
 from tkc.runtime import gcpause
 from tkc.runtime.context import RunContext
 
@@ -43,13 +44,13 @@ def _auto_class(head: str):
     return AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
 
 
-def _from_bundle_model(ctx: RunContext, head: str, dtype: torch.dtype, seed: int, quant: dict | None):
+def _from_bundle_model(ctx: RunContext, head: str, dtype: torch.dtype, seed: int,
+                       quant: ResolvedQuantization | None):
     """The bundle's model: random init from config.json with `seed` (init: scratch) or its pretrained weights."""
     from transformers import AutoConfig
 
     from tkc.runtime.model_files import hub_kwargs
 
-    m = ctx.resolved["model"]
     path = ctx.model_path()  # verified against the bundle before transformers reads (or runs) anything in it
     common: dict[str, Any] = hub_kwargs(ctx.resolved)  # trust_remote_code always explicit: never a stdin question
     config = AutoConfig.from_pretrained(path, **common)
@@ -57,7 +58,7 @@ def _from_bundle_model(ctx: RunContext, head: str, dtype: torch.dtype, seed: int
         config.num_labels = 1
         config.pad_token_id = ctx.tokenizer().pad_token_id
     torch.manual_seed(seed)
-    if m["init"] == "scratch":
+    if ctx.plan.model.init == "scratch":
         return _auto_class(head).from_config(config, dtype=dtype, attn_implementation="sdpa",
                                              trust_remote_code=common["trust_remote_code"])
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa", "config": config, **common}
@@ -66,7 +67,7 @@ def _from_bundle_model(ctx: RunContext, head: str, dtype: torch.dtype, seed: int
     return _auto_class(head).from_pretrained(path, **kwargs)
 
 
-def _bnb_config(quant: dict, dtype: torch.dtype):
+def _bnb_config(quant: ResolvedQuantization, dtype: torch.dtype):
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as e:
@@ -76,9 +77,9 @@ def _bnb_config(quant: dict, dtype: torch.dtype):
         ) from e
     from transformers import BitsAndBytesConfig
 
-    if quant["bits"] == 4:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.get("quant_type", "nf4"),
-                                  bnb_4bit_use_double_quant=bool(quant.get("double_quant")),
+    if quant.bits == 4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,
+                                  bnb_4bit_use_double_quant=quant.double_quant,
                                   bnb_4bit_compute_dtype=dtype)
     return BitsAndBytesConfig(load_in_8bit=True)
 
@@ -109,24 +110,25 @@ def _load_stage_output(ctx: RunContext, name: str, *, dtype: torch.dtype = torch
         with quiet_checkpointing_alias():
             return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
     return _auto_class(head).from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa",
-                                             trust_remote_code=bool(ctx.resolved["model"].get("trust_remote_code")))
+                                             trust_remote_code=ctx.plan.model.trust_remote_code)
 
 
 def _start_weights(ctx: RunContext, stage: dict, *, head: str = "causal_lm", dtype: torch.dtype | None = None):
     """The weights a stage starts from: its init_from stage's output, else the bundle's model."""
     dtype = dtype or dtype_of(stage)
-    seed = stage.get("train", {}).get("seed", ctx.resolved["seed"])
-    quant = (stage.get("finetuning") or {}).get("quantization")
-    if not stage.get("init_from"):
+    sp = ctx.stage_plan(stage)
+    seed = sp.train.seed if sp.train else ctx.plan.seed  # eval/infer/export: the run's seed
+    quant = sp.finetuning.quantization if sp.finetuning else None
+    if sp.init_from is None:
         return _from_bundle_model(ctx, head, dtype, seed, quant)
-    lm = _load_stage_output(ctx, stage["init_from"], dtype=dtype)
+    lm = _load_stage_output(ctx, sp.init_from, dtype=dtype)
     if head == "causal_lm":
         return lm
     torch.manual_seed(seed)  # the value head starts from seeded random weights
     config = lm.config
     config.num_labels, config.pad_token_id = 1, ctx.tokenizer().pad_token_id
     cls_model = _auto_class(head).from_config(config, dtype=dtype, attn_implementation="sdpa",
-                                              trust_remote_code=bool(ctx.resolved["model"].get("trust_remote_code")))
+                                              trust_remote_code=ctx.plan.model.trust_remote_code)
     cls_model.base_model.load_state_dict(lm.base_model.state_dict())
     return cls_model
 
@@ -165,10 +167,10 @@ def apply_freeze(model: nn.Module, freeze: dict) -> None:
     """Freeze everything, then unfreeze the last N decoder layers (only `trainable_modules` in them, if listed)."""
     for p in model.parameters():
         p.requires_grad_(False)
-    layers = decoder_layers(model, freeze.get("layers_path"))
+    layers = decoder_layers(model, freeze["layers_path"])
     n = int(freeze["trainable_layers"])
     chosen = layers[-n:] if n > 0 else layers[:-n]
-    modules = freeze.get("trainable_modules") or []
+    modules = freeze["trainable_modules"]
     for layer in chosen:
         for name, p in layer.named_parameters():
             if not modules or any(name.split(".")[0] == m or name.startswith(m + ".") for m in modules):
@@ -183,9 +185,9 @@ def apply_lora(model: nn.Module, lora: dict, *, task_type: str, quantized: bool)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(
         r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=list(lora["targets"]),
-        use_dora=lora.get("variant") == "dora", use_rslora=lora.get("variant") == "rslora",
-        init_lora_weights="pissa" if lora.get("init") == "pissa" else True,
-        modules_to_save=list(lora.get("modules_to_save") or []) or None, bias="none", task_type=task_type,
+        use_dora=lora["variant"] == "dora", use_rslora=lora["variant"] == "rslora",
+        init_lora_weights="pissa" if lora["init"] == "pissa" else True,
+        modules_to_save=list(lora["modules_to_save"]) or None, bias="none", task_type=task_type,
     )
     with quiet_checkpointing_alias():
         model = get_peft_model(model, config)
@@ -209,21 +211,23 @@ def add_neftune(model: nn.Module, alpha: float) -> None:
 @_model_ready
 def build_trainable(ctx: RunContext, stage: dict, *, head: str = "causal_lm"):
     """Start weights plus the stage's fine-tuning method; returns the model in train mode."""
-    ft, train = stage["finetuning"], stage["train"]
+    ft, sp = stage["finetuning"], ctx.stage_plan(stage)
+    train = sp.train
+    assert train is not None and sp.finetuning is not None, "only training stages build a trainable model"
     model = _start_weights(ctx, stage, head=head)
     model.config.use_cache = False
     if ft["method"] == "freeze":
         apply_freeze(model, ft["freeze"])
     elif ft["method"] == "lora":
-        torch.manual_seed(train["seed"])  # LoRA A matrices are random: seed them
+        torch.manual_seed(train.seed)  # LoRA A matrices are random: seed them
         model = apply_lora(model, ft["lora"], task_type="CAUSAL_LM" if head == "causal_lm" else "SEQ_CLS",
-                           quantized=bool(ft.get("quantization")))
-    if train.get("gradient_checkpointing"):
+                           quantized=sp.finetuning.quantization is not None)
+    if train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if ft["method"] == "lora":
             model.enable_input_require_grads()
-    if train.get("neftune_alpha"):
-        add_neftune(model, float(train["neftune_alpha"]))
+    if train.neftune_alpha is not None:
+        add_neftune(model, train.neftune_alpha)
     model.train()
     return model
 

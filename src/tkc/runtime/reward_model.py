@@ -21,7 +21,7 @@ from tkc.runtime.model import load_stage_output
 
 
 def describe(options: dict) -> str:
-    ref = options.get("reward_bundle")
+    ref = options["reward_bundle"]
     return f"{ref['path']}:{ref['stage']}" if ref else str(options["reward_model"])
 
 
@@ -54,7 +54,7 @@ def reward_bundle_context(ctx: RunContext, ref: dict) -> RunContext:
 
 def load_reward_model(ctx: RunContext, options: dict, *, dtype: torch.dtype = torch.float32):
     """The frozen sequence-classification reward model the stage's options name (eval mode, no grads)."""
-    ref = options.get("reward_bundle")
+    ref = options["reward_bundle"]
     if ref:
         model = load_stage_output(reward_bundle_context(ctx, ref), ref["stage"], dtype=dtype, head="seq_cls")
     else:

@@ -125,8 +125,8 @@ TRACKER_DIRS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlrun
 
 def open_tracker(ctx: RunContext, stage: dict, replay: Iterable[Mapping[str, Any]] = ()) -> Tracker:
     """The stage's tracker, its directory rebuilt from `replay` (the step records kept on resume)."""
-    tracking = ctx.resolved.get("tracking") or {}
-    kind = tracking.get("kind") or "none"
+    tracking = ctx.plan.tracking
+    kind = tracking.kind
     if kind not in KINDS:
         raise RuntimeError(f"unknown tracking.kind {kind!r} (known: {', '.join(KINDS)})")
     if kind == "none" or not ctx.dist.is_main:
@@ -136,7 +136,7 @@ def open_tracker(ctx: RunContext, stage: dict, replay: Iterable[Mapping[str, Any
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    project = tracking.get("project") or ctx.resolved.get("name") or "tkc"
+    project = tracking.project  # the compiler's default is the run's name
     tracker: Tracker
     if kind == "tensorboard":
         tracker = TensorBoardTracker(target)

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from tkc.bundle.plan import ResolvedInferOptions
 from tkc.runtime import outputs
 from tkc.runtime.context import RunContext
 
@@ -36,7 +37,7 @@ def load_prompts(ctx: RunContext, stage: dict) -> list[tuple[list[dict], str | N
             try:
                 example = convert_record(record, entry, (ctx.source_root / where.file).parent)
             except BadRecord as exc:
-                if entry.get("on_bad_record", "error") == "error":
+                if ctx.plan.datasets[name].on_bad_record == "error":
                     raise exc.at(where) from None
                 continue
             out.append(split_example(example))
@@ -53,7 +54,8 @@ def write_predictions(path: Path, records: list[dict]) -> None:
 
 def write_outputs(ctx: RunContext, stage: dict, pairs: list, completions: list, wall: float) -> None:
     """predictions.jsonl (prompt messages, reference, prediction) and metrics.json (count, tokens/s)."""
-    out, opts = ctx.stage_dir(stage), stage.get("options") or {}
+    out, sp = ctx.stage_dir(stage), ctx.stage_plan(stage)
+    assert isinstance(sp.options, ResolvedInferOptions)
     records = [
         {"prompt": p, "reference": ref, "prediction": c.text, "finish_reason": c.finish_reason}
         for (p, ref), c in zip(pairs, completions, strict=True)
@@ -68,8 +70,8 @@ def write_outputs(ctx: RunContext, stage: dict, pairs: list, completions: list, 
             "seconds": round(wall, 3),
             "tokens_per_second": round(tokens / max(wall, 1e-9), 2),
             "finish_reasons": dict(Counter(c.finish_reason for c in completions)),
-            "model": stage.get("init_from") or "base",
-            "engine": opts.get("engine", "hf"),
+            "model": sp.init_from or "base",
+            "engine": sp.options.engine,
         },
     )
 
@@ -77,17 +79,19 @@ def write_outputs(ctx: RunContext, stage: dict, pairs: list, completions: list, 
 def run(ctx: RunContext, stage: dict) -> int:
     from tkc.runtime.infer import load_engine
 
-    opts = stage.get("options") or {}
-    source = stage.get("init_from")  # the compiler resolves it to the previous training stage, or null (base)
+    sp = ctx.stage_plan(stage)
+    opts = sp.options
+    assert isinstance(opts, ResolvedInferOptions)
+    source = sp.init_from  # the compiler resolves it to the previous training stage, or null (base)
     pairs = load_prompts(ctx, stage)
-    engine = load_engine(ctx, source, engine=opts.get("engine", "hf"))
+    engine = load_engine(ctx, source, engine=opts.engine)
     start = time.perf_counter()
     completions = engine.generate(
         [p for p, _ in pairs],
-        max_new_tokens=int(opts.get("max_new_tokens", 128)),
-        temperature=float(opts.get("temperature", 0.0)),
-        top_p=float(opts.get("top_p", 1.0)),
-        seed=int(ctx.resolved["seed"]),
+        max_new_tokens=opts.max_new_tokens,
+        temperature=opts.temperature,
+        top_p=opts.top_p,
+        seed=ctx.plan.seed,
     )
     wall = time.perf_counter() - start
     tokens = sum(len(c.tokens) for c in completions)

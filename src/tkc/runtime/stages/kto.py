@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tkc.bundle.plan import ResolvedKtoOptions
 from tkc.runtime import loop
 from tkc.runtime.context import RunContext
 from tkc.runtime.model import build_trainable
@@ -17,16 +18,16 @@ from tkc.runtime.stages.common import (
 )
 
 
-def kto_loss(opts: dict, log_ratio: torch.Tensor, desirable: torch.Tensor) -> torch.Tensor:
+def kto_loss(opts: ResolvedKtoOptions, log_ratio: torch.Tensor, desirable: torch.Tensor) -> torch.Tensor:
     """Per-example loss. The KL reference point z is this micro-batch's mean log-ratio, detached, clamped at 0."""
-    beta = opts["beta"]
+    beta = opts.beta
     z = log_ratio.detach().mean().clamp(min=0)
-    good = opts["desirable_weight"] * (1 - torch.sigmoid(beta * (log_ratio - z)))
-    bad = opts["undesirable_weight"] * (1 - torch.sigmoid(beta * (z - log_ratio)))
+    good = opts.desirable_weight * (1 - torch.sigmoid(beta * (log_ratio - z)))
+    bad = opts.undesirable_weight * (1 - torch.sigmoid(beta * (z - log_ratio)))
     return torch.where(desirable, good, bad)
 
 
-def make_loss(opts: dict, reference: Reference):
+def make_loss(opts: ResolvedKtoOptions, reference: Reference):
     def loss_sum(runner, batch) -> torch.Tensor:
         policy, _ = sequence_logps(runner, batch)
         ref, _ = reference(sequence_logps, batch)
@@ -38,13 +39,15 @@ def make_loss(opts: dict, reference: Reference):
 
 def build_task(ctx: RunContext, stage: dict):
     model = build_trainable(ctx, stage)
-    reference = Reference(model, lora=stage["finetuning"]["method"] == "lora")
+    sp = ctx.stage_plan(stage)
+    assert isinstance(sp.options, ResolvedKtoOptions) and sp.finetuning is not None
+    reference = Reference(model, lora=sp.finetuning.method == "lora")
     pad_id = ctx.tokenizer().pad_token_id
-    task = loop.Task(loss_sum=make_loss(stage["options"], reference), units=len, tokens=token_count,
+    task = loop.Task(loss_sum=make_loss(sp.options, reference), units=len, tokens=token_count,
                      collate=make_collate(stage, pad_id))
     return task, model
 
 
 def run(ctx: RunContext, stage: dict) -> int:
     task, model = build_task(ctx, stage)
-    return train_stage(ctx, stage, model, task, describe=f"kto beta={stage['options']['beta']}")
+    return train_stage(ctx, stage, model, task, describe=f"kto beta={ctx.stage_plan(stage).options.beta}")  # type: ignore[union-attr]

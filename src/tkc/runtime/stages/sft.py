@@ -14,8 +14,9 @@ def build_task(ctx: RunContext, stage: dict):
     pad_id = ctx.tokenizer().pad_token_id
     # unpadded rows run end to end in one forward where the model takes varlen attention; not with NEFTune,
     # whose noise scale depends on the sequence length
-    train = stage["train"]
-    packed = train["padding"] == "unpadded" and not train.get("neftune_alpha") and enable_varlen(model)
+    train = ctx.stage_plan(stage).train
+    assert train is not None
+    packed = train.padding == "unpadded" and train.neftune_alpha is None and enable_varlen(model)
     task = loop.Task(loss_sum=lm_loss_sum, units=label_units, tokens=token_count,
                      collate=make_collate(stage, pad_id, packed=packed))
     return task, model
