@@ -106,7 +106,7 @@ def test_stops_split_into_ids_and_strings(engine):
 
 
 def test_prompt_rendered_with_bundle_template(engine, bundle):
-    from tkc.catalog.chat import render
+    from tkc.bundle.chat import render
 
     text = (bundle / "template" / "chat_template.jinja").read_text(encoding="utf-8")
     expected = render(text, CHAT[0], add_generation_prompt=True, eos_token="<|im_end|>")

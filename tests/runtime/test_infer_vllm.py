@@ -107,7 +107,7 @@ def test_missing_vllm_names_the_extra(rt, tmp_path, monkeypatch):
 
 
 def test_parameters_map_onto_vllm(rt, tmp_path, fake_vllm):
-    from tkc.catalog.chat import render
+    from tkc.bundle.chat import render
     from tkc.runtime.infer import Completion, load_engine
 
     ctx = make_ctx(rt, tmp_path)

@@ -34,8 +34,8 @@ class TinyCustomForCausalLM(Qwen2ForCausalLM):
     config_class = TinyCustomConfig
 '''
 # Loads the bundle's base model the way `tkc run` and `tkc chat` do, and prints the class transformers built.
-LOAD = ("import sys, pathlib; from tkc.runtime.infer import open_context; from tkc.runtime.model import start_weights;"
-        "ctx = open_context(pathlib.Path(sys.argv[1])); m = start_weights(ctx, {'name': 'base', 'init_from': None});"
+LOAD = ("import sys, pathlib; from tkc.runtime.infer import open_context; from tkc.runtime.model import base_weights;"
+        "ctx = open_context(pathlib.Path(sys.argv[1])); m = base_weights(ctx);"
         "print('MODEL', type(m).__name__)")
 
 

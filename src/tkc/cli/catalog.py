@@ -122,8 +122,8 @@ def render(
     """Print exactly the rendered text (nothing added); exit 1 with the reason if the template refuses."""
     import jinja2
 
-    from tkc.catalog.chat import TemplateRefused
-    from tkc.catalog.chat import render as render_chat
+    from tkc.bundle.chat import TemplateRefused
+    from tkc.bundle.chat import render as render_chat
     from tkc.catalog.registry import lookup, template_text
     from tkc.catalog.registry import templates as load
     from tkc.schema.diagnostics import CompileError

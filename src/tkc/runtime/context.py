@@ -85,18 +85,11 @@ class RunContext:
     def tokenizer(self):
         """The model's tokenizer, with the bundle's chat template (never the one shipped beside the weights)."""
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            from tkc.runtime.data.tokenizer import load_tokenizer
 
-            from tkc.runtime.model_files import hub_kwargs
-
-            path = self.model_path()  # verified first: remote code runs only from files the bundle hashed
-            tok = AutoTokenizer.from_pretrained(path, **hub_kwargs(self.resolved))
-            text = self.chat_template()
-            if text is not None:
-                tok.chat_template = text
-            if tok.pad_token_id is None:
-                tok.pad_token = tok.eos_token
-            self._tokenizer = tok
+            # the model folder verified first: remote code runs only from files the bundle hashed
+            self._tokenizer = load_tokenizer(self.resolved, self.source_root, model_path=self.model_path(),
+                                             chat_template=self.chat_template())  # fmt: skip
         return self._tokenizer
 
     def log(self, msg: str) -> None:

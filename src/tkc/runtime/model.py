@@ -153,6 +153,12 @@ load_stage_adapter = _model_ready(_load_stage_adapter)
 start_weights = _model_ready(_start_weights)
 
 
+@_model_ready
+def base_weights(ctx: RunContext, *, head: str = "causal_lm", dtype: torch.dtype = torch.float32):
+    """The bundle's own model, outside any stage (inference on the base model): seeded with the run's seed."""
+    return _from_bundle_model(ctx, head, dtype, ctx.plan.seed, None)
+
+
 def decoder_layers(model: nn.Module, layers_path: str | None = None) -> nn.ModuleList:
     """The decoder layer list: at `layers_path` when the plan names it, else the largest ModuleList named *layers."""
     if layers_path:

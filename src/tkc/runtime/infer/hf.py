@@ -22,7 +22,7 @@ from tkc.runtime.infer.engine import (
     render_prompt,
     split_stops,
 )
-from tkc.runtime.model import DTYPES, load_stage_output, start_weights
+from tkc.runtime.model import DTYPES, base_weights, load_stage_output
 
 _END = object()
 
@@ -93,7 +93,7 @@ class HFEngine:
         """The stage's output model (an adapter merged into the weights it trained on), or the base model."""
         torch_dtype = DTYPES[dtype]
         if stage_name is None:
-            model = start_weights(ctx, {"name": "base", "init_from": None}, dtype=torch_dtype)
+            model = base_weights(ctx, dtype=torch_dtype)
         else:
             model = load_stage_output(ctx, stage_name, dtype=torch_dtype)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
