@@ -91,4 +91,4 @@ def compile_loaded(recipe: LoadedRecipe, source_root: Path | None = None,
 def compile_recipe(path: Path | str, overrides: list[str] | tuple[str, ...] = (),
                    source_root: Path | None = None) -> Compiled:
     """Recipe file -> Compiled (nothing written). Raises CompileError listing every problem."""
-    return compile_loaded(load_recipe(Path(path), overrides, tolerant=True), source_root)
+    return compile_loaded(load_recipe(Path(path), overrides, tolerant=True, source_root=source_root), source_root)
