@@ -147,3 +147,10 @@ def test_an_extends_base_under_read_roots_or_source_root_is_read(tmp_path):
     with pytest.raises(CompileError) as info:
         compile_recipe(recipe, source_root=tmp_path)
     assert not any(d.code == "PATH001" for d in info.value.diagnostics)
+
+
+def test_a_refused_model_folder_gets_no_second_error_calling_it_a_hub_id(demo_copy, outside):
+    """PATH001 alone: the folder was not read, so 'cannot detect the model family from hub id ...' was noise."""
+    shutil.copytree(demo_copy / "assets" / "tiny-qwen2", outside / "model")
+    found = _errors(_edit(demo_copy, "path: assets/tiny-qwen2", f"path: {outside / 'model'}"))
+    assert [d.code for d in found] == ["PATH001"], [d.render() for d in found]
