@@ -139,6 +139,15 @@ def _read_one(path: Path, chain: _Chain, where: Position | None) -> tuple[dict, 
     return (loaded.data if isinstance(loaded.data, dict) else {}), loaded.positions
 
 
+def _key_paths(value: Any, at: KeyPath) -> list[KeyPath]:
+    """`at` and the path of every value nested in `value` (mapping keys and list items)."""
+    if isinstance(value, dict):
+        return [at, *(p for k, v in value.items() for p in _key_paths(v, (*at, str(k))))]
+    if isinstance(value, list):
+        return [at, *(p for j, v in enumerate(value) for p in _key_paths(v, (*at, j)))]
+    return [at]
+
+
 def _resolved(path: Path) -> Path:
     try:
         return path.expanduser().resolve()
@@ -241,7 +250,10 @@ def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = (), toleran
     for i, text in enumerate(overrides):
         key, value = parse_override(text, i + 1, chain.budget)
         _apply_override(data, key, value, i + 1)
-        positions[key] = Position("--set", i + 1, 1)
+        for stale in [k for k in positions if k[:len(key)] == key]:  # the replaced value's file lines
+            del positions[stale]
+        for sub in _key_paths(value, key):  # every key the --set wrote is the user's, at the --set
+            positions[sub] = Position("--set", i + 1, 1)
     data, _ = migrate(data)
     spec = None
     try:
