@@ -183,3 +183,16 @@ def test_diff_names_differing_recipe_files_when_plans_are_identical(tkc, demo_co
     assert code == 0 and "bundles are identical" in out
     code, _, err = tkc("diff", a, tmp_path / "nowhere", "--plain")
     assert code == 2 and "not a tkc bundle" in err
+
+
+def test_diff_without_plain_keeps_long_lines_whole_in_a_pipe(tkc, demo_copy, tmp_path):
+    """Piped or logged (not a terminal), `tkc diff` printed through rich cropped every line at 80 columns:
+    'but the sources differ (recipe copies an' and long recipe lines lost their ends, silently."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    recipe = demo_copy / "demo.yaml"
+    _compile(tkc, recipe, a)
+    note = "# " + "a long reviewer's note that goes well past eighty columns " * 2 + "END"
+    recipe.write_text(recipe.read_text().replace("name: demo\n", f"name: demo   {note}\n"))
+    _compile(tkc, recipe, b)
+    code, out, _ = tkc("diff", a, b)
+    assert code == 1 and "outside the bundle hash)" in out and f"+name: demo   {note}" in out, out

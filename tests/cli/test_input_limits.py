@@ -113,3 +113,14 @@ def test_catalog_render_bad_conversation_exits_2(tmp_path, content, message):
 def test_catalog_render_missing_file_exits_2(tmp_path):
     proc = tkc_capped("catalog", "render", "chatml", tmp_path / "nope.json")
     assert proc.returncode == 2 and "nope.json: cannot read" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_data_inspect_of_a_bad_recipe_a_missing_path_or_a_non_bundle_folder_is_exit_2_not_a_traceback(tkc, tmp_path):
+    (tmp_path / "bad.yaml").write_text("schema_version: 1\nname: x\n")
+    (tmp_path / "notabundle").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "resolved.json").write_text("{not json")
+    for target, expect in [("bad.yaml", "bad.yaml:1:1: SCHEMA003"), ("missing", "RECIPE001"),
+                           ("notabundle", "not a bundle"), ("broken", "not a bundle")]:
+        code, _, err = tkc("data", "inspect", tmp_path / target)
+        assert code == 2 and expect in err, (target, code, err)

@@ -61,3 +61,10 @@ def test_model_positions_from_config_shapes():
             "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}
     assert _model_positions(yarn) == 131072
     assert _model_positions({}) is None
+
+
+def test_a_refused_cutoff_gets_no_follow_on_rule_error(tkc, tmp_path):
+    """`--set data.cutoff_len=1e9` is a schema error; the default it leaves in the plan is not reported as DATA011."""
+    code, _, err = tkc("compile", _project(tmp_path, None), "--check", "--set", "data.cutoff_len=1e9")
+    assert code == 2 and "SCHEMA002" in err and "data.cutoff_len" in err
+    assert "DATA011" not in err, err

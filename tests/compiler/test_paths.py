@@ -111,3 +111,46 @@ def test_the_runtime_refuses_a_data_file_swapped_for_a_link_outside(tkc, demo_co
 
 def _line(recipe: Path, needle: str) -> int:
     return next(i for i, line in enumerate(recipe.read_text().splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize("how", ["absolute", "symlink", "dotdot"])
+def test_an_extends_base_outside_is_not_read_and_its_content_never_echoed(tmp_path, how):
+    """A base outside the roots is refused at its extends entry before it is read: /etc/shadow's lines must not
+    come back as 'unknown key' errors, and a base that is not a recipe must not be parsed at all."""
+    secret = tmp_path / "secret" / "shadow"
+    secret.parent.mkdir()
+    secret.write_text("root:SECRETHASH:20228:0:99999:7:::\n")
+    folder = tmp_path / "r"
+    folder.mkdir()
+    ref = {"absolute": str(secret), "symlink": "base.yaml", "dotdot": "../secret/shadow"}[how]
+    if how == "symlink":
+        (folder / "base.yaml").symlink_to(secret)
+    recipe = folder / "r.yaml"
+    recipe.write_text(f"schema_version: 1\nextends: [{ref}]\nname: x\n")
+    found = _errors(recipe)
+    assert not any("SECRETHASH" in d.render() for d in found), [d.render() for d in found]
+    assert [(d.code, d.path, d.line) for d in found if d.code == "PATH001"] == [("PATH001", "extends", 2)]
+    assert not any(d.code in ("RECIPE003", "SCHEMA001") and "shadow" in (d.file or "") for d in found)
+    assert not any(d.code == "SCHEMA003" for d in found)  # the unread base's keys are not reported missing
+
+
+def test_an_extends_base_under_read_roots_or_source_root_is_read(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "base.yaml").write_text("name: from_base\n")
+    folder = tmp_path / "r"
+    folder.mkdir()
+    recipe = folder / "r.yaml"
+    recipe.write_text("schema_version: 1\nread_roots: [../shared]\nextends: [../shared/base.yaml]\n")
+    assert not any(d.code == "PATH001" for d in _errors(recipe))
+    recipe.write_text("schema_version: 1\nextends: [../shared/base.yaml]\n")
+    with pytest.raises(CompileError) as info:
+        compile_recipe(recipe, source_root=tmp_path)
+    assert not any(d.code == "PATH001" for d in info.value.diagnostics)
+
+
+def test_a_refused_model_folder_gets_no_second_error_calling_it_a_hub_id(demo_copy, outside):
+    """PATH001 alone: the folder was not read, so 'cannot detect the model family from hub id ...' was noise."""
+    shutil.copytree(demo_copy / "assets" / "tiny-qwen2", outside / "model")
+    found = _errors(_edit(demo_copy, "path: assets/tiny-qwen2", f"path: {outside / 'model'}"))
+    assert [d.code for d in found] == ["PATH001"], [d.render() for d in found]

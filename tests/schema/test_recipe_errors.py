@@ -98,3 +98,22 @@ def test_migration_from_v0_flat_lora_keys():
 def test_positions_cover_nested_keys():
     loaded = load_yaml("a:\n  b:\n    - x: 1\n", "f.yaml")
     assert loaded.positions[("a", "b", 0, "x")].line == 3
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999999999", "-1", "4294967296"])
+def test_a_seed_torch_cannot_take_is_a_positioned_error_not_a_run_traceback(tmp_path, seed):
+    """train.seed 10**26 compiled, then `tkc run` died in torch.manual_seed: 'Overflow when unpacking long long'."""
+    diags = _errors(tmp_path, GOOD + f"train: {{seed: {seed}}}\n")
+    assert [(d.code, d.path, d.line) for d in diags] == [("SCHEMA002", "train.seed", 8)], [d.render() for d in diags]
+
+
+def test_a_set_that_replaces_a_mapping_positions_its_errors_at_the_set_not_the_replaced_lines(tmp_path):
+    """`--set 'train={epochs: -1}'` replaced the recipe's train mapping; the error pointed at the recipe line of
+    the value it replaced (r.yaml:8), which holds a valid value."""
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD + "train: {epochs: 2}\n")
+    with pytest.raises(CompileError) as info:
+        load_recipe(path, ["train={epochs: -1}"])
+    assert [(d.path, d.file, d.line) for d in info.value.diagnostics] == [("train.epochs", "--set", 1)]
+    loaded = load_recipe(path, ["train={epochs: 3, learning_rate: 0.1}"])
+    assert loaded.user_set(("train", "learning_rate")) and loaded.positions[("train", "epochs")].file == "--set"

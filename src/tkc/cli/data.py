@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,16 +31,25 @@ def default_cache_dir() -> Path:
 def _load_target(target: Path, source_root: Path | None) -> tuple[dict, str | None, Path, Path | None]:
     """(resolved, template text, source root, bundle dir) from a bundle folder or a recipe file."""
     if target.is_dir():
-        resolved = json.loads((target / "resolved.json").read_text(encoding="utf-8"))
+        try:
+            resolved = json.loads((target / "resolved.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            print(f"tkc data inspect: {target} is not a bundle (resolved.json: {exc})", file=sys.stderr)
+            raise typer.Exit(2) from None
         tpl = target / ((resolved.get("template") or {}).get("file") or "template/chat_template.jinja")
         volatile = target / "volatile.json"
         if source_root is None:
             recorded = json.loads(volatile.read_text()).get("source_root") if volatile.is_file() else None
             source_root = Path(recorded) if recorded else target
         return resolved, tpl.read_text(encoding="utf-8") if tpl.is_file() else None, source_root, target
+    from tkc.cli._common import report
     from tkc.compiler import compile_recipe
+    from tkc.schema.diagnostics import CompileError
 
-    compiled = compile_recipe(target, source_root=source_root)
+    try:
+        compiled = compile_recipe(target, source_root=source_root)
+    except CompileError as exc:
+        raise typer.Exit(report(exc)) from None
     files = {k: v for k, v in compiled.files.items() if k.startswith("template/")}
     text = next(iter(files.values())).decode("utf-8") if files else None
     return compiled.resolved, text, compiled.source_root, None

@@ -26,11 +26,13 @@ def diff(
         typer.echo(f"tkc diff: cannot read a bundle: {exc}; run `tkc verify` on each", err=True)
         raise typer.Exit(2) from None
     text = render_diff(result)
-    if plain:
+    from rich.console import Console
+
+    console = Console()
+    if plain or not console.is_terminal:  # a pipe or log gets every line whole (rich crops at 80 columns there)
         typer.echo(text, nl=False)
     else:
-        from rich.console import Console
         from rich.syntax import Syntax
 
-        Console().print(Syntax(text, "diff", theme="ansi_dark", background_color="default"))
+        console.print(Syntax(text, "diff", theme="ansi_dark", background_color="default", word_wrap=True))
     raise typer.Exit(0 if result.same else 1)

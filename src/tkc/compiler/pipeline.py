@@ -76,7 +76,8 @@ def compile_loaded(recipe: LoadedRecipe, source_root: Path | None = None,
                    trace: Callable[[str, Plan], None] | None = None) -> Compiled:
     root = (source_root or recipe.entry.parent).resolve()
     plan = run_passes(Plan(load_inputs(recipe, root)), trace)
-    found = [*recipe.problems, *plan.diagnostics]
+    refused = {d.path for d in recipe.problems if d.path}   # a key the schema refused gets no follow-on rule
+    found = [*recipe.problems, *(d for d in plan.diagnostics if d.path not in refused)]
     if found:
         raise CompileError(sorted(found, key=lambda d: (d.file or "~", d.line or 0, d.col or 0, d.code)))
     # the typed plan is the contract: what does not structure is a compiler bug, refused here, not at run time
@@ -93,4 +94,4 @@ def compile_loaded(recipe: LoadedRecipe, source_root: Path | None = None,
 def compile_recipe(path: Path | str, overrides: list[str] | tuple[str, ...] = (),
                    source_root: Path | None = None) -> Compiled:
     """Recipe file -> Compiled (nothing written). Raises CompileError listing every problem."""
-    return compile_loaded(load_recipe(Path(path), overrides, tolerant=True), source_root)
+    return compile_loaded(load_recipe(Path(path), overrides, tolerant=True, source_root=source_root), source_root)

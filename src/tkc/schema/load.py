@@ -71,6 +71,7 @@ class _Chain:
     voided: set[KeyPath] = field(default_factory=set)
     incomplete: set[KeyPath] = field(default_factory=set)
     reads: int = 0
+    roots: list[Path] = field(default_factory=list)   # folders a base may be read from (the compiler re-checks)
 
 
 def _refuse(chain: _Chain, code: str, msg: str, where: Position | None) -> tuple[dict, dict]:
@@ -89,12 +90,24 @@ def _read_chain(path: Path, seen: tuple[Path, ...], chain: _Chain,
         found = False
     if path in seen:
         return _refuse(chain, "RECIPE002", f"extends cycle: {' -> '.join(p.name for p in (*seen, path))}", where)
+    if where is not None and chain.roots and not any(path.is_relative_to(r) for r in chain.roots):
+        # never read (so never echoed) a base outside the recipe's folder, --source-root and read_roots
+        chain.incomplete.add(())  # its keys are unknown: no missing-key noise
+        return _refuse(chain, "PATH001", f"extends base {_short_path(path)} is outside the folders this recipe "
+                       f"may read ({', '.join(map(str, chain.roots))}) (keep it inside the recipe's folder, or "
+                       "list the folder it is in under top-level `read_roots:` (relative to the recipe's folder))",
+                       where)
     if not found:
         return _refuse(chain, "RECIPE001", f"recipe file not found: {_short_path(path)}", where)
     chain.reads += 1
     if chain.reads > MAX_RECIPE_FILES:
         return _refuse(chain, "RECIPE004", f"more than {MAX_RECIPE_FILES} recipe files through extends:", where)
     data, positions = _read_one(path, chain, where)
+    if not chain.roots:
+        chain.roots.append(path.parent)
+    extra = data.get("read_roots")
+    for r in extra if isinstance(extra, list) else []:
+        chain.roots.append(_resolved(chain.roots[0] / str(r)))
     merged: dict = {}
     base_positions: dict[KeyPath, Position] = {}
     bases = data.get("extends") or []
@@ -124,6 +137,22 @@ def _read_one(path: Path, chain: _Chain, where: Position | None) -> tuple[dict, 
     if loaded.data is not None and not isinstance(loaded.data, dict):
         chain.diags.append(Diagnostic("RECIPE003", "a recipe must be a mapping", "", file, 1, 1))
     return (loaded.data if isinstance(loaded.data, dict) else {}), loaded.positions
+
+
+def _key_paths(value: Any, at: KeyPath) -> list[KeyPath]:
+    """`at` and the path of every value nested in `value` (mapping keys and list items)."""
+    if isinstance(value, dict):
+        return [at, *(p for k, v in value.items() for p in _key_paths(v, (*at, str(k))))]
+    if isinstance(value, list):
+        return [at, *(p for j, v in enumerate(value) for p in _key_paths(v, (*at, j)))]
+    return [at]
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.expanduser().resolve()
+    except (OSError, ValueError, RuntimeError):
+        return path
 
 
 def _short_path(path: Path) -> str:
@@ -204,13 +233,16 @@ def _repair(data: dict, diags: list[Diagnostic], positions: dict[KeyPath, Positi
         return None
 
 
-def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = (), tolerant: bool = False) -> LoadedRecipe:
+def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = (), tolerant: bool = False,
+                source_root: Path | None = None) -> LoadedRecipe:
     """Read, merge, override, migrate and validate; raise CompileError with every problem found.
 
     With `tolerant`, a recipe whose only problems are bad or unknown keys comes back with those keys dropped
     and the problems in `.problems`, so one compile run reports schema and cross-field mistakes together.
     """
     chain = _Chain()
+    if source_root is not None:
+        chain.roots = [_resolved(Path(path).parent), _resolved(Path(source_root))]
     data, positions = _read_chain(Path(path), (), chain)
     diags = chain.diags
     if any(d.code in _FATAL for d in diags):
@@ -218,7 +250,10 @@ def load_recipe(path: Path, overrides: list[str] | tuple[str, ...] = (), toleran
     for i, text in enumerate(overrides):
         key, value = parse_override(text, i + 1, chain.budget)
         _apply_override(data, key, value, i + 1)
-        positions[key] = Position("--set", i + 1, 1)
+        for stale in [k for k in positions if k[:len(key)] == key]:  # the replaced value's file lines
+            del positions[stale]
+        for sub in _key_paths(value, key):  # every key the --set wrote is the user's, at the --set
+            positions[sub] = Position("--set", i + 1, 1)
     data, _ = migrate(data)
     spec = None
     try:

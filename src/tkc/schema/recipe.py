@@ -97,7 +97,7 @@ class TrainSpec(Spec):
         "longest row, one forward; unpadded = each row (or run of equal-length rows) forwarded at its own length, "
         "or for pt/sft every row end to end in one forward, each attending to itself only; no padding computed; "
         "auto = unpadded on CPU, longest on accelerators (ppo/grpo always pad).")
-    seed: int = Field(42, description="Seed for data order, init and dropout.")
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(42, description="Seed for data order, init and dropout.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = from hardware.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     save_steps: Annotated[int, Field(gt=0)] = Field(100, description="Checkpoint interval in steps.")

@@ -74,6 +74,7 @@ def resolve_model_family(plan: Plan) -> Plan:
         "model.model_type": (model_type or None, "derived:resolve_model_family"),
     }
     plan = plan.with_values({**out, **_default_cutoff(plan)})
-    if error:
+    refused = any(key == ("model", "path") for key, _ in plan.inputs.paths.outside)
+    if error and not (refused and facts.config is None):  # a folder not read (PATH001) is no hub id
         plan = plan.with_diagnostics([plan.diagnostic("MODEL001", error, ("model",))])
     return plan
