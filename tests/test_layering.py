@@ -65,3 +65,21 @@ def test_inference_engines_import_the_interface_never_the_reverse():
     for impl in ("hf.py", "vllm_engine.py"):
         text = (infer / impl).read_text(encoding="utf-8")
         assert "tkc.runtime.infer.engine import" in text and "tkc.runtime.infer.factory" not in text
+
+
+def test_bundle_is_the_base_layer():
+    """tkc.bundle (the contract both sides read) and tkc.dataio import no other tkc package."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import tkc.bundle, tkc.dataio\n"
+        "names = [m.name for m in pkgutil.walk_packages(tkc.bundle.__path__, 'tkc.bundle.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "print(len(names))\n"
+        "print(sorted({'.'.join(m.split('.')[:2]) for m in sys.modules if m.startswith('tkc.')}\n"
+        "             - {'tkc.bundle', 'tkc.dataio'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    count, leaked = out.stdout.strip().splitlines()
+    assert int(count) >= 10, count
+    assert leaked == "[]", leaked
