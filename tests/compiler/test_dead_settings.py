@@ -60,3 +60,11 @@ def test_export_unmerged_needs_a_lora_stage(tkc, demo_copy):
     assert "EXPORT001 stages[4].merge_adapter: export stage 'out': merge_adapter: false saves the LoRA adapter " \
            "of 'pretrain', which trains no adapter (method: full)" in err
     assert err.count("EXPORT001") == 1     # sft is a LoRA stage: out2 is fine
+
+
+def test_explain_shows_the_dead_setting_note(tkc):
+    code, out, err = tkc("explain", DEMO, "learning_rate", "--set", "train.learning_rate=0.000777")
+    assert code == 0 and "stages.0.train.learning_rate" in out
+    assert "DEAD001 train.learning_rate: note: set here but never used" in err
+    code, out, err = tkc("explain", DEMO, "seed", "--set", "train.learning_rate=0.000777")
+    assert code == 0 and "DEAD001" not in err   # a note about another key stays out of a filtered listing

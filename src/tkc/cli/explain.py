@@ -35,6 +35,15 @@ def _where(compiled: Any, key: str, source: str) -> str:
     return f" ({pos.file}:{pos.line})" if pos else ""
 
 
+def _print_dead(compiled: Any, key: str | None) -> None:
+    """The DEAD001 notes (values the recipe sets that no stage uses) for the keys shown, as `tkc compile` prints."""
+    from tkc.compiler.dead_settings import dead_settings
+
+    for note in dead_settings(compiled.plan):
+        if _matches(note.path, key):
+            print(note.render(), file=sys.stderr)
+
+
 def explain(
     recipe: Annotated[Path, Arg("Recipe YAML.")],
     key: Annotated[str | None, Arg("Only keys matching this, e.g. train.learning_rate.")] = None,
@@ -68,6 +77,7 @@ def explain(
         shown += 1
     if passes:
         print("\n".join(trace_lines))
+    _print_dead(compiled, key)
     if not shown:
         print(f"tkc: no resolved key matches {key!r}", file=sys.stderr)
         return 1
