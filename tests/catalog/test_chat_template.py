@@ -6,6 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import attrs
+import pytest
+
 from tkc.bundle.chat import RENDERER_VERSION, ChatTemplate, assistant_spans, plan_stop_tokens, render
 from tkc.catalog.chat import load_template
 
@@ -39,6 +42,14 @@ def test_chat_template_from_the_typed_plan_renders_like_the_renderer():
 def test_eos_falls_back_to_the_tokenizer_in_one_place():
     text, _ = load_template("qwen2_5")
     assert ChatTemplate.from_plan(None, text, tokenizer_eos="</s>").eos_token == "</s>"
-    assert ChatTemplate.from_plan({"eos_token": "", "stop_tokens": []}, text, tokenizer_eos="</s>").eos_token == "</s>"
-    assert ChatTemplate.from_plan({"eos_token": "<|im_end|>"}, text, tokenizer_eos="</s>").eos_token == "<|im_end|>"
+    from tkc.bundle.plan import ResolvedTemplate
+
+    plan = ResolvedTemplate(id="t", source="catalog", file="template/chat_template.jinja", bos_token="", eos_token="",
+                            stop_tokens=(), supports_system=True, supports_tools=False, default_system=None,
+                            render_kwargs={})  # fmt: skip
+    assert ChatTemplate.from_plan(plan, text, tokenizer_eos="</s>").eos_token == "</s>"
+    named = attrs.evolve(plan, eos_token="<|im_end|>")
+    assert ChatTemplate.from_plan(named, text, tokenizer_eos="</s>").eos_token == "<|im_end|>"
+    with pytest.raises(AttributeError):  # no plain-dict path (with defaults of its own) any more
+        ChatTemplate.from_plan({"eos_token": "<|im_end|>"}, text)  # type: ignore[arg-type]
     assert plan_stop_tokens(None) == ()

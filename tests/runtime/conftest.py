@@ -190,13 +190,15 @@ class StandInData:
         self.train, self.eval = train, eval_
 
 
-def stand_in_build_stage_data(resolved_plan, stage_plan, tokenizer, source_root, cache_dir, **_):
+def stand_in_build_stage_data(plan, stage, tokenizer, source_root, cache_dir, **_):
+    from tkc.bundle.plan_converter import converter
+
     rows = []
-    for name in stage_plan["datasets"]:
-        ds = resolved_plan["datasets"][name]
+    for name in stage.datasets:
+        ds = converter.unstructure(plan.datasets[name])
         recs = _read(Path(source_root) / ds["path"], ds["file_type"])
         recs = recs[: ds["max_samples"]] if ds["max_samples"] else recs
-        rows += [_row(r, ds, tokenizer, resolved_plan["data"]["cutoff_len"]) for r in recs]
+        rows += [_row(r, ds, tokenizer, plan.data.cutoff_len) for r in recs]
     return StandInData(rows, [])
 
 
@@ -275,10 +277,10 @@ def steps(bundle: Path, stage_name: str) -> list[dict]:
 
 
 def make_ctx(bundle: Path):
+    from tkc.bundle.plan import load_plan
     from tkc.runtime.context import RunContext, load_bundle_hash, resolve_source_root
 
-    plan = json.loads((bundle / "resolved.json").read_text())
-    return RunContext(bundle, plan, resolve_source_root(bundle, None), load_bundle_hash(bundle))
+    return RunContext(bundle, load_plan(bundle), resolve_source_root(bundle, None), load_bundle_hash(bundle))
 
 
 def train_and_compare(bundle: Path, stage_name: str, head: str = "causal_lm"):
@@ -292,8 +294,8 @@ def train_and_compare(bundle: Path, stage_name: str, head: str = "causal_lm"):
 
     ctx = make_ctx(bundle)
     st = ctx.stage_by_name(stage_name)
-    torch.manual_seed(st["train"]["seed"])
-    module = importlib.import_module(f"tkc.runtime.stages.{st['kind']}")
+    torch.manual_seed(st.train.seed)
+    module = importlib.import_module(f"tkc.runtime.stages.{st.kind}")
     task, model = module.build_task(ctx, st)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = build_optimizer(model, st)

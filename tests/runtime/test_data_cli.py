@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from tkc.cli.data import _histogram, app
+from tkc.compiler.inputs import _model_files
 
 _spec = importlib.util.spec_from_file_location(
     "data_helpers", Path(__file__).parents[1] / "fixtures/data/data_helpers.py"
@@ -22,8 +23,8 @@ def _bundle(tmp_path: Path, data_file: str, **entry_kw) -> Path:
     shutil.copy(H.FIXTURES / data_file, src / "data" / data_file)
     H.tokenizer().save_pretrained(src / "tok")
     e = H.entry("d", f"data/{data_file}", "alpaca", "sft", src, **entry_kw)
-    resolved = {**H.resolved([e], cutoff_len=16), "model": {"source": "local", "path": "tok", "revision": None},
-                "stages": [H.stage("sft", ["d"])]}  # fmt: skip
+    resolved = H.resolved_tree([e], cutoff_len=16, stages=[H.stage_tree("sft", ["d"])])  # model: src/tok
+    resolved["model"]["files"] = _model_files(src / "tok")  # as the compiler records them: checked before loading
     bundle = tmp_path / "bundle"
     (bundle / "template").mkdir(parents=True)
     (bundle / "resolved.json").write_text(json.dumps(resolved))

@@ -198,9 +198,9 @@ def test_preprocessing_batch_size_does_not_change_rows(tmp_path):
     j = H.entry("j", "data/sft_ok.jsonl", "alpaca", "sft", H.FIXTURES.parent)
     rows, hits = [], []
     for batch, cache in ((1, "a"), (1000, "b"), (7, "a")):
-        res = H.resolved([e, j], preprocessing_batch_size=batch)
+        res = H.resolved([e, j])
         data = build_stage_data(res, H.stage("sft", ["m", "j"]), H.tokenizer(), H.FIXTURES.parent, tmp_path / cache,
-                                template_text=H.CHATML)  # fmt: skip
+                                template_text=H.CHATML, batch_size=batch)  # fmt: skip
         rows.append(data.train.to_dict())
         hits.append(data.stats["cache_hit"])
     assert rows[0] == rows[1] == rows[2] and len(rows[0]["input_ids"]) == 5

@@ -23,7 +23,7 @@ needs_shared = pytest.mark.skipif(
 IM_END = "<|im_end|>"
 
 
-def _build(tmp_path, entries, kind="sft", template="qwen2_5", root=None, **data):
+def _build(tmp_path, entries, kind="sft", template="qwen2_5", root=None, truncation="keep_response", **data):
     res = H.resolved(entries, **data)
     return build_stage_data(
         res,
@@ -32,6 +32,7 @@ def _build(tmp_path, entries, kind="sft", template="qwen2_5", root=None, **data)
         root or H.SHARED,
         tmp_path / "cache",
         template_text=H.template_text(template),
+        truncation=truncation,  # not a plan field: the runtime's rule is keep_response
     )
 
 
@@ -253,9 +254,10 @@ def test_worker_processes_give_the_same_rows(tmp_path):
     )  # fmt: skip
     out = []
     for workers in (1, 2):
-        res = H.resolved([e, bad], cutoff_len=256, preprocessing_batch_size=64)
+        res = H.resolved([e, bad], cutoff_len=256)
         data = build_stage_data(res, H.stage("sft", ["alpaca", "broken"]), H.tokenizer(), tmp_path,
-                                tmp_path / str(workers), template_text=refusing, workers=workers)  # fmt: skip
+                                tmp_path / str(workers), template_text=refusing, workers=workers,
+                                batch_size=64)  # fmt: skip
         out.append((data.train.to_dict(), {k: data.stats[k] for k in ("skipped", "truncated", "tokens")}))
     assert out[0] == out[1]
     reasons = out[1][1]["skipped"]["reasons"]

@@ -44,7 +44,7 @@ def test_inspect_and_run_share_the_cache_entry_for_a_tokenizer_without_pad_token
     ctx = rt.make_ctx(bundle)  # as `tkc run` builds it
     tok = ctx.tokenizer()
     assert tok.pad_token == tok.eos_token == "<|im_end|>"
-    built = data.build_stage_data(ctx.resolved, ctx.stage_by_name("sft"), tok, ctx.source_root, cache,
+    built = data.build_stage_data(ctx.plan, ctx.stage_by_name("sft"), tok, ctx.source_root, cache,
                                   template_text=ctx.chat_template(), bundle_dir=ctx.bundle_dir)  # fmt: skip
     assert built.stats["cache_hit"] is True
     assert built.cache_path.name in built_by_inspect and _entries(cache) == built_by_inspect

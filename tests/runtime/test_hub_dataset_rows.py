@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tkc.bundle.plan import structure_plan
 from tkc.compiler.pipeline import compile_recipe
 from tkc.runtime.data import DataError, build_stage_data
 
@@ -24,10 +25,10 @@ offline_hub = H.offline_hub
 
 
 def _rows(compiled, cache: Path) -> list[tuple[list[int], list[int]]]:
-    resolved = compiled.resolved
+    plan = structure_plan(compiled.resolved)
     tok = transformers.AutoTokenizer.from_pretrained(H.TINY)
     template = compiled.files["template/chat_template.jinja"].decode("utf-8")
-    data = build_stage_data(resolved, resolved["stages"][0], tok, compiled.source_root, cache,
+    data = build_stage_data(plan, plan.stages[0], tok, compiled.source_root, cache,
                             template_text=template)  # fmt: skip
     return [(list(r["input_ids"]), list(r["labels"])) for r in data.train]
 

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import copy
 
+import attrs
 import pytest
 import torch
 
+from tkc.bundle.plan import ResolvedTrain
 from tkc.runtime import loop
 
-TRAIN = {"global_batch_size": 8, "micro_batch_size": 4, "max_steps": None, "epochs": 2.0, "seed": 7,
-         "learning_rate": 1.0, "lr_scheduler": "cosine", "warmup_ratio": 0.1}
+# the loop reads the typed plan's train block (tkc.bundle.plan.ResolvedTrain)
+TRAIN = ResolvedTrain(
+    learning_rate=1.0, lr_scheduler="cosine", warmup_ratio=0.1, epochs=2.0, max_steps=None, global_batch_size=8,
+    micro_batch_size=4, gradient_accumulation_steps=2, world_size=1, padding="longest", seed=7, precision="fp32",
+    gradient_checkpointing=False, save_steps=0, save_total_limit=1, logging_steps=1, eval_steps=None,
+    weight_decay=0.0, max_grad_norm=1.0, neftune_alpha=None, optimizer="adamw_torch", adam_beta1=0.9,
+    adam_beta2=0.999, adam_epsilon=1e-8, deterministic=True,
+)
 
 
 def test_plan_steps_drops_incomplete_batch_and_honours_max_steps():
     assert loop.plan_steps(20, TRAIN) == (2, 4)
-    assert loop.plan_steps(20, {**TRAIN, "max_steps": 3}) == (2, 3)
-    assert loop.plan_steps(20, {**TRAIN, "epochs": 1.5}) == (2, 3)
+    assert loop.plan_steps(20, attrs.evolve(TRAIN, max_steps=3)) == (2, 3)
+    assert loop.plan_steps(20, attrs.evolve(TRAIN, epochs=1.5)) == (2, 3)
     with pytest.raises(RuntimeError, match="fewer than one global batch"):
         loop.plan_steps(5, TRAIN)
 
@@ -28,7 +36,7 @@ def test_data_order_is_a_pure_function_of_seed_and_step():
     epoch1 = [i for s in range(3, 6) for i in loop.batch_indices(24, TRAIN, s, per_epoch)]
     assert sorted(epoch1) == list(range(24)) and epoch1 != epoch0  # reshuffled per epoch
     assert loop.batch_indices(24, TRAIN, 4, per_epoch) == loop.batch_indices(24, TRAIN, 4, per_epoch)
-    assert loop.batch_indices(24, {**TRAIN, "seed": 8}, 0, per_epoch) != loop.batch_indices(24, TRAIN, 0, per_epoch)
+    assert loop.batch_indices(24, attrs.evolve(TRAIN, seed=8), 0, per_epoch) != loop.batch_indices(24, TRAIN, 0, per_epoch)
 
 
 def test_lr_schedule_warmup_then_decay():
@@ -36,9 +44,9 @@ def test_lr_schedule_warmup_then_decay():
     f = [loop.lr_factor(TRAIN, s, total) for s in range(total)]
     assert loop.warmup_steps(TRAIN, total) == 2 and f[:2] == [0.5, 1.0]
     assert f[2] == 1.0 and all(a >= b for a, b in zip(f[2:], f[3:], strict=False)) and f[-1] < 0.02
-    lin = {**TRAIN, "lr_scheduler": "linear", "warmup_ratio": 0.0}
+    lin = attrs.evolve(TRAIN, lr_scheduler="linear", warmup_ratio=0.0)
     assert loop.lr_factor(lin, 10, 20) == 0.5
-    assert loop.lr_factor({**TRAIN, "lr_scheduler": "constant", "warmup_ratio": 0.0}, 19, 20) == 1.0
+    assert loop.lr_factor(attrs.evolve(TRAIN, lr_scheduler="constant", warmup_ratio=0.0), 19, 20) == 1.0
 
 
 class _Ctx:
@@ -51,7 +59,7 @@ class _Ctx:
 def test_micro_batches_split_ranks_then_micro():
     rows = [{"i": i} for i in range(8)]
     assert [[r["i"] for r in mb] for mb in loop.micro_batches(_Ctx(), rows, TRAIN)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    two = {**TRAIN, "micro_batch_size": 2}
+    two = attrs.evolve(TRAIN, micro_batch_size=2)
     assert [[r["i"] for r in mb] for mb in loop.micro_batches(_Ctx(1, 2), rows, two)] == [[4, 5], [6, 7]]
     with pytest.raises(RuntimeError, match="not a multiple"):
         loop.micro_batches(_Ctx(), rows[:6], TRAIN)
@@ -85,7 +93,7 @@ def test_gradient_accumulation_is_exact(micro):
     def grads(m, micro_size):
         m = copy.deepcopy(m)
         params = list(m.parameters())
-        train = {"micro_batch_size": micro_size, "max_grad_norm": 0}
+        train = attrs.evolve(TRAIN, micro_batch_size=micro_size, max_grad_norm=0.0)
         loss, _ = loop._one_step(_Ctx(), m, task, rows, train, params)
         return loss, [p.grad.clone() for p in params]
 

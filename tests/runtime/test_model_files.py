@@ -9,9 +9,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from tkc.bundle.plan import ResolvedModel, load_plan
 from tkc.runtime.model_files import ModelFilesChanged, PathOutsideRoots, checked_model_path
 
 TKC = str(Path(sys.executable).parent / "tkc")
@@ -69,7 +71,7 @@ def test_a_swapped_tokenizer_is_refused_before_any_stage_runs(bundle):
 
 def test_added_removed_escaping_and_changed_files_are_each_named(bundle, tmp_path):
     out, model = bundle
-    resolved = json.loads((out / "resolved.json").read_text())
+    resolved = load_plan(out)
     root = model.parent.parent
     assert checked_model_path(resolved, root) == str(model)
     (model / "extra.py").write_text("print('hi')\n")
@@ -87,7 +89,7 @@ def test_added_removed_escaping_and_changed_files_are_each_named(bundle, tmp_pat
     assert "extra.py: added since compile" in text
     assert "generation_config.json: missing" in text
     assert f"tokenizer_config.json: a symlink out of the model folder (to {outside})" in text
-    assert "config.json: sha256 " in text and resolved["model"]["files"]["config.json"] in text
+    assert "config.json: sha256 " in text and resolved.model.files["config.json"] in text
     assert ".hidden_note" not in text
 
 
@@ -95,7 +97,9 @@ def test_size_only_entries_are_checked_by_size(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"x" * 10)
-    resolved = {"model": {"source": "local", "path": "m", "files": {"model.safetensors": "size:10"}}}
+    model = ResolvedModel(source="local", path="m", revision=None, family="qwen2", model_type="qwen2", init="pretrained",
+                          trust_remote_code=False, files={"model.safetensors": "size:10"})
+    resolved = SimpleNamespace(model=model, read_roots=())  # the two plan fields the check reads
     assert checked_model_path(resolved, tmp_path) == str(folder)
     (folder / "model.safetensors").write_bytes(b"y" * 10)  # same size: what a size-only entry can promise
     assert checked_model_path(resolved, tmp_path) == str(folder)
@@ -106,7 +110,7 @@ def test_size_only_entries_are_checked_by_size(tmp_path):
 
 def test_a_model_folder_moved_outside_the_read_roots_is_refused_at_run(bundle, tmp_path):
     out, model = bundle
-    resolved = json.loads((out / "resolved.json").read_text())
+    resolved = load_plan(out)
     moved = tmp_path / "moved-model"
     shutil.move(model, moved)
     model.symlink_to(moved)  # same files, but now read from outside the recipe's folder

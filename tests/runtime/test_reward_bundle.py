@@ -59,8 +59,9 @@ def test_ppo_scores_with_the_rm_stage_of_another_bundle(tkc, tmp_path, capsys):
     from tkc.runtime.model import load_stage_output, start_weights
     from tkc.runtime.reward_model import reward_bundle_context
 
-    ctx = reward_bundle_context(_ctx(ppo), ref)
-    ours = load_reward_model(_ctx(ppo), {"reward_model": "./rm_bundle", "reward_bundle": ref})
+    options = _ctx(ppo).stage_by_name("ppo").options  # the typed options `tkc run` hands the stage
+    ctx = reward_bundle_context(_ctx(ppo), options.reward_bundle)
+    ours = load_reward_model(_ctx(ppo), options)
     theirs = load_stage_output(ctx, "reward", head="seq_cls")
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     assert torch.equal(ours(input_ids=ids).logits, theirs(input_ids=ids).logits)
@@ -88,7 +89,8 @@ def test_ppo_scores_with_the_rm_stage_of_another_bundle(tkc, tmp_path, capsys):
 
 
 def _ctx(bundle: Path):
+    from tkc.bundle.plan import load_plan
     from tkc.runtime.context import RunContext, load_bundle_hash, resolve_source_root
 
-    return RunContext(bundle, json.loads((bundle / "resolved.json").read_text()), resolve_source_root(bundle, None),
+    return RunContext(bundle, load_plan(bundle), resolve_source_root(bundle, None),
                       load_bundle_hash(bundle))

@@ -182,7 +182,8 @@ def test_resume_point_follows_checkpoint_rules(rt, tmp_path):
     from tkc.runtime.context import BundleChanged
     from tkc.runtime.stages.grpo import resume_point
 
-    ctx, stage = rt.make_ctx(rt.write_bundle(tmp_path / "run", rt.resolved([_grpo(rt, 0)]))), {"name": "grpo"}
+    ctx = rt.make_ctx(rt.write_bundle(tmp_path / "run", rt.resolved([_grpo(rt, 0)])))
+    stage = ctx.stage_by_name("grpo")
     root = tmp_path / "checkpoints"
     assert resume_point(ctx, stage, root) == (None, 0)
     two, four = _published(root, 2, ctx.bundle_hash), _published(root, 4, ctx.bundle_hash)
@@ -200,16 +201,20 @@ def test_grpo_config_maps_the_resolved_stage(rt, tmp_path):
     """bundle -> GRPOConfig, no training: precision off on CPU, the stage's checkpointing, lengths and options."""
     from tkc.runtime.stages.grpo_config import config_fields, config_record, grpo_config
 
-    stage = _grpo(rt, 0, reward_function="format", beta=0.04, top_k=5, loss_type="grpo", max_new_tokens=7)
-    stage["train"].update(gradient_checkpointing=True, save_steps=0)
+    from tkc.bundle.plan_converter import converter
+    from tkc.bundle.plan_stage import ResolvedStage
+
+    tree = _grpo(rt, 0, reward_function="format", beta=0.04, top_k=5, loss_type="grpo", max_new_tokens=7)
+    tree["train"].update(gradient_checkpointing=True, save_steps=0)
+    stage = converter.structure(tree, ResolvedStage)  # the typed stage `tkc run` hands the grpo stage
     args = grpo_config(stage, accelerator="cpu", trust_remote_code=False, total=3, output_dir=tmp_path / "ck")
     assert (args.bf16, args.fp16, args.use_cpu, args.activation_checkpointing) == (False, False, True, True)
     assert (args.max_steps, args.max_completion_length, args.num_generations, args.steps_per_generation) == (3, 7, 4, 2)
     assert (args.beta, args.top_k, args.loss_type, args.temperature, args.save_strategy) == \
         (0.04, 5, "grpo", 1.0, "no")
     assert (args.per_device_train_batch_size, args.seed, args.report_to) == (4, 42, [])
-    stage["train"].update(precision="bf16", gradient_checkpointing=False)
-    gpu = config_fields(stage, accelerator="cuda", trust_remote_code=False, total=3, output_dir=tmp_path / "ck")
+    tree["train"].update(precision="bf16", gradient_checkpointing=False)
+    gpu = config_fields(converter.structure(tree, ResolvedStage), accelerator="cuda", trust_remote_code=False, total=3, output_dir=tmp_path / "ck")
     assert [gpu[k] for k in ("bf16", "fp16", "use_cpu", "activation_checkpointing")] == [True, False, False, False]
     record = config_record(args)
     assert "output_dir" not in record and record["max_completion_length"] == 7

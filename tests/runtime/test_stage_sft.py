@@ -59,7 +59,8 @@ def test_pt_from_scratch_is_seeded(rt, tmp_path):
     from tkc.runtime.model import start_weights
 
     ctx = rt.make_ctx(bundle)
-    a, b = start_weights(ctx, st), start_weights(ctx, st)
+    pt = ctx.stage_by_name("pt")
+    a, b = start_weights(ctx, pt), start_weights(ctx, pt)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     before, after, trainable, _, losses = rt.train_and_compare(bundle, "pt")
     rt.assert_trained(before, after, trainable, losses)

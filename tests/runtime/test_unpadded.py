@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib
 
+import attrs
 import pytest
 import torch
 
 SMALL = {"max_steps": 3, "global_batch_size": 8, "micro_batch_size": 4, "save_steps": 0, "learning_rate": 1e-3}
-DPO = {"loss": "sigmoid", "beta": 0.1, "label_smoothing": 0.0, "simpo_gamma": 0.5, "ftx": 0.0, "reference": "init"}
+DPO = {"loss": "sigmoid", "beta": 0.1, "label_smoothing": 0.0, "simpo_gamma": 0.5, "ftx": 0.0}
 KTO = {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0}
 CASES = {  # name: (kind, method, datasets, options, head)
     "sft_lora": ("sft", "lora", ["alpaca"], {}, "causal_lm"),
@@ -39,13 +40,13 @@ def _first_step_grads(rt, bundle, kind: str) -> tuple[float, dict[str, torch.Ten
 
     ctx = rt.make_ctx(bundle)
     st = ctx.stage_by_name(kind)
-    torch.manual_seed(st["train"]["seed"])
+    torch.manual_seed(st.train.seed)
     task, model = importlib.import_module(f"tkc.runtime.stages.{kind}").build_task(ctx, st)
     rows, _ = load_rows(ctx, st)
-    per_epoch, _ = loop.plan_steps(len(rows), st["train"])
-    batch = [rows[i] for i in loop.batch_indices(len(rows), st["train"], 0, per_epoch)]
+    per_epoch, _ = loop.plan_steps(len(rows), st.train)
+    batch = [rows[i] for i in loop.batch_indices(len(rows), st.train, 0, per_epoch)]
     params = [p for p in model.parameters() if p.requires_grad]
-    loss, _ = loop._one_step(ctx, model, task, batch, {**st["train"], "max_grad_norm": 0}, params)
+    loss, _ = loop._one_step(ctx, model, task, batch, attrs.evolve(st.train, max_grad_norm=0.0), params)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
     return loss, grads, batch
 

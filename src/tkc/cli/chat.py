@@ -167,15 +167,20 @@ def open_session(
     problem = verify(Path(bundle))
     if problem:
         _fail(f"bundle {bundle} failed verification: {problem}")
-    ctx = open_context(bundle, source_root)
+    from tkc.bundle.plan import PlanError
+
+    try:
+        ctx = open_context(bundle, source_root)
+    except PlanError as e:
+        _fail(f"bundle {bundle}: resolved.json does not match the plan: {e}")
     try:
         name = model_stage(ctx, stage)
         loaded = load_engine(ctx, name, engine=engine)
     except (KeyError, RuntimeError, ValueError) as e:
         _fail(str(e.args[0] if e.args else e))
-    seed = int(ctx.resolved["seed"] if seed is None else seed)
+    seed = ctx.plan.seed if seed is None else int(seed)
     session = ChatSession(loaded, system=system, seed=seed, **sampling)
-    return session, f"{ctx.resolved['name']} / {name or 'base model'} ({engine})"
+    return session, f"{ctx.plan.name} / {name or 'base model'} ({engine})"
 
 
 def _fail(message: str) -> NoReturn:

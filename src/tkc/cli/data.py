@@ -6,9 +6,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from tkc.bundle.plan import ResolvedPlan
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Inspect datasets as the runtime will see them."
@@ -28,20 +31,25 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TKC_CACHE_DIR") or Path.home() / ".cache" / "tkc") / "data"
 
 
-def _load_target(target: Path, source_root: Path | None) -> tuple[dict, str | None, Path, Path | None]:
-    """(resolved, template text, source root, bundle dir) from a bundle folder or a recipe file."""
+def _load_target(target: Path, source_root: Path | None) -> tuple[ResolvedPlan, str | None, Path, Path | None]:
+    """(typed plan, template text, source root, bundle dir) from a bundle folder or a recipe file."""
+    from tkc.bundle.plan import PlanError, load_plan, structure_plan
+
     if target.is_dir():
-        try:
-            resolved = json.loads((target / "resolved.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            print(f"tkc data inspect: {target} is not a bundle (resolved.json: {exc})", file=sys.stderr)
+        if not (target / "resolved.json").is_file():
+            print(f"tkc data inspect: {target} is not a bundle (no resolved.json)", file=sys.stderr)
             raise typer.Exit(2) from None
-        tpl = target / ((resolved.get("template") or {}).get("file") or "template/chat_template.jinja")
+        try:
+            plan = load_plan(target)  # structured as `tkc run` does: a plan that does not fit is named by key path
+        except PlanError as exc:
+            print(f"tkc data inspect: {target}: resolved.json does not match the plan: {exc}", file=sys.stderr)
+            raise typer.Exit(2) from None
+        tpl = target / (plan.template.file if plan.template else "template/chat_template.jinja")
         volatile = target / "volatile.json"
         if source_root is None:
             recorded = json.loads(volatile.read_text()).get("source_root") if volatile.is_file() else None
             source_root = Path(recorded) if recorded else target
-        return resolved, tpl.read_text(encoding="utf-8") if tpl.is_file() else None, source_root, target
+        return plan, tpl.read_text(encoding="utf-8") if tpl.is_file() else None, source_root, target
     from tkc.cli._common import report
     from tkc.compiler import compile_recipe
     from tkc.schema.diagnostics import CompileError
@@ -52,7 +60,7 @@ def _load_target(target: Path, source_root: Path | None) -> tuple[dict, str | No
         raise typer.Exit(report(exc)) from None
     files = {k: v for k, v in compiled.files.items() if k.startswith("template/")}
     text = next(iter(files.values())).decode("utf-8") if files else None
-    return compiled.resolved, text, compiled.source_root, None
+    return structure_plan(compiled.resolved), text, compiled.source_root, None
 
 
 def _histogram(lengths: list[int], bins: int) -> list[str]:
@@ -99,9 +107,9 @@ def _cut_lines(s: dict, limit: int = 10) -> list[str]:
     return lines + ([f"    ... and {more} more truncated row(s)"] if more > 0 else [])
 
 
-def _print_stage(console, stage: dict, data: Any, tokenizer, bins: int, example: int) -> None:
+def _print_stage(console, stage: Any, data: Any, tokenizer, bins: int, example: int) -> None:
     s = data.stats
-    console.print(f"[bold]stage {stage['name']}[/] ({stage['kind']})  cache {'hit' if s['cache_hit'] else 'built'}:"
+    console.print(f"[bold]stage {stage.name}[/] ({stage.kind})  cache {'hit' if s['cache_hit'] else 'built'}:"
                   f" {data.cache_path}")  # fmt: skip
     for name, d in s["datasets"].items():
         console.print(
@@ -121,7 +129,7 @@ def _print_stage(console, stage: dict, data: Any, tokenizer, bins: int, example:
     packed = "n/a" if pad["packed"] is None else f"{pad['packed']:.1%}"
     console.print(f"  tokens: {s['tokens']['total']} ({s['tokens']['trained']} trained); padding at batch "
                   f"{pad['batch_size']}: unpacked {pad['unpacked']:.1%}, packed {packed}")  # fmt: skip
-    prefix = "chosen_" if stage["kind"] in ("rm", "dpo") else ""
+    prefix = "chosen_" if stage.kind in ("rm", "dpo") else ""
     lengths = [len(x) for x in data.train[f"{prefix}input_ids"]]
     console.print(f"  token length histogram ({prefix or ''}input_ids):", markup=False)
     for line in _histogram(lengths, bins):
@@ -164,26 +172,26 @@ def inspect(
     from tkc.runtime.data.tokenizer import load_tokenizer
 
     console = Console(soft_wrap=True)  # a file or CI log keeps each line whole (no wrapping at 80 columns)
-    resolved, template_text, root, bundle_dir = _load_target(target, source_root)
+    plan, template_text, root, bundle_dir = _load_target(target, source_root)
     from tkc.runtime.model_files import ModelFilesChanged, PathOutsideRoots
 
     try:
-        tokenizer = load_tokenizer(resolved, root)  # the model folder checked against the bundle first
+        tokenizer = load_tokenizer(plan, root)  # the model folder checked against the bundle first
     except (ModelFilesChanged, PathOutsideRoots) as exc:
         console.print(f"[bold red]tkc data inspect:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
-    stages = [s for s in resolved["stages"] if s["kind"] in _TRAINABLE and s.get("datasets")]
+    stages = [s for s in plan.stages if s.kind in _TRAINABLE and s.datasets]
     if stage is not None:
-        stages = [s for s in stages if s["name"] == stage]
+        stages = [s for s in stages if s.name == stage]
         if not stages:
             raise typer.BadParameter(f"no training stage named {stage!r}", param_hint="--stage")
     if cache_dir is None:
         cache_dir = bundle_dir / "outputs" / ".cache" if bundle_dir is not None else default_cache_dir()
     for st in stages:
         try:
-            data = build_stage_data(resolved, st, tokenizer, root, cache_dir,
+            data = build_stage_data(plan, st, tokenizer, root, cache_dir,
                                     template_text=template_text, bundle_dir=bundle_dir)  # fmt: skip
         except (BadRecord, DataError) as exc:
-            console.print(f"[bold red]stage {st['name']}:[/] {escape(str(exc))}", highlight=False)
+            console.print(f"[bold red]stage {st.name}:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None
         _print_stage(console, st, data, tokenizer, bins, example)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tkc.bundle.plan import ResolvedPlan, ResolvedStage, structure_plan
+from tkc.bundle.plan import ResolvedPlan, ResolvedStage
 from tkc.runtime.dist import DistInfo
 
 # Exit codes of `tkc run` (documented in tkc.runtime.run).
@@ -32,41 +32,32 @@ class SaveFailed(RuntimeError):
 
 @dataclass
 class RunContext:
-    """`plan` is resolved.json structured once (tkc.bundle.plan): stages read typed fields from it. `resolved`,
-    the same plan as a dict, stays while every stage moves to `plan`."""
+    """`plan` is resolved.json structured once (tkc.bundle.plan.load_plan, which raises PlanError naming the key
+    path of a plan that does not fit): every stage reads typed fields from it, never the JSON."""
 
     bundle_dir: Path
-    resolved: dict[str, Any]
+    plan: ResolvedPlan
     source_root: Path
     bundle_hash: str
     dist: DistInfo = field(default_factory=DistInfo)
     stop_requested: bool = False
     env_drift: list[str] = field(default_factory=list)   # what `--allow-env-drift` let through (run records)
-    plan: ResolvedPlan = None  # type: ignore[assignment]  # structured from `resolved` when not given
     _tokenizer: Any = None
     _model_path: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.plan is None:
-            self.plan = structure_plan(self.resolved)
 
     @property
     def outputs(self) -> Path:
         return self.bundle_dir / "outputs"
 
-    def stage_dir(self, stage: dict | str) -> Path:
-        name = stage if isinstance(stage, str) else stage["name"]
-        return self.outputs / name
+    def stage_dir(self, stage: ResolvedStage | str) -> Path:
+        return self.outputs / (stage if isinstance(stage, str) else stage.name)
 
-    def stage_by_name(self, name: str) -> dict:
-        for st in self.resolved["stages"]:
-            if st["name"] == name:
+    def stage_by_name(self, name: str) -> ResolvedStage:
+        """The typed stage named `name` (what `run(ctx, stage)` receives)."""
+        for st in self.plan.stages:
+            if st.name == name:
                 return st
         raise KeyError(f"no stage named {name!r} in resolved.json")
-
-    def stage_plan(self, stage: dict | str) -> ResolvedStage:
-        """The typed stage for a stage dict (what `run(ctx, stage)` receives) or name."""
-        return self.plan.stage(stage if isinstance(stage, str) else stage["name"])
 
     def chat_template(self) -> str | None:
         tpl = self.plan.template
@@ -79,7 +70,7 @@ class RunContext:
         if self._model_path is None:
             from tkc.runtime.model_files import checked_model_path
 
-            self._model_path = checked_model_path(self.resolved, self.source_root)
+            self._model_path = checked_model_path(self.plan, self.source_root)
         return self._model_path
 
     def tokenizer(self):
@@ -88,7 +79,7 @@ class RunContext:
             from tkc.runtime.data.tokenizer import load_tokenizer
 
             # the model folder verified first: remote code runs only from files the bundle hashed
-            self._tokenizer = load_tokenizer(self.resolved, self.source_root, model_path=self.model_path(),
+            self._tokenizer = load_tokenizer(self.plan, self.source_root, model_path=self.model_path(),
                                              chat_template=self.chat_template())  # fmt: skip
         return self._tokenizer
 

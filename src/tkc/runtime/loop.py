@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tkc.bundle.plan import ResolvedStage, ResolvedTrain
 from tkc.runtime import checkpoint, tracking
 from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, RunContext
 from tkc.runtime.distributed import all_sum, any_rank, barrier
@@ -52,36 +53,36 @@ class LoopResult:
     eval_loss: float | None = None
 
 
-def plan_steps(n_rows: int, train: dict) -> tuple[int, int]:
+def plan_steps(n_rows: int, train: ResolvedTrain) -> tuple[int, int]:
     """(steps per epoch, total steps). An incomplete last global batch is dropped so every step sees G rows."""
-    g = train["global_batch_size"]
+    g = train.global_batch_size
     per_epoch = n_rows // g
     if per_epoch == 0:
         raise RuntimeError(f"{n_rows} training rows is fewer than one global batch of {g}")
-    total = train["max_steps"] if train["max_steps"] and train["max_steps"] > 0 else math.ceil(train["epochs"] * per_epoch)
+    total = train.max_steps if train.max_steps and train.max_steps > 0 else math.ceil(train.epochs * per_epoch)
     return per_epoch, total
 
 
-def batch_indices(n_rows: int, train: dict, step: int, per_epoch: int) -> list[int]:
+def batch_indices(n_rows: int, train: ResolvedTrain, step: int, per_epoch: int) -> list[int]:
     """Row indices of global batch `step`: epoch e shuffles with seed + e; the data position is just the step."""
     epoch, b = divmod(step, per_epoch)
-    perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(train["seed"] + epoch)).tolist()
-    g = train["global_batch_size"]
+    perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(train.seed + epoch)).tolist()
+    g = train.global_batch_size
     return perm[b * g:(b + 1) * g]
 
 
-def warmup_steps(train: dict, total: int) -> int:
+def warmup_steps(train: ResolvedTrain, total: int) -> int:
     """ceil(warmup_ratio x total)."""
-    return math.ceil(train["warmup_ratio"] * total)
+    return math.ceil(train.warmup_ratio * total)
 
 
-def lr_factor(train: dict, step: int, total: int) -> float:
+def lr_factor(train: ResolvedTrain, step: int, total: int) -> float:
     """Linear warmup (reaching 1 at its last step), then cosine / linear / constant decay."""
     warm = warmup_steps(train, total)
     if step < warm:
         return (step + 1) / warm
     progress = (step - warm) / max(1, total - warm)
-    kind = train["lr_scheduler"]
+    kind = train.lr_scheduler
     if kind == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if kind == "linear":
@@ -91,9 +92,9 @@ def lr_factor(train: dict, step: int, total: int) -> float:
     raise ValueError(f"unknown lr_scheduler {kind!r}")
 
 
-def micro_batches(ctx: RunContext, rows: Rows, train: dict) -> list[Rows]:
+def micro_batches(ctx: RunContext, rows: Rows, train: ResolvedTrain) -> list[Rows]:
     """This rank's contiguous share of the global batch, cut into micro-batches."""
-    w, m = ctx.dist.world_size, train["micro_batch_size"]
+    w, m = ctx.dist.world_size, train.micro_batch_size
     if len(rows) % (w * m):
         raise RuntimeError(f"global batch {len(rows)} is not a multiple of world_size {w} x micro_batch {m}")
     per = len(rows) // w
@@ -115,7 +116,7 @@ class StepLog:
         self.tracker = tracker or tracking.NullTracker()
 
     @classmethod
-    def open(cls, ctx: RunContext, stage: dict, keep_through: int) -> StepLog:
+    def open(cls, ctx: RunContext, stage: ResolvedStage, keep_through: int) -> StepLog:
         """The stage's steps.jsonl (written by the main rank) with its tracker opened and replayed."""
         log = cls(ctx.stage_dir(stage) / "steps.jsonl", keep_through, enabled=ctx.dist.is_main)
         log.tracker = tracking.open_tracker(ctx, stage, replay=log.records)
@@ -139,21 +140,21 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(ctx: RunContext, stage: dict, model: nn.Module, optimizer, step: int, per_epoch: int, tokens: int) -> None:
+def save_checkpoint(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer, step: int, per_epoch: int, tokens: int) -> None:
     """The stage's checkpoint at this optimizer step (main rank writes; every rank waits); public for ppo."""
     if ctx.dist.is_main:
-        state = {"bundle_hash": ctx.bundle_hash, "stage": stage["name"], "step": step, "tokens_seen": tokens,
-                 "epoch": step // per_epoch, "batch_in_epoch": step % per_epoch, "seed": stage["train"]["seed"]}
+        state = {"bundle_hash": ctx.bundle_hash, "stage": stage.name, "step": step, "tokens_seen": tokens,
+                 "epoch": step // per_epoch, "batch_in_epoch": step % per_epoch, "seed": stage.train.seed}
         checkpoint.save_checkpoint(ctx.stage_dir(stage) / "checkpoints", step, tensors=trainable_state(model),
                                    optimizer_state=optimizer.state_dict(), state=state,
-                                   keep=stage["train"]["save_total_limit"])
+                                   keep=stage.train.save_total_limit)
     barrier(ctx.dist)
 
 
-def restore_checkpoint(ctx: RunContext, stage: dict, model: nn.Module, optimizer) -> tuple[int, int, int | None]:
+def restore_checkpoint(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer) -> tuple[int, int, int | None]:
     """Load the newest whole checkpoint into model and optimizer: (step, tokens_seen, resumed_from or None)."""
     found = checkpoint.load_latest(ctx.stage_dir(stage) / "checkpoints", bundle_hash=ctx.bundle_hash,
-                                   log=lambda msg: ctx.log(f"[{stage['name']}] {msg}"),
+                                   log=lambda msg: ctx.log(f"[{stage.name}] {msg}"),
                                    set_aside_corrupt=ctx.dist.is_main)
     if found is None:
         return 0, 0, None
@@ -163,19 +164,19 @@ def restore_checkpoint(ctx: RunContext, stage: dict, model: nn.Module, optimizer
         for name, value in tensors.items():
             params[name].copy_(value)
     optimizer.load_state_dict(opt_state)
-    ctx.log(f"[{stage['name']}] resuming from {path.name} (step {state['step']})")
+    ctx.log(f"[{stage.name}] resuming from {path.name} (step {state['step']})")
     return state["step"], state["tokens_seen"], state["step"]
 
 
-def set_lr(optimizer, train: dict, step: int, total: int) -> float:
+def set_lr(optimizer, train: ResolvedTrain, step: int, total: int) -> float:
     """Set this step's learning rate (lr_factor; LoRA+ groups keep their lr_mult) and return it."""
-    lr = train["learning_rate"] * lr_factor(train, step, total)
+    lr = train.learning_rate * lr_factor(train, step, total)
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_mult", 1.0)
     return lr
 
 
-def _one_step(ctx, runner, task: Task, rows: Rows, train: dict, params: list) -> tuple[float, float]:
+def _one_step(ctx, runner, task: Task, rows: Rows, train: ResolvedTrain, params: list) -> tuple[float, float]:
     """Forward/backward every micro-batch of one global batch; returns (global-batch loss, grad norm)."""
     units = max(1, task.units(rows))
     parts = micro_batches(ctx, rows, train)
@@ -188,7 +189,7 @@ def _one_step(ctx, runner, task: Task, rows: Rows, train: dict, params: list) ->
             (loss_sum * (ctx.dist.world_size / units)).backward()
         total += loss_sum.detach().double()
     loss = all_sum(ctx.dist, total).item() / units
-    max_norm = train["max_grad_norm"] if train["max_grad_norm"] and train["max_grad_norm"] > 0 else float("inf")
+    max_norm = train.max_grad_norm if train.max_grad_norm and train.max_grad_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     return loss, float(grad_norm)
 
@@ -222,20 +223,20 @@ def _wrap(ctx: RunContext, model: nn.Module) -> nn.Module:
     return DistributedDataParallel(model, find_unused_parameters=False, forward_sync_buffers=False)
 
 
-def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task, train_rows: Rows,
+def train(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer, task: Task, train_rows: Rows,
           eval_rows: Rows) -> LoopResult:
     """Run (or resume) the stage's optimizer steps; on SIGTERM checkpoint and return EXIT_SIGTERM."""
-    t = stage["train"]
+    t = stage.train
     per_epoch, total = plan_steps(len(train_rows), t)
     step, tokens_seen, resumed_from = restore_checkpoint(ctx, stage, model, optimizer)
     log = StepLog.open(ctx, stage, keep_through=step)
     runner, params = _wrap(ctx, model), [p for p in model.parameters() if p.requires_grad]
-    bar = Progress(stage["name"], total, start=step, enabled=ctx.dist.is_main, every=t["logging_steps"])
+    bar = Progress(stage.name, total, start=step, enabled=ctx.dist.is_main, every=t.logging_steps)
     t0, eval_loss = time.perf_counter(), None
     try:
         while step < total:
             ts = time.perf_counter()
-            torch.manual_seed(t["seed"] * 1_000_003 + step * 1_009 + ctx.dist.rank)  # dropout/NEFTune per step
+            torch.manual_seed(t.seed * 1_000_003 + step * 1_009 + ctx.dist.rank)  # dropout/NEFTune per step
             rows = [train_rows[i] for i in batch_indices(len(train_rows), t, step, per_epoch)]
             lr = set_lr(optimizer, t, step, total)
             loss, grad_norm = _one_step(ctx, runner, task, rows, t, params)
@@ -248,20 +249,20 @@ def train(ctx: RunContext, stage: dict, model: nn.Module, optimizer, task: Task,
             log.add({"step": step, "epoch": round(step / per_epoch, 4), "loss": loss, "lr": lr,
                      "grad_norm": grad_norm, "tokens_seen": tokens_seen})
             bar.update(step, loss=loss, lr=lr, tokens_per_s=tps)
-            if t["eval_steps"] and step % t["eval_steps"] == 0 and eval_rows:
-                eval_loss = evaluate(ctx, runner, task, eval_rows, t["micro_batch_size"])
+            if t.eval_steps and step % t.eval_steps == 0 and eval_rows:
+                eval_loss = evaluate(ctx, runner, task, eval_rows, t.micro_batch_size)
                 log.add({"step": step, "eval_loss": eval_loss})
-                bar.note(f"[{stage['name']}] step {step} eval_loss {eval_loss:.4f}")
+                bar.note(f"[{stage.name}] step {step} eval_loss {eval_loss:.4f}")
             stop = any_rank(ctx.dist, ctx.stop_requested)
-            if stop or (t["save_steps"] and step % t["save_steps"] == 0 and step < total):
+            if stop or (t.save_steps and step % t.save_steps == 0 and step < total):
                 save_checkpoint(ctx, stage, model, optimizer, step, per_epoch, tokens_seen)
             if stop:
-                bar.note(f"[{stage['name']}] stop requested: checkpoint at step {step} written; run again to resume")
+                bar.note(f"[{stage.name}] stop requested: checkpoint at step {step} written; run again to resume")
                 return LoopResult(EXIT_SIGTERM, step, total, tokens_seen, time.perf_counter() - t0, resumed_from,
                                   log.records, eval_loss)
     finally:
         bar.close()
         log.close()
     if eval_rows:
-        eval_loss = evaluate(ctx, runner, task, eval_rows, t["micro_batch_size"])
+        eval_loss = evaluate(ctx, runner, task, eval_rows, t.micro_batch_size)
     return LoopResult(EXIT_OK, step, total, tokens_seen, time.perf_counter() - t0, resumed_from, log.records, eval_loss)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tkc.bundle.plan import ResolvedQuantization
+from tkc.bundle.plan import ResolvedFreeze, ResolvedLora, ResolvedQuantization, ResolvedStage
 from tkc.runtime import gcpause
 from tkc.runtime.context import RunContext
 
@@ -32,8 +32,9 @@ def _model_ready(load: Callable) -> Callable:
     return wrapper
 
 
-def dtype_of(stage: dict) -> torch.dtype:
-    return DTYPES[stage["train"]["precision"]] if stage.get("train") else torch.float32
+def dtype_of(stage: ResolvedStage) -> torch.dtype:
+    """The training precision; stages that do not train (eval, infer, export) load fp32."""
+    return DTYPES[stage.train.precision] if stage.train is not None else torch.float32
 
 
 def _auto_class(head: str):
@@ -52,7 +53,7 @@ def _from_bundle_model(ctx: RunContext, head: str, dtype: torch.dtype, seed: int
     from tkc.runtime.model_files import hub_kwargs
 
     path = ctx.model_path()  # verified against the bundle before transformers reads (or runs) anything in it
-    common: dict[str, Any] = hub_kwargs(ctx.resolved)  # trust_remote_code always explicit: never a stdin question
+    common: dict[str, Any] = hub_kwargs(ctx.plan.model)  # trust_remote_code always explicit: never a stdin question
     config = AutoConfig.from_pretrained(path, **common)
     if head == "seq_cls":
         config.num_labels = 1
@@ -113,10 +114,9 @@ def _load_stage_output(ctx: RunContext, name: str, *, dtype: torch.dtype = torch
                                              trust_remote_code=ctx.plan.model.trust_remote_code)
 
 
-def _start_weights(ctx: RunContext, stage: dict, *, head: str = "causal_lm", dtype: torch.dtype | None = None):
+def _start_weights(ctx: RunContext, sp: ResolvedStage, *, head: str = "causal_lm", dtype: torch.dtype | None = None):
     """The weights a stage starts from: its init_from stage's output, else the bundle's model."""
-    dtype = dtype or dtype_of(stage)
-    sp = ctx.stage_plan(stage)
+    dtype = dtype or dtype_of(sp)
     seed = sp.train.seed if sp.train else ctx.plan.seed  # eval/infer/export: the run's seed
     quant = sp.finetuning.quantization if sp.finetuning else None
     if sp.init_from is None:
@@ -169,31 +169,31 @@ def decoder_layers(model: nn.Module, layers_path: str | None = None) -> nn.Modul
     return max(lists, key=len)
 
 
-def apply_freeze(model: nn.Module, freeze: dict) -> None:
+def apply_freeze(model: nn.Module, freeze: ResolvedFreeze) -> None:
     """Freeze everything, then unfreeze the last N decoder layers (only `trainable_modules` in them, if listed)."""
     for p in model.parameters():
         p.requires_grad_(False)
-    layers = decoder_layers(model, freeze["layers_path"])
-    n = int(freeze["trainable_layers"])
+    layers = decoder_layers(model, freeze.layers_path)
+    n = freeze.trainable_layers
     chosen = layers[-n:] if n > 0 else layers[:-n]
-    modules = freeze["trainable_modules"]
+    modules = freeze.trainable_modules
     for layer in chosen:
         for name, p in layer.named_parameters():
             if not modules or any(name.split(".")[0] == m or name.startswith(m + ".") for m in modules):
                 p.requires_grad_(True)
 
 
-def apply_lora(model: nn.Module, lora: dict, *, task_type: str, quantized: bool):
+def apply_lora(model: nn.Module, lora: ResolvedLora, *, task_type: str, quantized: bool):
     """Wrap with a PEFT LoRA adapter: variants lora / dora / rslora, init default / pissa."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(
-        r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=list(lora["targets"]),
-        use_dora=lora["variant"] == "dora", use_rslora=lora["variant"] == "rslora",
-        init_lora_weights="pissa" if lora["init"] == "pissa" else True,
-        modules_to_save=list(lora["modules_to_save"]) or None, bias="none", task_type=task_type,
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.targets),
+        use_dora=lora.variant == "dora", use_rslora=lora.variant == "rslora",
+        init_lora_weights="pissa" if lora.init == "pissa" else True,
+        modules_to_save=list(lora.modules_to_save) or None, bias="none", task_type=task_type,
     )
     with quiet_checkpointing_alias():
         model = get_peft_model(model, config)
@@ -215,22 +215,23 @@ def add_neftune(model: nn.Module, alpha: float) -> None:
 
 
 @_model_ready
-def build_trainable(ctx: RunContext, stage: dict, *, head: str = "causal_lm"):
+def build_trainable(ctx: RunContext, stage: ResolvedStage, *, head: str = "causal_lm"):
     """Start weights plus the stage's fine-tuning method; returns the model in train mode."""
-    ft, sp = stage["finetuning"], ctx.stage_plan(stage)
-    train = sp.train
-    assert train is not None and sp.finetuning is not None, "only training stages build a trainable model"
+    train, ft = stage.train, stage.finetuning
+    assert train is not None and ft is not None, "only training stages build a trainable model"
     model = _start_weights(ctx, stage, head=head)
     model.config.use_cache = False
-    if ft["method"] == "freeze":
-        apply_freeze(model, ft["freeze"])
-    elif ft["method"] == "lora":
+    if ft.method == "freeze":
+        assert ft.freeze is not None, "the plan has a freeze block exactly for method freeze"
+        apply_freeze(model, ft.freeze)
+    elif ft.method == "lora":
+        assert ft.lora is not None, "the plan has a lora block exactly for method lora"
         torch.manual_seed(train.seed)  # LoRA A matrices are random: seed them
-        model = apply_lora(model, ft["lora"], task_type="CAUSAL_LM" if head == "causal_lm" else "SEQ_CLS",
-                           quantized=sp.finetuning.quantization is not None)
+        model = apply_lora(model, ft.lora, task_type="CAUSAL_LM" if head == "causal_lm" else "SEQ_CLS",
+                           quantized=ft.quantization is not None)
     if train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if ft["method"] == "lora":
+        if ft.method == "lora":
             model.enable_input_require_grads()
     if train.neftune_alpha is not None:
         add_neftune(model, train.neftune_alpha)
@@ -238,22 +239,23 @@ def build_trainable(ctx: RunContext, stage: dict, *, head: str = "causal_lm"):
     return model
 
 
-def build_optimizer(model: nn.Module, stage: dict) -> torch.optim.Optimizer:
-    """AdamW over trainable params; no decay on vectors; LoRA+ gives lora_B a `plus_ratio` times larger lr."""
-    train = stage["train"]
-    lora = stage["finetuning"].get("lora") or {}
-    plus = lora.get("plus_ratio") or 1.0
+def build_optimizer(model: nn.Module, stage: ResolvedStage) -> torch.optim.Optimizer:
+    """AdamW over trainable params; no decay on vectors; LoRA+ gives lora_B a `plus_ratio` times larger lr
+    (plus_ratio None: LoRA+ off, every group at the stage's rate)."""
+    train, ft = stage.train, stage.finetuning
+    assert train is not None and ft is not None, "only training stages build an optimizer"
+    plus = ft.lora.plus_ratio if ft.lora is not None and ft.lora.plus_ratio is not None else 1.0
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         mult = plus if "lora_B" in name else 1.0
-        wd = train["weight_decay"] if p.ndim >= 2 else 0.0
+        wd = train.weight_decay if p.ndim >= 2 else 0.0
         groups.setdefault((mult, wd), []).append(p)
-    param_groups = [{"params": ps, "lr_mult": m, "weight_decay": wd, "lr": train["learning_rate"] * m}
+    param_groups = [{"params": ps, "lr_mult": m, "weight_decay": wd, "lr": train.learning_rate * m}
                     for (m, wd), ps in sorted(groups.items())]
-    return torch.optim.AdamW(param_groups, lr=train["learning_rate"], betas=(train["adam_beta1"], train["adam_beta2"]),
-                             eps=train["adam_epsilon"], weight_decay=train["weight_decay"], foreach=False)
+    return torch.optim.AdamW(param_groups, lr=train.learning_rate, betas=(train.adam_beta1, train.adam_beta2),
+                             eps=train.adam_epsilon, weight_decay=train.weight_decay, foreach=False)
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

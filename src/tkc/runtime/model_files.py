@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+from tkc.bundle.plan import ResolvedModel, ResolvedPlan
 
 
 class ModelFilesChanged(RuntimeError):
@@ -27,20 +30,20 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def read_roots(resolved: dict, source_root: Path) -> list[Path] | None:
-    """The folders a bundle may read: the source root and its `read_roots` (relative to it); None for a
-    hand-written bundle without the key (written before the field existed: not checked)."""
-    extra = resolved.get("read_roots")
+def read_roots(extra: Sequence[str] | None, source_root: Path) -> list[Path] | None:
+    """The folders a bundle may read: the source root and the plan's `read_roots` (relative to it); None (not
+    checked) only for the data pipeline's tests, whose plan subsets have no `read_roots`."""
     if extra is None:
         return None
     root = Path(source_root).resolve()
     return [root, *((root / r).resolve() for r in extra)]
 
 
-def check_inside_roots(path: Path, resolved: dict, source_root: Path, what: str) -> Path:
-    """`path` with its symlinks followed; PathOutsideRoots unless it lies inside one of the bundle's read roots."""
+def check_inside_roots(path: Path, extra_roots: Sequence[str] | None, source_root: Path, what: str) -> Path:
+    """`path` with its symlinks followed; PathOutsideRoots unless it lies inside one of the bundle's read roots
+    (`extra_roots`: the plan's `read_roots`)."""
     real = Path(path).resolve()
-    roots = read_roots(resolved, source_root)
+    roots = read_roots(extra_roots, source_root)
     if roots is not None and not any(real.is_relative_to(r) for r in roots):
         shown = ", ".join(str(r) for r in roots)
         raise PathOutsideRoots(f"{what} {path} resolves to {real}, outside the folders this bundle may read "
@@ -86,32 +89,28 @@ def model_dir_problems(model_dir: Path, recorded: dict[str, str]) -> list[str]:
     return problems
 
 
-def checked_model_path(resolved: dict, source_root: Path) -> str:
+def checked_model_path(plan: ResolvedPlan, source_root: Path) -> str:
     """What to hand to transformers: the local model folder once it matches the bundle, or the hub id.
 
-    Raises ModelFilesChanged (or PathOutsideRoots) naming every file that differs. A hand-written bundle without
-    `model.files` is not compared.
+    Raises ModelFilesChanged (or PathOutsideRoots) naming every file that differs from `model.files`.
     """
-    m = resolved["model"]
-    if m["source"] != "local":
-        return m["path"]
-    path = Path(source_root) / m["path"]
-    check_inside_roots(path, resolved, source_root, "model folder")
-    recorded = m.get("files")
-    if recorded is not None:
-        problems = model_dir_problems(path, recorded)
-        if problems:
-            raise ModelFilesChanged(f"model folder {path} differs from the bundle ({len(problems)} file(s)); "
-                                    "nothing was loaded:\n" + "\n".join(problems) +
-                                    "\nrestore the files, or recompile the recipe to accept the new ones")
+    m = plan.model
+    if m.source != "local":
+        return m.path
+    path = Path(source_root) / m.path
+    check_inside_roots(path, plan.read_roots, source_root, "model folder")
+    problems = model_dir_problems(path, dict(m.files))
+    if problems:
+        raise ModelFilesChanged(f"model folder {path} differs from the bundle ({len(problems)} file(s)); "
+                                "nothing was loaded:\n" + "\n".join(problems) +
+                                "\nrestore the files, or recompile the recipe to accept the new ones")
     return str(path)
 
 
-def hub_kwargs(resolved: dict) -> dict:
+def hub_kwargs(model: ResolvedModel) -> dict:
     """Every model/tokenizer/config load passes these: the remote-code decision explicitly, and for a hub model
     the pinned revision read from the local cache only (never a download, never a question on stdin)."""
-    m = resolved["model"]
-    kwargs: dict = {"trust_remote_code": bool(m.get("trust_remote_code"))}
-    if m["source"] != "local":
-        kwargs.update(revision=m.get("revision"), local_files_only=True)
+    kwargs: dict = {"trust_remote_code": model.trust_remote_code}
+    if model.source != "local":
+        kwargs.update(revision=model.revision, local_files_only=True)
     return kwargs

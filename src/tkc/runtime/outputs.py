@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tkc.bundle.plan import ResolvedStage
 from tkc.runtime.context import BundleChanged, RunContext
 
 PACKAGES = ["torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers", "safetensors", "tkc"]
@@ -63,32 +64,32 @@ def plot_loss(path: Path, records: list[dict], title: str) -> None:
     plt.close(fig)
 
 
-def run_record(ctx: RunContext, stage: dict, *, wall_s: float, tokens_seen: int, steps: int,
+def run_record(ctx: RunContext, stage: ResolvedStage, *, wall_s: float, tokens_seen: int, steps: int,
                resumed_from: int | None) -> dict[str, Any]:
-    return {"stage": stage["name"], "kind": stage["kind"], "bundle_hash": ctx.bundle_hash, "versions": versions(),
+    return {"stage": stage.name, "kind": stage.kind, "bundle_hash": ctx.bundle_hash, "versions": versions(),
             "hardware": hardware(), "world_size": ctx.dist.world_size, "wall_time_s": round(wall_s, 3),
             "tokens_seen": tokens_seen, "steps": steps, "resumed_from_step": resumed_from,
             "env_drift": list(ctx.env_drift),  # what `tkc run --allow-env-drift` let through ([]: none)
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def done_marker(ctx: RunContext, stage: dict) -> Path:
+def done_marker(ctx: RunContext, stage: ResolvedStage) -> Path:
     return ctx.stage_dir(stage) / "DONE"
 
 
-def is_done(ctx: RunContext, stage: dict) -> bool:
+def is_done(ctx: RunContext, stage: ResolvedStage) -> bool:
     """True when the stage finished for this bundle; a DONE from another bundle hash is refused."""
     marker = done_marker(ctx, stage)
     if not marker.exists():
         return False
     owner = marker.read_text(encoding="utf-8").strip()
     if owner and owner != ctx.bundle_hash:
-        raise BundleChanged(f"outputs/{stage['name']} was produced by bundle {owner[:12]}, not this bundle "
+        raise BundleChanged(f"outputs/{stage.name} was produced by bundle {owner[:12]}, not this bundle "
                             f"{ctx.bundle_hash[:12]}; delete {ctx.stage_dir(stage)} to run the stage again")
     return True
 
 
-def mark_done(ctx: RunContext, stage: dict) -> None:
+def mark_done(ctx: RunContext, stage: ResolvedStage) -> None:
     """The outputs manifest (sha256 of every file the stage left, checked before a later stage reads them),
     then DONE; every rank waits until both exist, so no rank reads a stage's outputs before they are sealed."""
     from tkc.runtime.distributed import barrier

@@ -16,7 +16,6 @@ Exit codes:
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import random
 import signal
@@ -25,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tkc.bundle.plan import PlanError, ResolvedPlan, load_plan
+from tkc.bundle.plan import PlanError, ResolvedPlan, ResolvedStage, load_plan
 from tkc.runtime.context import (
     EXIT_BAD_BUNDLE,
     EXIT_BUNDLE_CHANGED,
@@ -141,28 +140,28 @@ def _install_sigterm(ctx: RunContext) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _run_stage(ctx: RunContext, stage: dict) -> int:
+def _run_stage(ctx: RunContext, stage: ResolvedStage) -> int:
     from tkc.runtime import outputs
 
     if outputs.is_done(ctx, stage):
-        ctx.log(f"[{stage['name']}] already done (outputs/{stage['name']}/DONE); skipping")
+        ctx.log(f"[{stage.name}] already done (outputs/{stage.name}/DONE); skipping")
         return EXIT_OK
-    if stage["kind"] not in STAGE_MODULES:
-        print(f"tkc run: stage {stage['name']!r}: kind {stage['kind']!r} is not implemented by this runtime "
+    if stage.kind not in STAGE_MODULES:
+        print(f"tkc run: stage {stage.name!r}: kind {stage.kind!r} is not implemented by this runtime "
               f"(available: {', '.join(sorted(STAGE_MODULES))})")
         return EXIT_BAD_BUNDLE
-    module = importlib.import_module(f"tkc.runtime.stages.{STAGE_MODULES[stage['kind']]}")
-    ctx.log(f"== stage {stage['index']}: {stage['name']} ({stage['kind']})")
+    module = importlib.import_module(f"tkc.runtime.stages.{STAGE_MODULES[stage.kind]}")
+    ctx.log(f"== stage {stage.index}: {stage.name} ({stage.kind})")
     return module.run(ctx, stage)
 
 
-def _select(resolved: dict, stage: str | None) -> list[dict]:
-    stages = sorted(resolved["stages"], key=lambda s: s["index"])
+def _select(plan: ResolvedPlan, stage: str | None) -> list[ResolvedStage]:
+    stages = sorted(plan.stages, key=lambda s: s.index)
     if stage is None:
         return stages
-    chosen = [s for s in stages if s["name"] == stage]
+    chosen = [s for s in stages if s.name == stage]
     if not chosen:
-        raise KeyError(f"no stage {stage!r}; the bundle has {[s['name'] for s in stages]}")
+        raise KeyError(f"no stage {stage!r}; the bundle has {[s.name for s in stages]}")
     return chosen
 
 
@@ -212,7 +211,6 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
     except PlanError as e:
         print(f"tkc run: bundle {bundle_dir}: resolved.json does not match the plan: {e}")
         return EXIT_BAD_BUNDLE
-    resolved = json.loads((bundle_dir / "resolved.json").read_text(encoding="utf-8"))
     refused, drift = check_env(plan, allow_env_drift)
     if refused is not None:
         return refused
@@ -225,21 +223,21 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
         gcpause.own()  # each stage starts with the garbage collector paused, until its model is loaded
         gcpause.pause()
     with hidden_packages(unused_packages(plan) if own_process else []):
-        return _run_verified(bundle_dir, plan, resolved, stage, source_root, drift)
+        return _run_verified(bundle_dir, plan, stage, source_root, drift)
 
 
-def _run_verified(bundle_dir: Path, plan: ResolvedPlan, resolved: dict, stage: str | None,
-                  source_root: Path | None, drift: list[str] | None = None) -> int:
+def _run_verified(bundle_dir: Path, plan: ResolvedPlan, stage: str | None, source_root: Path | None,
+                  drift: list[str] | None = None) -> int:
     from tkc.runtime import gcpause
     from tkc.runtime.data.errors import BadRecord, DataError
     from tkc.runtime.dist import init_distributed, shutdown_distributed
 
     set_cpu_threads(plan)
     dist = init_distributed(plan.launch.backend)
-    ctx = RunContext(bundle_dir, resolved, resolve_source_root(bundle_dir, source_root), load_bundle_hash(bundle_dir),
-                     dist=dist, env_drift=list(drift or []), plan=plan)
+    ctx = RunContext(bundle_dir, plan, resolve_source_root(bundle_dir, source_root), load_bundle_hash(bundle_dir),
+                     dist=dist, env_drift=list(drift or []))
     try:
-        selected = _select(resolved, stage)
+        selected = _select(plan, stage)
     except KeyError as e:
         print(f"tkc run: {e}")
         shutdown_distributed(dist)
@@ -248,7 +246,7 @@ def _run_verified(bundle_dir: Path, plan: ResolvedPlan, resolved: dict, stage: s
     try:
         ctx.model_path()  # the model folder checked against the bundle before any stage starts (exit 2 if changed)
         for st in selected:
-            train = ctx.stage_plan(st).train  # stages that do not train (eval, infer, export) use the run's seed
+            train = st.train  # stages that do not train (eval, infer, export) use the run's seed
             seed_everything(train.seed if train else plan.seed, train.deterministic if train else True)
             gcpause.pause()
             try:
@@ -261,6 +259,9 @@ def _run_verified(bundle_dir: Path, plan: ResolvedPlan, resolved: dict, stage: s
     except BundleChanged as e:
         print(f"tkc run: refusing to run: {e}")
         return EXIT_BUNDLE_CHANGED
+    except PlanError as e:  # a bundle this one reads (its reward model's) has a resolved.json that does not fit
+        print(f"tkc run: {e}")
+        return EXIT_BAD_BUNDLE
     except (ModelFilesChanged, PathOutsideRoots) as e:  # nothing was loaded from the folder
         print(f"tkc run: refusing to run: {e}")
         return EXIT_BAD_BUNDLE

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tkc.bundle.plan import ResolvedStage
 from tkc.bundle.stage_outputs import DONE, STAGE_MANIFEST, check_stage_outputs, write_stage_manifest
 from tkc.runtime.context import RunContext
 
@@ -17,10 +18,10 @@ class StageOutputsChanged(RuntimeError):
     """A finished stage's outputs differ from its manifest (`tkc run` exits 2: an invalid bundle)."""
 
 
-def seal(ctx: RunContext, stage: dict) -> None:
+def seal(ctx: RunContext, stage: ResolvedStage) -> None:
     """outputs/<stage>/manifest.json: the sha256 of every file the stage left (main rank only)."""
     if ctx.dist.is_main:
-        write_stage_manifest(ctx.stage_dir(stage), stage["name"], ctx.bundle_hash)
+        write_stage_manifest(ctx.stage_dir(stage), stage.name, ctx.bundle_hash)
 
 
 def require_intact(ctx: RunContext, name: str) -> Path:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from tkc.bundle.plan import ResolvedStage
 from tkc.runtime.context import RunContext
 
 KINDS = ("none", "tensorboard", "wandb", "mlflow")
@@ -123,7 +124,7 @@ def _missing(kind: str, package: str) -> str:
 TRACKER_DIRS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlruns"}
 
 
-def open_tracker(ctx: RunContext, stage: dict, replay: Iterable[Mapping[str, Any]] = ()) -> Tracker:
+def open_tracker(ctx: RunContext, stage: ResolvedStage, replay: Iterable[Mapping[str, Any]] = ()) -> Tracker:
     """The stage's tracker, its directory rebuilt from `replay` (the step records kept on resume)."""
     tracking = ctx.plan.tracking
     kind = tracking.kind
@@ -142,9 +143,9 @@ def open_tracker(ctx: RunContext, stage: dict, replay: Iterable[Mapping[str, Any
         tracker = TensorBoardTracker(target)
     elif kind == "wandb":
         os.environ.setdefault("WANDB_MODE", "offline")
-        tracker = WandbTracker(stage_dir, project, stage["name"])
+        tracker = WandbTracker(stage_dir, project, stage.name)
     else:
-        tracker = MlflowTracker(target, project, stage["name"])
+        tracker = MlflowTracker(target, project, stage.name)
     for record in replay:
         tracker.log(int(record["step"]), record)
     return tracker

@@ -29,23 +29,11 @@ __all__ = ["RENDERER_VERSION", "ChatTemplate", "Span", "SpanError", "TemplateRef
 RENDERER_VERSION = 1
 
 
-# A resolved.json `template` read as plain JSON (hand-written bundles in tests) may leave these out
-_DEFAULTS: dict[str, Any] = {"bos_token": "", "eos_token": "", "stop_tokens": (), "render_kwargs": {}}
-
-
-def _field(template: ResolvedTemplate | Mapping[str, Any], name: str) -> Any:
-    # a typed plan's template (attributes) or the dict of a resolved.json read as JSON
-    if isinstance(template, Mapping):
-        value = template.get(name)
-        return _DEFAULTS[name] if value is None else value
-    return getattr(template, name)
-
-
-def plan_stop_tokens(template: ResolvedTemplate | Mapping[str, Any] | None) -> tuple[str, ...]:
+def plan_stop_tokens(template: ResolvedTemplate | None) -> tuple[str, ...]:
     """The plan's stop tokens (resolved.json template.stop_tokens); none for a bundle without a template.
 
     The runtime adds the tokenizer's eos token to these wherever it generates (`stop_token_ids`)."""
-    return () if template is None else tuple(_field(template, "stop_tokens"))
+    return () if template is None else tuple(template.stop_tokens)
 
 
 @dataclass(frozen=True)
@@ -60,7 +48,7 @@ class ChatTemplate:
 
     @classmethod
     def from_plan(
-        cls, template: ResolvedTemplate | Mapping[str, Any] | None, text: str, *, tokenizer_eos: str = ""
+        cls, template: ResolvedTemplate | None, text: str, *, tokenizer_eos: str = ""
     ) -> ChatTemplate:
         """The template of a plan and its text; `eos_token` is the plan's, else the tokenizer's (a template
         taken from a tokenizer without a plan entry renders with that tokenizer's eos)."""
@@ -68,10 +56,10 @@ class ChatTemplate:
             return cls(text, "", tokenizer_eos)
         return cls(
             text,
-            _field(template, "bos_token"),
-            _field(template, "eos_token") or tokenizer_eos,
+            template.bos_token,
+            template.eos_token or tokenizer_eos,
             plan_stop_tokens(template),
-            dict(_field(template, "render_kwargs")),
+            dict(template.render_kwargs),
         )
 
     def render(

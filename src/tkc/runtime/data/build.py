@@ -1,4 +1,8 @@
-"""`build_stage_data`: resolved.json dataset entries -> verified, converted, mixed, tokenized, cached rows."""
+"""`build_stage_data`: the typed plan's datasets for one stage -> verified, converted, mixed, tokenized, cached rows.
+
+The plan comes typed (tkc.bundle.plan); each dataset entry goes to the readers and the record converter as its
+JSON tree (`converter.unstructure`, the same tree as in resolved.json, so the cache keys are unchanged).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import numpy as np
 
 from tkc.bundle.chat import RENDERER_VERSION, ChatTemplate
 from tkc.bundle.kinds import STAGE_DATASET_KINDS
+from tkc.bundle.plan import ResolvedPlan, ResolvedStage
+from tkc.bundle.plan_converter import converter
 from tkc.runtime.data import parallel, store
 from tkc.runtime.data.convert import convert_record
 from tkc.runtime.data.encode import Counters, EncodeOptions, encode_pairwise, encode_pt, encode_sft
@@ -34,6 +40,7 @@ COLUMNS = {
 }
 COLUMNS["dpo"] = COLUMNS["rm"]
 _MAX_REASONS = 50
+TRUNCATION = "keep_response"  # how every run truncates an over-long conversation (runtime.data.truncation)
 
 
 @dataclass
@@ -49,7 +56,7 @@ class _BadRecords:
 
     def __init__(self, entries: list[dict]):
         self.count, self.reasons, self.per_dataset = 0, [], {}
-        self.policy = {e["name"]: e.get("on_bad_record", "error") for e in entries}
+        self.policy = {e["name"]: e["on_bad_record"] for e in entries}
 
     def __call__(self, exc: BadRecord) -> None:
         dataset = exc.where.dataset if exc.where else ""
@@ -61,12 +68,12 @@ class _BadRecords:
             self.reasons.append(exc.to_json())
 
 
-def _template_text(resolved: dict, tokenizer, template_text: str | None, bundle_dir: Path | None) -> str:
+def _template_text(plan: ResolvedPlan, tokenizer, template_text: str | None, bundle_dir: Path | None) -> str:
     if template_text is not None:
         return template_text
-    tpl = resolved.get("template") or {}
-    if bundle_dir is not None and tpl.get("file") and (Path(bundle_dir) / tpl["file"]).is_file():
-        return (Path(bundle_dir) / tpl["file"]).read_text(encoding="utf-8")
+    tpl = plan.template
+    if bundle_dir is not None and tpl is not None and (Path(bundle_dir) / tpl.file).is_file():
+        return (Path(bundle_dir) / tpl.file).read_text(encoding="utf-8")
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.chat_template
     raise DataError(
@@ -74,31 +81,36 @@ def _template_text(resolved: dict, tokenizer, template_text: str | None, bundle_
     )
 
 
-def _chat_template(resolved: dict, tokenizer, template_text, bundle_dir) -> ChatTemplate:
-    text = _template_text(resolved, tokenizer, template_text, bundle_dir)
-    return ChatTemplate.from_plan(resolved.get("template"), text, tokenizer_eos=tokenizer.eos_token or "")
+def _chat_template(plan: ResolvedPlan, tokenizer, template_text, bundle_dir) -> ChatTemplate:
+    text = _template_text(plan, tokenizer, template_text, bundle_dir)
+    return ChatTemplate.from_plan(plan.template, text, tokenizer_eos=tokenizer.eos_token or "")
 
 
-def _inside_read_roots(resolved: dict, entry: dict, source_root: Path) -> None:
+def _inside_read_roots(plan: ResolvedPlan, entry: dict, source_root: Path) -> None:
     from tkc.runtime.model_files import PathOutsideRoots, check_inside_roots
 
-    for f in entry.get("files") or []:
+    for f in entry["files"]:
         try:
-            check_inside_roots(source_root / f["path"], resolved, source_root, f"dataset {entry['name']!r} file")
+            check_inside_roots(source_root / f["path"], plan.read_roots, source_root,
+                               f"dataset {entry['name']!r} file")  # fmt: skip
         except PathOutsideRoots as exc:
             raise DataError(str(exc)) from None
 
 
-def _key_parts(resolved, stage, entries, tokenizer, chat: ChatTemplate | None, source_root: Path) -> dict:
-    media = any(e["columns"].get(m) for e in entries for m in ("images", "videos", "audios"))
+def _key_parts(plan: ResolvedPlan, stage: ResolvedStage, entries, tokenizer, chat: ChatTemplate | None,
+               source_root: Path, truncation: str) -> dict:
+    media = any(e["columns"][m] for e in entries for m in ("images", "videos", "audios"))
+    data = converter.unstructure(plan.data)  # the plan's data options, as in resolved.json
+    if truncation != TRUNCATION:  # not a plan field: only the tests choose another rule
+        data["truncation"] = truncation
     return {
-        "stage_kind": stage["kind"],
+        "stage_kind": stage.kind,
         "datasets": entries,
         # hub datasets have no hashed files: key on the content fingerprint of the locally cached copy
         "hub": {e["name"]: hub_fingerprint(e, source_root) for e in entries if e["file_type"] == "hub"},
         # the batch size changes memory use, not rows: it stays out of the key
-        "data": {k: v for k, v in resolved["data"].items() if k != "preprocessing_batch_size"},
-        "seed": resolved["seed"],
+        "data": data,
+        "seed": plan.seed,
         "tokenizer": store.tokenizer_fingerprint(tokenizer),
         "template": None if chat is None else [chat.text, chat.bos_token, chat.eos_token, dict(chat.render_kwargs)],
         "renderer": RENDERER_VERSION,
@@ -168,24 +180,22 @@ def _token_counts(rows: list[dict], kind: str) -> dict:
     return {"total": total, "trained": trained}
 
 
-def _check_stage(resolved: dict, stage: dict) -> list[dict]:
-    kind = stage["kind"]
+def _check_stage(plan: ResolvedPlan, stage: ResolvedStage) -> list[dict]:
+    """The stage's dataset entries as JSON trees (what the readers and converter take), each of the kind it needs."""
+    kind = stage.kind
     if kind not in ROWS_KIND:
-        raise DataError(
-            f"stage {stage['name']!r}: kind {kind!r} has no tokenized training data in tkc.runtime.data"
-        )
+        raise DataError(f"stage {stage.name!r}: kind {kind!r} has no tokenized training data in tkc.runtime.data")
     (wanted,) = STAGE_DATASET_KINDS[kind]
-    entries = [resolved["datasets"][n] for n in stage["datasets"]]
-    for e in entries:
-        if e["kind"] != wanted:
-            raise DataError(f"stage {stage['name']!r} ({kind}) needs {wanted} datasets; "
-                            f"{e['name']!r} is {e['kind']!r}")  # fmt: skip
-    return entries
+    for name in stage.datasets:
+        if plan.datasets[name].kind != wanted:
+            raise DataError(f"stage {stage.name!r} ({kind}) needs {wanted} datasets; "
+                            f"{name!r} is {plan.datasets[name].kind!r}")  # fmt: skip
+    return [converter.unstructure(plan.datasets[name]) for name in stage.datasets]
 
 
 def build_stage_data(
-    resolved: dict,
-    stage: dict,
+    plan: ResolvedPlan,
+    stage: ResolvedStage,
     tokenizer,
     source_root: Path,
     cache_dir: Path,
@@ -193,25 +203,25 @@ def build_stage_data(
     template_text: str | None = None,
     bundle_dir: Path | None = None,
     workers: int | None = None,
+    batch_size: int = 1000,
+    truncation: str = TRUNCATION,
 ) -> StageData:
     """Tokenized train/eval rows for one stage, from the cache when every input is unchanged.
 
-    The chat template text comes from `template_text`, else `bundle_dir/<resolved.template.file>`, else
+    The chat template text comes from `template_text`, else `bundle_dir/<plan.template.file>`, else
     the tokenizer's own `chat_template`.
-    `workers`: processes that render and tokenize (None: one per 5000 examples, up to min(8, CPUs)); the
-    rows do not depend on it, so it is not part of the cache key.
+    `workers`: processes that render and tokenize (None: one per 5000 examples, up to min(8, CPUs)), and
+    `batch_size`: examples tokenized at once (bounds the memory held by tokenizer Encodings); the rows depend on
+    neither, so neither is part of the cache key. `truncation`: the rule for over-long conversations; the plan
+    has no such field (every run keeps the response), the tests choose the others.
     """
-    entries = _check_stage(resolved, stage)
+    entries = _check_stage(plan, stage)
     source_root = Path(source_root)
     for e in entries:
-        _inside_read_roots(resolved, e, source_root)  # the compiler's rule (read_roots), at the given source root
+        _inside_read_roots(plan, e, source_root)  # the compiler's rule (read_roots), at the given source root
         verify_files(e, source_root)  # refuse changed data before trusting a cache keyed on recorded hashes
-    chat = (
-        None
-        if stage["kind"] == "pt"
-        else _chat_template(resolved, tokenizer, template_text, bundle_dir)
-    )
-    parts = _key_parts(resolved, stage, entries, tokenizer, chat, source_root)
+    chat = None if stage.kind == "pt" else _chat_template(plan, tokenizer, template_text, bundle_dir)
+    parts = _key_parts(plan, stage, entries, tokenizer, chat, source_root, truncation)
     key = store.cache_key(parts)
     hit = store.load(cache_dir, key)
     if hit is not None:
@@ -224,7 +234,7 @@ def build_stage_data(
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        tables, stats = _build(resolved, stage, entries, tokenizer, chat, source_root, workers)
+        tables, stats = _build(plan, stage, entries, tokenizer, chat, source_root, (workers, batch_size, truncation))
     finally:
         if gc_was_on:
             gc.enable()
@@ -234,20 +244,21 @@ def build_stage_data(
     return StageData(splits["train"], splits.get("eval"), {**stats, "cache_hit": False}, path)
 
 
-def _build(resolved, stage, entries, tokenizer, chat, source_root, workers) -> tuple[dict, dict]:
+def _build(plan: ResolvedPlan, stage: ResolvedStage, entries, tokenizer, chat, source_root,
+           knobs: tuple[int | None, int, str]) -> tuple[dict, dict]:
     start = time.perf_counter()
-    kind, data, seed = ROWS_KIND[stage["kind"]], resolved["data"], resolved["seed"]
-    packed = bool(data.get("packing")) and stage["kind"] == "sft"
+    workers, batch, truncation = knobs
+    batch = max(1, batch)
+    kind, data, seed = ROWS_KIND[stage.kind], plan.data, plan.seed
+    packed = data.packing and stage.kind == "sft"
     bad, per_dataset = _BadRecords(entries), {}
     media = tuple(
         m
         for m in ("images", "videos", "audios")
-        if kind in ("sft", "kto") and any(e["columns"].get(m) for e in entries)
+        if kind in ("sft", "kto") and any(e["columns"][m] for e in entries)
     )
-    opts = EncodeOptions(data["cutoff_len"], bool(data.get("train_on_prompt")), bool(data.get("mask_history")),
-                         data.get("truncation", "keep_response"), media)  # fmt: skip
+    opts = EncodeOptions(data.cutoff_len, data.train_on_prompt, data.mask_history, truncation, media)
     counters = Counters()
-    batch = max(1, int(data.get("preprocessing_batch_size") or 1000))
     raws = [read_entry(e, source_root, verify=False) for e in entries]
     pool = _start_workers(kind, sum(map(len, raws)), tokenizer, chat, opts, workers)
     try:
@@ -256,8 +267,8 @@ def _build(resolved, stage, entries, tokenizer, chat, source_root, workers) -> t
             parts.append(_convert(e, raw, source_root, bad))
             per_dataset[e["name"]] = {"records": len(raw), "converted": len(parts[-1])}
         del raws
-        mixed = mix(parts, [e.get("weight", 1.0) for e in entries], data.get("mix", "concat"), seed)
-        train_items, eval_items = split_eval(mixed, data.get("val_size") or 0.0, seed)
+        mixed = mix(parts, [e["weight"] for e in entries], data.mix, seed)
+        train_items, eval_items = split_eval(mixed, data.val_size, seed)
         train = _encode(kind, train_items, tokenizer, chat, opts, bad, counters, batch, pool)
         evals = _encode(kind, eval_items, tokenizer, chat, opts, bad, counters, batch, pool)
     finally:
@@ -265,7 +276,7 @@ def _build(resolved, stage, entries, tokenizer, chat, source_root, workers) -> t
             pool.close()
     stats = _stats(stage, per_dataset, bad, counters, train, evals, len(train_items), len(eval_items))
     if packed:
-        train, evals = pack_rows(train, data["cutoff_len"]), pack_rows(evals, data["cutoff_len"])
+        train, evals = pack_rows(train, data.cutoff_len), pack_rows(evals, data.cutoff_len)
         stats["padding_fraction"]["packed"] = padding_fraction(
             _lengths(train, kind), stats["padding_fraction"]["batch_size"]
         )
@@ -287,24 +298,24 @@ def _build(resolved, stage, entries, tokenizer, chat, source_root, workers) -> t
     return tables, stats
 
 
-def _nothing_to_train(stage: dict, stats: dict) -> str:
+def _nothing_to_train(stage: ResolvedStage, stats: dict) -> str:
     # a silent empty dataset would "train" zero steps; say why nothing is left instead
     first = stats["skipped"]["reasons"][:1]
     why = f"; first skipped: {first[0]['file']}:{first[0]['line']}: {first[0]['message']}" if first else ""
-    return (f"stage {stage['name']!r}: no training rows left ({stats['examples']['train']} examples, "
+    return (f"stage {stage.name!r}: no training rows left ({stats['examples']['train']} examples, "
             f"{stats['skipped']['count']} skipped, {stats['dropped_no_labels']} with nothing to train "
             f"after truncation to cutoff_len, {stats['dropped_tool_defs']} calling a tool whose definition was "
             f"cut){why}")  # fmt: skip
 
 
 def _stats(stage, per_dataset, bad, counters, train, evals, n_train, n_eval) -> dict:
-    kind = ROWS_KIND[stage["kind"]]
+    kind = ROWS_KIND[stage.kind]
     for name, n in bad.per_dataset.items():
         per_dataset[name]["skipped"] = n
-    batch = int((stage.get("train") or {}).get("micro_batch_size") or 1)
+    batch = stage.train.micro_batch_size if stage.train is not None else 1  # eval: rows scored one by one
     lengths = _lengths(train, kind)
     return {
-        "stage": stage["name"], "kind": stage["kind"], "datasets": per_dataset,
+        "stage": stage.name, "kind": stage.kind, "datasets": per_dataset,
         "skipped": {"count": bad.count, "reasons": bad.reasons},
         "examples": {"train": n_train, "eval": n_eval},
         "truncated": counters.truncated, "dropped_no_labels": counters.dropped_no_labels,

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from tkc.bundle.chat import plan_stop_tokens
+from tkc.bundle.plan import ResolvedPlan
 
 
-def load_tokenizer(resolved: dict, source_root: Path, *, model_path: str | None = None,
+def load_tokenizer(plan: ResolvedPlan, source_root: Path, *, model_path: str | None = None,
                    chat_template: str | None = None):  # fmt: skip
     """The tokenizer as every command loads it: a local folder only after it matches the bundle's recorded files
     (tkc.runtime.model_files; `model_path` when the caller has already checked it), a hub tokenizer only from
@@ -23,8 +24,8 @@ def load_tokenizer(resolved: dict, source_root: Path, *, model_path: str | None 
 
     from tkc.runtime.model_files import checked_model_path, hub_kwargs
 
-    path = model_path if model_path is not None else checked_model_path(resolved, source_root)
-    tok = AutoTokenizer.from_pretrained(path, **hub_kwargs(resolved))
+    path = model_path if model_path is not None else checked_model_path(plan, source_root)
+    tok = AutoTokenizer.from_pretrained(path, **hub_kwargs(plan.model))
     if chat_template is not None:
         tok.chat_template = chat_template
     if tok.pad_token_id is None:

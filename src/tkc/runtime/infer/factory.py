@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from tkc.bundle.plan import load_plan
 from tkc.runtime.context import RunContext, load_bundle_hash, resolve_source_root
 from tkc.runtime.infer.engine import Engine
 
@@ -14,21 +14,21 @@ MODEL_LESS_KINDS = ("eval", "infer")  # stages that write no model/: chat with t
 
 
 def open_context(bundle: Path, source_root: Path | None = None) -> RunContext:
-    """A RunContext for a bundle directory, as `tkc run` builds it (no distributed setup)."""
+    """A RunContext for a bundle directory, as `tkc run` builds it (no distributed setup). Its resolved.json is
+    structured once (load_plan): PlanError naming the key path when it does not fit; callers exit 2 on it."""
     bundle = Path(bundle).resolve()
-    resolved = json.loads((bundle / "resolved.json").read_text(encoding="utf-8"))
-    return RunContext(bundle, resolved, resolve_source_root(bundle, source_root), load_bundle_hash(bundle))
+    return RunContext(bundle, load_plan(bundle), resolve_source_root(bundle, source_root), load_bundle_hash(bundle))
 
 
 def model_stage(ctx: RunContext, stage_name: str | None) -> str | None:
     """The stage whose outputs/<stage>/model/ to load: the named one (an eval/infer stage: the model it reads),
     or, when none is named, the last stage that wrote a model; None means the bundle's base model."""
     if stage_name is None:
-        done = [s for s in ctx.resolved["stages"] if (ctx.stage_dir(s) / "model").is_dir()]
-        return max(done, key=lambda s: s["index"])["name"] if done else None
+        done = [s for s in ctx.plan.stages if (ctx.stage_dir(s) / "model").is_dir()]
+        return max(done, key=lambda s: s.index).name if done else None
     stage = ctx.stage_by_name(stage_name)
-    if stage["kind"] in MODEL_LESS_KINDS:
-        return model_stage(ctx, stage["init_from"]) if stage.get("init_from") else None
+    if stage.kind in MODEL_LESS_KINDS:
+        return model_stage(ctx, stage.init_from) if stage.init_from else None
     if not (ctx.stage_dir(stage) / "model").is_dir():
         raise RuntimeError(
             f"stage {stage_name!r} has no model yet ({ctx.stage_dir(stage) / 'model'}); "

@@ -55,7 +55,7 @@ def sampling_kwargs(
 def weights_for(ctx: RunContext, stage_name: str | None) -> tuple[str, str | None]:
     """(full-weights directory or hub id, adapter directory or None) that vLLM can load for the stage's model."""
     if stage_name is None:
-        if ctx.resolved["model"]["init"] == "scratch":
+        if ctx.plan.model.init == "scratch":
             raise RuntimeError(
                 "the bundle's base model is a seeded random init (init: scratch), which vLLM cannot "
                 "rebuild; run a training stage first, or use engine: hf"
@@ -66,7 +66,7 @@ def weights_for(ctx: RunContext, stage_name: str | None) -> tuple[str, str | Non
     model_dir = require_intact(ctx, stage_name) / "model"  # checked against its manifest before vLLM reads it
     if not (model_dir / "adapter_config.json").exists():
         return str(model_dir), None
-    base, adapter = weights_for(ctx, ctx.stage_by_name(stage_name).get("init_from"))
+    base, adapter = weights_for(ctx, ctx.stage_by_name(stage_name).init_from)
     if adapter is not None:
         raise RuntimeError(
             f"stage {stage_name!r} is an adapter on another adapter; vLLM serves one adapter over "
@@ -92,16 +92,16 @@ class VLLMEngine:
     ) -> VLLMEngine:
         vllm = import_vllm()
         weights, adapter = weights_for(ctx, stage_name)
-        m = ctx.resolved["model"]
+        m = ctx.plan.model
         kwargs: dict[str, Any] = {
             "model": weights,
             "tokenizer": ctx.model_path(),
             "dtype": dtype,
-            "seed": int(ctx.resolved["seed"]),
-            "trust_remote_code": bool(m.get("trust_remote_code")),
+            "seed": ctx.plan.seed,
+            "trust_remote_code": m.trust_remote_code,
         }
-        if stage_name is None and m["source"] == "hub":
-            kwargs["revision"] = m.get("revision")
+        if stage_name is None and m.source == "hub":
+            kwargs["revision"] = m.revision
         lora = None
         if adapter is not None:
             kwargs.update(enable_lora=True, max_lora_rank=_lora_rank(adapter))

@@ -7,21 +7,24 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import torch
 import torch.nn.functional as F
 
+from tkc.bundle.plan import ResolvedStage
 from tkc.runtime import outputs
 from tkc.runtime.context import RunContext
 from tkc.runtime.loop import LoopResult, Rows
 
 
-def load_rows(ctx: RunContext, stage: dict, *, datasets: list[str] | None = None) -> tuple[Rows, Rows]:
+def load_rows(ctx: RunContext, stage: ResolvedStage, *, datasets: list[str] | None = None) -> tuple[Rows, Rows]:
     """Token-id rows for the stage from tkc.runtime.data (looked up at call time so tests can substitute it);
     the stage's own kind picks them (ppo, grpo and eval read unpacked sft rows: tkc.runtime.data.build.ROWS_KIND)."""
     from tkc.runtime import data
 
-    stage = {**stage, "datasets": datasets if datasets is not None else stage["datasets"]}
-    built = data.build_stage_data(ctx.resolved, stage, ctx.tokenizer(), ctx.source_root, ctx.outputs / ".cache",
+    if datasets is not None:
+        stage = attrs.evolve(stage, datasets=tuple(datasets))
+    built = data.build_stage_data(ctx.plan, stage, ctx.tokenizer(), ctx.source_root, ctx.outputs / ".cache",
                                   template_text=ctx.chat_template(), bundle_dir=ctx.bundle_dir)
     return list(built.train), list(built.eval or [])
 
@@ -37,19 +40,19 @@ def pad(rows: Rows, pad_id: int) -> Batch:
     return collate(rows, pad_id)
 
 
-def make_collate(stage: dict, pad_id: int, *, packed: bool = False) -> Callable[[Rows], Pieces]:
+def make_collate(stage: ResolvedStage, pad_id: int, *, packed: bool = False) -> Callable[[Rows], Pieces]:
     """The stage's resolved `train.padding`: `longest` = one batch padded to its longest row; `unpadded` = each
     run of equal-length rows on its own (tkc.runtime.data.collate.collate_unpadded), no attention_mask, or with
     `packed` (token-loss stages on a model with varlen attention) every row end to end in one sequence
     (collate_packed). The loss is the same sum over the same rows either way; only the padding is not computed."""
-    if stage["train"]["padding"] == "unpadded":
+    if stage.train.padding == "unpadded":
         from tkc.runtime.data.collate import collate_packed, collate_unpadded
 
         if packed:
             return lambda rows: collate_packed(rows, pad_id)
         return lambda rows: collate_unpadded(rows, pad_id)
-    if stage["train"]["padding"] != "longest":
-        raise ValueError(f"unknown train.padding {stage['train']['padding']!r}")
+    if stage.train.padding != "longest":
+        raise ValueError(f"unknown train.padding {stage.train.padding!r}")
     return lambda rows: [pad(rows, pad_id)]
 
 
@@ -141,7 +144,7 @@ def lm_loss_sum(model, batch: Batch | Pieces) -> torch.Tensor:
     return -sum(label_logps(model, b)[0].sum() for b in pieces(batch))
 
 
-def save_model(ctx: RunContext, stage: dict, model) -> None:
+def save_model(ctx: RunContext, stage: ResolvedStage, model) -> None:
     """outputs/<stage>/model/: adapter or full weights (safetensors), tokenizer, chat template."""
     if not ctx.dist.is_main:
         return
@@ -159,7 +162,7 @@ def save_model(ctx: RunContext, stage: dict, model) -> None:
     save_model_dir(ctx.stage_dir(stage) / "model", write)
 
 
-def finish(ctx: RunContext, stage: dict, result: LoopResult, metrics: dict[str, Any]) -> None:
+def finish(ctx: RunContext, stage: ResolvedStage, result: LoopResult, metrics: dict[str, Any]) -> None:
     """metrics.json, loss.png, run_record.json, then DONE (last, so a crash before it reruns the stage)."""
     if ctx.dist.is_main:
         out = ctx.stage_dir(stage)
@@ -168,7 +171,7 @@ def finish(ctx: RunContext, stage: dict, result: LoopResult, metrics: dict[str, 
                    "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
                    "eval_loss": result.eval_loss, **metrics}
         outputs.write_json(out / "metrics.json", metrics)
-        outputs.plot_loss(out / "loss.png", result.records, f"{stage['name']} ({stage['kind']})")
+        outputs.plot_loss(out / "loss.png", result.records, f"{stage.name} ({stage.kind})")
         outputs.write_json(out / "run_record.json", outputs.run_record(
             ctx, stage, wall_s=result.wall_s, tokens_seen=result.tokens_seen, steps=result.steps,
             resumed_from=result.resumed_from))
@@ -295,7 +298,7 @@ class Reference:
             return fn(self.model, *args, **kwargs)
 
 
-def train_stage(ctx: RunContext, stage: dict, model, task, *, describe: str, extra: dict | None = None) -> int:
+def train_stage(ctx: RunContext, stage: ResolvedStage, model, task, *, describe: str, extra: dict | None = None) -> int:
     """Optimizer, rows, the loop, then model + records + DONE: the tail every training stage shares."""
     from tkc.runtime import loop
     from tkc.runtime.model import build_optimizer, count_params
@@ -303,7 +306,7 @@ def train_stage(ctx: RunContext, stage: dict, model, task, *, describe: str, ext
     optimizer = build_optimizer(model, stage)
     train_rows, eval_rows = load_rows(ctx, stage)
     trainable, total = count_params(model)
-    ctx.log(f"[{stage['name']}] {describe}: {len(train_rows)} rows, {trainable:,}/{total:,} trainable params")
+    ctx.log(f"[{stage.name}] {describe}: {len(train_rows)} rows, {trainable:,}/{total:,} trainable params")
     result = loop.train(ctx, stage, model, optimizer, task, train_rows, eval_rows)
     if result.exit_code:
         return result.exit_code

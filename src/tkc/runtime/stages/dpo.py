@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tkc.bundle.plan import ResolvedDpoOptions
+from tkc.bundle.plan import ResolvedDpoOptions, ResolvedStage
 from tkc.runtime import attention, loop
 from tkc.runtime.context import RunContext
 from tkc.runtime.model import build_trainable
@@ -54,8 +54,8 @@ def make_loss(opts: ResolvedDpoOptions, reference: Reference | None, pad_id: int
     return loss_sum
 
 
-def build_task(ctx: RunContext, stage: dict):
-    sp = ctx.stage_plan(stage)
+def build_task(ctx: RunContext, stage: ResolvedStage):
+    sp = stage
     opts, train = sp.options, sp.train
     assert isinstance(opts, ResolvedDpoOptions) and train is not None and sp.finetuning is not None
     model = build_trainable(ctx, stage)
@@ -71,9 +71,9 @@ def build_task(ctx: RunContext, stage: dict):
     return task, model
 
 
-def run(ctx: RunContext, stage: dict) -> int:
+def run(ctx: RunContext, stage: ResolvedStage) -> int:
     task, model = build_task(ctx, stage)
-    opts = ctx.stage_plan(stage).options
+    opts = stage.options
     assert isinstance(opts, ResolvedDpoOptions)
     return train_stage(ctx, stage, model, task, describe=f"dpo loss={opts.loss} beta={opts.beta}",
                        extra={"loss": opts.loss})

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from tkc.bundle.plan import ResolvedStage
 from tkc.runtime import outputs
 from tkc.runtime.context import RunContext
 from tkc.runtime.data.tokenizer import stop_token_ids
@@ -25,12 +26,12 @@ def split_prompt(row: dict) -> tuple[list[int], list[int]]:
     return list(row["input_ids"][:first]), [x for x in labels[first:] if x != -100]
 
 
-def model_under_test(ctx: RunContext, stage: dict):
+def model_under_test(ctx: RunContext, stage: ResolvedStage):
     """The init_from stage's model (adapter merged), else the latest earlier stage with a model, else the base."""
-    name = stage.get("init_from")
+    name = stage.init_from
     if not name:
-        earlier = [s for s in ctx.resolved["stages"][: stage["index"]] if (ctx.stage_dir(s) / "model").is_dir()]
-        name = earlier[-1]["name"] if earlier else None
+        earlier = [s for s in ctx.plan.stages[: stage.index] if (ctx.stage_dir(s) / "model").is_dir()]
+        name = earlier[-1].name if earlier else None
     model = load_stage_output(ctx, name) if name else start_weights(ctx, stage, dtype=torch.float32)
     return model.eval(), name
 
@@ -70,11 +71,11 @@ def token_nll(model, rows: list[dict], pad_id: int, batch: int = 16) -> tuple[fl
     return total, count
 
 
-def score_exact_match(ctx: RunContext, stage: dict, model, rows: list[dict]) -> tuple[dict, list[dict]]:
-    tok, opts = ctx.tokenizer(), stage["options"]
+def score_exact_match(ctx: RunContext, stage: ResolvedStage, model, rows: list[dict]) -> tuple[dict, list[dict]]:
+    tok, opts = ctx.tokenizer(), stage.options
     stop_ids = stop_token_ids(tok, ctx.plan.template)
     pairs = [split_prompt(r) for r in rows]
-    preds = greedy(model, tok, [p for p, _ in pairs], int(opts["max_new_tokens"]), stop_ids)
+    preds = greedy(model, tok, [p for p, _ in pairs], int(opts.max_new_tokens), stop_ids)
     records, correct = [], 0
     for (prompt, ref), pred in zip(pairs, preds, strict=True):
         ref_text = tok.decode(ref, skip_special_tokens=True).strip()
@@ -93,10 +94,10 @@ def score_loss(ctx: RunContext, model, rows: list[dict]) -> dict:
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count, "total": len(rows)}
 
 
-def run(ctx: RunContext, stage: dict) -> int:
-    opts = stage["options"]
-    metric = opts["metric"]
-    train_rows, eval_rows = load_rows(ctx, stage, datasets=stage["datasets"])
+def run(ctx: RunContext, stage: ResolvedStage) -> int:
+    opts = stage.options
+    metric = opts.metric
+    train_rows, eval_rows = load_rows(ctx, stage, datasets=stage.datasets)
     rows = train_rows + eval_rows
     model, source = model_under_test(ctx, stage)
     records: list[dict] | None = None
@@ -106,7 +107,7 @@ def run(ctx: RunContext, stage: dict) -> int:
     else:
         scores = score_loss(ctx, model, rows)
         said = f"{metric} {scores[metric]:.4f} (loss {scores['loss']:.4f} over {scores['tokens']} tokens)"
-    ctx.log(f"[{stage['name']}] {said} on {source or 'base model'}")
+    ctx.log(f"[{stage.name}] {said} on {source or 'base model'}")
     if ctx.dist.is_main:
         out = ctx.stage_dir(stage)
         out.mkdir(parents=True, exist_ok=True)

@@ -6,16 +6,17 @@ weights that stage started from (metrics.json `base`: the stage it was initialis
 
 from __future__ import annotations
 
+from tkc.bundle.plan import ResolvedStage
 from tkc.runtime import outputs
 from tkc.runtime.checkpoint import save_model_dir
 from tkc.runtime.context import RunContext
 from tkc.runtime.model import DTYPES, load_stage_adapter, load_stage_output
 
 
-def run(ctx: RunContext, stage: dict) -> int:
-    opts = stage["options"]
-    source = stage.get("init_from") or ctx.resolved["stages"][stage["index"] - 1]["name"]
-    merge, dtype = bool(opts["merge_adapter"]), opts["dtype"]
+def run(ctx: RunContext, stage: ResolvedStage) -> int:
+    opts = stage.options
+    source = stage.init_from or ctx.plan.stages[stage.index - 1].name  # the stage before it, by the compiler's rule
+    merge, dtype = bool(opts.merge_adapter), opts.dtype
     model = (load_stage_output(ctx, source) if merge else load_stage_adapter(ctx, source)).to(DTYPES[dtype])
     if ctx.dist.is_main:
         target, template = ctx.stage_dir(stage) / "model", ctx.chat_template()
@@ -29,9 +30,9 @@ def run(ctx: RunContext, stage: dict) -> int:
         save_model_dir(target, write)  # atomic; SaveFailed on a full disk; adapter configs byte-stable
         record = {"source_stage": source, "dtype": dtype}
         if not merge:
-            record.update(merged=False, base=ctx.stage_by_name(source).get("init_from") or "model")
+            record.update(merged=False, base=ctx.stage_by_name(source).init_from or "model")
         outputs.write_json(ctx.stage_dir(stage) / "metrics.json", record)
         how = "adapter merged" if merge else "adapter, not merged"
-        ctx.log(f"[{stage['name']}] exported {source} ({how}) to {target}")
+        ctx.log(f"[{stage.name}] exported {source} ({how}) to {target}")
     outputs.mark_done(ctx, stage)
     return 0

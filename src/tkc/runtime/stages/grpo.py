@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 
+from tkc.bundle.plan import ResolvedGrpoOptions, ResolvedStage
 from tkc.runtime import checkpoint, loop, outputs, rewards
 from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, RunContext
 from tkc.runtime.data.tokenizer import stop_token_ids
@@ -66,7 +67,7 @@ def _stop_ids(ctx: RunContext) -> list[int]:
     return stop_token_ids(ctx.tokenizer(), ctx.plan.template)
 
 
-def prompt_items(ctx: RunContext, stage: dict) -> list[dict]:
+def prompt_items(ctx: RunContext, stage: ResolvedStage) -> list[dict]:
     """One item per sft row: prompt text (for logs and TRL), its exact token ids, and the reference answer.
     The rows are the stage's own kind's (unpacked sft rows: tkc.runtime.data.build.ROWS_KIND); the plan is read as
     written, never rewritten here."""
@@ -80,7 +81,7 @@ def prompt_items(ctx: RunContext, stage: dict) -> list[dict]:
     return items
 
 
-def rm_reward(ctx: RunContext, options: dict):
+def rm_reward(ctx: RunContext, options: ResolvedGrpoOptions):
     """A reward function scoring prompt + completion ids with an rm stage's sequence-classification model
     (of this bundle, or of the reward bundle the compiler pinned in options.reward_bundle)."""
     model = load_reward_model(ctx, options)
@@ -101,15 +102,15 @@ def rm_reward(ctx: RunContext, options: dict):
     return reward
 
 
-def resume_point(ctx: RunContext, stage: dict, ckpt_root: Path) -> tuple[Path | None, int]:
+def resume_point(ctx: RunContext, stage: ResolvedStage, ckpt_root: Path) -> tuple[Path | None, int]:
     """The newest whole checkpoint of this bundle and its step, by checkpoint.py's rules (a corrupt one is set aside
     and the one before it tried; another bundle's is refused: exit 3); (None, 0) to start fresh."""
     found = checkpoint.newest_loadable(ckpt_root, lambda p: checkpoint.read_state(p, bundle_hash=ctx.bundle_hash),
-                                       log=lambda msg: ctx.log(f"[{stage['name']}] {msg}"))
+                                       log=lambda msg: ctx.log(f"[{stage.name}] {msg}"))
     return (found[0], found[1]["step"]) if found else (None, 0)
 
 
-def _trainer_class(ctx: RunContext, stage: dict):
+def _trainer_class(ctx: RunContext, stage: ResolvedStage):
     from trl import GRPOTrainer
 
     class TkcGRPOTrainer(GRPOTrainer):
@@ -140,13 +141,13 @@ def _trainer_class(ctx: RunContext, stage: dict):
                     self._tkc_staging = None
                 return staging / f"checkpoint-{step}"
 
-            checkpoint.save_staged(Path(self.args.output_dir), step, write, keep=stage["train"]["save_total_limit"],
-                                   state={"bundle_hash": ctx.bundle_hash, "stage": stage["name"], "step": step})
+            checkpoint.save_staged(Path(self.args.output_dir), step, write, keep=stage.train.save_total_limit,
+                                   state={"bundle_hash": ctx.bundle_hash, "stage": stage.name, "step": step})
 
     return TkcGRPOTrainer
 
 
-def _callback(ctx: RunContext, stage: dict, log: loop.StepLog, bar: Progress, reward_names: list[str]):
+def _callback(ctx: RunContext, stage: ResolvedStage, log: loop.StepLog, bar: Progress, reward_names: list[str]):
     from transformers import TrainerCallback
 
     class TkcCallback(TrainerCallback):
@@ -187,18 +188,18 @@ def _check_one_process(ctx: RunContext) -> None:
                            f"{ctx.dist.world_size}: run `tkc run` on this bundle without torchrun")
 
 
-def build_policy(ctx: RunContext, stage: dict, stop_ids: list[int], total: int):
+def build_policy(ctx: RunContext, stage: ResolvedStage, stop_ids: list[int], total: int):
     """The trainable policy (generation ends at the template's stop tokens: TRL reads eos ids from the generation
     config), tkc's optimizer and tkc's learning-rate schedule."""
     policy = build_trainable(ctx, stage)
     policy.generation_config.eos_token_id = stop_ids
     policy.generation_config.pad_token_id = ctx.tokenizer().pad_token_id
     optimizer = build_optimizer(policy, stage)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: loop.lr_factor(stage["train"], s, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: loop.lr_factor(stage.train, s, total))
     return policy, optimizer, scheduler
 
 
-def build_trainer(ctx: RunContext, stage: dict, args, policy, optimizers, reward, items: list[dict]):
+def build_trainer(ctx: RunContext, stage: ResolvedStage, args, policy, optimizers, reward, items: list[dict]):
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -215,19 +216,19 @@ def build_trainer(ctx: RunContext, stage: dict, args, policy, optimizers, reward
     return trainer
 
 
-def run(ctx: RunContext, stage: dict) -> int:
-    opts, t = stage["options"], stage["train"]
+def run(ctx: RunContext, stage: ResolvedStage) -> int:
+    opts, t = stage.options, stage.train
     _check_one_process(ctx)
     items = prompt_items(ctx, stage)
-    n, prompts_per_step = opts["num_generations"], t["global_batch_size"] // opts["num_generations"]
+    n, prompts_per_step = opts.num_generations, t.global_batch_size // opts.num_generations
     if len(items) < prompts_per_step:  # a fact of the data (rows left after conversion), not of the recipe
         raise RuntimeError(f"grpo: {len(items)} prompts is fewer than one step's {prompts_per_step}")
-    total = t["max_steps"] if t["max_steps"] and t["max_steps"] > 0 else \
-        max(1, math.ceil(t["epochs"] * len(items) / prompts_per_step))
+    total = t.max_steps if t.max_steps and t.max_steps > 0 else \
+        max(1, math.ceil(t.epochs * len(items) / prompts_per_step))
     stop_ids = _stop_ids(ctx)
-    reward_name = opts["reward_function"] or f"rm:{describe(opts)}"
-    reward = rewards.make(opts["reward_function"], max_new_tokens=opts["max_new_tokens"], stop_ids=stop_ids) \
-        if opts["reward_function"] else rm_reward(ctx, opts)
+    reward_name = opts.reward_function or f"rm:{describe(opts)}"
+    reward = rewards.make(opts.reward_function, max_new_tokens=opts.max_new_tokens, stop_ids=stop_ids) \
+        if opts.reward_function else rm_reward(ctx, opts)
     policy, optimizer, scheduler = build_policy(ctx, stage, stop_ids, total)
     trainable, n_params = count_params(policy)
 
@@ -235,14 +236,14 @@ def run(ctx: RunContext, stage: dict) -> int:
     resume_path, resume_step = resume_point(ctx, stage, stage_dir / "checkpoints")
     # tkc's tracker (through the step log), not the Trainer's report_to: the same tags and resume rule as every stage
     log = loop.StepLog.open(ctx, stage, keep_through=resume_step)
-    bar = Progress(stage["name"], total, start=resume_step, every=t["logging_steps"])
-    args = grpo_config(stage, accelerator=ctx.resolved["hardware"]["accelerator"], total=total,
-                       trust_remote_code=bool(ctx.resolved["model"]["trust_remote_code"]),
+    bar = Progress(stage.name, total, start=resume_step, every=t.logging_steps)
+    args = grpo_config(stage, accelerator=ctx.plan.hardware.accelerator, total=total,
+                       trust_remote_code=ctx.plan.model.trust_remote_code,
                        output_dir=stage_dir / "checkpoints")
     outputs.write_json(stage_dir / "grpo_config.json", config_record(args))
     trainer = build_trainer(ctx, stage, args, policy, (optimizer, scheduler), reward, items)
     trainer.add_callback(_callback(ctx, stage, log, bar, trainer.reward_func_names))
-    ctx.log(f"[{stage['name']}] grpo: {len(items)} prompts x {n} generations, {prompts_per_step} prompts/step, "
+    ctx.log(f"[{stage.name}] grpo: {len(items)} prompts x {n} generations, {prompts_per_step} prompts/step, "
             f"{total} steps, reward {reward_name}, {trainable:,}/{n_params:,} trainable"
             + (f"; resuming from {resume_path.name}" if resume_path else ""))
     t0 = time.perf_counter()
@@ -253,7 +254,7 @@ def run(ctx: RunContext, stage: dict) -> int:
         bar.close()
         log.close()
     if ctx.stop_requested:
-        ctx.log(f"[{stage['name']}] stop requested: checkpoint at step {trainer.state.global_step} written; "
+        ctx.log(f"[{stage.name}] stop requested: checkpoint at step {trainer.state.global_step} written; "
                 "run again to resume")
         return EXIT_SIGTERM
     save_model(ctx, stage, trainer.model)

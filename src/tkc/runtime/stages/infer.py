@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tkc.bundle.plan import ResolvedInferOptions
+from tkc.bundle.plan import ResolvedInferOptions, ResolvedStage
 from tkc.runtime import outputs
 from tkc.runtime.context import RunContext
 
@@ -20,24 +20,24 @@ def split_example(example: dict) -> tuple[list[dict], str | None]:
     return messages, None
 
 
-def load_prompts(ctx: RunContext, stage: dict) -> list[tuple[list[dict], str | None]]:
+def load_prompts(ctx: RunContext, stage: ResolvedStage) -> list[tuple[list[dict], str | None]]:
     """(messages, reference) per record of the stage's sft datasets, verified and converted like training data."""
+    from tkc.bundle.plan_converter import converter
     from tkc.runtime.data.convert import convert_record
     from tkc.runtime.data.errors import BadRecord, DataError
     from tkc.runtime.data.readers import read_entry
 
     out = []
-    for name in stage["datasets"]:
-        entry = ctx.resolved["datasets"][name]
-        if entry["kind"] != "sft":
-            raise DataError(
-                f"stage {stage['name']!r} (infer) needs sft datasets; {name!r} is {entry['kind']!r}"
-            )
+    for name in stage.datasets:
+        dataset = ctx.plan.datasets[name]
+        if dataset.kind != "sft":
+            raise DataError(f"stage {stage.name!r} (infer) needs sft datasets; {name!r} is {dataset.kind!r}")
+        entry = converter.unstructure(dataset)  # the readers and converter take the entry's JSON tree
         for where, record in read_entry(entry, ctx.source_root):
             try:
                 example = convert_record(record, entry, (ctx.source_root / where.file).parent)
             except BadRecord as exc:
-                if ctx.plan.datasets[name].on_bad_record == "error":
+                if dataset.on_bad_record == "error":
                     raise exc.at(where) from None
                 continue
             out.append(split_example(example))
@@ -52,10 +52,10 @@ def write_predictions(path: Path, records: list[dict]) -> None:
     tmp.replace(path)
 
 
-def write_outputs(ctx: RunContext, stage: dict, pairs: list, completions: list, wall: float) -> None:
+def write_outputs(ctx: RunContext, stage: ResolvedStage, pairs: list, completions: list, wall: float) -> None:
     """predictions.jsonl (prompt messages, reference, prediction) and metrics.json (count, tokens/s)."""
-    out, sp = ctx.stage_dir(stage), ctx.stage_plan(stage)
-    assert isinstance(sp.options, ResolvedInferOptions)
+    out, sp = ctx.stage_dir(stage), stage
+    assert isinstance(sp.options, ResolvedInferOptions), "an infer stage has infer options"
     records = [
         {"prompt": p, "reference": ref, "prediction": c.text, "finish_reason": c.finish_reason}
         for (p, ref), c in zip(pairs, completions, strict=True)
@@ -76,10 +76,10 @@ def write_outputs(ctx: RunContext, stage: dict, pairs: list, completions: list, 
     )
 
 
-def run(ctx: RunContext, stage: dict) -> int:
+def run(ctx: RunContext, stage: ResolvedStage) -> int:
     from tkc.runtime.infer import load_engine
 
-    sp = ctx.stage_plan(stage)
+    sp = stage
     opts = sp.options
     assert isinstance(opts, ResolvedInferOptions)
     source = sp.init_from  # the compiler resolves it to the previous training stage, or null (base)
@@ -96,7 +96,7 @@ def run(ctx: RunContext, stage: dict) -> int:
     wall = time.perf_counter() - start
     tokens = sum(len(c.tokens) for c in completions)
     ctx.log(
-        f"[{stage['name']}] {len(completions)} predictions from {source or 'base model'} "
+        f"[{stage.name}] {len(completions)} predictions from {source or 'base model'} "
         f"({tokens} tokens, {tokens / max(wall, 1e-9):.1f} tok/s)"
     )
     if ctx.dist.is_main:

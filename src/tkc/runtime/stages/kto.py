@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tkc.bundle.plan import ResolvedKtoOptions
+from tkc.bundle.plan import ResolvedKtoOptions, ResolvedStage
 from tkc.runtime import loop
 from tkc.runtime.context import RunContext
 from tkc.runtime.model import build_trainable
@@ -37,9 +37,9 @@ def make_loss(opts: ResolvedKtoOptions, reference: Reference):
     return loss_sum
 
 
-def build_task(ctx: RunContext, stage: dict):
+def build_task(ctx: RunContext, stage: ResolvedStage):
     model = build_trainable(ctx, stage)
-    sp = ctx.stage_plan(stage)
+    sp = stage
     assert isinstance(sp.options, ResolvedKtoOptions) and sp.finetuning is not None
     reference = Reference(model, lora=sp.finetuning.method == "lora")
     pad_id = ctx.tokenizer().pad_token_id
@@ -48,6 +48,6 @@ def build_task(ctx: RunContext, stage: dict):
     return task, model
 
 
-def run(ctx: RunContext, stage: dict) -> int:
+def run(ctx: RunContext, stage: ResolvedStage) -> int:
     task, model = build_task(ctx, stage)
-    return train_stage(ctx, stage, model, task, describe=f"kto beta={ctx.stage_plan(stage).options.beta}")  # type: ignore[union-attr]
+    return train_stage(ctx, stage, model, task, describe=f"kto beta={stage.options.beta}")  # type: ignore[union-attr]

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tkc.bundle.plan import ResolvedPpoOptions, ResolvedStage
+from tkc.bundle.plan_converter import converter
 from tkc.runtime import loop, outputs
 from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, RunContext
 from tkc.runtime.data.tokenizer import stop_token_ids
@@ -69,7 +71,7 @@ def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rollout(ctx: RunContext, model: PolicyWithValue, reference, reward_model, prompts: list[list[int]], opts: dict):
+def rollout(ctx: RunContext, model: PolicyWithValue, reference, reward_model, prompts: list[list[int]], opts: ResolvedPpoOptions):
     """Sample responses, then old log-probs, reference log-probs, values, per-token rewards and advantages."""
     from transformers import GenerationConfig
 
@@ -78,8 +80,8 @@ def rollout(ctx: RunContext, model: PolicyWithValue, reference, reward_model, pr
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     pmask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     stops = stop_token_ids(tok, ctx.plan.template)  # the plan's stop tokens and eos
-    gen = GenerationConfig(do_sample=True, temperature=opts["temperature"], top_k=0, top_p=1.0,
-                           max_new_tokens=opts["max_new_tokens"], eos_token_id=stops,
+    gen = GenerationConfig(do_sample=True, temperature=opts.temperature, top_k=0, top_p=1.0,
+                           max_new_tokens=opts.max_new_tokens, eos_token_id=stops,
                            pad_token_id=pad)
     model.eval()
     seqs = model.policy.generate(input_ids=ids, attention_mask=pmask, generation_config=gen)
@@ -94,7 +96,7 @@ def rollout(ctx: RunContext, model: PolicyWithValue, reference, reward_model, pr
     old = response_logps(logits, seqs, width)
     ref = reference(seqs, amask, width)
     score = reward_model(input_ids=seqs, attention_mask=amask).logits.squeeze(-1).float()
-    rewards = -opts["kl_coef"] * (old - ref) * rmask
+    rewards = -opts.kl_coef * (old - ref) * rmask
     last = (rmask.sum(1).long() - 1).clamp(min=0)
     rewards[torch.arange(len(prompts)), last] += score
     values = values[:, width - 1:-1] * rmask
@@ -129,14 +131,14 @@ def build_reference(model: PolicyWithValue, lora: bool):
     return reference
 
 
-def run(ctx: RunContext, stage: dict) -> int:
-    opts, t = stage["options"], stage["train"]
+def run(ctx: RunContext, stage: ResolvedStage) -> int:
+    opts, t = stage.options, stage.train
     if ctx.dist.enabled:  # the compiler gives ppo one process (ROLL001); only a launcher started by hand gets here
         raise RuntimeError(f"the ppo stage runs in one process, but this one was started with world size "
                            f"{ctx.dist.world_size}: run `tkc run` on this bundle without torchrun")
     policy = build_trainable(ctx, stage)
     model = PolicyWithValue(policy, policy.config.hidden_size)
-    reference = build_reference(model, stage["finetuning"]["method"] == "lora")
+    reference = build_reference(model, stage.finetuning.method == "lora")
     reward_model = load_reward_model(ctx, opts)
     optimizer = build_optimizer(model, stage)
     rows, _ = load_rows(ctx, stage)
@@ -145,27 +147,27 @@ def run(ctx: RunContext, stage: dict) -> int:
     step, tokens, resumed = loop.restore_checkpoint(ctx, stage, model, optimizer)
     log = loop.StepLog.open(ctx, stage, keep_through=step)
     trainable, n_params = count_params(model)
-    ctx.log(f"[{stage['name']}] ppo: {len(prompts)} prompts, reward from {describe(opts)}, "
+    ctx.log(f"[{stage.name}] ppo: {len(prompts)} prompts, reward from {describe(opts)}, "
             f"{trainable:,}/{n_params:,} trainable params")
-    bar, t0 = Progress(stage["name"], total, start=step, every=t["logging_steps"]), time.perf_counter()
+    bar, t0 = Progress(stage.name, total, start=step, every=t.logging_steps), time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     try:
         while step < total:
-            torch.manual_seed(t["seed"] * 1_000_003 + step * 1_009)  # sampling is a function of the step
+            torch.manual_seed(t.seed * 1_000_003 + step * 1_009)  # sampling is a function of the step
             batch = [prompts[i] for i in loop.batch_indices(len(prompts), t, step, per_epoch)]
             lr = loop.set_lr(optimizer, t, step, total)
             r = rollout(ctx, model, reference, reward_model, batch, opts)
-            for _ in range(opts["ppo_epochs"]):
-                loss = ppo_loss(model, r, opts["clip_range"])
+            for _ in range(opts.ppo_epochs):
+                loss = ppo_loss(model, r, opts.clip_range)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, t["max_grad_norm"] or float("inf"))
+                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             step, tokens = step + 1, tokens + int(r["amask"].sum())
             log.add({"step": step, "loss": loss.item(), "reward": r["score"], "kl": r["kl"], "lr": lr,
                      "tokens_seen": tokens})
             bar.update(step, loss=loss.item(), lr=lr, tokens_per_s=tokens / max(1e-9, time.perf_counter() - t0))
-            if ctx.stop_requested or (t["save_steps"] and step % t["save_steps"] == 0 and step < total):
+            if ctx.stop_requested or (t.save_steps and step % t.save_steps == 0 and step < total):
                 loop.save_checkpoint(ctx, stage, model, optimizer, step, per_epoch, tokens)
             if ctx.stop_requested:
                 return EXIT_SIGTERM
@@ -179,7 +181,8 @@ def run(ctx: RunContext, stage: dict) -> int:
               str(ctx.stage_dir(stage) / "model" / "value_head.safetensors"))
     result = loop.LoopResult(EXIT_OK, step, total, tokens, time.perf_counter() - t0, resumed, log.records)
     rewards = [x["reward"] for x in log.records]
-    outputs.write_json(ctx.stage_dir(stage) / "ppo_options.json", opts)  # before finish: DONE seals the folder
+    # the options as resolved.json holds them; before finish: DONE seals the folder
+    outputs.write_json(ctx.stage_dir(stage) / "ppo_options.json", converter.unstructure(opts))
     finish(ctx, stage, result, {"trainable_params": trainable, "reward_first": rewards[0] if rewards else None,
                                 "reward_last": rewards[-1] if rewards else None})
     return EXIT_OK

@@ -5,6 +5,7 @@ The rows already carry labels == input_ids, so the task is sft's (loss on labell
 
 from __future__ import annotations
 
+from tkc.bundle.plan import ResolvedStage
 from tkc.runtime.context import RunContext
 from tkc.runtime.stages.common import train_stage
 from tkc.runtime.stages.sft import build_task
@@ -12,6 +13,6 @@ from tkc.runtime.stages.sft import build_task
 __all__ = ["build_task", "run"]
 
 
-def run(ctx: RunContext, stage: dict) -> int:
+def run(ctx: RunContext, stage: ResolvedStage) -> int:
     task, model = build_task(ctx, stage)
-    return train_stage(ctx, stage, model, task, describe=f"pt ({stage['finetuning']['method']})")
+    return train_stage(ctx, stage, model, task, describe=f"pt ({stage.finetuning.method})")

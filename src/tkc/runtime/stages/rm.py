@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tkc.bundle.plan import ResolvedStage
 from tkc.runtime import loop
 from tkc.runtime.context import RunContext
 from tkc.runtime.model import build_trainable
@@ -28,13 +29,13 @@ def make_loss(pad_id: int):
     return loss_sum
 
 
-def build_task(ctx: RunContext, stage: dict):
+def build_task(ctx: RunContext, stage: ResolvedStage):
     model = build_trainable(ctx, stage, head="seq_cls")
     pad_id = ctx.tokenizer().pad_token_id
     task = loop.Task(loss_sum=make_loss(pad_id), units=len, tokens=token_count, collate=make_collate(stage, pad_id))
     return task, model
 
 
-def run(ctx: RunContext, stage: dict) -> int:
+def run(ctx: RunContext, stage: ResolvedStage) -> int:
     task, model = build_task(ctx, stage)
-    return train_stage(ctx, stage, model, task, describe=f"rm ({stage['finetuning']['method']}, pairwise loss)")
+    return train_stage(ctx, stage, model, task, describe=f"rm ({stage.finetuning.method}, pairwise loss)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tkc.bundle.plan import ResolvedStage
 from tkc.runtime import loop
 from tkc.runtime.attention import enable as enable_varlen
 from tkc.runtime.context import RunContext
@@ -9,12 +10,12 @@ from tkc.runtime.model import build_trainable
 from tkc.runtime.stages.common import label_units, lm_loss_sum, make_collate, token_count, train_stage
 
 
-def build_task(ctx: RunContext, stage: dict):
+def build_task(ctx: RunContext, stage: ResolvedStage):
     model = build_trainable(ctx, stage)
     pad_id = ctx.tokenizer().pad_token_id
     # unpadded rows run end to end in one forward where the model takes varlen attention; not with NEFTune,
     # whose noise scale depends on the sequence length
-    train = ctx.stage_plan(stage).train
+    train = stage.train
     assert train is not None
     packed = train.padding == "unpadded" and train.neftune_alpha is None and enable_varlen(model)
     task = loop.Task(loss_sum=lm_loss_sum, units=label_units, tokens=token_count,
@@ -22,6 +23,6 @@ def build_task(ctx: RunContext, stage: dict):
     return task, model
 
 
-def run(ctx: RunContext, stage: dict) -> int:
+def run(ctx: RunContext, stage: ResolvedStage) -> int:
     task, model = build_task(ctx, stage)
-    return train_stage(ctx, stage, model, task, describe=f"sft ({stage['finetuning']['method']})")
+    return train_stage(ctx, stage, model, task, describe=f"sft ({stage.finetuning.method})")
