@@ -24,7 +24,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tkc.bundle.plan import PlanError, ResolvedPlan, ResolvedStage, load_plan
+from tkc.bundle.plan import (
+    PlanError,
+    ResolvedGrpoOptions,
+    ResolvedPlan,
+    ResolvedPpoOptions,
+    ResolvedStage,
+    load_plan,
+)
 from tkc.runtime.context import (
     EXIT_BAD_BUNDLE,
     EXIT_BUNDLE_CHANGED,
@@ -88,7 +95,8 @@ def unused_packages(plan: ResolvedPlan | None) -> list[str]:
     if plan is None:
         return ["bitsandbytes", "deepspeed"]
     quantized = any(st.finetuning is not None and st.finetuning.quantization is not None for st in plan.stages)
-    foreign = any(getattr(st.options, "reward_bundle", None) is not None for st in plan.stages)
+    foreign = any(isinstance(st.options, (ResolvedPpoOptions, ResolvedGrpoOptions)) and st.options.reward_bundle
+                  for st in plan.stages)  # fmt: skip
     hidden = [] if quantized or foreign else ["bitsandbytes"]
     if plan.launch.kind != "deepspeed":
         hidden.append("deepspeed")

@@ -18,7 +18,7 @@ _SPLIT_RE = re.compile(r"^(?P<name>[\w.-]+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\
 
 def verify_files(entry: dict, source_root: Path) -> None:
     """Refuse to use a dataset whose files differ from what the bundle recorded."""
-    for f in entry.get("files") or []:
+    for f in entry["files"]:
         path = source_root / f["path"]
         if not path.is_file():
             raise DataError(f"dataset {entry['name']!r}: file {f['path']} is missing under {source_root}")
@@ -90,7 +90,7 @@ def load_hf(entry: dict, source_root: Path):
     """The `datasets.Dataset` of an hf_disk folder or a hub id (from the local HF cache only), split selected."""
     import datasets
 
-    name, _, _ = parse_split(entry.get("split") or "train")
+    name, _, _ = parse_split(entry["split"])
     if entry["file_type"] == "hf_disk":
         ds = datasets.load_from_disk(str(source_root / entry["path"]))
         if isinstance(ds, datasets.DatasetDict):
@@ -104,7 +104,7 @@ def load_hf(entry: dict, source_root: Path):
         if snapshot is not None:  # the repository's files at that revision, read like a local folder
             return datasets.load_dataset(str(snapshot), split=name)
         # not in the hub cache: a dataset `datasets` prepared earlier (its own cache) still loads offline
-        return datasets.load_dataset(entry["path"], revision=entry.get("revision"), split=name,
+        return datasets.load_dataset(entry["path"], revision=entry["revision"], split=name,
                                      download_mode="reuse_cache_if_exists")  # fmt: skip
     except Exception as exc:  # offline, not cached, no such split: one message naming the dataset
         why = f"{missing}; and `datasets` has no copy either: {exc}" if missing else str(exc)
@@ -123,7 +123,7 @@ def hub_snapshot(entry: dict) -> tuple[Path | None, str | None]:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-    rev, cache = entry.get("revision"), hub_cache_dir()  # from the environment now (huggingface_hub froze its own)
+    rev, cache = entry["revision"], hub_cache_dir()  # from the environment now (huggingface_hub froze its own)
     try:
         folder = snapshot_download(entry["path"], repo_type="dataset", revision=rev, cache_dir=cache,
                                    local_files_only=True)  # fmt: skip
@@ -151,9 +151,9 @@ def read_entry(entry: dict, source_root: Path, *, verify: bool = True) -> list[t
     if verify:
         verify_files(entry, source_root)
     records = list(iter_entry_records(entry, source_root))
-    name, _, _ = parse_split(entry.get("split") or "train")
+    name, _, _ = parse_split(entry["split"])
     if name != "train" and entry["file_type"] not in ("hf_disk", "hub"):
         raise DataError(f"dataset {entry['name']!r}: local files only have a 'train' split, not {name!r}")
-    records = [records[i] for i in slice_bounds(entry.get("split") or "train", len(records))]
-    cap = entry.get("max_samples")
+    records = [records[i] for i in slice_bounds(entry["split"], len(records))]
+    cap = entry["max_samples"]
     return records[:cap] if cap is not None else records

@@ -30,7 +30,7 @@ def _trainer_fields(t: dict[str, Any], *, cpu: bool, total: int, output_dir: Pat
         learning_rate=t.learning_rate, weight_decay=t.weight_decay, adam_beta1=t.adam_beta1,
         adam_beta2=t.adam_beta2, adam_epsilon=t.adam_epsilon, optim="adamw_torch",
         lr_scheduler_type="constant", warmup_steps=0,  # unused: tkc's optimizer and schedule are passed in
-        max_grad_norm=float(t.max_grad_norm or 0.0),
+        max_grad_norm=t.max_grad_norm,
         # transformers' names (its `gradient_checkpointing*` aliases warn); set, so TRL's default (on) never applies
         activation_checkpointing=bool(t.gradient_checkpointing),
         activation_checkpointing_kwargs={"use_reentrant": False},
