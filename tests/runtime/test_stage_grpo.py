@@ -199,10 +199,9 @@ def test_resume_point_follows_checkpoint_rules(rt, tmp_path):
 
 def test_grpo_config_maps_the_resolved_stage(rt, tmp_path):
     """bundle -> GRPOConfig, no training: precision off on CPU, the stage's checkpointing, lengths and options."""
-    from tkc.runtime.stages.grpo_config import config_fields, config_record, grpo_config
-
     from tkc.bundle.plan_converter import converter
     from tkc.bundle.plan_stage import ResolvedStage
+    from tkc.runtime.stages.grpo_config import config_fields, config_record, grpo_config
 
     tree = _grpo(rt, 0, reward_function="format", beta=0.04, top_k=5, loss_type="grpo", max_new_tokens=7)
     tree["train"].update(gradient_checkpointing=True, save_steps=0)
