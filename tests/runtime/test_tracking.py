@@ -122,7 +122,7 @@ def test_ppo_and_grpo_log_their_rewards_to_tensorboard(rt, tmp_path, tiny_pretra
                     options={"reward_model": "rm", "reward_function": None, "num_generations": 4, "max_new_tokens": 4})
     plan = rt.resolved([rm, st, grpo], model_path=str(tiny_pretrained), init="pretrained", cutoff_len=64)
     plan["datasets"]["arith_sft"]["max_samples"] = 8
-    plan["tracking"] = {"kind": "tensorboard", "project": None}
+    plan["tracking"] = {"kind": "tensorboard", "project": "test"}
     bundle = rt.write_bundle(tmp_path / "run", plan)
     assert run_bundle(bundle) == 0
     raw = {}

@@ -209,11 +209,12 @@ def test_packed_pairs_match_each_side_on_its_own(arch, extra):
 
 
 def test_packed_pairs_with_lora_and_its_reference():
+    from tkc.bundle.plan import ResolvedLora
     from tkc.runtime.model import apply_lora
 
-    model = apply_lora(_tiny("qwen2"), {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": ["q_proj", "v_proj"],
-                                        "variant": "lora", "init": "default", "modules_to_save": []},
-                       task_type="CAUSAL_LM", quantized=False)
+    lora = ResolvedLora(rank=4, alpha=8.0, dropout=0.0, targets=("q_proj", "v_proj"), variant="lora", init="default",
+                        plus_ratio=None, modules_to_save=())  # fmt: skip
+    model = apply_lora(_tiny("qwen2"), lora, task_type="CAUSAL_LM", quantized=False)
     for m in model.modules():
         if hasattr(m, "lora_B"):
             for b in m.lora_B.values():
