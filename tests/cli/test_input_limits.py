@@ -124,3 +124,14 @@ def test_data_inspect_of_a_bad_recipe_a_missing_path_or_a_non_bundle_folder_is_e
                            ("notabundle", "not a bundle"), ("broken", "not a bundle")]:
         code, _, err = tkc("data", "inspect", tmp_path / target)
         assert code == 2 and expect in err, (target, code, err)
+
+
+def test_data_inspect_verifies_the_bundle_before_reading_it(tkc, tmp_path):
+    """A bundle whose resolved.json was edited after compile is refused, named, before anything reads it."""
+    out = tmp_path / "b"
+    code, _, err = tkc("compile", REPO / "recipes" / "demo.yaml", "-o", out)
+    assert code == 0, err
+    resolved = out / "resolved.json"
+    resolved.write_text(resolved.read_text().replace('"cutoff_len": 64', '"cutoff_len": 32'))
+    code, _, err = tkc("data", "inspect", out)
+    assert code == 2 and "failed verification" in err and "resolved.json: changed since compile" in err, err

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from tkc.bundle import write_bundle
 from tkc.cli.data import _histogram, app
 from tkc.compiler.inputs import _model_files
 
@@ -25,11 +26,9 @@ def _bundle(tmp_path: Path, data_file: str, **entry_kw) -> Path:
     e = H.entry("d", f"data/{data_file}", "alpaca", "sft", src, **entry_kw)
     resolved = H.resolved_tree([e], cutoff_len=16, stages=[H.stage_tree("sft", ["d"])])  # model: src/tok
     resolved["model"]["files"] = _model_files(src / "tok")  # as the compiler records them: checked before loading
-    bundle = tmp_path / "bundle"
-    (bundle / "template").mkdir(parents=True)
-    (bundle / "resolved.json").write_text(json.dumps(resolved))
-    (bundle / "template" / "chat_template.jinja").write_text(H.CHATML)
-    (bundle / "volatile.json").write_text(json.dumps({"source_root": str(src)}))
+    bundle = tmp_path / "bundle"   # written with a manifest, as tkc compile does: inspect verifies it first
+    write_bundle(bundle, {"resolved.json": json.dumps(resolved).encode(),
+                          "template/chat_template.jinja": H.CHATML.encode()}, {"source_root": str(src)}, "test")
     return bundle
 
 

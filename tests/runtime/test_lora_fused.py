@@ -7,6 +7,7 @@ import pytest
 import torch
 from peft.tuners.lora.layer import Linear as PeftLinear
 
+from tkc.bundle.plan import ResolvedLora
 from tkc.runtime import lora
 from tkc.runtime.model import apply_lora, quiet_checkpointing_alias
 from tkc.runtime.stages import common
@@ -21,9 +22,9 @@ def _model(rank=8, alpha=16.0, dropout=0.0, variant="lora"):
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
-    model = apply_lora(base, {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": TARGETS,
-                              "variant": variant, "init": "default", "modules_to_save": []},
-                       task_type="CAUSAL_LM", quantized=False)
+    lora_plan = ResolvedLora(rank=rank, alpha=alpha, dropout=dropout, targets=tuple(TARGETS), variant=variant,
+                             init="default", plus_ratio=None, modules_to_save=())
+    model = apply_lora(base, lora_plan, task_type="CAUSAL_LM", quantized=False)
     torch.manual_seed(1)
     for m in model.modules():  # B starts at zero: give the adapters something to add
         if isinstance(m, PeftLinear):

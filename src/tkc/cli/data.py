@@ -31,14 +31,26 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TKC_CACHE_DIR") or Path.home() / ".cache" / "tkc") / "data"
 
 
+def _check_intact(target: Path) -> None:
+    """The bundle's files match its manifest, as `tkc run` checks before it reads them; else exit 2 naming them."""
+    from tkc.bundle.io import MANIFEST, check_bundle
+
+    if not (target / MANIFEST).is_file():
+        print(f"tkc data inspect: {target} is not a bundle (no {MANIFEST})", file=sys.stderr)
+        raise typer.Exit(2) from None
+    problems = check_bundle(target)
+    if problems:
+        print(f"tkc data inspect: bundle {target} failed verification:\n" +
+              "\n".join(f"  {p.render()}" for p in problems), file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
 def _load_target(target: Path, source_root: Path | None) -> tuple[ResolvedPlan, str | None, Path, Path | None]:
     """(typed plan, template text, source root, bundle dir) from a bundle folder or a recipe file."""
     from tkc.bundle.plan import PlanError, load_plan, structure_plan
 
     if target.is_dir():
-        if not (target / "resolved.json").is_file():
-            print(f"tkc data inspect: {target} is not a bundle (no resolved.json)", file=sys.stderr)
-            raise typer.Exit(2) from None
+        _check_intact(target)
         try:
             plan = load_plan(target)  # structured as `tkc run` does: a plan that does not fit is named by key path
         except PlanError as exc:
