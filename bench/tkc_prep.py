@@ -28,17 +28,18 @@ def main() -> None:
     a = ap.parse_args()
     import datasets  # noqa: F401  imported before the clock starts, as the peer's are before its window
 
+    from tkc.bundle.plan import load_plan
     from tkc.runtime import data
     from tkc.runtime.context import RunContext, load_bundle_hash, resolve_source_root
 
     bundle = a.bundle.resolve()
-    resolved = json.loads((bundle / "resolved.json").read_text(encoding="utf-8"))
-    ctx = RunContext(bundle, resolved, resolve_source_root(bundle, None), load_bundle_hash(bundle))
-    stage = resolved["stages"][0]
+    plan = load_plan(bundle)
+    ctx = RunContext(bundle, plan, resolve_source_root(bundle, None), load_bundle_hash(bundle))
+    stage = plan.stages[0]
     tok = ctx.tokenizer()
     t0 = time.perf_counter()
     built = data.build_stage_data(
-        resolved,
+        plan,
         stage,
         tok,
         ctx.source_root,
