@@ -10,6 +10,7 @@ import pytest
 from tkc.catalog.chat import assistant_spans
 from tkc.catalog.registry import families, template_text, templates
 from tkc.compiler import compile_recipe
+from tkc.compiler.passes.resolve_chat_template import probe_default_system
 
 PAIRS = sorted({(fid, ref.template) for fid, fam in families().items() for ref in fam.hub_models.values()})
 RENDERS_UNSEEN_SYSTEM = {"openchat"}
@@ -46,8 +47,11 @@ def test_auto_matches_named_template(tmp_path, family, tid):
     assert auto["id"] == "auto" and named["id"] == tid
     path = "template/chat_template.jinja"
     assert auto_bundle.files[path] == named_bundle.files[path]
-    for key in ("supports_tools", "bos_token", "eos_token"):
+    for key in ("supports_tools", "bos_token", "eos_token", "default_system"):
         assert auto[key] == named[key], key
+    # auto finds the default system prompt by rendering probes; the named template declares it
+    assert auto_bundle.plan.provenance["template.default_system"] == "derived:resolve_chat_template:render_probe"
+    assert named_bundle.plan.provenance["template.default_system"] == f"template:{tid}"
     # The catalog may forbid a system turn the vendor template still renders (a role the model never saw).
     expected_system = True if tid in RENDERS_UNSEEN_SYSTEM else named["supports_system"]
     assert auto["supports_system"] == expected_system
@@ -61,3 +65,17 @@ def test_without_a_tokenizer_template_auto_uses_the_family_default(tmp_path):
     _model_dir(tmp_path, "qwen2", "qwen2_5", with_template=False)
     resolved = compile_recipe(_recipe(tmp_path, "auto")).resolved["template"]
     assert resolved["id"] == families()["qwen2"].template
+
+
+def test_qwen2_5_tokenizer_template_inserts_its_default_system(tmp_path):
+    _model_dir(tmp_path, "qwen2", "qwen2_5", with_template=True)
+    auto = compile_recipe(_recipe(tmp_path, "auto"))
+    assert auto.resolved["template"]["default_system"] == \
+        "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+@pytest.mark.parametrize("tid", sorted(templates()))
+def test_catalog_default_system_is_what_the_template_renders(tid):
+    meta = templates()[tid]
+    found = probe_default_system(template_text(tid), meta.bos_token, meta.eos_token, **meta.render_kwargs)
+    assert found == meta.default_system
