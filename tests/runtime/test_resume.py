@@ -85,8 +85,8 @@ def test_resume_refuses_a_checkpoint_from_a_changed_bundle(rt, tmp_path, tiny_pr
     from tkc.runtime.run import run_bundle
 
     assert run_bundle(bundle) == 0
-    ckpt = checkpoint.latest_checkpoint(bundle / "outputs" / "sft" / "checkpoints")
-    assert ckpt is not None
+    found = checkpoint.list_checkpoints(bundle / "outputs" / "sft" / "checkpoints")
+    assert found
     (bundle / "outputs" / "sft" / "DONE").unlink()
     plan["stages"][0]["train"]["learning_rate"] = 5e-3  # a semantic change: new bundle hash
     import shutil
@@ -121,7 +121,7 @@ def test_interrupted_checkpoint_write_leaves_previous_usable(tmp_path):
                                state={"bundle_hash": "h", "step": 3}, keep=2)
     (root / ".tmp-ckpt-6").mkdir()  # a crash mid-write: no COMPLETE, never renamed
     (root / ".tmp-ckpt-6" / "trainable.safetensors").write_bytes(b"partial")
-    assert checkpoint.latest_checkpoint(root).name == "ckpt-3"
+    assert checkpoint.list_checkpoints(root)[-1][1].name == "ckpt-3"
     tensors, _, state = checkpoint.load_checkpoint(root / "ckpt-3", bundle_hash="h")
     assert state["step"] == 3 and torch.equal(tensors["w"], t["w"])
     for step in (6, 9, 12):

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
 
 def hub_cache_dir() -> Path:
@@ -46,7 +46,7 @@ def find_snapshot(repo_id: str, revision: str | None) -> tuple[Path | None, str 
     if not (repo / "snapshots").is_dir():
         return None, f"hub dataset {repo_id!r} is not in the local Hugging Face cache ({hub_cache_dir()})"
     ref = repo / "refs" / rev
-    commit = rev if _COMMIT_RE.fullmatch(rev) else (ref.read_text().strip() if ref.is_file() else None)
+    commit = rev if COMMIT_RE.fullmatch(rev) else (ref.read_text().strip() if ref.is_file() else None)
     snapshot = repo / "snapshots" / commit if commit else None
     if snapshot is None or not snapshot.is_dir():
         have = ", ".join(cached_revisions(repo)) or "none"

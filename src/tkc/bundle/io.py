@@ -168,6 +168,15 @@ def _disposable(aside: Path) -> bool:
         return False
 
 
+def set_aside(path: Path, why: str) -> Path:
+    """Rename `path` to `<name>.<why>-<k>` (first free k): out of every listing, kept for the user to inspect."""
+    k = 1
+    while (aside := path.with_name(f"{path.name}.{why}-{k}")).exists():
+        k += 1
+    os.rename(path, aside)
+    return aside
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
     import json
 

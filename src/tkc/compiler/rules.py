@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 
+from tkc.bundle.hub_cache import COMMIT_RE
 from tkc.compiler.dataset_formats import check_stage_dataset_kind
 from tkc.compiler.inputs import is_bundle_ref
 from tkc.compiler.plan import Plan
@@ -174,7 +174,6 @@ def hub_revision(plan: Plan) -> Iterator[Violation]:
         yield (("model", "init"), "init: scratch needs a local model directory with config.json", None)
 
 
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def remote_code_pinned(plan: Plan) -> Iterator[Violation]:
@@ -182,7 +181,7 @@ def remote_code_pinned(plan: Plan) -> Iterator[Violation]:
     model's at a full commit sha (a branch or tag can move to other code)."""
     revision = plan.get("model.revision")
     if plan.get("model.trust_remote_code") and plan.get("model.source") == "hub" and \
-            not _COMMIT.fullmatch(str(revision or "")):
+            not COMMIT_RE.fullmatch(str(revision or "")):
         yield (("model", "revision") if revision else ("model", "trust_remote_code"),
                f"trust_remote_code on hub model {plan.get('model.path')!r} needs a pinned revision (a 40-hex commit "
                f"sha), not {revision!r}: the model's Python code runs at `tkc run`",

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tkc.bundle.canonical import sha256_file
-from tkc.bundle.io import fsync_path
+from tkc.bundle.io import fsync_path, set_aside
 from tkc.runtime.context import BundleChanged, SaveFailed
 
 _CKPT = re.compile(r"^ckpt-(\d+)$")
@@ -167,15 +167,6 @@ def _file_record(path: Path) -> dict:
     return {"sha256": sha256_file(path), "size": path.stat().st_size}
 
 
-def set_aside(path: Path, why: str) -> Path:
-    """Rename `path` to `<name>.<why>-<k>` (first free k): out of every listing, kept for the user to inspect."""
-    k = 1
-    while (aside := path.with_name(f"{path.name}.{why}-{k}")).exists():
-        k += 1
-    os.rename(path, aside)
-    return aside
-
-
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints, oldest first; half-written .tmp-* and set-aside (ckpt-N.corrupt-k) ones are ignored."""
     if not root.is_dir():
@@ -186,10 +177,6 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
         if m and (p / "COMPLETE").exists():
             found.append((int(m.group(1)), p))
     return sorted(found)
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    return (list_checkpoints(root) or [(0, None)])[-1][1]
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:

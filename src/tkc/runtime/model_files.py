@@ -9,11 +9,11 @@ hashes are in the bundle. A hub model is read from the local Hugging Face cache 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from tkc.bundle.canonical import sha256_file
 from tkc.bundle.plan import ResolvedModel, ResolvedPlan
 
 
@@ -23,11 +23,6 @@ class ModelFilesChanged(RuntimeError):
 
 class PathOutsideRoots(RuntimeError):
     """A local path the bundle reads resolves (after symlinks) outside the source root and the recipe's read_roots."""
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_roots(extra: Sequence[str] | None, source_root: Path) -> list[Path] | None:
@@ -70,7 +65,7 @@ def _compare(rel: str, path: Path, expected: str) -> str | None:
         size = path.stat().st_size
         return None if f"size:{size}" == expected else f"  {rel}: size {size} bytes, the bundle recorded " \
                                                        f"{expected[5:]}"
-    actual = _sha256(path)
+    actual = sha256_file(path)
     return None if actual == expected else f"  {rel}: sha256 {actual}, the bundle recorded {expected}"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tkc.bundle.canonical import sha256_file
+from tkc.bundle.io import set_aside
 
 log = logging.getLogger(__name__)
 
@@ -206,16 +207,8 @@ def load(cache_dir: Path, key: str) -> tuple[dict, dict] | None:
     # Derived data, rebuilt from the verified inputs; still kept aside rather than deleted (tkc deletes nothing it
     # cannot prove is its own garbage), so a failing disk or a tool that truncated it can be looked at.
     try:
-        aside = _set_aside(where)
+        aside = set_aside(where, "corrupt")
     except FileNotFoundError:  # another rank or process set it aside first
         return None
     log.warning("data cache entry %s is damaged (%s): kept as %s; rebuilding it", where, problem, aside.name)
     return None
-
-
-def _set_aside(where: Path) -> Path:
-    k = 1
-    while (aside := where.with_name(f"{where.name}.corrupt-{k}")).exists():
-        k += 1
-    os.rename(where, aside)
-    return aside
