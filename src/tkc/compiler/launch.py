@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from tkc.schema.names import is_dns1123_label, is_image_reference
+from tkc.schema.names import is_dns1123_label, is_image_reference, is_slurm_value
 
 if TYPE_CHECKING:
     import jinja2
@@ -22,7 +22,6 @@ TRAINING_KINDS = frozenset({"pt", "sft", "rm", "dpo", "kto", "ppo", "grpo"})
 BACKENDS = {"cpu": "gloo", "cuda": "nccl", "rocm": "nccl", "npu": "hccl"}
 _TEMPLATES = Path(__file__).parent / "launch_templates"
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*==\s*([^\s;\\#]+)")
-_DIRECTIVE = re.compile(r"^[A-Za-z0-9_.,:+-]+$")
 _GRES = {"cuda": "gpu", "rocm": "gpu", "npu": "npu"}
 _K8S_DEVICE = {"cuda": "nvidia.com/gpu", "rocm": "amd.com/gpu", "npu": "huawei.com/Ascend910"}
 
@@ -179,7 +178,7 @@ def _accelerate_yaml(stage: dict[str, Any], launch: dict[str, Any]) -> str:
 def _render_slurm(resolved: dict[str, Any], launch: dict[str, Any], stages: list[dict[str, Any]]) -> str:
     slurm = launch["slurm"]
     bad = [f"launch.slurm.{key} {slurm[key]!r}" for key in ("partition", "account", "time")
-           if slurm[key] is not None and not _DIRECTIVE.fullmatch(str(slurm[key]))]
+           if slurm[key] is not None and not is_slurm_value(str(slurm[key]))]
     if bad:  # the schema checks these per key; this guards what reaches an #SBATCH line
         raise LaunchError(f"{'; '.join(bad)}: only letters, digits and _.,:+- are allowed")
     acc = launch["accelerator"]

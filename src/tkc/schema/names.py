@@ -35,6 +35,11 @@ def check_slurm_time(value: str) -> str:
     return value
 
 
+def is_slurm_value(value: str) -> bool:
+    """A partition/account value safe on an #SBATCH line: letters, digits and _.,:+- (1-128 characters)."""
+    return _SLURM_VALUE.fullmatch(value) is not None
+
+
 def is_dns1123_label(value: str) -> bool:
     """A Kubernetes namespace or object name: lowercase letters, digits and '-', at most 63, alphanumeric ends."""
     return _DNS1123_LABEL.fullmatch(value) is not None

@@ -55,16 +55,15 @@ def make_loss(opts: ResolvedDpoOptions, reference: Reference | None, pad_id: int
 
 
 def build_task(ctx: RunContext, stage: ResolvedStage):
-    sp = stage
-    opts, train = sp.options, sp.train
-    assert isinstance(opts, ResolvedDpoOptions) and train is not None and sp.finetuning is not None
+    opts, train = stage.options, stage.train
+    assert isinstance(opts, ResolvedDpoOptions) and train is not None and stage.finetuning is not None
     model = build_trainable(ctx, stage)
     # unpadded pairs run their shared prompt once (not with gradient checkpointing, which turns the cache off)
     share = train.padding == "unpadded" and not train.gradient_checkpointing
     if share and not train.neftune_alpha:  # NEFTune's noise scale depends on sequence length
         attention.enable(model)  # a micro-batch's prompts, then its continuations, as one forward each
     needs_ref = opts.loss in REFERENCE_LOSSES
-    reference = Reference(model, lora=sp.finetuning.method == "lora") if needs_ref else None
+    reference = Reference(model, lora=stage.finetuning.method == "lora") if needs_ref else None
     pad_id = ctx.tokenizer().pad_token_id
     task = loop.Task(loss_sum=make_loss(opts, reference, pad_id, share), units=len, tokens=token_count,
                      collate=make_collate(stage, pad_id))

@@ -54,8 +54,8 @@ def write_predictions(path: Path, records: list[dict]) -> None:
 
 def write_outputs(ctx: RunContext, stage: ResolvedStage, pairs: list, completions: list, wall: float) -> None:
     """predictions.jsonl (prompt messages, reference, prediction) and metrics.json (count, tokens/s)."""
-    out, sp = ctx.stage_dir(stage), stage
-    assert isinstance(sp.options, ResolvedInferOptions), "an infer stage has infer options"
+    out = ctx.stage_dir(stage)
+    assert isinstance(stage.options, ResolvedInferOptions), "an infer stage has infer options"
     records = [
         {"prompt": p, "reference": ref, "prediction": c.text, "finish_reason": c.finish_reason}
         for (p, ref), c in zip(pairs, completions, strict=True)
@@ -70,8 +70,8 @@ def write_outputs(ctx: RunContext, stage: ResolvedStage, pairs: list, completion
             "seconds": round(wall, 3),
             "tokens_per_second": round(tokens / max(wall, 1e-9), 2),
             "finish_reasons": dict(Counter(c.finish_reason for c in completions)),
-            "model": sp.init_from or "base",
-            "engine": sp.options.engine,
+            "model": stage.init_from or "base",
+            "engine": stage.options.engine,
         },
     )
 
@@ -79,10 +79,9 @@ def write_outputs(ctx: RunContext, stage: ResolvedStage, pairs: list, completion
 def run(ctx: RunContext, stage: ResolvedStage) -> int:
     from tkc.runtime.infer import load_engine
 
-    sp = stage
-    opts = sp.options
+    opts = stage.options
     assert isinstance(opts, ResolvedInferOptions)
-    source = sp.init_from  # the compiler resolves it to the previous training stage, or null (base)
+    source = stage.init_from  # the compiler resolves it to the previous training stage, or null (base)
     pairs = load_prompts(ctx, stage)
     engine = load_engine(ctx, source, engine=opts.engine)
     start = time.perf_counter()

@@ -39,11 +39,10 @@ def make_loss(opts: ResolvedKtoOptions, reference: Reference):
 
 def build_task(ctx: RunContext, stage: ResolvedStage):
     model = build_trainable(ctx, stage)
-    sp = stage
-    assert isinstance(sp.options, ResolvedKtoOptions) and sp.finetuning is not None
-    reference = Reference(model, lora=sp.finetuning.method == "lora")
+    assert isinstance(stage.options, ResolvedKtoOptions) and stage.finetuning is not None
+    reference = Reference(model, lora=stage.finetuning.method == "lora")
     pad_id = ctx.tokenizer().pad_token_id
-    task = loop.Task(loss_sum=make_loss(sp.options, reference), units=len, tokens=token_count,
+    task = loop.Task(loss_sum=make_loss(stage.options, reference), units=len, tokens=token_count,
                      collate=make_collate(stage, pad_id))
     return task, model
 
