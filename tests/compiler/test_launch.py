@@ -76,9 +76,9 @@ def test_local_script_is_tkc_run_of_the_stage() -> None:
 
 def test_multinode_torchrun_reads_master_from_env_with_timeouts() -> None:
     text = render_launch(make_resolved("h100_80g_x8_x4nodes", "torchrun"))["launch/00-sft.sh"]
-    assert ': "${MASTER_ADDR:?' in text and "--nnodes 4" in text and "--nproc_per_node 8" in text
-    assert '--rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT"' in text and "join_timeout=900" in text
-    assert "--max_restarts 0" in text and "-m tkc.cli.main run . --stage sft" in text
+    assert 'MASTER_ADDR="${MASTER_ADDR:-' in text and "--nnodes 4" in text and "--nproc-per-node 8" in text
+    assert '--rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT"' in text and "join_timeout=900" in text
+    assert "--max-restarts 0" in text and "-m tkc.cli.main run . --stage sft" in text
 
 
 def test_npu_uses_hccl_env_and_visible_devices() -> None:

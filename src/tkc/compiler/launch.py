@@ -81,20 +81,26 @@ def _distributed(stage: dict[str, Any]) -> bool:
 
 
 def _runner(launch: dict[str, Any], stage: dict[str, Any]) -> str:
-    if not _distributed(stage) or launch["kind"] == "local":
-        return "local"
-    if launch["kind"] == "deepspeed" and launch["nnodes"] > 1:
-        return "torchrun"  # multi-node DeepSpeed under torchrun: no hostfile, no pdsh/ssh
-    return launch["kind"] if launch["kind"] in ("deepspeed", "fsdp") else "torchrun"
+    """torchrun for every multi-process launcher: DeepSpeed and FSDP2 are applied by `tkc run` inside the ranks
+    torchrun starts (no `deepspeed` launcher with its hostfile and ssh, no `accelerate launch`)."""
+    return "local" if not _distributed(stage) or launch["kind"] == "local" else "torchrun"
+
+
+def _deterministic_cuda(launch: dict[str, Any], stage: dict[str, Any]) -> bool:
+    """cuBLAS needs CUBLAS_WORKSPACE_CONFIG before CUDA starts to be deterministic; stages without `train` run
+    deterministic (tkc.runtime.run.seed_everything)."""
+    return launch["accelerator"] in ("cuda", "rocm") and bool((stage.get("train") or {}).get("deterministic", True))
 
 
 def _render_stage(resolved: dict[str, Any], launch: dict[str, Any], stage: dict[str, Any],
                   config: str | None) -> str:
-    timeout = launch["rdzv_timeout_s"]
+    timeout, runner = launch["rdzv_timeout_s"], _runner(launch, stage)
     return _env().get_template("stage.sh.j2").render(
-        run=resolved.get("name", ""), stage=stage, launch=launch, runner=_runner(launch, stage),
-        accelerator=launch["accelerator"], config=config, timeout=timeout,
-        multinode=launch["nnodes"] > 1 or launch["kind"] in ("slurm", "kubernetes"),
+        run=resolved.get("name", ""), stage=stage, launch=launch, runner=runner, accelerator=launch["accelerator"],
+        config=config, timeout=timeout, cublas=_deterministic_cuda(launch, stage),
+        strategy=launch["kind"] if runner == "torchrun" and launch["kind"] in ("deepspeed", "fsdp") else None,
+        ds_cpu=launch["kind"] == "deepspeed" and launch["accelerator"] == "cpu",
+        multinode=runner == "torchrun" and (launch["nnodes"] > 1 or launch["kind"] in ("slurm", "kubernetes")),
         visible_devices=",".join(str(i) for i in range(launch["nproc_per_node"])),
         hccl_connect_timeout=min(max(timeout, 120), 7200), hccl_exec_timeout=min(timeout, 17340),
         rdzv_id=_slug(f"tkc-{resolved.get('name', '')}-{stage['name']}"),
