@@ -56,6 +56,15 @@ class _Ctx:
         self.dist = DistInfo(rank=rank, world_size=world)
 
 
+def _cpu_strategy():
+    """The one-process strategy without a bundle: the CPU (what Strategy.__init__ reads from the plan)."""
+    from tkc.runtime.strategy import Strategy
+
+    strat = Strategy.__new__(Strategy)
+    strat.device = torch.device("cpu")
+    return strat
+
+
 def test_micro_batches_split_ranks_then_micro():
     rows = [{"i": i} for i in range(8)]
     assert [[r["i"] for r in mb] for mb in loop.micro_batches(_Ctx(), rows, TRAIN)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
@@ -94,7 +103,7 @@ def test_gradient_accumulation_is_exact(micro):
         m = copy.deepcopy(m)
         params = list(m.parameters())
         train = attrs.evolve(TRAIN, micro_batch_size=micro_size, max_grad_norm=0.0)
-        loss, _ = loop._one_step(_Ctx(), m, task, rows, train, params)
+        loss = loop._one_step(_Ctx(), _cpu_strategy(), m, task, rows, train)
         return loss, [p.grad.clone() for p in params]
 
     ref_loss, ref = grads(model, 8)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 
-import attrs
 import pytest
 import torch
 
@@ -35,7 +34,7 @@ def _bundle(rt, tmp_path, tiny_pretrained, case: str, padding: str):
 
 def _first_step_grads(rt, bundle, kind: str) -> tuple[float, dict[str, torch.Tensor], list[dict]]:
     """Loss and gradients of the first global batch, through the stage's own task and the loop's _one_step."""
-    from tkc.runtime import loop
+    from tkc.runtime import loop, strategy
     from tkc.runtime.stages.common import load_rows
 
     ctx = rt.make_ctx(bundle)
@@ -45,8 +44,7 @@ def _first_step_grads(rt, bundle, kind: str) -> tuple[float, dict[str, torch.Ten
     rows, _ = load_rows(ctx, st)
     per_epoch, _ = loop.plan_steps(len(rows), st.train)
     batch = [rows[i] for i in loop.batch_indices(len(rows), st.train, 0, per_epoch)]
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss, _ = loop._one_step(ctx, model, task, batch, attrs.evolve(st.train, max_grad_norm=0.0), params)
+    loss = loop._one_step(ctx, strategy.for_stage(ctx, st), model, task, batch, st.train)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
     return loss, grads, batch
 

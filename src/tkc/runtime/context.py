@@ -42,6 +42,7 @@ class RunContext:
     dist: DistInfo = field(default_factory=DistInfo)
     stop_requested: bool = False
     env_drift: list[str] = field(default_factory=list)   # what `--allow-env-drift` let through (run records)
+    strategies: dict[str, Any] = field(default_factory=dict)  # stage name -> its tkc.runtime.strategy.Strategy
     _tokenizer: Any = None
     _model_path: str | None = None
 

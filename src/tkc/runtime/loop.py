@@ -14,7 +14,6 @@ import json
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ import torch
 from torch import nn
 
 from tkc.bundle.plan import ResolvedStage, ResolvedTrain
-from tkc.runtime import checkpoint, tracking
+from tkc.runtime import strategy, tracking
 from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, RunContext
-from tkc.runtime.distributed import all_sum, any_rank, barrier
+from tkc.runtime.distributed import all_sum, any_rank
 from tkc.runtime.progress import Progress
 
 Rows = list[dict[str, Any]]
@@ -136,66 +135,58 @@ class StepLog:
         self.tracker.close()
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer, step: int, per_epoch: int, tokens: int) -> None:
-    """The stage's checkpoint at this optimizer step (main rank writes; every rank waits); public for ppo."""
-    if ctx.dist.is_main:
-        state = {"bundle_hash": ctx.bundle_hash, "stage": stage.name, "step": step, "tokens_seen": tokens,
-                 "epoch": step // per_epoch, "batch_in_epoch": step % per_epoch, "seed": stage.train.seed}
-        checkpoint.save_checkpoint(ctx.stage_dir(stage) / "checkpoints", step, tensors=trainable_state(model),
-                                   optimizer_state=optimizer.state_dict(), state=state,
-                                   keep=stage.train.save_total_limit)
-    barrier(ctx.dist)
+def save_checkpoint(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer, step: int, per_epoch: int,
+                    tokens: int) -> None:
+    """The stage's checkpoint at this optimizer step, written by its strategy (every rank calls); public for ppo."""
+    state = {"bundle_hash": ctx.bundle_hash, "stage": stage.name, "step": step, "tokens_seen": tokens,
+             "epoch": step // per_epoch, "batch_in_epoch": step % per_epoch, "seed": stage.train.seed}
+    strat = strategy.for_stage(ctx, stage)
+    if strat.model is None:  # ppo steps its own optimizer: its strategy has not taken the model
+        strat.model, strat.optimizer = model, optimizer
+    strat.save(ctx.stage_dir(stage) / "checkpoints", step, state, keep=stage.train.save_total_limit)
 
 
 def restore_checkpoint(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer) -> tuple[int, int, int | None]:
     """Load the newest whole checkpoint into model and optimizer: (step, tokens_seen, resumed_from or None)."""
-    found = checkpoint.load_latest(ctx.stage_dir(stage) / "checkpoints", bundle_hash=ctx.bundle_hash,
-                                   log=lambda msg: ctx.log(f"[{stage.name}] {msg}"),
-                                   set_aside_corrupt=ctx.dist.is_main)
+    strat = strategy.for_stage(ctx, stage)
+    if strat.model is None:
+        strat.model, strat.optimizer = model, optimizer
+    found = strat.restore(ctx.stage_dir(stage) / "checkpoints", log=lambda msg: ctx.log(f"[{stage.name}] {msg}"))
     if found is None:
         return 0, 0, None
-    path, tensors, opt_state, state = found
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in tensors.items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(opt_state)
+    path, state = found
     ctx.log(f"[{stage.name}] resuming from {path.name} (step {state['step']})")
     return state["step"], state["tokens_seen"], state["step"]
 
 
 def set_lr(optimizer, train: ResolvedTrain, step: int, total: int) -> float:
-    """Set this step's learning rate (lr_factor; LoRA+ groups keep their lr_mult) and return it."""
+    """Set this step's learning rate (lr_factor; LoRA+ groups keep their lr_mult) and return it. `optimizer`: a
+    torch optimizer or a strategy (whose param_groups are its wrapped optimizer's)."""
     lr = train.learning_rate * lr_factor(train, step, total)
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_mult", 1.0)
     return lr
 
 
-def _one_step(ctx, runner, task: Task, rows: Rows, train: ResolvedTrain, params: list) -> tuple[float, float]:
-    """Forward/backward every micro-batch of one global batch; returns (global-batch loss, grad norm)."""
+def _one_step(ctx, strat: strategy.Strategy, runner, task: Task, rows: Rows, train: ResolvedTrain) -> float:
+    """Forward/backward every micro-batch of one global batch (gradients reduced over ranks); the global-batch
+    loss. The optimizer step is the strategy's (Strategy.step)."""
     units = max(1, task.units(rows))
     parts = micro_batches(ctx, rows, train)
     total = torch.zeros((), dtype=torch.float64)
     for k, mb in enumerate(parts):
-        sync = not ctx.dist.enabled or k == len(parts) - 1
-        with nullcontext() if sync else runner.no_sync():
-            loss_sum = task.loss_sum(runner, task.collate(mb))
-            # DDP averages gradients over ranks; scaling by world_size makes the sum exact.
-            (loss_sum * (ctx.dist.world_size / units)).backward()
-        total += loss_sum.detach().double()
-    loss = all_sum(ctx.dist, total).item() / units
-    max_norm = train.max_grad_norm if train.max_grad_norm and train.max_grad_norm > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return loss, float(grad_norm)
+        with strat.accumulate(runner, last=k == len(parts) - 1):
+            with strat.autocast():
+                loss_sum = task.loss_sum(runner, strat.batch(task.collate(mb)))
+            # gradients are averaged over ranks; scaling by world_size makes the sum exact.
+            strat.backward(loss_sum * (ctx.dist.world_size / units))
+        total += loss_sum.detach().double().cpu()
+    return all_sum(ctx.dist, total).item() / units
 
 
 @torch.no_grad()
-def evaluate(ctx: RunContext, runner: nn.Module, task: Task, rows: Rows, micro: int) -> float | None:
+def evaluate(ctx: RunContext, strat: strategy.Strategy, runner: nn.Module, task: Task, rows: Rows, micro: int
+             ) -> float | None:
     """Mean eval loss over all eval rows (each rank takes every world_size-th row)."""
     if not rows:
         return None
@@ -204,23 +195,12 @@ def evaluate(ctx: RunContext, runner: nn.Module, task: Task, rows: Rows, micro: 
     total = torch.zeros(2, dtype=torch.float64)
     for i in range(0, len(mine), micro):
         mb = mine[i:i + micro]
-        total[0] += task.loss_sum(runner, task.collate(mb)).double()
+        with strat.autocast():
+            total[0] += task.loss_sum(runner, strat.batch(task.collate(mb))).double().cpu()
         total[1] += task.units(mb)
     runner.train()
     total = all_sum(ctx.dist, total)
     return (total[0] / total[1].clamp(min=1)).item()
-
-
-def _wrap(ctx: RunContext, model: nn.Module) -> nn.Module:
-    if not ctx.dist.enabled:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    # no per-forward buffer sync: unpadded micro-batches make a rank-dependent number of forwards, and a
-    # collective per forward would then hang (decoder buffers such as rotary inv_freq never change anyway).
-    # Buffers are still broadcast once here, as every rank builds the wrapper (torch 2.13's name for this;
-    # `broadcast_buffers=False` is deprecated and warned on every launch)
-    return DistributedDataParallel(model, find_unused_parameters=False, forward_sync_buffers=False)
 
 
 def train(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer, task: Task, train_rows: Rows,
@@ -228,9 +208,10 @@ def train(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer, ta
     """Run (or resume) the stage's optimizer steps; on SIGTERM checkpoint and return EXIT_SIGTERM."""
     t = stage.train
     per_epoch, total = plan_steps(len(train_rows), t)
+    strat = strategy.for_stage(ctx, stage)
+    runner = strat.prepare(model, optimizer)
     step, tokens_seen, resumed_from = restore_checkpoint(ctx, stage, model, optimizer)
     log = StepLog.open(ctx, stage, keep_through=step)
-    runner, params = _wrap(ctx, model), [p for p in model.parameters() if p.requires_grad]
     bar = Progress(stage.name, total, start=step, enabled=ctx.dist.is_main, every=t.logging_steps)
     t0, eval_loss = time.perf_counter(), None
     try:
@@ -238,10 +219,9 @@ def train(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer, ta
             ts = time.perf_counter()
             torch.manual_seed(t.seed * 1_000_003 + step * 1_009 + ctx.dist.rank)  # dropout/NEFTune per step
             rows = [train_rows[i] for i in batch_indices(len(train_rows), t, step, per_epoch)]
-            lr = set_lr(optimizer, t, step, total)
-            loss, grad_norm = _one_step(ctx, runner, task, rows, t, params)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            lr = set_lr(strat, t, step, total)
+            loss = _one_step(ctx, strat, runner, task, rows, t)
+            grad_norm = strat.step(t.max_grad_norm)
             step += 1
             ntok = task.tokens(rows)
             tokens_seen += ntok
@@ -250,7 +230,7 @@ def train(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer, ta
                      "grad_norm": grad_norm, "tokens_seen": tokens_seen})
             bar.update(step, loss=loss, lr=lr, tokens_per_s=tps)
             if t.eval_steps and step % t.eval_steps == 0 and eval_rows:
-                eval_loss = evaluate(ctx, runner, task, eval_rows, t.micro_batch_size)
+                eval_loss = evaluate(ctx, strat, runner, task, eval_rows, t.micro_batch_size)
                 log.add({"step": step, "eval_loss": eval_loss})
                 bar.note(f"[{stage.name}] step {step} eval_loss {eval_loss:.4f}")
             stop = any_rank(ctx.dist, ctx.stop_requested)
@@ -264,5 +244,5 @@ def train(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer, ta
         bar.close()
         log.close()
     if eval_rows:
-        eval_loss = evaluate(ctx, runner, task, eval_rows, t.micro_batch_size)
+        eval_loss = evaluate(ctx, strat, runner, task, eval_rows, t.micro_batch_size)
     return LoopResult(EXIT_OK, step, total, tokens_seen, time.perf_counter() - t0, resumed_from, log.records, eval_loss)

@@ -217,9 +217,13 @@ def add_neftune(model: nn.Module, alpha: float) -> None:
 @_model_ready
 def build_trainable(ctx: RunContext, stage: ResolvedStage, *, head: str = "causal_lm"):
     """Start weights plus the stage's fine-tuning method; returns the model in train mode."""
+    from tkc.runtime import strategy
+
     train, ft = stage.train, stage.finetuning
     assert train is not None and ft is not None, "only training stages build a trainable model"
-    model = _start_weights(ctx, stage, head=head)
+    strat = strategy.for_stage(ctx, stage)
+    with strat.init_context():  # ZeRO-3: parameters are born sharded across ranks
+        model = _start_weights(ctx, stage, head=head)
     model.config.use_cache = False
     if ft.method == "freeze":
         assert ft.freeze is not None, "the plan has a freeze block exactly for method freeze"
@@ -236,7 +240,7 @@ def build_trainable(ctx: RunContext, stage: ResolvedStage, *, head: str = "causa
     if train.neftune_alpha is not None:
         add_neftune(model, train.neftune_alpha)
     model.train()
-    return model
+    return strat.place(model)  # on the stage's device before anything (a reference copy, an optimizer) is made
 
 
 def build_optimizer(model: nn.Module, stage: ResolvedStage) -> torch.optim.Optimizer:

@@ -145,15 +145,19 @@ def lm_loss_sum(model, batch: Batch | Pieces) -> torch.Tensor:
 
 
 def save_model(ctx: RunContext, stage: ResolvedStage, model) -> None:
-    """outputs/<stage>/model/: adapter or full weights (safetensors), tokenizer, chat template."""
+    """outputs/<stage>/model/: adapter or full weights (safetensors), tokenizer, chat template. Every rank calls:
+    under sharding (ZeRO-3, FSDP) the strategy gathers the whole weights to the main rank, which writes them."""
+    strat = ctx.strategies.get(stage.name)
+    state = strat.full_state_dict(model) if strat is not None else None
     if not ctx.dist.is_main:
         return
     from tkc.runtime.checkpoint import save_model_dir
 
     template = ctx.chat_template()
+    extra = {} if state is None else {"state_dict": state}
 
     def write(folder) -> None:
-        model.save_pretrained(str(folder), safe_serialization=True)
+        model.save_pretrained(str(folder), safe_serialization=True, **extra)
         ctx.tokenizer().save_pretrained(str(folder))
         if template is not None:
             (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
