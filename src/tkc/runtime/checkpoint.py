@@ -2,7 +2,8 @@
 file), rename to ckpt-N; keep the last save_total_limit; on resume, fall back past a corrupt checkpoint (set aside,
 never deleted). Each holds state.json (bundle hash, stage, step): a checkpoint of another bundle is refused.
 tkc's loop writes trainable.safetensors + optimizer.pt (save_checkpoint); the grpo stage writes its trainer's
-own files through the same naming, publish, prune and fallback (save_staged, newest_loadable, read_state)."""
+own files through the same naming, publish, prune and fallback (save_staged, newest_loadable, read_state); a
+sharded stage (ZeRO, FSDP) has every rank write its part into the one staging folder (save_sharded, load_sharded)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from tkc.bundle.canonical import sha256_file
 from tkc.bundle.io import fsync_path, set_aside
 from tkc.runtime.context import BundleChanged, SaveFailed
+from tkc.runtime.dist import DistInfo
 
 _CKPT = re.compile(r"^ckpt-(\d+)$")
 T = TypeVar("T")
@@ -80,6 +82,71 @@ def save_staged(root: Path, step: int, write: Callable[[Path], Path], *, state: 
     shutil.rmtree(tmp, ignore_errors=True)
     prune_checkpoints(root, keep)
     return final
+
+
+def save_sharded(root: Path, step: int, write: Callable[[Path], None], *, state: dict[str, Any], keep: int,
+                 dist: DistInfo) -> Path:
+    """A checkpoint every rank writes part of (ZeRO, FSDP: each rank's shard of the weights and optimizer state).
+
+    The main rank makes the staging folder; every rank's `write(staging)` adds its own files (names unique per
+    rank); then the main rank writes state.json and publishes (COMPLETE lists every rank's files with sha256 and
+    size), and prunes. A write that fails on any rank fails the save on every rank (SaveFailed), the staging
+    folder removed: nothing half-written is ever published. Every rank calls this; it returns once published."""
+    from tkc.runtime.distributed import any_rank, barrier
+
+    tmp, final = staging_dir(root, step), checkpoint_dir(root, step)
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    barrier(dist)
+    error: BaseException | None = None
+    try:
+        write(tmp)
+    except _WRITE_ERRORS as e:
+        error = e
+    if not any_rank(dist, error is not None) and dist.is_main:
+        try:
+            (tmp / "state.json").write_text(json.dumps(state, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+            publish(tmp, final, step)
+        except _WRITE_ERRORS as e:
+            error = e
+    if any_rank(dist, error is not None):
+        nbytes = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) if tmp.is_dir() else 0
+        barrier(dist)
+        if dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise SaveFailed(_save_failed(root, final.name, nbytes, error or OSError(
+            f"rank {dist.rank} wrote its part; another rank could not write its own (its log says why)"))) from None
+    if dist.is_main:
+        prune_checkpoints(root, keep)
+    barrier(dist)
+    return final
+
+
+def load_sharded(root: Path, read: Callable[[Path], T], *, bundle_hash: str, log: Callable[[str], None],
+                 dist: DistInfo) -> tuple[Path, dict[str, Any], T] | None:
+    """The newest whole checkpoint of a sharded stage, read on every rank: (path, state, what `read` returned).
+
+    The main rank picks it (files against COMPLETE, bundle hash, corrupt ones set aside as in newest_loadable)
+    and tells the others, so every rank loads the same step; a refusal there (another bundle's checkpoint) is
+    raised on every rank."""
+    from tkc.runtime.distributed import broadcast_object
+
+    choice: tuple[str, str | None] = ("none", None)
+    if dist.is_main:
+        try:
+            found = newest_loadable(root, lambda p: read_state(p, bundle_hash=bundle_hash), log=log)
+            choice = ("none", None) if found is None else ("path", found[0].name)
+        except BundleChanged as e:
+            choice = ("changed", str(e))
+    kind, value = broadcast_object(dist, choice)  # type: ignore[misc]
+    if kind == "changed":
+        raise BundleChanged(value)
+    if kind == "none":
+        return None
+    path = root / value
+    return path, json.loads((path / "state.json").read_text(encoding="utf-8")), read(path)
 
 
 class _Sink:

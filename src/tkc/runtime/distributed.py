@@ -26,3 +26,12 @@ def any_rank(d: DistInfo, flag: bool) -> bool:
     if not d.enabled:
         return flag
     return bool(all_sum(d, torch.tensor([1.0 if flag else 0.0])).item() > 0)
+
+
+def broadcast_object(d: DistInfo, obj: object) -> object:
+    """Rank 0's picklable object on every rank (identity for one process)."""
+    if not d.enabled:
+        return obj
+    box = [obj if d.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
