@@ -44,15 +44,15 @@ def test_best_precision(accel, bf16, fp16, expected):
     assert best_precision(accel, bf16, fp16) == expected
 
 
-@pytest.mark.parametrize(("per_device", "mem", "accel", "cutoff", "gc", "expected"), [
-    (16, 24, "cpu", 64, False, 4),      # device cap
-    (6, 24, "cpu", 64, False, 2),       # largest power of two dividing 6
-    (64, 80, "cuda", 2048, False, 4),   # token budget: 80 GB x 128 / 2048 = 5 -> 4
-    (64, 80, "cuda", 2048, True, 8),    # checkpointing frees activations: cap 8
-    (64, 24, "cuda", 8192, False, 1),   # long sequences on a small card
+@pytest.mark.parametrize(("per_device", "cap", "largest_fitting", "expected"), [
+    (16, 4, 64, 4),      # device cap
+    (6, 4, 64, 2),       # largest power of two dividing 6
+    (64, 8, 8, 8),       # within the cap, everything fits
+    (64, 8, 2, 2),       # the estimate fits micro 2 at most
+    (64, 8, 0, 1),       # nothing fits: 1 (MEM001 then says so)
 ])
-def test_micro_batch(per_device, mem, accel, cutoff, gc, expected):
-    assert _micro_batch(per_device, mem, accel, cutoff, gc) == expected
+def test_micro_batch(per_device, cap, largest_fitting, expected):
+    assert _micro_batch(per_device, cap, lambda micro: micro <= largest_fitting) == expected
 
 
 def test_parallelism_multiplies_out():

@@ -130,7 +130,8 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(ResolvedStage, _stage_structure(conv))
     conv.register_unstructure_hook(ResolvedFinetuning,
                                    _omit_none(conv, ResolvedFinetuning, ("lora", "freeze", "quantization")))
-    conv.register_unstructure_hook(ResolvedStage, _omit_none(conv, ResolvedStage, ("train", "finetuning")))
+    conv.register_unstructure_hook(ResolvedStage, _omit_none(conv, ResolvedStage, ("train", "finetuning",
+                                                                             "estimate")))
     return conv
 
 

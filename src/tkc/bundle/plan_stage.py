@@ -151,6 +151,44 @@ class ResolvedInferOptions:
     top_p: float
 
 
+@attrs.frozen
+class ResolvedMemoryEstimate:
+    """Per-device bytes predicted at compile (tkc.compiler.estimate); `needed` is what the profile's memory must
+    hold (a CPU node's processes share its RAM), `available` the profile's memory times the usable fraction."""
+    weights_bytes: int
+    gradients_bytes: int
+    optimizer_bytes: int
+    activations_bytes: int
+    buffers_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    offloaded_bytes: int           # kept in host memory by offload (not in total)
+    needed_bytes: int
+    available_bytes: int
+    fits: bool
+
+
+@attrs.frozen
+class ResolvedTimeEstimate:
+    flops_per_step: float
+    peak_tflops: float             # the hardware profile's dense peak for the stage's precision
+    efficiency: float              # assumed fraction of the peak sustained
+    step_seconds: float
+    steps: int | None              # max_steps; None when the step count depends on the data (epochs)
+    total_seconds: float | None
+
+
+@attrs.frozen
+class ResolvedEstimate:
+    """A training stage's compile-time estimate; `missing` says why a part is None (unknown shape, no peak)."""
+    basis: str | None              # where the model's shape came from: model config.json | catalog:model_shapes
+    missing: str | None
+    params: int | None
+    trainable_params: int | None
+    memory: ResolvedMemoryEstimate | None
+    time: ResolvedTimeEstimate | None
+
+
 ResolvedStageOptions = (ResolvedNoOptions | ResolvedDpoOptions | ResolvedKtoOptions | ResolvedPpoOptions
                         | ResolvedGrpoOptions | ResolvedEvalOptions | ResolvedExportOptions | ResolvedInferOptions)
 OPTIONS_BY_KIND: Mapping[str, type] = {
@@ -171,3 +209,4 @@ class ResolvedStage:
     options: ResolvedStageOptions
     train: ResolvedTrain | None
     finetuning: ResolvedFinetuning | None
+    estimate: ResolvedEstimate | None = None   # training stages only (compiler/passes/estimate_resources.py)

@@ -44,6 +44,41 @@ def _print_dead(compiled: Any, key: str | None) -> None:
             print(note.render(), file=sys.stderr)
 
 
+_PARTS = ("weights", "gradients", "optimizer", "activations", "buffers", "overhead")
+
+
+def _estimate_lines(stage: dict[str, Any]) -> list[str]:
+    """One training stage's compile-time estimate, memory in GiB (compiler/estimate.py says how it is computed)."""
+    e = stage.get("estimate")
+    if not e:
+        return []
+    head = f"estimate for stage {stage['name']!r}"
+    if e["memory"] is None:
+        return [f"{head}: none ({e['missing']})"]
+    lines = [f"{head} (shape from {e['basis']}): {e['params']:,} params, {e['trainable_params']:,} trainable"]
+    m, gib = e["memory"], 1 << 30
+    lines.append("  memory per device: " + ", ".join(f"{p} {m[p + '_bytes'] / gib:.2f}" for p in _PARTS)
+                 + f" GiB; total {m['total_bytes'] / gib:.2f} GiB")
+    offloaded = f", {m['offloaded_bytes'] / gib:.2f} GiB offloaded to the host" if m["offloaded_bytes"] else ""
+    lines.append(f"  needs {m['needed_bytes'] / gib:.2f} GiB of {m['available_bytes'] / gib:.2f} GiB usable"
+                 f"{offloaded}: {'fits' if m['fits'] else 'does NOT fit'}")
+    t = e["time"]
+    if t is None:
+        lines.append(f"  time: none ({e['missing']})")
+        return lines
+    total = f"; {t['steps']} steps: {t['total_seconds']:.4g} s" if t["total_seconds"] is not None else \
+        "; total: steps depend on the data (no max_steps)"
+    lines.append(f"  time: {t['flops_per_step']:.3g} FLOPs a step at {t['peak_tflops']:g} TFLOPS peak x "
+                 f"{t['efficiency']:g} efficiency per device: {t['step_seconds']:.4g} s a step{total}")
+    return lines
+
+
+def _print_estimates(resolved: dict[str, Any]) -> None:
+    lines = [line for stage in resolved.get("stages", []) for line in _estimate_lines(stage)]
+    if lines:
+        print("\n".join(["", *lines]))
+
+
 def explain(
     recipe: Annotated[Path, Arg("Recipe YAML.")],
     key: Annotated[str | None, Arg("Only keys matching this, e.g. train.learning_rate.")] = None,
@@ -78,6 +113,8 @@ def explain(
     if passes:
         print("\n".join(trace_lines))
     _print_dead(compiled, key)
+    if not key or "estimate" in key:
+        _print_estimates(compiled.resolved)
     if not shown:
         print(f"tkc: no resolved key matches {key!r}", file=sys.stderr)
         return 1

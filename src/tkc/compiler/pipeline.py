@@ -14,6 +14,7 @@ from tkc.compiler.inputs import load_inputs, relpath
 from tkc.compiler.passes.check_constraints import check_constraints
 from tkc.compiler.passes.derive_parallelism import derive_parallelism
 from tkc.compiler.passes.derive_precision import derive_precision
+from tkc.compiler.passes.estimate_resources import estimate_resources
 from tkc.compiler.passes.mark_hermeticity import mark_hermeticity
 from tkc.compiler.passes.normalize_recipe import normalize_recipe
 from tkc.compiler.passes.plan_stages import plan_stages
@@ -39,6 +40,7 @@ PASSES: tuple[Callable[[Plan], Plan], ...] = (
     derive_precision,
     plan_stages,
     resolve_reward_bundles,
+    estimate_resources,
     check_constraints,
     select_lockfile,
     mark_hermeticity,

@@ -1,26 +1,42 @@
-"""Pass 6: launcher, world size, and per-stage micro batch / gradient accumulation / padding from the global batch."""
+"""Pass 6: launcher, world size, and per-stage micro batch (the largest the memory estimate fits) / gradient
+accumulation / padding from the global batch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tkc.compiler.passes._util import source_of
+from tkc.compiler.passes.estimate_resources import fits_at, model_shape
 from tkc.compiler.plan import Plan
 
 _BACKEND = {"cpu": "gloo", "cuda": "nccl", "rocm": "nccl", "npu": "hccl"}
 _MICRO_CAP = {"cpu": 4, "npu": 4, "cuda": 4, "rocm": 4}
 _ROLLOUT_KINDS = {"ppo", "grpo"}  # they generate and pad their own batches
-TOKENS_PER_GB = 128   # activation budget per micro batch: a conservative rule of thumb, not a measurement
+TOKENS_PER_GB = 128   # without a model shape (no estimate): activation budget per micro batch, a rule of thumb
 
 
-def _micro_batch(per_device: int, memory_gb: float, accelerator: str, cutoff_len: int, checkpointing: bool) -> int:
-    """The largest power of two dividing the per-device batch, within the device's cap and token budget."""
-    budget = int(memory_gb * TOKENS_PER_GB * (4 if checkpointing else 1)) // max(cutoff_len, 1)
-    cap = min(_MICRO_CAP[accelerator] * (2 if memory_gb >= 80 else 1), max(budget, 1))
+def _micro_batch(per_device: int, cap: int, fits: Callable[[int], bool]) -> int:
+    """The largest power of two dividing the per-device batch, within the device's cap, whose estimate fits
+    (1 when none does: the estimate's MEM001 then says what would)."""
     micro = 1
     while micro * 2 <= min(per_device, cap) and per_device % (micro * 2) == 0:
         micro *= 2
+    while micro > 1 and not fits(micro):
+        micro //= 2
     return micro
+
+
+def _stage_micro(plan: Plan, i: int, per_device: int) -> int:
+    """The estimate decides (compiler/estimate.py); a model of unknown shape gets the tokens-per-GB rule."""
+    memory_gb, acc = plan.get("hardware.memory_gb", 16), plan.get("hardware.accelerator", "cpu")
+    cap = _MICRO_CAP[acc] * (2 if memory_gb >= 80 else 1)
+    shape, _, _ = model_shape(plan)
+    if shape is not None:
+        return _micro_batch(per_device, cap, lambda micro: fits_at(plan, i, shape, micro))
+    checkpointing = bool(plan.get(f"stages.{i}.train.gradient_checkpointing"))
+    budget = int(memory_gb * TOKENS_PER_GB * (4 if checkpointing else 1)) // max(plan.get("data.cutoff_len") or 1, 1)
+    return _micro_batch(per_device, min(cap, max(budget, 1)), lambda micro: True)
 
 
 def _padding(accelerator: str, kind: str) -> str:
@@ -78,8 +94,7 @@ def derive_parallelism(plan: Plan) -> Plan:
         per_device = max(gbs // world, 1)
         micro = plan.get(p + "micro_batch_size")
         if micro is None:
-            micro = _micro_batch(per_device, plan.get("hardware.memory_gb", 16), acc, plan.get("data.cutoff_len"),
-                                 bool(plan.get(p + "gradient_checkpointing")))
+            micro = _stage_micro(plan, i, per_device)
             out[p + "micro_batch_size"] = (micro, "derived:derive_parallelism")
         if plan.get(p + "padding") == "auto":
             out[p + "padding"] = (_padding(acc, plan.get(f"stages.{i}.kind")), "derived:derive_parallelism")
