@@ -50,6 +50,7 @@ class Profile(Record):
     lockfile: str = "cpu"
     default_launch: str = "local"
     cpu_threads: int = 1       # intra-op threads per node, split among its processes (launch.cpu_threads)
+    peak_tflops: dict[str, float] = Field(default_factory=dict)   # dense peak per device, by precision
 
 
 class TemplateMeta(Record):
