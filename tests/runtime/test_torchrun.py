@@ -109,11 +109,11 @@ def test_rendered_torchrun_script_runs_two_ranks(tmp_path: Path) -> None:
 def test_missing_node_fails_within_the_rendezvous_timeout(tmp_path: Path) -> None:
     """Two nodes expected, one started: torchrun must give up after join_timeout, not hang."""
     script = _bundle_with_script(tmp_path, nnodes=2, per_node=1, timeout_s=5)
-    env = _env(tmp_path / "results", _fake_tkc(tmp_path)) | {"MASTER_ADDR": "127.0.0.1",
+    env = _env(tmp_path / "results", _fake_tkc(tmp_path)) | {"MASTER_ADDR": "127.0.0.1", "NODE_RANK": "0",
                                                               "MASTER_PORT": _free_port()}
     start = time.monotonic()
     out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120, env=env)
-    assert out.returncode != 0
+    assert out.returncode != 0 and "RendezvousTimeoutError" in out.stderr, out.stderr[-3000:]
     assert time.monotonic() - start < 90
     assert _results(tmp_path / "results") == []
 

@@ -5,9 +5,11 @@ Exit codes:
   1    a stage raised an error (Python's exit status for an uncaught exception)
   2    the bundle is invalid (verify_bundle failed, resolved.json unreadable, unknown stage), or its model folder
        differs from the files it recorded, or a path it reads lies outside its read roots
-  3    outputs or checkpoints belong to a different bundle hash: refused rather than mixing two plans
+  3    outputs or checkpoints belong to a different bundle hash: refused rather than mixing two plans; or the ranks
+       of a multi-process run were started from different bundles (every rank stops: tkc.runtime.fingerprint)
   4    the environment drifted from resolved.environment.pins (versions, extra behaviour-changing packages,
-       installed files against their RECORD; tkc.runtime.envcheck) and --allow-env-drift was not given
+       installed files against their RECORD; tkc.runtime.envcheck) and --allow-env-drift was not given; or the
+       ranks' environments differ (python, torch, CUDA, driver, tkc, a pinned package; every rank stops)
   75   a checkpoint or a stage's model could not be written (disk full, quota, file-size limit): the half-written
        files were removed, earlier checkpoints are intact; free space and `tkc run` again resumes from the last one
   143  SIGTERM: a checkpoint was written at the current optimizer step; `tkc run` again resumes exactly
@@ -36,6 +38,7 @@ from tkc.runtime.context import (
     EXIT_BAD_BUNDLE,
     EXIT_BUNDLE_CHANGED,
     EXIT_ENV_MISMATCH,
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_SAVE_FAILED,
     BundleChanged,
@@ -194,7 +197,7 @@ def check_env(plan: ResolvedPlan, allow_drift: bool) -> tuple[int | None, list[s
     if not allow_drift:
         print("tkc run: refusing to run in an environment that differs from the bundle's pins "
               "(--allow-env-drift runs anyway and records the differences in each stage's run_record.json)")
-        return EXIT_ENV_MISMATCH, []
+        return EXIT_ENV_MISMATCH, [str(d) for d in drift]  # a multi-process run shows it to every rank
     print("tkc run: --allow-env-drift: running anyway; the differences go into each stage's run_record.json")
     return None, [str(d) for d in drift]
 
@@ -220,8 +223,10 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
         print(f"tkc run: bundle {bundle_dir}: resolved.json does not match the plan: {e}")
         return EXIT_BAD_BUNDLE
     refused, drift = check_env(plan, allow_env_drift)
-    if refused is not None:
-        return refused
+    from tkc.runtime.dist import dist_info_from_env
+
+    if refused is not None and not dist_info_from_env().enabled:
+        return refused  # under a launcher the rank joins first: every rank stops with it (tkc.runtime.fingerprint)
     if own_process:
         no_stdin()
         from tkc.runtime import gcpause
@@ -231,19 +236,28 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
         gcpause.own()  # each stage starts with the garbage collector paused, until its model is loaded
         gcpause.pause()
     with hidden_packages(unused_packages(plan) if own_process else []):
-        return _run_verified(bundle_dir, plan, stage, source_root, drift)
+        return _run_verified(bundle_dir, plan, stage, source_root, drift, refused is not None)
 
 
 def _run_verified(bundle_dir: Path, plan: ResolvedPlan, stage: str | None, source_root: Path | None,
-                  drift: list[str] | None = None) -> int:
+                  drift: list[str] | None = None, env_refused: bool = False) -> int:
     from tkc.runtime import gcpause
     from tkc.runtime.data.errors import BadRecord, DataError
     from tkc.runtime.dist import init_distributed, shutdown_distributed
+    from tkc.runtime.fingerprint import check_ranks_agree, join_failed
 
     set_cpu_threads(plan)
-    dist = init_distributed(plan.launch.backend)
+    try:
+        dist = init_distributed(plan.launch.backend)
+    except RuntimeError as e:  # e.g. a rank that never joined: the wait ends at TKC_DIST_TIMEOUT_S
+        print(f"tkc run: could not join the process group: {join_failed(e)}")
+        return EXIT_FAILED
     ctx = RunContext(bundle_dir, plan, resolve_source_root(bundle_dir, source_root), load_bundle_hash(bundle_dir),
-                     dist=dist, env_drift=list(drift or []))
+                     dist=dist, env_drift=[] if env_refused else list(drift or []))
+    disagree = check_ranks_agree(ctx, list(drift or []) if env_refused else [])  # before any stage trains
+    if disagree is not None:
+        shutdown_distributed(dist)
+        return disagree
     try:
         selected = _select(plan, stage)
     except KeyError as e:
