@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tkc-installed
 
-.PHONY: install demo test test-fast snapshots lock bench bench-quick bench-report quality clean
+.PHONY: install demo test test-fast snapshots lock bench bench-quick bench-report quality clean gpu-check
 
 # Fresh machine -> pinned environment (hash-checked lockfiles), then tkc itself in editable mode.
 $(STAMP): lockfiles/cpu.txt lockfiles/dev.txt pyproject.toml
@@ -42,6 +42,15 @@ bench-quick: $(STAMP)
 
 bench-report: $(STAMP)
 	$(BIN)/python bench/report.py
+
+# One short check on a single-GPU CUDA machine (scripts/gpu_check.py): the machine's own python3 and torch, no
+# venv, no network; the wheels it lacks come in .whl/ (bash scripts/gpu_wheels.sh, run where there is network).
+# On CPU: make gpu-check GPU_PY=.venv/bin/python GPU_CHECK_ARGS="--device cpu --tiny"
+GPU_PY ?= python3
+GPU_SITE ?= /tmp/tkc-gpu-site
+gpu-check:
+	$(GPU_PY) -c 'import pydantic, cattrs, hjson, deepspeed' 2>/dev/null || [ ! -d .whl ] || $(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --upgrade --target $(GPU_SITE) .whl/*.whl
+	PYTHONPATH=$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 quality: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts
