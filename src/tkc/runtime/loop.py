@@ -193,11 +193,16 @@ def evaluate(ctx: RunContext, strat: strategy.Strategy, runner: nn.Module, task:
     runner.eval()
     mine = rows[ctx.dist.rank::ctx.dist.world_size]
     total = torch.zeros(2, dtype=torch.float64)
-    for i in range(0, len(mine), micro):
+    # a sharded model (FSDP, ZeRO-3) gathers its weights in every forward, a collective: then every rank runs as
+    # many micro-batches as rank 0 (which has the most rows), one out of rows rerunning rows[:micro], not counted
+    most = len(rows[::ctx.dist.world_size]) if strat.sharded else len(mine)
+    for i in range(0, most, micro):
         mb = mine[i:i + micro]
         with strat.autocast():
-            total[0] += task.loss_sum(runner, strat.batch(task.collate(mb))).double().cpu()
-        total[1] += task.units(mb)
+            loss_sum = task.loss_sum(runner, strat.batch(task.collate(mb or rows[:micro])))
+        if mb:
+            total[0] += loss_sum.double().cpu()
+            total[1] += task.units(mb)
     runner.train()
     total = all_sum(ctx.dist, total)
     return (total[0] / total[1].clamp(min=1)).item()
