@@ -95,3 +95,5 @@ def test_a_timeout_names_the_setting_that_ended_the_wait(monkeypatch: pytest.Mon
     assert "TKC_DIST_TIMEOUT_S=60 s (launch.rdzv_timeout_s)" in text and "more" not in text
     assert join_failed(RuntimeError("backend nccl needs a CUDA/ROCm device")) == \
         "backend nccl needs a CUDA/ROCm device"
+    monkeypatch.delenv("TKC_DIST_TIMEOUT_S")
+    assert "within the default 1800 s (launch.rdzv_timeout_s)" in join_failed(RuntimeError("Socket Timeout"))

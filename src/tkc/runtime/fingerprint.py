@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tkc.runtime.context import EXIT_BUNDLE_CHANGED, EXIT_ENV_MISMATCH, EXIT_FAILED, RunContext
+from tkc.runtime.dist import DEFAULT_TIMEOUT_S
 
 DRIVER_FILES = {"nvidia": "/proc/driver/nvidia/version", "amdgpu": "/sys/module/amdgpu/version"}
 
@@ -173,10 +174,9 @@ def join_failed(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if "timeout" not in str(error).lower() and "timed out" not in str(error).lower():
         return text
-    limit = f"TKC_DIST_TIMEOUT_S={timeout} s" if timeout else "the default timeout"
+    limit = f"TKC_DIST_TIMEOUT_S={timeout} s" if timeout else f"the default {DEFAULT_TIMEOUT_S:.0f} s"
     return (f"{text.rstrip('.')}: a rank did not arrive within {limit} (launch.rdzv_timeout_s): it may have stopped "
-            "earlier (see that node's log: a bundle that failed verification, an environment `tkc run` refused) "
-            "or cannot reach this node")
+            "earlier (see that node's log, e.g. a bundle that failed verification) or cannot reach this node")
 
 
 def _say(ctx: RunContext, message: str) -> None:
