@@ -97,3 +97,19 @@ def test_a_timeout_names_the_setting_that_ended_the_wait(monkeypatch: pytest.Mon
         "backend nccl needs a CUDA/ROCm device"
     monkeypatch.delenv("TKC_DIST_TIMEOUT_S")
     assert "within the default 1800 s (launch.rdzv_timeout_s)" in join_failed(RuntimeError("Socket Timeout"))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\nGCC version: 12.3\n",
+     "nvidia 550.54.15"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  565.57.01  Release Build\n", "nvidia 565.57.01")])
+def test_driver_version_is_read_from_the_kernel_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str,
+                                                       expected: str) -> None:
+    from tkc.runtime import fingerprint
+
+    (tmp_path / "nvidia").write_text(text)
+    monkeypatch.setattr(fingerprint, "DRIVER_FILES", {"nvidia": str(tmp_path / "nvidia"),
+                                                      "amdgpu": str(tmp_path / "none")})
+    assert fingerprint._driver_version() == expected
+    monkeypatch.setattr(fingerprint, "DRIVER_FILES", {"nvidia": str(tmp_path / "none")})
+    assert fingerprint._driver_version() is None

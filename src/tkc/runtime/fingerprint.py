@@ -87,13 +87,16 @@ def _installed_versions() -> dict[str, str]:
 
 
 def _driver_version() -> str | None:
+    """The kernel driver's version, read from the file it publishes (no subprocess, no CUDA context)."""
+    import re
+
     for kind, path in DRIVER_FILES.items():
         try:
-            text = Path(path).read_text(encoding="utf-8", errors="replace")
+            first = Path(path).read_text(encoding="utf-8", errors="replace").partition("\n")[0]
         except OSError:
             continue
-        words = text.split("Kernel Module")[-1].split() if kind == "nvidia" else text.split()
-        return f"{kind} {words[0]}" if words else kind
+        match = re.search(r"\b\d+\.\d+(?:\.\d+)*\b", first)
+        return f"{kind} {match.group(0) if match else first.strip()}"
     return None
 
 
