@@ -73,6 +73,7 @@ def test_two_nodes_train_together_like_one_process(tmp_path: Path) -> None:
     nodes = start_nodes(two, two)  # one bundle directory seen by both nodes, as on a shared filesystem
     for code, out in nodes:
         assert code == 0, out[-4000:]
+        assert "2 ranks on 2 node(s) run bundle" in out  # each node's log says where rank 0 writes outputs/
     assert [p.relative_to(two) for p in two.rglob("steps.jsonl")] == [Path("outputs/sft/steps.jsonl")]
     a, b = losses(one), losses(two)
     assert len(a) == len(b) == 4

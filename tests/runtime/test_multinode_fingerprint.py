@@ -113,3 +113,11 @@ def test_driver_version_is_read_from_the_kernel_module(tmp_path: Path, monkeypat
     assert fingerprint._driver_version() == expected
     monkeypatch.setattr(fingerprint, "DRIVER_FILES", {"nvidia": str(tmp_path / "none")})
     assert fingerprint._driver_version() is None
+
+
+def test_agreeing_ranks_are_told_where_rank_0_writes() -> None:
+    from tkc.runtime.fingerprint import agreed
+
+    text = agreed([fp(1, 0, "b"), fp(0, 1, "a"), fp(2, 1, "a")])
+    assert text == ("3 ranks on 2 node(s) run bundle 000000000000 in the same environment; rank 0, which writes "
+                    "outputs/ and checkpoints, runs on node 1 (host a)")

@@ -164,11 +164,21 @@ def check_ranks_agree(ctx: RunContext, refused: Sequence[str] = ()) -> int | Non
     except RuntimeError as e:
         _say(ctx, "the ranks could not compare their bundles and environments: " + join_failed(e))
         return EXIT_FAILED
-    verdict = compare([Fingerprint.from_dict(d) for d in gathered if d is not None])
+    prints = [Fingerprint.from_dict(d) for d in gathered if d is not None]
+    verdict = compare(prints)
     if verdict is None:
+        _say(ctx, agreed(prints))
         return None
     _say(ctx, verdict.message)
     return verdict.code
+
+
+def agreed(prints: Sequence[Fingerprint]) -> str:
+    """Where rank 0 runs: the rendezvous orders nodes by host name, not by node rank, and rank 0 writes outputs/."""
+    first = min(prints, key=lambda p: p.rank)
+    nodes = len({(p.node, p.host) for p in prints})
+    return (f"{len(prints)} ranks on {nodes} node(s) run bundle {first.bundle_hash[:12]} in the same environment; "
+            f"rank 0, which writes outputs/ and checkpoints, runs on {first.where()}")
 
 
 def join_failed(error: BaseException) -> str:
