@@ -846,11 +846,96 @@ beta 0.1, reference = the frozen base (adapter disabled).
 """
 
 
+def _gib(x) -> str:
+    return DASH if x is None else f"{x:.2f}"
+
+
+def _scaling_cell(c: dict) -> str:
+    if not c:
+        return DASH
+    if not c.get("ok"):
+        return f"failed: {' '.join((c.get('error') or ['?'])[-1:])[:160]}"
+    per_rank = " + ".join(f"{g:.2f}" for g in c.get("peak_rss_per_rank_gib") or [])
+    return f"{f(c.get('tokens_per_s'), 0)} ({f(c.get('step_tokens_per_s_median'), 0)}); {per_rank or DASH}"
+
+
+def section_scaling(sc: dict) -> list[str]:
+    """bench/scaling.py: 2 ranks x 1 thread against 1 rank x 2 threads, per strategy, and the peer's ZeRO-3."""
+    lines = ["## Scaling on CPU: 2 ranks × 1 thread against 1 rank × 2 threads", ""]
+    if not sc:
+        return lines + ["Not measured yet (`.venv/bin/python bench/scaling.py`).", ""]
+    c = sc.get("config") or {}
+    lines += [
+        f"Full SFT of the bench's tiny Qwen2 on the first {c.get('records', DASH)} alpaca records: global batch "
+        f"{c.get('global_batch', DASH)} (2 ranks: micro batch {(c.get('global_batch') or 0) // 2} each), cutoff "
+        f"{c.get('cutoff', DASH)}, {c.get('steps', DASH)} steps, {c.get('precision', DASH)}; every run compiled by "
+        "`tkc compile` and started by the bundle's own `launch/00-sft.sh` (torchrun over gloo; "
+        "`DS_ACCELERATOR=cpu` for DeepSpeed). Cells: tokens/s over the training loop (median per-step tokens/s "
+        "of steps 2..N); peak RSS per rank in GiB. The two cores are shared with other work (load average "
+        f"below): few steps, the fastest of {c.get('reps', 1)} repetitions, so read the ratios as rough.",
+        "",
+        "| strategy | 2 ranks × 1 thread | 1 rank × 2 threads | tokens/s, 2×1 ÷ 1×2 | peak RSS per rank, 2×1 ÷ 1×2 |",
+        "|---|---|---|---|---|",
+    ]
+    names = {"ddp": "DDP (1×2: one process)", "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3",
+             "fsdp2": "FSDP2"}
+    for key, row in (sc.get("rows") or {}).items():
+        if "status" in row:
+            lines.append(f"| {names.get(key, key)} | {DASH} ({row['status']}) | {DASH} | {DASH} | {DASH} |")
+            continue
+        lines.append(f"| {names.get(key, key)} | {_scaling_cell(row.get('2x1') or {})} | "
+                     f"{_scaling_cell(row.get('1x2') or {})} | {r(row.get('tokens_per_s_ratio_2x1_vs_1x2'))} | "
+                     f"{r(row.get('peak_rss_ratio_2x1_vs_1x2'))} |")
+    p = sc.get("peer_zero3_2x1") or {}
+    cell = _scaling_cell(p) if "status" not in p else f"{DASH} ({p['status']})"
+    lines += [f"| LLaMA-Factory DeepSpeed ZeRO-3 (peer) | {cell} | {DASH} | {DASH} | {DASH} |", ""]
+    m = sc.get("machine") or {}
+    lines += [f"Measured {sc.get('generated_utc', DASH)}; load average at the end {m.get('loadavg_1_5_15', DASH)}.",
+              ""]
+    return lines
+
+
+def section_gpu(g: dict) -> list[str]:
+    """scripts/gpu_check.py's gpu_check.json, copied to bench/results/ from a GPU run; else 'not measured'."""
+    lines = ["## GPU (`make gpu-check`)", ""]
+    if not g or g.get("device") != "cuda":
+        return lines + [
+            "Not measured on a GPU. `make gpu-check` (scripts/gpu_check.py; wheels for a bare machine from "
+            "scripts/gpu_wheels.sh) trains a ~100M-parameter Llama built locally with bf16 LoRA and full SFT, "
+            "1-GPU DeepSpeed ZeRO-2 and ZeRO-3 through the bundles' launch scripts and a deterministic repeat, "
+            "and prints tokens/s, MFU, peak memory and the compile-time estimate's error; its "
+            "`gpu_check.json` copied to `bench/results/gpu_check.json` fills this section.",
+            "",
+        ]
+    pk = g.get("peak") or {}
+    lines += [
+        f"{g.get('device_name', DASH)}; bf16 peak: datasheet {f(pk.get('table_tflops'), 1)} TFLOP/s, measured "
+        f"(8192³ matmul) {f(pk.get('measured_tflops'), 1)} TFLOP/s; model {f(g.get('params'))} parameters; "
+        f"versions {', '.join(f'{k} {v}' for k, v in sorted((g.get('versions') or {}).items()))}; "
+        f"environment drift allowed: {'; '.join(g.get('env_drift') or []) or 'none'}; measured {g.get('generated_utc')}.",
+        "",
+        "| run | tokens/s | MFU (datasheet) | MFU (measured peak) | peak memory GiB | memory estimate error | "
+        "step time estimate error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, x in (g.get("runs") or {}).items():
+        if not x.get("ok"):
+            lines.append(f"| {name} | {x.get('status') or 'failed (exit ' + str(x.get('exit')) + ')'} | | | | | |")
+            continue
+        e = x.get("estimate") or {}
+        mem = x.get("peak_memory_allocated")
+        lines.append(f"| {name} | {f(x.get('tokens_per_s'), 0)} | {pct(x.get('mfu_vs_table'))} | "
+                     f"{pct(x.get('mfu_vs_measured'))} | {_gib(mem / 2**30 if mem else None)} | "
+                     f"{e.get('status') or pct(e.get('memory_error'))} | {pct(e.get('step_time_error'))} |")
+    rep = g.get("repeat") or {}
+    return lines + ["", f"Deterministic repeat (full SFT twice): {f(rep.get('deterministic'))}.", ""]
+
+
 def render() -> str:
     res = {
         n: _load(n)
         for n in ("errors", "preprocess", "preprocess_synthetic", "parity", "train", "repeat_train", "matmul",
-                  "determinism", "padding")
+                  "determinism", "padding", "scaling", "gpu_check")
     }
     for t in (res["train"], res["repeat_train"]):
         add_examples_per_s(t)
@@ -870,6 +955,7 @@ def render() -> str:
     parts += section_preprocess_synthetic(res["preprocess_synthetic"])
     parts += section_train(res["train"]) + section_mfu(res["train"], res["matmul"])
     parts += section_determinism(res["train"], res["determinism"]) + section_parity(res["parity"])
+    parts += section_scaling(res["scaling"]) + section_gpu(res["gpu_check"])
     parts += section_machine(res)
     parts += [STATIC]
     return "\n".join(parts).rstrip() + "\n"

@@ -5,9 +5,9 @@
 Full: about 27 minutes on this 2-core machine (2026-12-05; the training part, three workloads x 3
 repetitions per tool plus the peer-defaults row, 8.7 of them; preprocessing 5 cold + cached pairs per tool, 1.5;
 the peer's padded sizes 1.7; determinism (repeats, 2 ranks, kill -9 resume; SFT+LoRA and DPO+LoRA) 10.2; matmul
-about 5 s). The peer also runs at tkc's thread count when its default
-differs (not here: both use 2). --quick: about 6 minutes (fewer repetitions, SFT+LoRA only, no determinism
-run: its previous results stay). Set TKC_BENCH_RESULTS=DIR to write results and the report there instead
+about 5 s; scaling (4 strategies x 2 layouts x 2 repetitions, 8 steps each, and the peer's ZeRO-3) about 15). The peer also runs at tkc's thread count when its default
+differs (not here: both use 2). --quick: about 6 minutes (fewer repetitions, SFT+LoRA only, no determinism or
+scaling run: their previous results stay). Set TKC_BENCH_RESULTS=DIR to write results and the report there instead
 (trial runs).
 Benchmarks are not tests: nothing here runs in `make test`.
 """
@@ -28,6 +28,7 @@ import padding  # noqa: E402
 import parity  # noqa: E402
 import preprocess  # noqa: E402
 import report  # noqa: E402
+import scaling  # noqa: E402
 import train  # noqa: E402
 from peer import ensure as ensure_peer  # noqa: E402
 from tiny_assets import build as build_assets  # noqa: E402
@@ -63,6 +64,7 @@ def main() -> None:
         ("train", lambda: train.main([*flags, "--peer-threads", str(tkc_cpu_threads())])),
         ("padding", lambda: padding.main([*flags, "--workloads", "sft_lora" if a.quick else ",".join(WORKLOADS)])),
         ("determinism", lambda: None if a.quick else determinism.main(flags)),
+        ("scaling", lambda: None if a.quick else scaling.main([] if a.side != "tkc" else ["--no-peer"])),
     ):
         t = time.monotonic()
         print(f"== {name}", flush=True)

@@ -10,7 +10,7 @@ script (launch/*.sh, so torchrun and DeepSpeed start as on a cluster):
   zero2, zero3  bf16 full SFT, 1-GPU DeepSpeed ZeRO-2 and ZeRO-3 (torchrun, launch.kind deepspeed)
 The model (~100M parameters, Llama architecture, seeded random weights), its byte-level BPE tokenizer (the
 `tokenizers` library, tkc.runtime.tiny) and the SFT data are built locally: nothing is downloaded. --tiny: a
-few-hundred-thousand-parameter model and a few steps (the CPU test).
+few-hundred-thousand-parameter model and 2 steps (the CPU test).
 
 Figures, per run: tokens/s (run_record.json: tokens_seen / wall_time_s, the training loop's own time); MFU =
 model FLOPs per second / the GPU's dense bf16 peak, with model FLOPs per token 6N + 12*L*d*S (full: PaLM's
@@ -54,7 +54,7 @@ MEM_HOOK = '''"""gpu_check: record this process's peak memory at exit (file per 
 import atexit, json, os, resource, sys
 
 def _tkc_gpu_check_record():
-    out = {"pid": os.getpid(), "rank": int(os.environ.get("RANK", "0")),
+    out = {"pid": os.getpid(), "rank": int(os.environ.get("RANK", "0")), "ranked": "RANK" in os.environ,
            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "argv": sys.argv[1:4]}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -82,7 +82,7 @@ def shape(tiny: bool) -> dict:
 
 def train_opts(tiny: bool, steps: int | None) -> dict:
     if tiny:
-        return {"max_steps": steps or 3, "global_batch_size": 2, "micro_batch_size": 2, "cutoff": 64}
+        return {"max_steps": steps or 2, "global_batch_size": 2, "micro_batch_size": 2, "cutoff": 64}
     return {"max_steps": steps or 100, "global_batch_size": 16, "micro_batch_size": 16, "cutoff": 1024}
 
 
@@ -267,7 +267,7 @@ def launch(name: str, bundle: Path, env: dict, timeout: float) -> dict:
     rec = json.loads((sdir / "run_record.json").read_text())
     steps = [json.loads(s) for s in (sdir / "steps.jsonl").read_text().splitlines() if s.strip()]
     procs = [json.loads(p.read_text()) for p in sorted(mem.glob("mem-*.json"))]
-    trainers = [p for p in procs if "max_memory_allocated" in p] or [p for p in procs if "torch" in p["modules"]]
+    trainers = [p for p in procs if p["ranked"]] or [p for p in procs if "torch" in p["modules"]]  # not torchrun
     out.update(tokens=rec["tokens_seen"], steps=rec["steps"], wall_s=rec["wall_time_s"],
                tokens_per_s=rec["tokens_seen"] / rec["wall_time_s"] if rec["wall_time_s"] else None,
                losses=[s["loss"] for s in steps if "loss" in s], env_drift=rec.get("env_drift", []),
@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--tiny", action="store_true", help="a tiny model and a few steps (the CPU test)")
-    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 100; --tiny 3)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 100; --tiny 2)")
     ap.add_argument("--runs", default="sft_lora,sft_full,sft_full_repeat,zero2,zero3")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "run" / "gpu-check"),
                     help="where gpu_check.json goes (default: $OUT when set, else run/gpu-check)")

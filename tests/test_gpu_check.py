@@ -45,7 +45,7 @@ def test_model_flops_and_estimate_error() -> None:
 
 @pytest.mark.slow
 def test_gpu_check_cpu_mode(tmp_path: Path) -> None:
-    """Tiny model, 3 steps per run, one thread: LoRA and full SFT through the bundles' launch scripts, the
+    """Tiny model, 2 steps per run, one thread: LoRA and full SFT through the bundles' launch scripts, the
     deterministic repeat, ZeRO-2/3 through torchrun + DeepSpeed on CPU (once tkc trains with DeepSpeed)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("OUT", None)
@@ -75,7 +75,7 @@ def test_gpu_check_cpu_mode(tmp_path: Path) -> None:
         if r["ok"] is None:  # DeepSpeed training not in this checkout yet: said, not silently passed
             assert name in ("zero2", "zero3") and "not run" in r["status"]
             continue
-        assert r["ok"] and r["steps"] == 3 and r["tokens_per_s"] > 0 and r["peak_rss"] > 0, (name, r)
+        assert r["ok"] and r["steps"] == 2 and r["tokens_per_s"] > 0 and r["peak_rss"] > 0, (name, r)
         assert r["launcher"] == "00-sft.sh"
         assert "memory_error" in r["estimate"] or r["estimate"]["status"].startswith("no estimate")
     assert report["repeat"]["deterministic"] is True
