@@ -47,9 +47,9 @@ def load_engine(
     ctx = ctx_or_bundle if isinstance(ctx_or_bundle, RunContext) else open_context(Path(ctx_or_bundle))
     stage_name = model_stage(ctx, stage_name) if stage_name is not None else None
     if engine == "hf":
-        from tkc.runtime.infer.hf import HFEngine
+        from tkc.runtime.infer.batching import BatchingEngine
 
-        return HFEngine.from_bundle(ctx, stage_name, **options)
+        return BatchingEngine.from_bundle(ctx, stage_name, **options)
     if engine == "vllm":
         from tkc.runtime.infer.vllm_engine import VLLMEngine
 
