@@ -55,7 +55,8 @@ class _Row:
     index: int
     generator: torch.Generator | None
     length: int  # real (unpadded) tokens in the cache
-    last: int = -1  # the token to feed at the next step
+    last: int = 0  # the token to feed at the next step
+    done: bool = False
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     emitted: int = 0
@@ -75,6 +76,7 @@ class BatchingEngine:
         self._rows: list[_Row] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
+        self._serial = False  # a cache whose rows cannot be merged: one request at a time (see _check_cache)
         self._stats = {"steps": 0, "rows_decoded": 0, "max_batch_seen": 0, "requests": 0}
 
     @classmethod
@@ -191,6 +193,7 @@ class BatchingEngine:
 
     def _loop(self) -> None:
         with torch.inference_mode():
+            self._check_cache()
             while True:
                 with self._cv:
                     while not self._waiting and not self._rows and not self._closed:
@@ -207,9 +210,23 @@ class BatchingEngine:
                         req.handle.fail(e)
                     self._rows, self._cache, self._mask = [], None, None
         for r in self._rows:
-            self._finish(r, "cancelled")
+            if not r.done:
+                self._finish(r, "cancelled")
         for req in self._waiting:
             self._cancel_waiting(req)
+
+    def _check_cache(self) -> None:
+        """Rows are merged and dropped in plain per-layer key/value tensors (DynamicLayer); any other cache
+        (sliding window, linear attention) runs one request at a time, still through this scheduler."""
+        from transformers.cache_utils import DynamicLayer
+
+        try:
+            cache = self.model(
+                input_ids=torch.tensor([[0]], device=self.hf.device), use_cache=True
+            ).past_key_values
+            self._serial = not all(type(layer) is DynamicLayer for layer in cache.layers)
+        except Exception:
+            self._serial = True
 
     def _admit(self) -> list[_Request]:
         """Waiting requests (first come, first served) that fit the free slots; cancelled ones finish here."""
@@ -220,7 +237,7 @@ class BatchingEngine:
             if req.handle.cancelled:
                 self._cancel_waiting(self._waiting.popleft())
                 continue
-            if req.params.n > free:
+            if req.params.n > free or (self._serial and (self._rows or out)):
                 break
             out.append(self._waiting.popleft())
             free -= req.params.n
@@ -234,7 +251,7 @@ class BatchingEngine:
     def _step(self, admitted: list[_Request]) -> None:
         for req in admitted:
             self._prefill(req)
-        for r in [r for r in self._rows if r.req.handle.cancelled]:
+        for r in [r for r in self._rows if r.req.handle.cancelled and not r.done]:
             self._finish(r, "cancelled")
         self._drop_finished()
         if self._rows:
@@ -285,9 +302,9 @@ class BatchingEngine:
 
     def _drop_finished(self) -> None:
         """Remove finished rows from the batch (cache rows, mask) and the padding columns no row needs."""
-        keep = [i for i, r in enumerate(self._rows) if r.last >= 0]
-        if len(keep) == len(self._rows):
-            return
+        keep = [i for i, r in enumerate(self._rows) if not r.done]
+        if len(keep) == len(self._rows) or (self._serial and keep):
+            return  # a cache that cannot drop rows keeps decoding its finished rows (their output ignored)
         if not keep:
             self._rows, self._cache, self._mask = [], None, None
             return
@@ -302,11 +319,13 @@ class BatchingEngine:
             layer.values = layer.values[index, :, first:]
 
     def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
-        """Pick each row's next token, hand its Delta to the handle; a finished row gets last = -1."""
+        """Pick each row's next token and hand its Delta to the handle."""
         want = any(r.req.params.logprobs for r in rows)
         logp = torch.log_softmax(logits, dim=-1) if want else None
         greedy = logits.argmax(dim=-1).tolist()
         for i, r in enumerate(rows):
+            if r.done:
+                continue
             p = r.req.params
             token = greedy[i] if p.temperature == 0 else _sample(logits[i], p, r.generator)
             lp = self._logprob(logp[i], token, p.top_logprobs) if logp is not None and p.logprobs else None
@@ -327,6 +346,7 @@ class BatchingEngine:
     def _take(self, r: _Row, token: int, lp: TokenLogprob | None) -> None:
         """Record `token` for row `r`: stop by id, by string or by length, else emit the text that is safe."""
         req = r.req
+        r.last = token
         if token in req.stop_ids:
             self._finish(r, "stop")
             return
@@ -342,13 +362,12 @@ class BatchingEngine:
         safe = min(len(r.text.rstrip("\ufffd")), len(r.text) - held_back(r.text, req.strings))
         text = r.text[r.emitted : safe] if safe > r.emitted else ""
         r.emitted = max(r.emitted, safe)
-        r.last = token
         req.handle.put(Delta(r.index, text, (token,), logprobs))
 
     def _finish(self, r: _Row, reason: str, ids: tuple[int, ...] = (), logprobs=None) -> None:
         usage = Usage(len(r.req.ids), len(r.tokens))
         r.req.handle.put(Delta(r.index, r.text[r.emitted :], ids, logprobs, reason, usage))
-        r.emitted, r.last = len(r.text), -1
+        r.emitted, r.done = len(r.text), True
 
 
 def _generator(params: SamplingParams, index: int, device: torch.device) -> torch.Generator | None:
