@@ -133,6 +133,7 @@ class BatchingEngine:
         if params.n > self.max_batch:
             raise ValueError(f"n={params.n} is more than the engine's {self.max_batch} batch slots")
         stop_ids, strings = self.stops(params.stop)
+        stop_ids |= set(params.stop_token_ids)
         handle = Handle(params.n, len(ids), params.logprobs)
         with self._cv:
             if self._closed:

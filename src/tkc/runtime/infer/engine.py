@@ -62,6 +62,7 @@ class SamplingParams:
     n: int = 1  # choices per prompt
     logprobs: bool = False  # per generated token: its logprob (and top_logprobs alternatives)
     top_logprobs: int = 0
+    stop_token_ids: tuple[int, ...] = ()  # extra token ids to stop at (not included in the output)
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.n < 1 or self.top_logprobs < 0:

@@ -36,24 +36,19 @@ def model_under_test(ctx: RunContext, stage: ResolvedStage):
     return model.eval(), name
 
 
-@torch.no_grad()
 def greedy(model, tok, prompts: list[list[int]], max_new: int, stop_ids: list[int], batch: int = 32) -> list[list[int]]:
-    """Greedy continuations of left-padded prompt batches, cut at the first stop token."""
-    from transformers import GenerationConfig
+    """Greedy continuations cut at the first stop token, through the batching engine `tkc chat` and infer use."""
+    from tkc.runtime.infer.batching import BatchingEngine
+    from tkc.runtime.infer.engine import SamplingParams, TokenIds
+    from tkc.runtime.infer.hf import HFEngine
 
-    gen = GenerationConfig(do_sample=False, max_new_tokens=max_new, eos_token_id=stop_ids,
-                           pad_token_id=tok.pad_token_id, num_beams=1)
-    outs: list[list[int]] = []
-    for i in range(0, len(prompts), batch):
-        chunk = prompts[i:i + batch]
-        width = max(map(len, chunk))
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in chunk])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-        new = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)[:, width:].tolist()
-        for seq in new:
-            cut = next((j for j, t in enumerate(seq) if t in stop_ids), len(seq))
-            outs.append(seq[:cut])
-    return outs
+    engine = BatchingEngine(HFEngine(model, tok), max_batch=batch)
+    params = SamplingParams(max_new_tokens=max_new, stop_token_ids=tuple(stop_ids))
+    try:
+        handles = [engine.submit(TokenIds(tuple(p)), params, bounded=False) for p in prompts]
+        return [h.result()[0].tokens for h in handles]
+    finally:
+        engine.close()
 
 
 @torch.no_grad()
