@@ -274,4 +274,7 @@ def load_inputs(recipe: LoadedRecipe, root: Path) -> Inputs:
                 for name, spec in recipe.spec.data.datasets.items()}
     datasets = {name: _placed(recipe, facts) for name, facts in datasets.items()}
     lockfiles = {p.stem: p.read_text(encoding="utf-8") for p in sorted(LOCKFILE_DIR.glob("*.txt"))}
-    return Inputs(recipe, model, datasets, lockfiles, __version__, load_reward_bundles(recipe, root, found), found)
+    from tkc.compiler.benchmarks import load_benchmarks
+
+    return Inputs(recipe, model, datasets, lockfiles, __version__, load_reward_bundles(recipe, root, found), found,
+                  load_benchmarks(recipe, root, found.roots))

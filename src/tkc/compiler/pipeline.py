@@ -19,6 +19,7 @@ from tkc.compiler.passes.mark_hermeticity import mark_hermeticity
 from tkc.compiler.passes.normalize_recipe import normalize_recipe
 from tkc.compiler.passes.plan_stages import plan_stages
 from tkc.compiler.passes.render_launch import render_launch
+from tkc.compiler.passes.resolve_benchmarks import resolve_benchmarks
 from tkc.compiler.passes.resolve_chat_template import resolve_chat_template
 from tkc.compiler.passes.resolve_datasets import resolve_datasets
 from tkc.compiler.passes.resolve_hardware_profile import resolve_hardware_profile
@@ -35,6 +36,7 @@ PASSES: tuple[Callable[[Plan], Plan], ...] = (
     resolve_model_family,
     resolve_chat_template,
     resolve_datasets,
+    resolve_benchmarks,
     resolve_hardware_profile,
     derive_parallelism,
     derive_precision,

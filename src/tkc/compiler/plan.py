@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
+from tkc.compiler.benchmarks import BenchmarkFacts
 from tkc.compiler.paths import PathFacts
 from tkc.schema.diagnostics import Diagnostic
 from tkc.schema.load import LoadedRecipe
@@ -77,6 +78,7 @@ class Inputs:
     tkc_version: str
     reward_bundles: Mapping[str, RewardBundleFacts] = field(default_factory=dict)   # reward_model text -> facts
     paths: PathFacts = field(default_factory=PathFacts)   # the read roots, and paths found outside them (PATH001)
+    benchmarks: Mapping[int, BenchmarkFacts] = field(default_factory=dict)   # eval stage index -> its benchmark
 
 
 @dataclass(frozen=True)

@@ -80,15 +80,38 @@ class GrpoStage(StageBase):
     mask_truncated_completions: bool = Field(False, description="Drop completions cut at max_new_tokens.")
 
 
+class BenchmarkSpec(Spec):
+    path: str = Field(description=(
+        "Folder of the benchmark's CSV files in its usual layout, relative to the recipe like dataset paths: "
+        "mmlu: data/{dev,val,test}/<subject>_<split>.csv (the folder holding data/, or data/ itself); "
+        "cmmlu: {dev,test}/<subject>.csv; ceval: {dev,val,test}/<subject>_<split>.csv. Every file read is "
+        "hashed into the bundle and checked again by `tkc run`."))
+    split: Literal["dev", "val", "test"] | None = Field(
+        None, description="Split scored; default test (mmlu, cmmlu), val (ceval: its test answers are not public).")
+    n_shot: Annotated[int, Field(ge=0)] = Field(
+        5, description="Solved examples from the subject's dev split put before each question (its first n_shot).")
+    subjects: list[str] | None = Field(None, description="Subjects to score (file stems); default: every one found.")
+    lang: Literal["en", "zh"] | None = Field(
+        None, description="Prompt wording (LLaMA-Factory's en/zh eval templates); default en for mmlu, zh otherwise.")
+    prompt: Literal["chat", "plain"] = Field(
+        "chat", description="chat: the shots as user/assistant turns in the bundle's chat template, the answer "
+        "letter scored right after the assistant prefix (LLaMA-Factory's way). plain: one text, 'Answer: X' after "
+        "each shot, the letter scored after 'Answer:' with its leading space (for base models).")
+    batch_size: Annotated[int, Field(gt=0)] = Field(4, description="Questions per forward pass.")
+
+
 class EvalStage(StageBase):
     kind: Literal["eval"]
-    metric: Literal["exact_match", "loss", "perplexity"] = Field(
+    metric: Literal["exact_match", "loss", "perplexity", "mmlu", "cmmlu", "ceval"] = Field(
         "exact_match", description="What is scored, into metrics.json. exact_match: share of rows whose greedy "
         "continuation of the prompt (max_new_tokens, cut at a stop token) decodes to the reference. loss: mean "
         "negative log-likelihood in nats per trained token (the tokens sft would train on: assistant turns, unless "
         "train_on_prompt), summed over every row and divided by the token count, under the model under test. "
-        "perplexity: exp(loss); metrics.json holds both.")
+        "perplexity: exp(loss); metrics.json holds both. mmlu | cmmlu | ceval: multiple-choice accuracy on the "
+        "`benchmark` files, each question scored by the model's next-token logits of the letters A-D (per subject, "
+        "per category and the macro average over subjects).")
     max_new_tokens: Annotated[int, Field(gt=0)] = Field(16, description="Generation length.")
+    benchmark: BenchmarkSpec | None = Field(None, description="The benchmark files (metric mmlu, cmmlu or ceval).")
 
 
 class ExportStage(StageBase):
