@@ -132,9 +132,40 @@ class ResolvedGrpoOptions:
 
 
 @attrs.frozen
+class ResolvedBenchmarkFile:
+    path: str                      # relative POSIX path from the source root
+    sha256: str
+    size: int
+
+
+@attrs.frozen
+class ResolvedBenchmarkSubject:
+    id: str                        # the file stem (abstract_algebra)
+    name: str                      # the title the prompt names (abstract algebra)
+    category: str | None           # STEM | Humanities | Social Sciences | Other; None: a subject the catalog lacks
+    questions: int
+    file: ResolvedBenchmarkFile    # the scored split's file
+    dev: ResolvedBenchmarkFile | None   # the dev split's file (the shots); None when n_shot is 0
+
+
+@attrs.frozen
+class ResolvedBenchmark:
+    """A multiple-choice benchmark eval (compiler/passes/resolve_benchmarks.py; bundle/benchmarks.py reads it)."""
+    name: str                      # mmlu | cmmlu | ceval
+    path: str
+    split: str
+    n_shot: int
+    lang: str                      # en | zh
+    prompt: str                    # chat | plain
+    batch_size: int
+    subjects: tuple[ResolvedBenchmarkSubject, ...]
+
+
+@attrs.frozen
 class ResolvedEvalOptions:
     metric: str
     max_new_tokens: int
+    benchmark: ResolvedBenchmark | None = None   # metric mmlu | cmmlu | ceval only
 
 
 @attrs.frozen
