@@ -60,6 +60,9 @@ class ResolvedModel:
     init: str                      # pretrained | scratch
     trust_remote_code: bool
     files: Mapping[str, str]       # file name -> sha256 (local models)
+    # the decoder layer class FSDP shards as one unit (family data); None: the family names none and the
+    # runtime finds the layer list (default: bundles compiled before the field, hand-written plans)
+    decoder_layer: str | None = None
 
 
 @attrs.frozen

@@ -36,6 +36,7 @@ class Family(Record):
     hub_models: dict[str, TemplateRef] = Field(default_factory=dict)
     lora_targets: list[str] = Field(default_factory=list)
     layers_path: str = "model.layers"
+    decoder_layer: str | None = None  # the decoder layer class FSDP shards as one unit (None: found at run)
     supports_bf16: bool = True
 
 

@@ -9,6 +9,7 @@ from tkc.compiler.dataset_formats import check_stage_dataset_kind
 from tkc.compiler.inputs import is_bundle_ref
 from tkc.compiler.plan import Plan
 from tkc.compiler.rules_export import export_unmerged_needs_lora
+from tkc.compiler.rules_fsdp import fsdp_no_fp16, fsdp_no_quantization
 from tkc.compiler.rules_memory import memory_fits
 from tkc.schema.diagnostics import did_you_mean
 from tkc.schema.stages import TRAINING_KINDS
@@ -233,5 +234,7 @@ RULES: dict[str, Callable[[Plan], Iterator[Violation]]] = {
     "DATA011": cutoff_fits_model,
     "TRACK001": tracker_pinned,
     "EXPORT001": export_unmerged_needs_lora,
+    "FSDP001": fsdp_no_quantization,
+    "FSDP002": fsdp_no_fp16,
     "MEM001": memory_fits,
 }

@@ -49,6 +49,15 @@ def _default_cutoff(plan: Plan) -> dict[str, tuple[Any, str]]:
     return {"data.cutoff_len": (limit, "derived:resolve_model_family(max_position_embeddings)")}
 
 
+def _decoder_layer(family: str | None, fams: dict[str, Family]) -> tuple[str | None, str]:
+    """The family's decoder layer class (what FSDP shards as one unit); None, with the fallback in its source,
+    when the family names none (remote-code models whose layer class differs between checkpoints)."""
+    fam = fams.get(family or "")
+    if fam is not None and fam.decoder_layer:
+        return fam.decoder_layer, f"family:{family}"
+    return None, f"derived:resolve_model_family(family {family} names no decoder_layer: the runtime finds the layer list)"
+
+
 def resolve_model_family(plan: Plan) -> Plan:
     spec = plan.inputs.recipe.spec.model
     facts = plan.inputs.model
@@ -72,6 +81,7 @@ def resolve_model_family(plan: Plan) -> Plan:
         "model.files": (dict(facts.files), "derived:load_inputs"),
         "model.family": (family, src),
         "model.model_type": (model_type or None, "derived:resolve_model_family"),
+        "model.decoder_layer": _decoder_layer(family, fams),
     }
     plan = plan.with_values({**out, **_default_cutoff(plan)})
     refused = any(key == ("model", "path") for key, _ in plan.inputs.paths.outside)
