@@ -15,6 +15,7 @@ from tkc.bundle.plan import ResolvedStage
 from tkc.runtime import outputs
 from tkc.runtime.context import RunContext
 from tkc.runtime.data.tokenizer import stop_token_ids
+from tkc.runtime.device import stage_device, to_device
 from tkc.runtime.model import load_stage_output, start_weights
 from tkc.runtime.stages.common import load_rows, pad
 
@@ -33,7 +34,7 @@ def model_under_test(ctx: RunContext, stage: ResolvedStage):
         earlier = [s for s in ctx.plan.stages[: stage.index] if (ctx.stage_dir(s) / "model").is_dir()]
         name = earlier[-1].name if earlier else None
     model = load_stage_output(ctx, name) if name else start_weights(ctx, stage, dtype=torch.float32)
-    return model.eval(), name
+    return model.to(stage_device(ctx.plan, stage, ctx.dist)).eval(), name
 
 
 def greedy(model, tok, prompts: list[list[int]], max_new: int, stop_ids: list[int], batch: int = 32) -> list[list[int]]:
@@ -57,7 +58,7 @@ def token_nll(model, rows: list[dict], pad_id: int, batch: int = 16) -> tuple[fl
     t-1, as in training. Right-padded batches; padding and prompt tokens (label -100) are not counted."""
     total, count = 0.0, 0
     for i in range(0, len(rows), batch):
-        b = pad(rows[i:i + batch], pad_id)
+        b = to_device(pad(rows[i:i + batch], pad_id), next(model.parameters()).device)
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
         labels = b["labels"][:, 1:]
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="sum")
@@ -92,6 +93,12 @@ def score_loss(ctx: RunContext, model, rows: list[dict]) -> dict:
 def run(ctx: RunContext, stage: ResolvedStage) -> int:
     opts = stage.options
     metric = opts.metric
+    if opts.benchmark is not None:  # mmlu | cmmlu | ceval: multiple-choice accuracy on the benchmark files
+        from tkc.runtime.stages import eval_mc
+
+        eval_mc.run(ctx, stage, *model_under_test(ctx, stage))
+        outputs.mark_done(ctx, stage)
+        return 0
     train_rows, eval_rows = load_rows(ctx, stage, datasets=stage.datasets)
     rows = train_rows + eval_rows
     model, source = model_under_test(ctx, stage)

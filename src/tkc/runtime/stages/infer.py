@@ -62,6 +62,7 @@ def write_outputs(ctx: RunContext, stage: ResolvedStage, pairs: list, completion
     ]
     write_predictions(out / "predictions.jsonl", records)
     tokens = sum(len(c.tokens) for c in completions)
+    scores = generation_metrics(ctx, stage, [(r["prediction"], r["reference"]) for r in records])
     outputs.write_json(
         out / "metrics.json",
         {
@@ -72,8 +73,21 @@ def write_outputs(ctx: RunContext, stage: ResolvedStage, pairs: list, completion
             "finish_reasons": dict(Counter(c.finish_reason for c in completions)),
             "model": stage.init_from or "base",
             "engine": stage.options.engine,
+            **scores,
         },
     )
+
+
+def generation_metrics(ctx: RunContext, stage: ResolvedStage, pairs: list[tuple[str, str | None]]) -> dict:
+    """BLEU-4, ROUGE-1/2/L and exact match (runtime/metrics.py) over the rows that have a reference, printed."""
+    from tkc.runtime import metrics
+
+    scored = [(p, r) for p, r in pairs if r is not None]
+    if not scored:
+        return {}
+    scores = metrics.generation_scores(scored, ctx.outputs / ".cache" / "jieba")
+    ctx.log(f"[{stage.name}] {metrics.table(scores, len(scored))}")
+    return {**scores, "scored": len(scored)}
 
 
 def run(ctx: RunContext, stage: ResolvedStage) -> int:
