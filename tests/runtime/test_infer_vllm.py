@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class FakeVLLM(types.ModuleType):
         class LLM:
             def __init__(self, **kw):
                 calls["llm"] = kw
+                self.llm_engine = FakeLLMEngine(calls)
 
             def generate(self, prompts, params, lora_request=None, use_tqdm=True):
                 calls["generate"].append((list(prompts), params.kw, lora_request))
@@ -87,12 +89,59 @@ def fake_vllm(monkeypatch):
     return fake
 
 
+class FakeLLMEngine:
+    """vLLM's LLMEngine API shape (add_request, step, abort_request, has_unfinished_requests, model_config):
+    each step appends one token to every choice of every live request and returns cumulative RequestOutputs.
+    Choice i writes " a{i}", " b{i}", ...; with logprobs, each position holds the sampled token at rank 2 and
+    a more likely token 99 at rank 1 (the sampled token comes with the top ones whatever its rank)."""
+
+    def __init__(self, calls: dict, max_model_len: int = 64):
+        self.calls, self.live, self.gate = calls, {}, None  # gate: a Semaphore each step waits on, when set
+        self.model_config = types.SimpleNamespace(max_model_len=max_model_len)
+        calls.update(add=[], abort=[])
+
+    def add_request(self, request_id, prompt, params, lora_request=None):
+        self.calls["add"].append((request_id, prompt, params.kw, lora_request))
+        self.live[request_id] = (prompt["prompt_token_ids"], params.kw, [[] for _ in range(params.kw["n"])])
+
+    def abort_request(self, request_ids):
+        self.calls["abort"].append(list(request_ids))
+        for rid in request_ids:
+            self.live.pop(rid, None)
+
+    def has_unfinished_requests(self):
+        return bool(self.live)
+
+    def step(self):
+        if self.gate is not None:
+            self.gate.acquire()
+        outs = []
+        for rid, (prompt, kw, choices) in list(self.live.items()):
+            for i, toks in enumerate(choices):
+                toks.append(100 + 10 * i + len(toks))
+            done = len(choices[0]) >= kw["max_tokens"]
+            outs.append(types.SimpleNamespace(request_id=rid, prompt_token_ids=prompt, finished=done, outputs=[
+                types.SimpleNamespace(
+                    index=i, token_ids=list(toks), finish_reason="length" if done else None,
+                    text="".join(f" {chr(97 + k % 26)}{i}" for k in range(len(toks))),
+                    logprobs=None if kw["logprobs"] is None else [
+                        {t: Logprob(-1.5, 2, f"<{t}>"), 99: Logprob(-0.25, 1, "<99>")} for t in toks],
+                ) for i, toks in enumerate(choices)]))  # fmt: skip
+            if done:
+                del self.live[rid]
+        return outs
+
+
+def Logprob(logprob, rank, decoded_token):  # noqa: N802 (vLLM's class name)
+    return types.SimpleNamespace(logprob=logprob, rank=rank, decoded_token=decoded_token)
+
+
 def test_engines_satisfy_the_protocol():
     from tkc.runtime.infer import Engine
-    from tkc.runtime.infer.hf import HFEngine
+    from tkc.runtime.infer.batching import BatchingEngine
     from tkc.runtime.infer.vllm_engine import VLLMEngine
 
-    assert issubclass(HFEngine, Engine) and issubclass(VLLMEngine, Engine)
+    assert issubclass(BatchingEngine, Engine) and issubclass(VLLMEngine, Engine)
 
 
 def test_missing_vllm_names_the_extra(rt, tmp_path, monkeypatch):
@@ -137,7 +186,8 @@ def test_parameters_map_onto_vllm(rt, tmp_path, fake_vllm):
         11,
         128,
     )
-    assert list(engine.stream(CHAT[0])) == [" five"]
+    assert list(engine.stream(CHAT[0], max_new_tokens=3)) == [" a0", " b0", " c0"]  # token by token
+    engine.close()
 
 
 def test_finish_reason_stop_and_full_weights(rt, tmp_path, monkeypatch):
@@ -166,3 +216,77 @@ def test_weights_vllm_cannot_load_are_refused(rt, tmp_path, fake_vllm):
     scratch = make_ctx(rt, tmp_path / "scratch", init="scratch")
     with pytest.raises(RuntimeError, match="init: scratch"):
         weights_for(scratch, "sft")
+
+
+def test_submit_translates_requests_and_outputs(rt, tmp_path, fake_vllm):
+    from tkc.runtime.infer import load_engine
+    from tkc.runtime.infer.engine import SamplingParams
+
+    ctx = make_ctx(rt, tmp_path)
+    engine = load_engine(ctx, "infer", engine="vllm")
+    try:
+        params = SamplingParams(max_new_tokens=3, temperature=0.5, stop=("\n\n",), seed=4, n=2, logprobs=True,
+                                top_logprobs=1)  # fmt: skip
+        h = engine.submit(CHAT[0], params)
+        deltas = list(h)
+        rid, prompt, kw, lora = fake_vllm.calls["add"][-1]
+        tok = ctx.tokenizer()
+        assert prompt == {
+            "prompt_token_ids": tok(engine.render(CHAT[0]), add_special_tokens=False)["input_ids"]
+        }
+        assert (kw["n"], kw["logprobs"], kw["seed"], kw["temperature"], kw["stop"]) == (
+            2,
+            1,
+            4,
+            0.5,
+            ["\n\n"],
+        )
+        assert kw["stop_token_ids"] == [tok.convert_tokens_to_ids("<|im_end|>")]  # the template's stop, eos
+        assert lora.args[0] == "sft"
+        two = h.result(timeout=30)
+        assert [c.text for c in two] == [" a0 b0 c0", " a1 b1 c1"] and [c.tokens for c in two] == [
+            [100, 101, 102], [110, 111, 112]]  # fmt: skip
+        assert all(c.finish_reason == "length" for c in two)
+        assert [d.text for d in deltas if d.index == 1] == [
+            " a1",
+            " b1",
+            " c1",
+        ]  # only the new part each step
+        assert [d.usage for d in deltas if d.finish_reason] == [
+            rt_usage(len(prompt["prompt_token_ids"]), 3)
+        ] * 2
+        lp = two[0].logprobs[0]
+        assert (lp.token_id, lp.token, lp.logprob, lp.top) == (100, "<100>", -1.5, ((99, "<99>", -0.25),))
+        assert engine.count_tokens(CHAT[0]) == h.usage().prompt_tokens and engine.max_context() == 64
+    finally:
+        engine.close()
+
+
+def rt_usage(prompt_tokens, completion_tokens):
+    from tkc.runtime.infer.engine import Usage
+
+    return Usage(prompt_tokens, completion_tokens)
+
+
+def test_cancel_aborts_the_vllm_request_and_refusals(rt, tmp_path, fake_vllm):
+    from tkc.runtime.infer import load_engine
+    from tkc.runtime.infer.engine import PromptTooLong, SamplingParams
+
+    ctx = make_ctx(rt, tmp_path)
+    engine = load_engine(ctx, "infer", engine="vllm")
+    gate = engine.llm.llm_engine.gate = threading.Semaphore(1)  # one step, then each step when released
+    try:
+        with pytest.raises(PromptTooLong, match="over the model's context of 64"):
+            engine.submit(CHAT[0], SamplingParams(max_new_tokens=60))
+        h = engine.submit("x", SamplingParams(max_new_tokens=40, logprobs=False))
+        first = next(iter(h))
+        assert first.text == " a0" and first.logprobs is None
+        h.cancel()
+        gate.release(100)
+        done = h.result(timeout=30)[0]
+        assert done.finish_reason == "cancelled" and len(done.tokens) in (1, 2)  # one step at most after
+        assert fake_vllm.calls["abort"] == [[fake_vllm.calls["add"][-1][0]]]
+        nxt = engine.submit("y", SamplingParams(max_new_tokens=2)).result(timeout=30)[0]
+        assert nxt.finish_reason == "length" and nxt.text == " a0 b0"
+    finally:
+        engine.close()

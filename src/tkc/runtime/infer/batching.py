@@ -93,8 +93,6 @@ class BatchingEngine:
         hf = HFEngine.from_bundle(ctx, stage_name, dtype=dtype, device=device, batch_size=batch_size)
         return cls(hf, max_batch=batch_size, max_waiting=max_waiting)
 
-    # --- what callers use -------------------------------------------------------------------------------------
-
     def stops(self, extra: Sequence[str]) -> tuple[set[int], list[str]]:
         with self._tok_lock:
             return self.hf.stops(extra)
@@ -189,8 +187,6 @@ class BatchingEngine:
             self._cv.notify()
         if self._thread is not None:
             self._thread.join()
-
-    # --- the scheduler thread ---------------------------------------------------------------------------------
 
     def _loop(self) -> None:
         with torch.inference_mode():
