@@ -19,7 +19,9 @@ weight gradients); the peak is the datasheet figure for the GPU's name (PEAKS be
 (the best of a few 8192^3 bf16 matmuls), both printed and both named in the JSON; peak memory:
 torch.cuda.max_memory_allocated of each training process (recorded at its exit by a sitecustomize hook this
 script puts on PYTHONPATH; on CPU the process's peak RSS); the compile-time estimate's error: each stage's
-`estimate` in resolved.json (memory and step time) against the measured figures, or "no estimate".
+`estimate` in resolved.json against the measured figures, or "no estimate": memory as its total less its
+`overhead` (CUDA context, allocator slack) against max_memory_allocated (on CPU: its total against peak RSS),
+and step time against the loop's wall time per step.
 
 Environment: the machine's own torch, transformers, peft and accelerate; what they lack travels as wheels
 (scripts/gpu_wheels.sh; README in the script). tkc's environment check refuses versions other than its
@@ -116,7 +118,7 @@ def build_assets(folder: Path, tiny: bool, cutoff: int) -> Path:
                       **shape(tiny))
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).to(torch.float32).save_pretrained(model, safe_serialization=True)
-    write_data(folder / "sft.jsonl", records=64 if tiny else 2048, words=24 if tiny else 400)
+    write_data(folder / "sft.jsonl", records=64 if tiny else 2048, words=24 if tiny else 900)
     return model
 
 
@@ -303,10 +305,14 @@ def estimate_error(est: dict | None, run: dict, device: str) -> dict:
     if not est or not est.get("memory"):
         return {"status": "no estimate" if not est else f"no estimate: {est.get('missing')}"}
     mem = est["memory"]
-    measured_mem = run.get("peak_memory_allocated") if device == "cuda" else run.get("peak_rss")
-    predicted_mem = mem.get("total_bytes")
+    if device == "cuda":  # tensors only on both sides: the estimate without its CUDA-context/allocator overhead
+        measured_mem, predicted_mem = run.get("peak_memory_allocated"), mem["total_bytes"] - mem["overhead_bytes"]
+        basis = "torch.cuda.max_memory_allocated against the estimate's total less its overhead"
+    else:  # the whole process on both sides (the interpreter and libraries are the estimate's overhead)
+        measured_mem, predicted_mem = run.get("peak_rss"), mem["total_bytes"]
+        basis = "peak RSS against the estimate's total"
     out: dict = {"memory_predicted_bytes": predicted_mem, "memory_measured_bytes": measured_mem,
-                 "memory_measured_as": "torch.cuda.max_memory_allocated" if device == "cuda" else "peak RSS",
+                 "memory_measured_as": basis,
                  "memory_error": rel(predicted_mem, measured_mem)}
     t = est.get("time") or {}
     step_s = run["wall_s"] / run["steps"] if run.get("steps") else None

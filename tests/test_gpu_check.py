@@ -36,9 +36,11 @@ def test_model_flops_and_estimate_error() -> None:
     assert g.model_flops_per_token(cfg, "full", 5) == 6 * n + 12 * 2 * 4 * 5
     assert g.model_flops_per_token(cfg, "lora", 5) == 4 * n + 12 * 2 * 4 * 5
     run = {"peak_memory_allocated": 100, "peak_rss": 7, "wall_s": 2.0, "steps": 4}
-    est = {"memory": {"total_bytes": 120}, "time": {"step_seconds": 0.25}}
+    est = {"memory": {"total_bytes": 130, "overhead_bytes": 10}, "time": {"step_seconds": 0.25}}
     err = g.estimate_error(est, run, "cuda")
     assert err["memory_error"] == pytest.approx(0.2) and err["step_time_error"] == pytest.approx(-0.5)
+    on_cpu = g.estimate_error(est, run, "cpu")  # the whole process: the total against peak RSS
+    assert on_cpu["memory_error"] == pytest.approx(130 / 7 - 1, abs=1e-3)
     assert g.estimate_error(None, run, "cuda") == {"status": "no estimate"}
     assert next(tf for key, tf in g.PEAKS if key in "NVIDIA H100 80GB HBM3") == 989.4
 
