@@ -227,14 +227,16 @@ def test_chat_cli_pipe_mode(bundle, engine):
     replies = proc.stdout.split("\n")[:-1]
     assert len(replies) == 3, proc.stdout
     first = engine.generate([[{"role": "user", "content": "What is 2+3?"}]], max_new_tokens=8)[0].text
-    assert replies[0] == replies[1] == first.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    from tkc.cli.chat import escape_line, sanitize
+
+    assert replies[0] == replies[1] == escape_line(sanitize(first))  # printed cleaned; the history keeps it raw
     history = [
         {"role": "user", "content": "What is 2+3?"},
         {"role": "assistant", "content": first},
         {"role": "user", "content": "and 4+4?"},
     ]
     second = engine.generate([history], max_new_tokens=8)[0].text
-    assert replies[2] == second.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    assert replies[2] == escape_line(sanitize(second))
 
 
 def test_chat_cli_unknown_stage_is_a_clear_error(bundle):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -13,6 +14,39 @@ if TYPE_CHECKING:
     from tkc.bundle.plan import ResolvedPlan
 
 COMMANDS = "/reset clears the conversation, /exit (or Ctrl-D) quits"
+MAX_LINE_BYTES = 1 << 20  # a longer message is refused with a message, before any tokenizing
+
+# Terminal escape sequences, complete: CSI (ESC [ or 8-bit CSI ... final byte), strings (ESC ] OSC, P DCS, X, ^,
+# _ ended by BEL or ST), and other escapes (ESC c, ESC ( B, ...). What is left of one at the end of a delta
+# (INCOMPLETE) waits for the next delta. CONTROL: C0 (but tab and newline), DEL and C1 characters (8-bit string
+# introducers among them: removed alone, so what follows them is shown as text, never hidden).
+ANSI = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|\x1b[\]PX^_].*?(?:\x07|\x1b\\)"
+    r"|\x1b[ -/]*[0-OQ-WYZ\\`a-~]",  # not [, ], P, X, ^, _: those begin the sequences above
+    re.DOTALL,
+)
+INCOMPLETE = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*\Z|\x1b[\]PX^_].*\Z|\x1b[ -/]*\Z", re.DOTALL)
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+HOLD_MAX = 4096  # an unfinished escape string longer than this is dropped, not held
+
+
+def sanitize(text: str) -> str:
+    """Model output made safe for a terminal: escape sequences and control characters (but \\n, \\t) removed."""
+    return "".join(sanitized([text]))
+
+
+def sanitized(deltas: Iterable[str]) -> Iterator[str]:
+    """sanitize() over a stream: an escape sequence split across deltas is removed whole; the joined output
+    equals sanitize() of the joined input; an escape left unfinished at the end is dropped."""
+    pending = ""
+    for delta in deltas:
+        text = ANSI.sub("", pending + delta)
+        m = INCOMPLETE.search(text)
+        cut = m.start() if m else len(text)
+        pending = text[cut:] if len(text) - cut <= HOLD_MAX else ""
+        if out := CONTROL.sub("", text[:cut]):
+            yield out
 
 
 class ChatSession:
@@ -29,6 +63,25 @@ class ChatSession:
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + self.history
 
+    def prompt(self, text: str) -> str:
+        """The exact text the model would continue if `text` were sent now (the template applied)."""
+        return self.engine.render([*self.messages(), {"role": "user", "content": text}])
+
+    def refusal(self, text: str) -> str | None:
+        """Why `text` cannot be sent (too long for the limit or the model's context), or None."""
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_LINE_BYTES:
+            return f"the message is {size} bytes, over the {MAX_LINE_BYTES}-byte limit; not sent"
+        context = self.engine.max_context()
+        tokens = self.engine.count_tokens([*self.messages(), {"role": "user", "content": text}])
+        budget = self.sampling.get("max_new_tokens", 0)
+        if tokens + budget > context:
+            return (
+                f"the conversation would be {tokens} tokens; with --max-new-tokens {budget} that is over the "
+                f"model's context of {context} tokens; not sent (/reset starts a new conversation)"
+            )
+        return None
+
     def reply(self, text: str) -> Iterator[str]:
         """Stream the reply to `text`; the history keeps both turns once the reply is complete."""
         self.history.append({"role": "user", "content": text})
@@ -44,8 +97,10 @@ class ChatSession:
 
 
 def escape_line(text: str) -> str:
-    """A reply on one line: backslashes doubled, newlines written as \\n (the pipe protocol is one reply a line)."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    """Text on one line, reversibly: backslashes doubled, newlines and carriage returns as \\n and \\r, any
+    other control character (but tab) as \\xNN (the pipe protocol is one reply, or shown prompt, a line)."""
+    text = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def command(session: ChatSession, line: str) -> bool | None:
@@ -59,8 +114,12 @@ def command(session: ChatSession, line: str) -> bool | None:
     return None
 
 
-def pipe_loop(session: ChatSession, lines: Iterator[str], write: Callable[[str], Any]) -> None:
-    """Non-interactive: one user message per input line, one reply per output line (streamed, escaped)."""
+def pipe_loop(
+    session: ChatSession, lines: Iterator[str], write: Callable[[str], Any], *, show_prompt: bool = False
+) -> None:
+    """Non-interactive: one user message per input line, one reply per output line (streamed, sanitized and
+    escaped); with show_prompt, the exact rendered prompt (escaped) on a line before each reply. A message
+    that cannot be sent gets an empty reply line and the reason on stderr."""
     for raw in lines:
         line = raw.rstrip("\n")
         handled = command(session, line)
@@ -68,13 +127,24 @@ def pipe_loop(session: ChatSession, lines: Iterator[str], write: Callable[[str],
             return
         if handled or not line.strip():
             continue
-        for delta in session.reply(line):
-            write(escape_line(delta))
+        problem = session.refusal(line)
+        if show_prompt:
+            write(escape_line(session.prompt(line) if problem is None else "") + "\n")
+        if problem is not None:
+            print(f"tkc chat: {problem}", file=sys.stderr)
+        else:
+            for delta in sanitized(session.reply(line)):
+                write(escape_line(delta))
         write("\n")
 
 
-def repl(session: ChatSession, title: str) -> None:
-    """Interactive: a rich prompt, the reply streamed token by token."""
+def visible(text: str) -> str:
+    """`text` with control characters (but newline, tab) shown as escapes (\\x1b), so a shown prompt is exact."""
+    return CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
+def repl(session: ChatSession, title: str, *, show_prompt: bool = False) -> None:
+    """Interactive: a rich prompt, the reply streamed token by token (sanitized)."""
     from rich.console import Console
     from rich.prompt import Prompt
 
@@ -94,9 +164,16 @@ def repl(session: ChatSession, title: str) -> None:
             continue
         if not line.strip():
             continue
+        if (problem := session.refusal(line)) is not None:
+            console.print(f"[red]{problem}[/]", markup=True, highlight=False)
+            continue
+        if show_prompt:
+            console.print("[dim]--- prompt ---[/]")
+            console.print(visible(session.prompt(line)), markup=False, highlight=False)
+            console.print("[dim]--- end of prompt ---[/]")
         console.print("[bold blue]model[/] ", end="")
         try:
-            for delta in session.reply(line):
+            for delta in sanitized(session.reply(line)):
                 console.print(delta, end="", markup=False, highlight=False)
                 console.file.flush()
         except KeyboardInterrupt:
@@ -122,6 +199,13 @@ def chat(
     temperature: Annotated[float, typer.Option(help="0 = greedy; above 0 samples (seeded).")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (when temperature > 0).")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Sampling seed (default: the bundle's seed).")] = None,
+    show_prompt: Annotated[
+        bool,
+        typer.Option(
+            help="Before each reply, print the exact prompt the model continues (the bundle's template "
+            "applied to the conversation); piped, it is one escaped line before each reply line."
+        ),
+    ] = False,
     source_root: Annotated[
         Path | None,
         typer.Option(help="Where the bundle's relative model paths resolve (default: recorded at compile)."),
@@ -133,11 +217,14 @@ def chat(
     sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
     # This process is the CLI's own: optional packages the bundle never uses stay unimported (as in `tkc run`).
     with hidden_packages(unused_packages(_plan_or_none(bundle))):
-        session, title = open_session(bundle, stage, engine, source_root, system=system, seed=seed, **sampling)
+        session, title = open_session(
+            bundle, stage, engine, source_root, system=system, seed=seed, **sampling
+        )
         if sys.stdin.isatty():
-            repl(session, title)
+            repl(session, title, show_prompt=show_prompt)
         else:
-            pipe_loop(session, iter(sys.stdin), lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+            write = lambda s: (sys.stdout.write(s), sys.stdout.flush())  # noqa: E731
+            pipe_loop(session, iter(sys.stdin), write, show_prompt=show_prompt)
 
 
 def _plan_or_none(bundle: Path) -> ResolvedPlan | None:
