@@ -146,10 +146,12 @@ def deepspeed_config(stage: dict[str, Any], launch: dict[str, Any]) -> dict[str,
         zero |= {"offload_param": {"device": device, "pin_memory": True},
                  "stage3_gather_16bit_weights_on_model_save": True}
     precision = train.get("precision", "fp32")
+    # tkc hands DeepSpeed its own torch AdamW (LoRA+ groups), offloaded too (no cpu_adam build); tkc prints
+    # the progress (steps_per_print null: DeepSpeed's own lines off)
     return {"train_batch_size": total, "train_micro_batch_size_per_gpu": micro,
-            "gradient_accumulation_steps": accum, "gradient_clipping": float(train.get("max_grad_norm", 1.0)),
-            "steps_per_print": int(train.get("logging_steps", 1)), "wall_clock_breakdown": False,
-            "zero_allow_untested_optimizer": True, "zero_optimization": zero,
+            "gradient_accumulation_steps": accum, "gradient_clipping": max(0.0, float(train.get("max_grad_norm", 1.0))),
+            "steps_per_print": None, "wall_clock_breakdown": False,
+            "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False, "zero_optimization": zero,
             "bf16": {"enabled": precision == "bf16"},
             "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
                      "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1}}

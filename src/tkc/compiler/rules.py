@@ -8,6 +8,12 @@ from tkc.bundle.hub_cache import COMMIT_RE
 from tkc.compiler.dataset_formats import check_stage_dataset_kind
 from tkc.compiler.inputs import is_bundle_ref
 from tkc.compiler.plan import Plan
+from tkc.compiler.rules_deepspeed import (
+    deepspeed_loop_stages,
+    qlora_under_zero3,
+    zero3_same_forwards,
+    zero3_whole_copies,
+)
 from tkc.compiler.rules_export import export_unmerged_needs_lora
 from tkc.compiler.rules_fsdp import fsdp_no_fp16, fsdp_no_quantization
 from tkc.compiler.rules_memory import memory_fits
@@ -236,5 +242,9 @@ RULES: dict[str, Callable[[Plan], Iterator[Violation]]] = {
     "EXPORT001": export_unmerged_needs_lora,
     "FSDP001": fsdp_no_quantization,
     "FSDP002": fsdp_no_fp16,
+    "DS001": deepspeed_loop_stages,
+    "DS002": zero3_whole_copies,
+    "DS003": qlora_under_zero3,
+    "DS004": zero3_same_forwards,
     "MEM001": memory_fits,
 }
