@@ -263,5 +263,6 @@ def build_optimizer(model: nn.Module, stage: ResolvedStage) -> torch.optim.Optim
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    numel = {id(p): getattr(p, "ds_numel", p.numel()) for p in model.parameters()}  # ZeRO-3: whole size
+    trainable = sum(numel[id(p)] for p in model.parameters() if p.requires_grad)
+    return trainable, sum(numel.values())
