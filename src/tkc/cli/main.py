@@ -65,6 +65,7 @@ def build_app() -> Any:
     from tkc.cli import diff as diff_cmd
     from tkc.cli import explain as explain_cmd
     from tkc.cli import run as run_cmd
+    from tkc.cli import serve as serve_cmd
 
     app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                       help="tkc: compile fine-tuning recipes into reproducible bundles, then run them.")
@@ -75,6 +76,7 @@ def build_app() -> Any:
     app.command("schema")(explain_cmd.schema)
     app.command("run")(run_cmd.run)
     app.command("chat")(chat_cmd.chat)
+    app.command("serve")(serve_cmd.serve)
     app.add_typer(catalog_cmd.app, name="catalog", help="What the compiler knows: templates, families, profiles.")
     try:
         from tkc.cli.data import app as data_app
