@@ -15,6 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from inspect import signature
 from typing import Any
 
 import torch
@@ -77,21 +78,17 @@ class BatchingEngine:
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
         self._serial = False  # a cache whose rows cannot be merged: one request at a time (see _check_cache)
+        # logits for the last position only (a prompt's vocabulary projection is most of a prefill's work)
+        self._last_only = (
+            {"logits_to_keep": 1} if "logits_to_keep" in signature(self.model.forward).parameters else {}
+        )
         self._stats = {"steps": 0, "rows_decoded": 0, "max_batch_seen": 0, "requests": 0}
 
     @classmethod
-    def from_bundle(
-        cls,
-        ctx: RunContext,
-        stage_name: str | None,
-        *,
-        dtype: str = "fp32",
-        device: str | None = None,
-        batch_size: int = 16,
-        max_waiting: int = 256,
-    ) -> BatchingEngine:
-        hf = HFEngine.from_bundle(ctx, stage_name, dtype=dtype, device=device, batch_size=batch_size)
-        return cls(hf, max_batch=batch_size, max_waiting=max_waiting)
+    def from_bundle(cls, ctx: RunContext, stage_name: str | None, *, max_waiting: int = 256, **options: Any):
+        """HFEngine.from_bundle's model (options: dtype, device, batch_size = the batch slots)."""
+        hf = HFEngine.from_bundle(ctx, stage_name, **options)
+        return cls(hf, max_batch=hf.batch_size, max_waiting=max_waiting)
 
     def stops(self, extra: Sequence[str]) -> tuple[set[int], list[str]]:
         with self._tok_lock:
@@ -258,7 +255,7 @@ class BatchingEngine:
     def _prefill(self, req: _Request) -> None:
         """Run the prompt alone, repeat its KV for n choices, append the rows; pick each choice's first token."""
         ids = torch.tensor([req.ids], device=self.hf.device)
-        out = self.model(input_ids=ids, use_cache=True)
+        out = self.model(input_ids=ids, use_cache=True, **self._last_only)
         cache, n = out.past_key_values, req.params.n
         if n > 1:
             cache.batch_repeat_interleave(n)
@@ -274,7 +271,12 @@ class BatchingEngine:
         pos = torch.tensor([[r.length] for r in self._rows], device=device)
         mask = torch.cat([self._mask, torch.ones(len(self._rows), 1, dtype=torch.long, device=device)], dim=1)
         out = self.model(
-            input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=self._cache, use_cache=True
+            input_ids=inp,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=self._cache,
+            use_cache=True,
+            **self._last_only,
         )
         self._cache, self._mask = out.past_key_values, mask
         for r in self._rows:
