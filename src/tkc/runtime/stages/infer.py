@@ -99,13 +99,16 @@ def run(ctx: RunContext, stage: ResolvedStage) -> int:
     pairs = load_prompts(ctx, stage)
     engine = load_engine(ctx, source, engine=opts.engine)
     start = time.perf_counter()
-    completions = engine.generate(
-        [p for p, _ in pairs],
-        max_new_tokens=opts.max_new_tokens,
-        temperature=opts.temperature,
-        top_p=opts.top_p,
-        seed=ctx.plan.seed,
-    )
+    try:  # every prompt submitted at once: the engine batches them as its slots allow
+        completions = engine.generate(
+            [p for p, _ in pairs],
+            max_new_tokens=opts.max_new_tokens,
+            temperature=opts.temperature,
+            top_p=opts.top_p,
+            seed=ctx.plan.seed,
+        )
+    finally:
+        engine.close()  # its scheduler thread lets go of the model before the next stage
     wall = time.perf_counter() - start
     tokens = sum(len(c.tokens) for c in completions)
     ctx.log(
