@@ -154,8 +154,9 @@ class BatchingEngine:
     ) -> list[Completion]:
         """One completion per prompt, all submitted at once (batched as slots allow); each seeded with `seed`."""
         params = SamplingParams(max_new_tokens, temperature, top_p, tuple(stop), seed)
-        handles = [self.submit(p, params, bounded=False) for p in prompts]
-        try:
+        handles: list[Handle] = []
+        try:  # a refused prompt cancels those already submitted
+            handles += (self.submit(p, params, bounded=False) for p in prompts)
             return [h.result()[0] for h in handles]
         finally:
             for h in handles:

@@ -20,6 +20,8 @@ The concurrent interface (what `tkc serve`, `tkc chat`, the infer and eval stage
     engine.render(prompt) -> str   the exact prompt text the bundle's template renders (what training saw).
     engine.count_tokens(prompt)    prompt tokens; engine.max_context() the model's positions.
     engine.close()                 stops the scheduler (pending requests finish as "cancelled").
+    BatchingEngine also has stats() (decode steps, rows decoded, largest batch seen, requests admitted) and
+    submit(..., bounded=False) (no EngineBusy: the infer and eval stages queue all their prompts at once).
 
 Prompts: raw text (sent as is), a chat conversation (list of messages, rendered with the bundle's template), or
 TokenIds (ids sent as is). Greedy (temperature 0) output is the same token for token whatever a request is

@@ -17,7 +17,9 @@ def open_context(bundle: Path, source_root: Path | None = None) -> RunContext:
     """A RunContext for a bundle directory, as `tkc run` builds it (no distributed setup). Its resolved.json is
     structured once (load_plan): PlanError naming the key path when it does not fit; callers exit 2 on it."""
     bundle = Path(bundle).resolve()
-    return RunContext(bundle, load_plan(bundle), resolve_source_root(bundle, source_root), load_bundle_hash(bundle))
+    return RunContext(
+        bundle, load_plan(bundle), resolve_source_root(bundle, source_root), load_bundle_hash(bundle)
+    )
 
 
 def model_stage(ctx: RunContext, stage_name: str | None) -> str | None:
