@@ -111,6 +111,7 @@ class FSDPStrategy(Strategy):
         units, note = sharded_units(model, self.ctx.plan.model.decoder_layer)
         if note:
             self.ctx.log(f"[{self.stage.name}] {note}")
+        assert self.stage.train is not None, "only training stages are sharded"
         low = _LOW.get(self.stage.train.precision) if self.device.type != "cpu" else None
         kwargs: dict[str, Any] = {}
         if low is not None:
@@ -150,12 +151,16 @@ class FSDPStrategy(Strategy):
     def step(self, max_grad_norm: float) -> float:
         from torch.distributed.tensor import DTensor
 
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self._model().parameters() if p.requires_grad]
         max_norm = max_grad_norm if max_grad_norm and max_grad_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # over the shards: a DTensor, reduced on read
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+
+    def _model(self) -> nn.Module:
+        assert self.model is not None, "the strategy has taken the model (prepare)"
+        return self.model
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
     def _options(self, **kwargs):
@@ -167,7 +172,7 @@ class FSDPStrategy(Strategy):
     def _state(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=self._options())
+        model_sd, optim_sd = get_state_dict(self._model(), self.optimizer, options=self._options())
         return {"model": model_sd, "optimizer": optim_sd}
 
     def save(self, root: Path, step: int, state: dict[str, Any], keep: int) -> None:
@@ -192,7 +197,7 @@ class FSDPStrategy(Strategy):
         def read(path: Path) -> None:
             tensors = self._state()  # the layout to read into (shards of this rank)
             dcp.load(tensors, checkpoint_id=str(path / "sharded"))
-            set_state_dict(self.model, self.optimizer, model_state_dict=tensors["model"],
+            set_state_dict(self._model(), self.optimizer, model_state_dict=tensors["model"],
                            optim_state_dict=tensors["optimizer"], options=self._options())
 
         found = checkpoint.load_sharded(root, read, bundle_hash=self.ctx.bundle_hash, log=log, dist=self.ctx.dist)
@@ -206,13 +211,13 @@ class FSDPStrategy(Strategy):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=self.lora)
-        state = get_model_state_dict(self.model, options=options)
+        state: dict[str, Any] = get_model_state_dict(self._model(), options=options)
         if not self.ctx.dist.is_main:
             return None
         # a tied weight (lm_head = embed_tokens) is gathered under each of its names, as two tensors: keep the first
         # name only, as save_pretrained does for the model's own (shared) tensors
         seen: set[int] = set()
-        for name, p in self.model.named_parameters(remove_duplicate=False):
+        for name, p in self._model().named_parameters(remove_duplicate=False):
             if id(p) in seen:
                 state.pop(name, None)
             seen.add(id(p))
