@@ -210,3 +210,22 @@ def test_serial_fallback_for_caches_that_cannot_merge(hf, monkeypatch):
         assert len(two) == 2 and serial.stats()["max_batch_seen"] == 2
     finally:
         serial.close()
+
+
+def test_incremental_decoding_equals_a_full_decode(hf):
+    """The reply text is built from the last tokens each step; it must equal decoding them all, through
+    multi-byte characters split over byte-level tokens, special tokens skipped, and spaces."""
+    from tkc.runtime.infer.batching import BatchingEngine, _Request, _Row
+    from tkc.runtime.infer.engine import Handle
+
+    engine = BatchingEngine(hf)
+    tok = hf.tok
+    text = "Hi  there 中文字符 🎉 ünïcödé\n\ttabs and   spaces"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    ids[5:5] = [tok.convert_tokens_to_ids("<|im_start|>")]  # a special token in the middle decodes to nothing
+    row = _Row(_Request(Handle(1, 1), [1], params(), set(), []), 0, None, 1)
+    for k in range(1, len(ids) + 1):
+        row.tokens.append(ids[k - 1])
+        full = tok.decode(ids[:k], skip_special_tokens=True)
+        assert engine._decoded(row) == full, k
+    assert engine._decoded(row) == text

@@ -37,6 +37,7 @@ from tkc.runtime.infer.engine import (
     render_prompt,
 )
 from tkc.runtime.infer.hf import HFEngine
+from tkc.runtime.infer.sampling import left_pad, row_generator, sample
 
 
 @dataclass
@@ -59,8 +60,11 @@ class _Row:
     last: int = 0  # the token to feed at the next step
     done: bool = False
     tokens: list[int] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0
+    text: str = ""  # the decoded reply, cut at a stop string
+    emitted: int = 0  # characters of it handed on
+    stable: str = ""  # decode(tokens[:read]), built incrementally (_decoded)
+    prefix: int = 0  # tokens[prefix:read] decoded again each step, as context for the next ones
+    read: int = 0
 
 
 class BatchingEngine:
@@ -261,7 +265,7 @@ class BatchingEngine:
         if n > 1:
             cache.batch_repeat_interleave(n)
         device = self.hf.device
-        rows = [_Row(req, i, _generator(req.params, i, device), len(req.ids)) for i in range(n)]
+        rows = [_Row(req, i, row_generator(req.params, i, device), len(req.ids)) for i in range(n)]
         self._merge(cache, torch.ones(n, len(req.ids), dtype=torch.long, device=device), rows)
         self._advance(rows, out.logits[:, -1, :].float().expand(n, -1))
 
@@ -295,9 +299,9 @@ class BatchingEngine:
             return
         width = max(self._mask.shape[1], mask.shape[1])
         for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([_left_pad(mine.keys, width, 2), _left_pad(theirs.keys, width, 2)])
-            mine.values = torch.cat([_left_pad(mine.values, width, 2), _left_pad(theirs.values, width, 2)])
-        self._mask = torch.cat([_left_pad(self._mask, width, 1), _left_pad(mask, width, 1)])
+            mine.keys = torch.cat([left_pad(mine.keys, width, 2), left_pad(theirs.keys, width, 2)])
+            mine.values = torch.cat([left_pad(mine.values, width, 2), left_pad(theirs.values, width, 2)])
+        self._mask = torch.cat([left_pad(self._mask, width, 1), left_pad(mask, width, 1)])
         self._rows += rows
 
     def _drop_finished(self) -> None:
@@ -327,7 +331,7 @@ class BatchingEngine:
             if r.done:
                 continue
             p = r.req.params
-            token = greedy[i] if p.temperature == 0 else _sample(logits[i], p, r.generator)
+            token = greedy[i] if p.temperature == 0 else sample(logits[i], p, r.generator)
             lp = self._logprob(logp[i], token, p.top_logprobs) if logp is not None and p.logprobs else None
             self._take(r, token, lp)
 
@@ -351,9 +355,7 @@ class BatchingEngine:
             self._finish(r, "stop")
             return
         r.tokens.append(token)
-        with self._tok_lock:
-            decoded = self.tok.decode(r.tokens, skip_special_tokens=True)
-        r.text, hit = cut_at_stop(decoded, req.strings)
+        r.text, hit = cut_at_stop(self._decoded(r), req.strings)
         logprobs = (lp,) if lp is not None else None
         if hit or len(r.tokens) >= req.params.max_new_tokens:
             self._finish(r, "stop" if hit else "length", (token,), logprobs)
@@ -364,37 +366,28 @@ class BatchingEngine:
         r.emitted = max(r.emitted, safe)
         req.handle.put(Delta(r.index, text, (token,), logprobs))
 
+    def _decoded(self, r: _Row) -> str:
+        """decode(r.tokens) without decoding them all each step: only the tokens since the last complete
+        character, with the chunk before them as context (a tokenizer may drop a leading space at the start)."""
+        with self._tok_lock:
+            head = self.tok.decode(r.tokens[r.prefix : r.read], skip_special_tokens=True)
+            whole = self.tok.decode(r.tokens[r.prefix :], skip_special_tokens=True)
+            if not whole.startswith(head):  # the context changed its own text: decode everything once
+                r.stable, r.prefix, r.read = (
+                    self.tok.decode(r.tokens, skip_special_tokens=True),
+                    0,
+                    len(r.tokens),
+                )
+                return r.stable
+        new = whole[len(head) :]
+        if not new or new.endswith(
+            "\ufffd"
+        ):  # nothing yet, or an incomplete UTF-8 character: keep the context
+            return r.stable + new
+        r.stable, r.prefix, r.read = r.stable + new, r.read, len(r.tokens)
+        return r.stable
+
     def _finish(self, r: _Row, reason: str, ids: tuple[int, ...] = (), logprobs=None) -> None:
         usage = Usage(len(r.req.ids), len(r.tokens))
         r.req.handle.put(Delta(r.index, r.text[r.emitted :], ids, logprobs, reason, usage))
         r.emitted, r.done = len(r.text), True
-
-
-def _generator(params: SamplingParams, index: int, device: torch.device) -> torch.Generator | None:
-    """Choice `index`'s own generator, seeded (seed + index): its samples do not depend on its batch mates."""
-    if params.temperature == 0:
-        return None
-    return torch.Generator(device=device).manual_seed(params.seed + index)
-
-
-def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """Temperature, then top-p (the smallest set of tokens whose mass reaches top_p, as transformers' warper)."""
-    scores = logits / params.temperature
-    if params.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=False)
-        cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        remove = cum <= (1 - params.top_p)
-        remove[-1] = False  # keep at least the most likely token
-        scores = scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
-    probs = scores.softmax(dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    """Zeros on the left of `dim` up to `width` (masked positions: their values are never attended to)."""
-    missing = width - t.shape[dim]
-    if missing == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
