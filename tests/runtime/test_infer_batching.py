@@ -229,3 +229,25 @@ def test_incremental_decoding_equals_a_full_decode(hf):
         full = tok.decode(ids[:k], skip_special_tokens=True)
         assert engine._decoded(row) == full, k
     assert engine._decoded(row) == text
+
+
+def test_a_failed_prefill_fails_only_its_request(engine, monkeypatch):
+    blocker = engine.submit(PROMPTS[0], params(max_new_tokens=400))
+    next(iter(blocker))
+    real = engine._prefill
+
+    def broken(req):
+        if req.ids == engine.encode(PROMPTS[1]):
+            raise RuntimeError("out of memory (simulated)")
+        real(req)
+
+    monkeypatch.setattr(engine, "_prefill", broken)
+    bad = engine.submit(PROMPTS[1], params(max_new_tokens=4))
+    with pytest.raises(RuntimeError, match="simulated"):
+        bad.result(timeout=120)
+    with pytest.raises(RuntimeError, match="simulated"):
+        list(bad)
+    good = engine.submit(PROMPTS[2], params(max_new_tokens=4)).result(timeout=120)[0]
+    assert good.finish_reason in ("stop", "length")
+    blocker.cancel()
+    assert blocker.result(timeout=120)[0].finish_reason == "cancelled"  # the running batch went on

@@ -251,7 +251,12 @@ class BatchingEngine:
 
     def _step(self, admitted: list[_Request]) -> None:
         for req in admitted:
-            self._prefill(req)
+            try:
+                self._prefill(req)
+            except Exception as e:  # this prompt failed (out of memory, say): the running batch goes on
+                req.handle.fail(e)
+                for r in self._rows:
+                    r.done = r.done or r.req is req
         for r in [r for r in self._rows if r.req.handle.cancelled and not r.done]:
             self._finish(r, "cancelled")
         self._drop_finished()
