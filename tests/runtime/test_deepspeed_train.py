@@ -35,6 +35,9 @@ def _plan(rt, model: Path, *, method: str, zero: int | None, world: int, offload
     st = rt.stage("sft", "sft", 0, ["arith_sft"], method=method, max_steps=steps, global_batch_size=8,
                   micro_batch_size=2, gradient_accumulation_steps=4 // world, world_size=world,
                   save_steps=2, learning_rate=1e-3, lora={"plus_ratio": 4.0})
+    # the compiler's estimate sizes DeepSpeed's buckets (tkc.compiler.launch.deepspeed_config)
+    st["estimate"] = {"basis": "model config.json", "missing": "memory and time: not estimated here",
+                      "params": 672_640, "trainable_params": 672_640, "memory": None, "time": None}
     plan = rt.resolved([st], model_path=str(model), init="pretrained")
     plan["datasets"]["arith_sft"]["max_samples"] = 48
     if zero is not None:

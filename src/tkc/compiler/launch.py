@@ -138,9 +138,12 @@ def deepspeed_config(stage: dict[str, Any], launch: dict[str, Any]) -> dict[str,
     if launch["offload"] and zero_stage == 0:
         raise LaunchError("offload needs ZeRO stage 1, 2 or 3 (launch.zero_stage)")
     device = "cpu" if launch["offload"] else "none"
+    # DeepSpeed allocates its buckets whole (two with overlap_comm: 4 GB per rank at its default 5e8 elements,
+    # whatever the model): none needs more than the stage's trainable parameters (the compile-time estimate)
+    trainable = (stage.get("estimate") or {}).get("trainable_params") or 500_000_000
+    bucket = min(500_000_000, max(int(trainable), 1_000_000))
     zero: dict[str, Any] = {"stage": zero_stage, "overlap_comm": zero_stage > 0, "contiguous_gradients": True,
-                            "reduce_scatter": True, "reduce_bucket_size": 500_000_000,
-                            "allgather_bucket_size": 500_000_000,
+                            "reduce_scatter": True, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket,
                             "offload_optimizer": {"device": device, "pin_memory": True}}
     if zero_stage == 3:
         zero |= {"offload_param": {"device": device, "pin_memory": True},
