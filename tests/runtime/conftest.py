@@ -63,7 +63,7 @@ def stage(name: str, kind: str, index: int, datasets: list[str], *, method: str 
     """A stage as the compiler resolves it (tkc.bundle.plan): every option of its kind (the schema's default
     unless given); `train` and `finetuning` for training kinds only."""
     st = {"name": name, "kind": kind, "index": index, "datasets": datasets, "init_from": init_from,
-          "options": _options(kind, options or {})}
+          "device": "cpu", "options": _options(kind, options or {})}
     if kind in TRAINING_KINDS:
         st["finetuning"] = {"method": method, **({"lora": {**LORA, **(lora or {})}} if method == "lora" else {}),
                             **({"freeze": freeze} if freeze else {})}

@@ -240,4 +240,5 @@ class ResolvedStage:
     options: ResolvedStageOptions
     train: ResolvedTrain | None
     finetuning: ResolvedFinetuning | None
+    device: str                    # cpu | cuda | npu: the hardware profile's accelerator (rocm runs as cuda)
     estimate: ResolvedEstimate | None = None   # training stages only (compiler/passes/estimate_resources.py)

@@ -1,4 +1,4 @@
-"""Pass 8: stage wiring (datasets, init_from), LoRA targets from the family, and explicit trainer settings."""
+"""Pass 8: stage wiring (datasets, init_from, device), LoRA targets from the family, and explicit trainer settings."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from tkc.compiler.plan import Plan
 from tkc.schema.stages import TRAINING_KINDS
 
 D = "derived:plan_stages"
+# The hardware's accelerator -> the device kind a stage runs on (ROCm builds of torch address AMD GPUs as cuda).
+DEVICE_OF = {"cpu": "cpu", "cuda": "cuda", "rocm": "cuda", "npu": "npu"}
 # Values pinned here so a library upgrade cannot change them silently (AdamW's own defaults today).
 TRAINER_DEFAULTS = {"optimizer": "adamw_torch", "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8,
                     "deterministic": True}
@@ -33,6 +35,12 @@ def _init_from(plan: Plan, i: int) -> tuple[Any, str]:
         return raw, "recipe"
     earlier = [plan.get(f"stages.{j}.name") for j in range(i) if plan.get(f"stages.{j}.kind") in TRAINING_KINDS]
     return (earlier[-1] if earlier else None), D
+
+
+def _device(plan: Plan) -> tuple[str, str]:
+    """Every stage's device kind, from the hardware's accelerator (its provenance: the profile or the recipe)."""
+    accelerator = plan.get("hardware.accelerator", "cpu")
+    return DEVICE_OF[accelerator], plan.provenance.get("hardware.accelerator", D)
 
 
 def _lora(plan: Plan, i: int) -> dict[str, tuple[Any, str]]:
@@ -80,6 +88,7 @@ def plan_stages(plan: Plan) -> Plan:
         if ds is not None:
             out[f"stages.{i}.datasets"] = ds
         out[f"stages.{i}.init_from"] = _init_from(plan, i)
+        out[f"stages.{i}.device"] = _device(plan)
         if kind in TRAINING_KINDS:
             out.update({f"stages.{i}.train.{k}": (v, "default:tkc") for k, v in TRAINER_DEFAULTS.items()})
             out.update(_freeze(plan, i))
