@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, ROOT, step_rates  # noqa: E402
+from common import RESULTS, ROOT, ratio, step_rates  # noqa: E402
 from report_serve import section_serve  # noqa: E402
 
 OUT = ROOT / "BENCHMARKS.md" if RESULTS == ROOT / "bench" / "results" else RESULTS / "BENCHMARKS.md"
@@ -873,14 +873,18 @@ def section_scaling(sc: dict) -> list[str]:
         "`tkc compile` and started by the bundle's own `launch/00-sft.sh` (torchrun over gloo; "
         "`DS_ACCELERATOR=cpu` for DeepSpeed). Cells: tokens/s over the training loop (median per-step tokens/s "
         "of steps 2..N); peak RSS per rank in GiB. The two cores are shared with other work (load average "
-        f"below): few steps, the fastest of {c.get('reps', 1)} repetitions, so read the ratios as rough.",
+        f"below): few steps, the fastest of {c.get('reps', 1)} repetitions, so read the ratios as rough. Under such "
+        "load a process of 2 threads loses far more than 2 processes of 1 thread (each of its parallel regions "
+        "waits for the thread that is descheduled), so the 1 × 2 column is well below the one-process speed in "
+        "the training table above, measured on a quieter machine. 1 × 2 under FSDP2 is one process (FSDP needs "
+        "2 ranks); under DeepSpeed it is one rank through the same engine.",
         "",
         "| strategy | 2 ranks × 1 thread | 1 rank × 2 threads | tokens/s, 2×1 ÷ 1×2 | peak RSS per rank, 2×1 ÷ 1×2 |",
         "|---|---|---|---|---|",
     ]
     names = {"ddp": "DDP (1×2: one process)", "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3",
              "fsdp2": "FSDP2"}
-    for key, row in (sc.get("rows") or {}).items():
+    for key, row in sorted((sc.get("rows") or {}).items(), key=lambda kv: list(names).index(kv[0])):
         if "status" in row:
             lines.append(f"| {names.get(key, key)} | {DASH} ({row['status']}) | {DASH} | {DASH} | {DASH} |")
             continue
@@ -890,6 +894,11 @@ def section_scaling(sc: dict) -> list[str]:
     p = sc.get("peer_zero3_2x1") or {}
     cell = _scaling_cell(p) if "status" not in p else f"{DASH} ({p['status']})"
     lines += [f"| LLaMA-Factory DeepSpeed ZeRO-3 (peer) | {cell} | {DASH} | {DASH} | {DASH} |", ""]
+    z3 = ((sc.get("rows") or {}).get("zero3") or {}).get("2x1") or {}
+    if p.get("ok") and z3.get("ok"):
+        lines += [f"ZeRO-3, 2 ranks × 1 thread, tkc ÷ peer: {r(ratio(z3.get('tokens_per_s'), p.get('tokens_per_s')))} "
+                  f"tokens/s, {r(ratio(z3.get('peak_rss_max_rank_gib'), p.get('peak_rss_max_rank_gib')))} peak RSS "
+                  f"per rank (tokens: tkc {f(z3.get('tokens'))}, peer {f(p.get('tokens'))}).", ""]
     m = sc.get("machine") or {}
     lines += [f"Measured {sc.get('generated_utc', DASH)}; load average at the end {m.get('loadavg_1_5_15', DASH)}.",
               ""]

@@ -5,7 +5,8 @@
 Full: about 27 minutes on this 2-core machine (2026-12-05; the training part, three workloads x 3
 repetitions per tool plus the peer-defaults row, 8.7 of them; preprocessing 5 cold + cached pairs per tool, 1.5;
 the peer's padded sizes 1.7; determinism (repeats, 2 ranks, kill -9 resume; SFT+LoRA and DPO+LoRA) 10.2; matmul
-about 5 s; scaling (4 strategies x 2 layouts x 2 repetitions, 8 steps each, and the peer's ZeRO-3) about 15). The peer also runs at tkc's thread count when its default
+about 5 s), plus the scaling table's 24 minutes (4 strategies x 2 layouts x 2 repetitions of 8 steps and the peer's
+ZeRO-3, at a load average of 11). The peer also runs at tkc's thread count when its default
 differs (not here: both use 2). --quick: about 6 minutes (fewer repetitions, SFT+LoRA only, no determinism or
 scaling run: their previous results stay). Set TKC_BENCH_RESULTS=DIR to write results and the report there instead
 (trial runs).
