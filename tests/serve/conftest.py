@@ -15,9 +15,6 @@ _spec.loader.exec_module(H)
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory) -> Path:
-    import os
-    if os.environ.get("TKC_DEV_SERVE_BUNDLE"):
-        return Path(os.environ["TKC_DEV_SERVE_BUNDLE"])
     return H.build_bundle(tmp_path_factory.mktemp("serve"))
 
 

@@ -129,3 +129,20 @@ def test_cli_refuses_a_public_bind_without_a_key_before_loading(tmp_path):
                         "0.0.0.0"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "--api-key-file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_generation_defaults_come_from_the_infer_stage_reading_the_served_model():
+    """`tkc serve --stage infer` and serving the model an infer stage reads use that stage's options;
+    another model gets OpenAI's defaults (None here)."""
+    from types import SimpleNamespace
+
+    from tkc.bundle.plan import structure_plan
+    from tkc.compiler import compile_recipe
+    from tkc.runtime.serve.backend import infer_defaults
+
+    root = Path(__file__).resolve().parents[2]
+    ctx = SimpleNamespace(plan=structure_plan(compile_recipe(root / "recipes" / "tiny_sft_dpo.yaml").resolved))
+    by_name = infer_defaults(ctx, "infer", "dpo")  # type: ignore[arg-type]
+    assert by_name is not None and (by_name.max_new_tokens, by_name.temperature) == (8, 0.0)
+    assert infer_defaults(ctx, None, "dpo") == by_name  # type: ignore[arg-type]
+    assert infer_defaults(ctx, "sft", "sft") is None  # type: ignore[arg-type]
