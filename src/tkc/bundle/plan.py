@@ -51,6 +51,29 @@ class PlanError(ValueError):
 # ---------------------------------------------------------------- model, data, hardware, launch, environment
 
 @attrs.frozen
+class ResolvedMediaExpansion:
+    """How a dataset's placeholder for one media kind becomes the model's tokens: prefix + token x n + suffix."""
+    placeholder: str               # <image> | <video> | <audio>
+    token: str                     # the model's token, repeated n times
+    prefix: str
+    suffix: str
+    count: str                     # processor (the processor's own count per media size) | audio_frames
+
+
+@attrs.frozen
+class ResolvedMultimodal:
+    """A multimodal family's parts (family data): classes and module paths as named in transformers."""
+    model_class: str
+    processor: str
+    vision_tower: str | None
+    audio_tower: str | None
+    projector: str
+    language_model: str
+    lm_head: str
+    media: Mapping[str, ResolvedMediaExpansion]   # media kind (images/videos/audios) -> its expansion
+
+
+@attrs.frozen
 class ResolvedModel:
     source: str                    # local | hub
     path: str                      # relative POSIX path from the source root, or the hub id
@@ -63,6 +86,8 @@ class ResolvedModel:
     # the decoder layer class FSDP shards as one unit (family data); None: the family names none and the
     # runtime finds the layer list (default: bundles compiled before the field, hand-written plans)
     decoder_layer: str | None = None
+    # vision/audio-language families (family data); None: a text-only model (and bundles compiled before the field)
+    multimodal: ResolvedMultimodal | None = None
 
 
 @attrs.frozen
@@ -119,6 +144,10 @@ class ResolvedDataset:
     max_samples: int | None
     weight: float
     on_bad_record: str             # error | skip
+    # the folder media files are read from (relative POSIX from the source root) and every media file the
+    # records name, hashed; None and () for a dataset without media columns (tkc.bundle.media)
+    media_root: str | None = None
+    media_files: tuple[ResolvedDataFile, ...] = ()
 
 
 @attrs.frozen
@@ -129,6 +158,15 @@ class ResolvedData:
     mask_history: bool
     val_size: float
     mix: str                       # concat | interleave
+    media: ResolvedMedia | None = None   # None when no dataset has media columns
+
+
+@attrs.frozen
+class ResolvedMedia:
+    """Bounds on media files (tkc.bundle.media), and the recipe's media root (None: each dataset's own folder)."""
+    root: str | None
+    max_image_bytes: int
+    max_image_pixels: int
 
 
 @attrs.frozen

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,6 +29,29 @@ class TemplateRef(BaseModel):
     template: str
 
 
+class MediaExpansion(BaseModel):
+    """How a dataset's placeholder for one media kind becomes the model's tokens: prefix + token x n + suffix."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    placeholder: str = Field(min_length=1)   # what datasets write: <image>, <video>, <audio>
+    token: str = Field(min_length=1)         # the model's token, repeated n times
+    prefix: str = ""
+    suffix: str = ""
+    count: Literal["processor", "audio_frames"]   # how n is computed (tkc.bundle.media.COUNT_RULES)
+
+
+class Multimodal(BaseModel):
+    """A multimodal family's parts, as named in transformers' classes (module paths from the top model)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_class: str
+    processor: str
+    vision_tower: str | None = None
+    audio_tower: str | None = None
+    projector: str
+    language_model: str
+    lm_head: str = "lm_head"
+    media: dict[Literal["images", "videos", "audios"], MediaExpansion] = Field(min_length=1)
+
+
 class Family(Record):
     model_types: list[str] = Field(default_factory=list)
     architectures: list[str] = Field(default_factory=list)
@@ -38,6 +61,7 @@ class Family(Record):
     layers_path: str = "model.layers"
     decoder_layer: str | None = None  # the decoder layer class FSDP shards as one unit (None: found at run)
     supports_bf16: bool = True
+    multimodal: Multimodal | None = None   # vision/audio-language families only
 
 
 class Profile(Record):

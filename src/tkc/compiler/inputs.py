@@ -275,6 +275,7 @@ def load_inputs(recipe: LoadedRecipe, root: Path) -> Inputs:
     datasets = {name: _placed(recipe, facts) for name, facts in datasets.items()}
     lockfiles = {p.stem: p.read_text(encoding="utf-8") for p in sorted(LOCKFILE_DIR.glob("*.txt"))}
     from tkc.compiler.benchmarks import load_benchmarks
+    from tkc.compiler.media import load_media
 
     return Inputs(recipe, model, datasets, lockfiles, __version__, load_reward_bundles(recipe, root, found), found,
-                  load_benchmarks(recipe, root, found.roots))
+                  load_benchmarks(recipe, root, found.roots), load_media(recipe, root, datasets, found.roots))

@@ -23,6 +23,7 @@ from tkc.compiler.passes.resolve_benchmarks import resolve_benchmarks
 from tkc.compiler.passes.resolve_chat_template import resolve_chat_template
 from tkc.compiler.passes.resolve_datasets import resolve_datasets
 from tkc.compiler.passes.resolve_hardware_profile import resolve_hardware_profile
+from tkc.compiler.passes.resolve_media import resolve_media
 from tkc.compiler.passes.resolve_model_family import resolve_model_family
 from tkc.compiler.passes.resolve_reward_bundles import resolve_reward_bundles
 from tkc.compiler.passes.select_lockfile import select_lockfile
@@ -36,6 +37,7 @@ PASSES: tuple[Callable[[Plan], Plan], ...] = (
     resolve_model_family,
     resolve_chat_template,
     resolve_datasets,
+    resolve_media,
     resolve_benchmarks,
     resolve_hardware_profile,
     derive_parallelism,

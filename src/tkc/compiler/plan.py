@@ -79,6 +79,7 @@ class Inputs:
     reward_bundles: Mapping[str, RewardBundleFacts] = field(default_factory=dict)   # reward_model text -> facts
     paths: PathFacts = field(default_factory=PathFacts)   # the read roots, and paths found outside them (PATH001)
     benchmarks: Mapping[int, BenchmarkFacts] = field(default_factory=dict)   # eval stage index -> its benchmark
+    media: Mapping[str, Any] = field(default_factory=dict)   # dataset name -> compiler.media.MediaFacts
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from tkc.bundle.media import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+
 SCHEMA_VERSION = 1
 Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", max_length=64)]
 
@@ -43,6 +45,15 @@ class DatasetSpec(Spec):
     on_bad_record: Literal["error", "skip"] = Field("error", description="Skip malformed records (reported).")
 
 
+class MediaSpec(Spec):
+    root: str | None = Field(None, description=(
+        "Folder (relative to the recipe) that media files are read from, and their paths are relative to; default: "
+        "each dataset file's own folder. It must lie inside the read roots; URLs and paths out of it are refused."))
+    max_image_bytes: Annotated[int, Field(gt=0)] = Field(MAX_IMAGE_BYTES, description="Largest image file read.")
+    max_image_pixels: Annotated[int, Field(gt=0)] = Field(
+        MAX_IMAGE_PIXELS, description="Largest image (width x height) decoded; a bigger one is a bad record.")
+
+
 class DataSpec(Spec):
     datasets: dict[Name, DatasetSpec] = Field(min_length=1, max_length=1024,
                                               description="Named datasets used by stages (at most 1024).")
@@ -53,6 +64,8 @@ class DataSpec(Spec):
     mask_history: bool = Field(False, description="Train only on the last assistant turn.")
     val_size: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="Fraction held out for evaluation.")
     mix: Literal["concat", "interleave"] = Field("concat", description="How several datasets are combined.")
+    media: MediaSpec = Field(default_factory=MediaSpec, description="Where media files (images, videos, audios) "
+                             "are read from, and their bounds.")
 
 
 class LoraSpec(Spec):
@@ -82,6 +95,12 @@ class FinetuningSpec(Spec):
     lora: LoraSpec | None = Field(None, description="LoRA options (method: lora).")
     freeze: FreezeSpec | None = Field(None, description="Freeze-tuning options (method: freeze).")
     quantization: QuantizationSpec | None = Field(None, description="QLoRA quantisation of the base model.")
+    freeze_vision_tower: bool | None = Field(None, description=(
+        "Vision-language models: keep the vision tower frozen (default true; with LoRA, false trains it in full)."))
+    freeze_multi_modal_projector: bool | None = Field(None, description=(
+        "Vision-language models: keep the projector frozen (default false: trained in full, beside LoRA too)."))
+    freeze_language_model: bool | None = Field(None, description=(
+        "Vision-language models: keep the language model frozen (default false; not with method lora)."))
 
 
 class TrainSpec(Spec):
