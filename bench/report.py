@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, ROOT, ratio, step_rates  # noqa: E402
+from report_estimator import section_estimator  # noqa: E402
 from report_serve import section_serve  # noqa: E402
 
 OUT = ROOT / "BENCHMARKS.md" if RESULTS == ROOT / "bench" / "results" else RESULTS / "BENCHMARKS.md"
@@ -945,7 +946,7 @@ def render() -> str:
     res = {
         n: _load(n)
         for n in ("errors", "preprocess", "preprocess_synthetic", "parity", "train", "repeat_train", "matmul",
-                  "determinism", "padding", "scaling", "gpu_check", "serve")
+                  "determinism", "padding", "scaling", "gpu_check", "estimator", "serve")
     }
     for t in (res["train"], res["repeat_train"]):
         add_examples_per_s(t)
@@ -966,6 +967,7 @@ def render() -> str:
     parts += section_train(res["train"]) + section_mfu(res["train"], res["matmul"])
     parts += section_determinism(res["train"], res["determinism"]) + section_parity(res["parity"])
     parts += section_scaling(res["scaling"]) + section_gpu(res["gpu_check"])
+    parts += section_estimator(res["estimator"])
     parts += section_serve(res["serve"])
     parts += section_machine(res)
     parts += [STATIC]

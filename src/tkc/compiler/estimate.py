@@ -9,17 +9,27 @@ for bf16/fp16; W: the world size):
   w·N, divided by W at ZeRO-3 / FSDP full shard (and none on the device when ZeRO-3/FSDP offload params).
 - gradients: 4·Nt unsharded; under ZeRO/FSDP w·Nt, divided by W at ZeRO-2/3 and FSDP; with offload at ZeRO-2/3,
   the partition lives on the host (the buckets are buffers).
-- optimizer: AdamW, two fp32 moments: 8·Nt; under ZeRO/FSDP with bf16/fp16 also the fp32 master (12·Nt); divided
-  by W at ZeRO >= 1 and FSDP; on the host with offload.
+- optimizer: AdamW, two fp32 moments: 8·Nt; DeepSpeed (any precision, fp32 included) and FSDP with bf16/fp16
+  also keep an fp32 master copy (12·Nt); divided by W at ZeRO >= 1 and FSDP; on the host with offload.
 - activations: saved for backward, per micro batch of `micro` rows of `cutoff_len` tokens (two sequences a row for
   rm, dpo and kto): per decoder layer that backward passes through, 4h + 3·H·d + 2·K·d + 4i elements a token
   (two RMSNorm inputs and outputs, q/k/v after rotary, the attention output and its reshaped copy, the gated MLP's
   four intermediates; SDPA saves no s² scores) at w bytes; with gradient checkpointing only each layer's input (h)
   plus one layer recomputed. A causal-LM head adds (4 + 4 + w)·V a token: the fp32 log-softmax, its gradient and
   the logits. Freeze-tuning backpropagates through its trainable layers only.
-- buffers: DDP's gradient buckets (a copy of the gradients, 4·Nt) when W > 1; ZeRO-1/2: two reduce buckets of
-  min(5e8, Nt) elements at w (the bundle's DeepSpeed config); ZeRO-3/FSDP: two gathered layers at w, plus ZeRO-3's
-  reduce bucket.
+- buffers: RUNTIME_WORKSPACE_BYTES (library workspaces and caches the first forward, backward and step leave:
+  27 MiB in a bare transformers loop on a CPU; 64 MiB with tkc's runtime state, calibrated by bench/estimator.py),
+  plus DDP's gradient buckets (a copy of the gradients, 4·Nt) when W > 1; DeepSpeed allocates its reduce bucket
+  whole: ZeRO-1/2 two (contiguous gradients with overlap_comm), ZeRO-3 one, of the bundle's reduce_bucket_size
+  elements at w (compiler/launch.py: Nt clamped to [1e6, 5e8]); ZeRO-3 and FSDP also hold two gathered layers at w,
+  ZeRO-3 also what it prefetches (its default stage3_prefetch_bucket_size, 5e7 elements, at most the model), FSDP
+  the root's parameters (the embeddings and LM head, gathered for the whole step: only the layers are units).
+- step: AdamW (foreach=False) updates one tensor at a time through two temporaries of its size (sqrt of the
+  second moment, then its quotient): 8 bytes times the largest trainable tensor (sharded: divided by W), while the
+  weights, gradients and moments are all held.
+- total: the peak, not the sum. With one micro batch a step, gradients are freed after each step (zero_grad
+  set_to_none) and appear during backward as it frees the activations, so the peak holds the larger of the two;
+  with gradient accumulation the previous micro batches' gradients stay through the next forward: both.
 - overhead: the process itself (CUDA context and allocator slack on a GPU; interpreter, torch and transformers
   on a CPU): RUNTIME_OVERHEAD_BYTES.
 Extra models: dpo/kto/grpo keep a reference (LoRA: the base with its adapter off, no bytes; otherwise a frozen copy
@@ -42,7 +52,9 @@ GIB = 1 << 30
 RUNTIME_OVERHEAD_BYTES = {"cuda": GIB, "rocm": GIB, "npu": 2 * GIB, "cpu": GIB}
 USABLE_FRACTION = 0.9        # of the profile's memory_gb: what a plan may use (the rest: fragmentation, spikes)
 EFFICIENCY = {"cuda": 0.4, "rocm": 0.3, "npu": 0.3, "cpu": 0.5}   # assumed fraction of peak FLOPs sustained
-DS_BUCKET_ELEMENTS = 500_000_000   # reduce_bucket_size in the bundle's DeepSpeed config (compiler/launch.py)
+RUNTIME_WORKSPACE_BYTES = 64 << 20   # calibrated on CPU (bench/estimator.py); see the module docstring
+DS_PREFETCH_ELEMENTS = 50_000_000  # DeepSpeed's default stage3_prefetch_bucket_size (the bundle leaves it)
+DS_BUCKET_ELEMENTS = 500_000_000   # the largest reduce_bucket_size in a bundle's DeepSpeed config (compiler/launch.py)
 QUANT_BLOCK = 64                   # bitsandbytes 4-bit block size: one fp32 absmax per 64 weights
 PAIR_KINDS = ("rm", "dpo", "kto")  # two sequences a row (chosen/rejected, or the KL pair)
 REFERENCE_KINDS = ("dpo", "kto", "grpo", "ppo")
@@ -112,6 +124,8 @@ class Setup:
     lora_targets: tuple[str, ...] = ()
     lora_full_modules: tuple[str, ...] = ()   # modules_to_save: trained in full
     trainable_layers: int = 2        # freeze-tuning
+    accumulation: int = 1            # micro batches a step (gradient accumulation)
+    engine: str = "torch"            # torch (local, DDP) | deepspeed | fsdp
 
     def but(self, **changes: Any) -> Setup:
         return replace(self, **changes)
@@ -126,10 +140,15 @@ class Memory:
     buffers: int
     overhead: int
     offloaded: int                  # on the host because of offload (not in total)
+    accumulating: bool = False      # gradients held through the next micro batch's forward
+    step: int = 0                   # the optimizer step's temporaries (held with the gradients, not activations)
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.buffers + self.overhead
+        """The peak (see the module docstring): gradients and activations overlap unless accumulating."""
+        backward = self.gradients + self.activations if self.accumulating else max(self.gradients, self.activations)
+        peak = max(backward, self.gradients + self.step)
+        return self.weights + self.optimizer + peak + self.buffers + self.overhead
 
 
 def _target_dims(shape: ModelShape, name: str) -> tuple[int, int]:
@@ -170,7 +189,7 @@ def _states(shape: ModelShape, s: Setup, nt: int) -> tuple[int, int, int]:
     if not s.sharding:
         return 4 * nt, 8 * nt, 0
     grads = (w * nt) // (s.world if s.sharding >= 2 else 1)
-    optim = ((8 if w == 4 else 12) * nt) // s.world
+    optim = ((8 if w == 4 and s.engine != "deepspeed" else 12) * nt) // s.world
     if not s.offload:
         return grads, optim, 0
     host_grads = grads if s.sharding >= 2 else 0
@@ -178,14 +197,35 @@ def _states(shape: ModelShape, s: Setup, nt: int) -> tuple[int, int, int]:
     return grads - host_grads, 0, optim + host_grads + host_params
 
 
+def _largest_trainable(shape: ModelShape, s: Setup) -> int:
+    h, i, q = shape.hidden, shape.intermediate, shape.heads * shape.head_dim
+    layer = max(h * i, h * q)
+    if s.method == "full":
+        return max(shape.vocab * h, layer)
+    if s.method == "freeze":
+        return layer
+    if any(m in ("embed_tokens", "lm_head") for m in s.lora_full_modules):
+        return shape.vocab * h
+    return s.lora_rank * max((max(_target_dims(shape, t)) for t in s.lora_targets), default=h)
+
+
+def _step_temporaries(shape: ModelShape, s: Setup) -> int:
+    if s.offload and s.sharding:
+        return 0
+    return 8 * _largest_trainable(shape, s) // (s.world if s.sharding else 1)
+
+
 def _buffers(shape: ModelShape, s: Setup, nt: int) -> int:
     w = _DTYPE_BYTES[s.precision]
     if not s.sharding:
-        return 4 * nt if s.world > 1 else 0
-    bucket = 2 * min(DS_BUCKET_ELEMENTS, nt) * w
-    if s.sharding < 3:
-        return bucket
-    return 2 * (shape.layer_linear() + 2 * shape.hidden) * w + bucket // 2
+        return RUNTIME_WORKSPACE_BYTES + (4 * nt if s.world > 1 else 0)
+    bucket = min(DS_BUCKET_ELEMENTS, max(nt, 1_000_000))   # as compiler/launch.py sizes the bundle's config
+    buckets = (2 if s.sharding < 3 else 1) * bucket * w if s.engine == "deepspeed" else 0
+    layers = 2 * (shape.layer_linear() + 2 * shape.hidden)
+    rest = shape.params() - layers
+    prefetch = min(DS_PREFETCH_ELEMENTS, rest) if s.engine == "deepspeed" else shape.embeddings()
+    gathered = (layers + prefetch) * w if s.sharding == 3 else 0
+    return RUNTIME_WORKSPACE_BYTES + buckets + gathered
 
 
 def activations(shape: ModelShape, s: Setup) -> int:
@@ -213,7 +253,8 @@ def estimate_memory(shape: ModelShape, s: Setup) -> Memory:
         weights += policy + frozen_copy
         grads, optim, host, buffers = 2 * grads, 2 * optim, 2 * host, 2 * buffers
     return Memory(weights, grads, optim, activations(shape, s), buffers,
-                  RUNTIME_OVERHEAD_BYTES.get(s.accelerator, GIB), host)
+                  RUNTIME_OVERHEAD_BYTES.get(s.accelerator, GIB), host, s.accumulation > 1,
+                  (2 if s.kind == "ppo" else 1) * _step_temporaries(shape, s))
 
 
 def step_flops(shape: ModelShape, s: Setup, global_batch: int) -> float:

@@ -12,13 +12,13 @@ from tkc.compiler.plan import Plan
 
 Violation = tuple[tuple[str | int, ...], str, str | None]
 GIB = float(est.GIB)
-_ZERO3 = {"sharding": 3, "offload": False}
+_ZERO3 = {"sharding": 3, "offload": False, "engine": "deepspeed"}
 # (what to change in the recipe, the setup fields it changes); tried alone, then with checkpointing and micro 1
 ALTERNATIVES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("train.gradient_checkpointing: true", {"checkpointing": True}),
     ("train.micro_batch_size: 1", {"micro": 1}),
     ("launch: {kind: deepspeed, zero_stage: 3}", _ZERO3),
-    ("launch: {kind: deepspeed, zero_stage: 3, offload: true}", {"sharding": 3, "offload": True}),
+    ("launch: {kind: deepspeed, zero_stage: 3, offload: true}", {"sharding": 3, "offload": True, "engine": "deepspeed"}),
     ("finetuning.method: lora", {"method": "lora", "bits": 0}),
     ("finetuning: {method: lora, quantization: {bits: 4}} (QLoRA)", {"method": "lora", "bits": 4}),
 )

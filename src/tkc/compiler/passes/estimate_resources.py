@@ -41,6 +41,11 @@ def sharding(plan: Plan) -> int:
     return int(plan.get("launch.zero_stage") or 0) if kind == "deepspeed" else 0
 
 
+def _engine(plan: Plan) -> str:
+    kind = plan.get("launch.kind")
+    return kind if kind in ("deepspeed", "fsdp") else "torch"
+
+
 def _lora_targets(plan: Plan, i: int) -> tuple[str, ...]:
     targets = plan.get(f"stages.{i}.finetuning.lora.targets", "auto")
     if targets in ("auto", "all"):  # as plan_stages resolves them
@@ -57,14 +62,17 @@ def stage_setup(plan: Plan, i: int, micro: int | None = None) -> est.Setup:
     if precision == "auto":
         precision = best_precision(acc, bool(plan.get("hardware.supports_bf16")),
                                    bool(plan.get("hardware.supports_fp16")))
+    micro = micro or plan.get(t + "micro_batch_size") or 1
+    world = int(plan.get("launch.world_size") or 1)
     return est.Setup(
         kind=plan.get(f"stages.{i}.kind"), method=plan.get(ft + "method", "full"), precision=precision,
-        micro=micro or plan.get(t + "micro_batch_size") or 1, cutoff=int(plan.get("data.cutoff_len") or 1),
-        accelerator=acc, world=int(plan.get("launch.world_size") or 1), sharding=sharding(plan),
+        micro=micro, cutoff=int(plan.get("data.cutoff_len") or 1),
+        accelerator=acc, world=world, sharding=sharding(plan), engine=_engine(plan),
         offload=bool(plan.get("launch.offload")), checkpointing=bool(plan.get(t + "gradient_checkpointing")),
         bits=int(plan.get(ft + "quantization.bits") or 0), lora_rank=int(plan.get(ft + "lora.rank") or 8),
         lora_targets=_lora_targets(plan, i), lora_full_modules=tuple(plan.get(ft + "lora.modules_to_save") or ()),
-        trainable_layers=int(plan.get(ft + "freeze.trainable_layers") or 2))
+        trainable_layers=int(plan.get(ft + "freeze.trainable_layers") or 2),
+        accumulation=max(1, int(plan.get(t + "global_batch_size") or 1) // world // micro))
 
 
 def fits_at(plan: Plan, i: int, shape: est.ModelShape, micro: int) -> bool:
