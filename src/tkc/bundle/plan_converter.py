@@ -129,7 +129,8 @@ def make_converter() -> cattrs.Converter:
         lambda t: _checked(dict, conv.gen_structure_attrs_fromdict(t)))
     conv.register_structure_hook(ResolvedStage, _stage_structure(conv))
     conv.register_unstructure_hook(ResolvedFinetuning,
-                                   _omit_none(conv, ResolvedFinetuning, ("lora", "freeze", "quantization")))
+                                   _omit_none(conv, ResolvedFinetuning, ("lora", "freeze", "quantization",
+                                                                     "multimodal")))
     conv.register_unstructure_hook(ResolvedStage, _omit_none(conv, ResolvedStage, ("train", "finetuning",
                                                                              "estimate")))
     return conv

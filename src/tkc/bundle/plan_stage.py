@@ -65,12 +65,22 @@ class ResolvedQuantization:
 
 
 @attrs.frozen
+class ResolvedMultimodalSwitches:
+    """Which parts of a vision-language model stay frozen (recipe or default; paths: model.multimodal)."""
+    freeze_vision_tower: bool
+    freeze_multi_modal_projector: bool
+    freeze_language_model: bool
+
+
+@attrs.frozen
 class ResolvedFinetuning:
-    """`method` always; each block only when it applies (lora for method lora, freeze for method freeze)."""
+    """`method` always; each block only when it applies (lora for method lora, freeze for method freeze,
+    multimodal for a model with model.multimodal)."""
     method: str                    # full | freeze | lora
     lora: ResolvedLora | None = None
     freeze: ResolvedFreeze | None = None
     quantization: ResolvedQuantization | None = None
+    multimodal: ResolvedMultimodalSwitches | None = None
 
 
 @attrs.frozen

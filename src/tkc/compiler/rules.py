@@ -18,6 +18,11 @@ from tkc.compiler.rules_export import export_unmerged_needs_lora
 from tkc.compiler.rules_fsdp import fsdp_no_fp16, fsdp_no_quantization
 from tkc.compiler.rules_memory import memory_fits
 from tkc.compiler.rules_multimodal import media_needs_multimodal
+from tkc.compiler.rules_multimodal_train import (
+    lora_needs_language_model,
+    no_packing_with_media,
+    switches_need_multimodal,
+)
 from tkc.schema.diagnostics import did_you_mean
 from tkc.schema.stages import TRAINING_KINDS
 
@@ -249,4 +254,7 @@ RULES: dict[str, Callable[[Plan], Iterator[Violation]]] = {
     "DS004": zero3_same_forwards,
     "MEM001": memory_fits,
     "MM001": media_needs_multimodal,
+    "MM010": switches_need_multimodal,
+    "MM011": lora_needs_language_model,
+    "MM012": no_packing_with_media,
 }

@@ -37,11 +37,17 @@ def dtype_of(stage: ResolvedStage) -> torch.dtype:
     return DTYPES[stage.train.precision] if stage.train is not None else torch.float32
 
 
-def _auto_class(head: str):
+def _auto_class(head: str, ctx: RunContext | None = None):
+    """The class a stage's model loads as; a vision-language model (the plan's model.multimodal) as its family's
+    class (tkc.runtime.multimodal)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # its "Loading weights" bar: tkc prints its own progress, one line a step
+    if ctx is not None and ctx.plan.model.multimodal is not None and head == "causal_lm":
+        from tkc.runtime.multimodal import model_class
+
+        return model_class(ctx.plan.model.multimodal)
     return AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
 
 
@@ -60,12 +66,12 @@ def _from_bundle_model(ctx: RunContext, head: str, dtype: torch.dtype, seed: int
         config.pad_token_id = ctx.tokenizer().pad_token_id
     torch.manual_seed(seed)
     if ctx.plan.model.init == "scratch":
-        return _auto_class(head).from_config(config, dtype=dtype, attn_implementation="sdpa",
+        return _auto_class(head, ctx).from_config(config, dtype=dtype, attn_implementation="sdpa",
                                              trust_remote_code=common["trust_remote_code"])
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa", "config": config, **common}
     if quant:
         kwargs["quantization_config"] = _bnb_config(quant, dtype)
-    return _auto_class(head).from_pretrained(path, **kwargs)
+    return _auto_class(head, ctx).from_pretrained(path, **kwargs)
 
 
 def _bnb_config(quant: ResolvedQuantization, dtype: torch.dtype):
@@ -110,7 +116,7 @@ def _load_stage_output(ctx: RunContext, name: str, *, dtype: torch.dtype = torch
         base = _start_weights(ctx, ctx.stage_by_name(name), head=head, dtype=dtype)
         with quiet_checkpointing_alias():
             return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
-    return _auto_class(head).from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa",
+    return _auto_class(head, ctx).from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa",
                                              trust_remote_code=ctx.plan.model.trust_remote_code)
 
 
@@ -183,17 +189,21 @@ def apply_freeze(model: nn.Module, freeze: ResolvedFreeze) -> None:
                 p.requires_grad_(True)
 
 
-def apply_lora(model: nn.Module, lora: ResolvedLora, *, task_type: str, quantized: bool):
-    """Wrap with a PEFT LoRA adapter: variants lora / dora / rslora, init default / pissa."""
+def apply_lora(model: nn.Module, lora: ResolvedLora, *, task_type: str, quantized: bool,
+               targets: str | None = None, modules_to_save: list[str] | None = None):
+    """Wrap with a PEFT LoRA adapter: variants lora / dora / rslora, init default / pissa. `targets` (a regex) and
+    `modules_to_save` stand in for the plan's (a vision-language model: tkc.runtime.multimodal)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    save = [*lora.modules_to_save, *(modules_to_save or [])]
     config = LoraConfig(
-        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.targets),
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=targets if targets is not None else list(lora.targets),
         use_dora=lora.variant == "dora", use_rslora=lora.variant == "rslora",
         init_lora_weights="pissa" if lora.init == "pissa" else True,
-        modules_to_save=list(lora.modules_to_save) or None, bias="none", task_type=task_type,
+        modules_to_save=save or None, bias="none", task_type=task_type,
     )
     with quiet_checkpointing_alias():
         model = get_peft_model(model, config)
@@ -225,14 +235,23 @@ def build_trainable(ctx: RunContext, stage: ResolvedStage, *, head: str = "causa
     with strat.init_context():  # ZeRO-3: parameters are born sharded across ranks
         model = _start_weights(ctx, stage, head=head)
     model.config.use_cache = False
+    mm = ctx.plan.model.multimodal
     if ft.method == "freeze":
         assert ft.freeze is not None, "the plan has a freeze block exactly for method freeze"
         apply_freeze(model, ft.freeze)
     elif ft.method == "lora":
         assert ft.lora is not None, "the plan has a lora block exactly for method lora"
         torch.manual_seed(train.seed)  # LoRA A matrices are random: seed them
+        from tkc.runtime import multimodal
+
         model = apply_lora(model, ft.lora, task_type="CAUSAL_LM" if head == "causal_lm" else "SEQ_CLS",
-                           quantized=ft.quantization is not None)
+                           quantized=ft.quantization is not None,
+                           targets=multimodal.lora_targets(mm, ft.lora.targets) if mm else None,
+                           modules_to_save=multimodal.lora_modules_to_save(mm, ft) if mm else None)
+    if mm is not None and ft.method != "lora":
+        from tkc.runtime.multimodal import apply_switches
+
+        apply_switches(model, mm, ft)  # the vision tower, projector and language model: trained or frozen
     if train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if ft.method == "lora":

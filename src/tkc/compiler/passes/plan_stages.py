@@ -6,6 +6,7 @@ from typing import Any
 
 from tkc.bundle.kinds import STAGE_DATASET_KINDS
 from tkc.catalog.registry import families
+from tkc.compiler.passes._util import source_of
 from tkc.compiler.plan import Plan
 from tkc.schema.stages import TRAINING_KINDS
 
@@ -80,6 +81,27 @@ def _freeze(plan: Plan, i: int) -> dict[str, tuple[Any, str]]:
     return out
 
 
+# LLaMA-Factory's defaults: the vision tower frozen, the projector and the language model trained
+MULTIMODAL_SWITCHES = {"freeze_vision_tower": True, "freeze_multi_modal_projector": False,
+                       "freeze_language_model": False}
+
+
+def _multimodal(plan: Plan, i: int) -> dict[str, tuple[Any, str]]:
+    """A vision-language model's freeze switches, from the stage's finetuning block (else the top-level one);
+    none for a text-only model (MM010 refuses switches there)."""
+    if plan.get("model.multimodal") is None:
+        return {}
+    stage = plan.inputs.recipe.spec.stages[i]
+    spec = stage.finetuning or plan.inputs.recipe.spec.finetuning
+    root: tuple[Any, ...] = ("stages", i, "finetuning") if stage.finetuning else ("finetuning",)
+    out: dict[str, tuple[Any, str]] = {}
+    for key, default in MULTIMODAL_SWITCHES.items():
+        value = getattr(spec, key)
+        out[f"stages.{i}.finetuning.multimodal.{key}"] = (
+            (default, "default") if value is None else (value, source_of(plan, (*root, key))))
+    return out
+
+
 def plan_stages(plan: Plan) -> Plan:
     for i in range(plan.stage_count()):
         kind = plan.get(f"stages.{i}.kind")
@@ -92,6 +114,7 @@ def plan_stages(plan: Plan) -> Plan:
         if kind in TRAINING_KINDS:
             out.update({f"stages.{i}.train.{k}": (v, "default:tkc") for k, v in TRAINER_DEFAULTS.items()})
             out.update(_freeze(plan, i))
+            out.update(_multimodal(plan, i))
         plan = plan.with_values(out)
         plan = plan.with_values(_needs_default_lora(plan, i))
         plan = plan.with_values(_lora(plan, i))

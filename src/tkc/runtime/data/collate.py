@@ -1,7 +1,13 @@
 """Rows into torch tensors: right-padded to the longest row, or unpadded (runs of equal-length rows, or every row
-end to end in one packed sequence; no padding)."""
+end to end in one packed sequence; no padding). Rows with images (a vision-language model's) bring their pixels:
+`media` (tkc.runtime.multimodal.media_encoder) turns a batch's image paths into the processor's tensors, all the
+batch's images in row order, as the model's forward fills its image tokens in order."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+MEDIA_KEYS = ("images", "videos", "audios")
 
 IGNORE = -100
 
@@ -16,13 +22,15 @@ def _pad(seqs, value: int, dtype):
     return out
 
 
-def collate(batch: list[dict], pad_id: int) -> dict:
+def collate(batch: list[dict], pad_id: int, media: Callable[[list], dict] | None = None) -> dict:
     """Batch rows of any stage kind.
 
     * `input_ids`-like keys pad with pad_id, `*labels` with -100, `*attention_mask` with 0,
       `position_ids` with 0; scalar keys (kto `label`) become a tensor.
     * Packed rows (with `position_ids`) return no `attention_mask`: transformers then derives the
       per-example block-diagonal mask from position_ids (see `tkc.runtime.data.packing`).
+    * Media path lists: with `media`, the images become its tensors (pixel_values, image_grid_thw) and the paths
+      are dropped; without it they stay lists of paths (rows of a text stage never have them: MM001).
     """
     import torch
 
@@ -35,8 +43,11 @@ def collate(batch: list[dict], pad_id: int) -> dict:
             continue
         if packed and key == "attention_mask":
             continue
-        if key in ("images", "videos", "audios"):
-            out[key] = values  # paths: the model's processor loads them
+        if key in MEDIA_KEYS:
+            if media is None:
+                out[key] = values
+            elif key == "images":
+                out.update(media(values))
             continue
         pad = (
             IGNORE
@@ -53,7 +64,7 @@ def _lengths(row: dict) -> tuple[int, ...]:
     return tuple(len(v) for k, v in row.items() if k.endswith("input_ids"))
 
 
-def collate_unpadded(batch: list[dict], pad_id: int) -> list[dict]:
+def collate_unpadded(batch: list[dict], pad_id: int, media: Callable[[list], dict] | None = None) -> list[dict]:
     """A micro-batch as pieces that need no padding: each run of consecutive rows of equal length(s) is one
     `collate` batch (usually one row), in row order.
 
@@ -66,14 +77,14 @@ def collate_unpadded(batch: list[dict], pad_id: int) -> list[dict]:
             runs[-1].append(row)
         else:
             runs.append([row])
-    pieces = [collate(run, pad_id) for run in runs]
+    pieces = [collate(run, pad_id, media) for run in runs]
     return [{k: v for k, v in p.items() if not k.endswith("attention_mask")} for p in pieces]
 
 
 PACKABLE = {"input_ids", "labels", "attention_mask"}
 
 
-def collate_packed(batch: list[dict], pad_id: int) -> list[dict]:
+def collate_packed(batch: list[dict], pad_id: int, media: Callable[[list], dict] | None = None) -> list[dict]:
     """A micro-batch of token rows as one piece: the rows end to end in one sequence, positions restarting at 0 on
     each, `cu_seq_lens` marking where each starts (for tkc.runtime.attention's varlen path).
 
@@ -86,7 +97,7 @@ def collate_packed(batch: list[dict], pad_id: int) -> list[dict]:
     from tkc.runtime.data.packing import join_rows
 
     if not batch or "labels" not in batch[0] or any(set(r) - PACKABLE for r in batch):
-        return collate_unpadded(batch, pad_id)
+        return collate_unpadded(batch, pad_id, media)
     row = join_rows(batch)
     cu = torch.tensor([0] + [len(r["input_ids"]) for r in batch], dtype=torch.long).cumsum(0)
     return [{**{k: torch.as_tensor(row[k], dtype=torch.long)[None] for k in ("input_ids", "labels", "position_ids")},

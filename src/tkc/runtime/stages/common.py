@@ -33,27 +33,30 @@ Batch = dict[str, torch.Tensor]
 Pieces = list[Batch]  # one micro-batch as forward-sized pieces: [padded batch], or unpadded runs of rows
 
 
-def pad(rows: Rows, pad_id: int) -> Batch:
+def pad(rows: Rows, pad_id: int, media: Callable | None = None) -> Batch:
     """Right-pad a micro-batch with tkc.runtime.data.collate (labels -100; packed rows keep position_ids)."""
     from tkc.runtime.data import collate
 
-    return collate(rows, pad_id)
+    return collate(rows, pad_id, media)
 
 
-def make_collate(stage: ResolvedStage, pad_id: int, *, packed: bool = False) -> Callable[[Rows], Pieces]:
+def make_collate(stage: ResolvedStage, pad_id: int, *, packed: bool = False,
+                 media: Callable | None = None) -> Callable[[Rows], Pieces]:
     """The stage's resolved `train.padding`: `longest` = one batch padded to its longest row; `unpadded` = each
     run of equal-length rows on its own (tkc.runtime.data.collate.collate_unpadded), no attention_mask, or with
     `packed` (token-loss stages on a model with varlen attention) every row end to end in one sequence
-    (collate_packed). The loss is the same sum over the same rows either way; only the padding is not computed."""
+    (collate_packed). The loss is the same sum over the same rows either way; only the padding is not computed.
+    `media`: rows' images into pixel tensors (tkc.runtime.multimodal.media_encoder); rows with media are never
+    joined end to end (collate_packed leaves them to collate_unpadded)."""
     if stage.train.padding == "unpadded":
         from tkc.runtime.data.collate import collate_packed, collate_unpadded
 
         if packed:
-            return lambda rows: collate_packed(rows, pad_id)
-        return lambda rows: collate_unpadded(rows, pad_id)
+            return lambda rows: collate_packed(rows, pad_id, media)
+        return lambda rows: collate_unpadded(rows, pad_id, media)
     if stage.train.padding != "longest":
         raise ValueError(f"unknown train.padding {stage.train.padding!r}")
-    return lambda rows: [pad(rows, pad_id)]
+    return lambda rows: [pad(rows, pad_id, media)]
 
 
 def pieces(batch: Batch | Pieces) -> Pieces:
@@ -102,6 +105,10 @@ def label_logps(model, batch: Batch, prefix: str = "", *, past: list | None = No
 
         kwargs["past_key_values"] = DynamicCache(ddp_cache_data=past)  # a fresh cache: the forward appends to it
     ids, use_cache = batch[prefix + "input_ids"][:, start:], past is not None
+    if "pixel_values" in batch:  # a vision-language batch: its pixels (and the model's per-token modality ids)
+        from tkc.runtime.multimodal import media_kwargs
+
+        kwargs.update(media_kwargs(model, batch, ids))
     if keeps_logits(model):
         logits = model(input_ids=ids, **kwargs, use_cache=use_cache, logits_to_keep=cols).logits
     else:
@@ -161,6 +168,9 @@ def save_model(ctx: RunContext, stage: ResolvedStage, model) -> None:
         ctx.tokenizer().save_pretrained(str(folder))
         if template is not None:
             (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+        from tkc.runtime.multimodal import save_processor
+
+        save_processor(ctx, folder)  # a vision-language model's image processor
 
     # atomic (a full disk leaves no half-written model/, raises SaveFailed), adapter_config.json byte-stable
     save_model_dir(ctx.stage_dir(stage) / "model", write)
@@ -196,8 +206,9 @@ def concat_pairs(batch: Batch, pad_id: int) -> Batch:
         return torch.cat([F.pad(batch[f"{side}_{key}"], (0, width - batch[f"{side}_{key}"].size(1)), value=value)
                           for side in ("chosen", "rejected")])
 
+    media = {k: torch.cat([batch[k], batch[k]]) for k in ("pixel_values", "image_grid_thw") if k in batch}
     return {"input_ids": both("input_ids", pad_id), "attention_mask": both("attention_mask", 0),
-            "labels": both("labels", -100)}
+            "labels": both("labels", -100), **media}  # a pair's one image list, for its chosen and rejected rows
 
 
 def pair_forward(fn, batch: Batch | Pieces, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

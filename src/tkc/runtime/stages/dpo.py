@@ -9,6 +9,7 @@ from tkc.bundle.plan import ResolvedDpoOptions, ResolvedStage
 from tkc.runtime import attention, loop
 from tkc.runtime.context import RunContext
 from tkc.runtime.model import build_trainable
+from tkc.runtime.multimodal import stage_media
 from tkc.runtime.stages.common import Reference, make_collate, pair_logps, token_count, train_stage
 
 REFERENCE_LOSSES = {"sigmoid", "ipo", "hinge"}
@@ -59,14 +60,15 @@ def build_task(ctx: RunContext, stage: ResolvedStage):
     assert isinstance(opts, ResolvedDpoOptions) and train is not None and stage.finetuning is not None
     model = build_trainable(ctx, stage)
     # unpadded pairs run their shared prompt once (not with gradient checkpointing, which turns the cache off)
-    share = train.padding == "unpadded" and not train.gradient_checkpointing
+    # (nor with images: the prompt's forward would need its pixels, the continuation the multimodal positions)
+    share = train.padding == "unpadded" and not train.gradient_checkpointing and ctx.plan.model.multimodal is None
     if share and not train.neftune_alpha:  # NEFTune's noise scale depends on sequence length
         attention.enable(model)  # a micro-batch's prompts, then its continuations, as one forward each
     needs_ref = opts.loss in REFERENCE_LOSSES
     reference = Reference(model, lora=stage.finetuning.method == "lora") if needs_ref else None
     pad_id = ctx.tokenizer().pad_token_id
     task = loop.Task(loss_sum=make_loss(opts, reference, pad_id, share), units=len, tokens=token_count,
-                     collate=make_collate(stage, pad_id))
+                     collate=make_collate(stage, pad_id, media=stage_media(ctx)))
     return task, model
 
 

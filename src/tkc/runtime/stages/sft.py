@@ -7,6 +7,7 @@ from tkc.runtime import loop
 from tkc.runtime.attention import enable as enable_varlen
 from tkc.runtime.context import RunContext
 from tkc.runtime.model import build_trainable
+from tkc.runtime.multimodal import stage_media
 from tkc.runtime.stages.common import label_units, lm_loss_sum, make_collate, token_count, train_stage
 
 
@@ -19,7 +20,7 @@ def build_task(ctx: RunContext, stage: ResolvedStage):
     assert train is not None
     packed = train.padding == "unpadded" and train.neftune_alpha is None and enable_varlen(model)
     task = loop.Task(loss_sum=lm_loss_sum, units=label_units, tokens=token_count,
-                     collate=make_collate(stage, pad_id, packed=packed))
+                     collate=make_collate(stage, pad_id, packed=packed, media=stage_media(ctx)))
     return task, model
 
 
