@@ -22,6 +22,7 @@ API
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -79,6 +80,9 @@ def compress_runs(text: str, tokens: list[str] | tuple[str, ...]) -> str:
     """Runs of two or more of each token shown as `token×n`."""
     for token in tokens:
         if token:
-            text = re.sub(f"(?:{re.escape(token)}){{2,}}", lambda m, t=token: f"{t}×{len(m.group(0)) // len(t)}",
-                          text)
+            text = re.sub(f"(?:{re.escape(token)}){{2,}}", functools.partial(_count_run, token), text)
     return text
+
+
+def _count_run(token: str, match: re.Match[str]) -> str:
+    return f"{token}×{len(match.group(0)) // len(token)}"

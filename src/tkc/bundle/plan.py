@@ -57,7 +57,7 @@ class ResolvedMediaExpansion:
     token: str                     # the model's token, repeated n times
     prefix: str
     suffix: str
-    count: str                     # processor (the processor's own count per media size) | audio_frames
+    count: str                     # processor | patches_merged | audio_frames (tkc.runtime.data.media)
 
 
 @attrs.frozen

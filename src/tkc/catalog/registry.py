@@ -36,7 +36,9 @@ class MediaExpansion(BaseModel):
     token: str = Field(min_length=1)         # the model's token, repeated n times
     prefix: str = ""
     suffix: str = ""
-    count: Literal["processor", "audio_frames"]   # how n is computed (tkc.bundle.media.COUNT_RULES)
+    # how n is computed (tkc.runtime.data.media): processor = the processor's own _get_num_multimodal_tokens;
+    # patches_merged = the image processor's get_number_of_image_patches // merge_size^2; audio_frames = feature frames
+    count: Literal["processor", "patches_merged", "audio_frames"]
 
 
 class Multimodal(BaseModel):

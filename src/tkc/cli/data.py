@@ -91,14 +91,17 @@ def _histogram(lengths: list[int], bins: int) -> list[str]:
 MARKS = ("⟦", "⟧")  # trained spans in plain text (a file, a pipe, a CI log), where colour does not show
 
 
-def _highlight(tokenizer, ids: list[int], labels: list[int], plain: bool = False) -> str:
-    """Decode runs of trained / untrained tokens; trained runs in bold green, or between ⟦ ⟧ in plain text."""
+def _highlight(tokenizer, ids: list[int], labels: list[int], plain: bool = False, media: tuple[str, ...] = ()) -> str:
+    """Decode runs of trained / untrained tokens; trained runs in bold green, or between ⟦ ⟧ in plain text; runs of
+    a media token (the expanded placeholders) shown as `<|image_pad|>×64`."""
     from rich.markup import escape
+
+    from tkc.bundle.media import compress_runs
 
     out, start = [], 0
     for k in range(1, len(ids) + 1):
         if k == len(ids) or (labels[k] != -100) != (labels[start] != -100):
-            text = escape(tokenizer.decode(ids[start:k]))
+            text = escape(compress_runs(tokenizer.decode(ids[start:k]), media))
             trained = labels[start] != -100
             if plain:
                 out.append(f"{MARKS[0]}{text}{MARKS[1]}" if trained else text)
@@ -119,7 +122,8 @@ def _cut_lines(s: dict, limit: int = 10) -> list[str]:
     return lines + ([f"    ... and {more} more truncated row(s)"] if more > 0 else [])
 
 
-def _print_stage(console, stage: Any, data: Any, tokenizer, bins: int, example: int) -> None:
+def _print_stage(console, stage: Any, data: Any, tokenizer, bins: int, example: int,
+                 media: tuple[str, ...] = ()) -> None:
     s = data.stats
     console.print(f"[bold]stage {stage.name}[/] ({stage.kind})  cache {'hit' if s['cache_hit'] else 'built'}:"
                   f" {data.cache_path}")  # fmt: skip
@@ -153,7 +157,7 @@ def _print_stage(console, stage: Any, data: Any, tokenizer, bins: int, example: 
             "[bold green]trained[/], [dim]masked[/]"  # fmt: skip
         console.print(f"  example row {min(example, len(data.train) - 1)} ({legend}):")
         console.print(
-            _highlight(tokenizer, row[f"{prefix}input_ids"], row[f"{prefix}labels"], plain), highlight=False
+            _highlight(tokenizer, row[f"{prefix}input_ids"], row[f"{prefix}labels"], plain, media), highlight=False
         )
 
 
@@ -206,4 +210,5 @@ def inspect(
         except (BadRecord, DataError) as exc:
             console.print(f"[bold red]stage {st.name}:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None
-        _print_stage(console, st, data, tokenizer, bins, example)
+        mm = plan.model.multimodal
+        _print_stage(console, st, data, tokenizer, bins, example, tuple(e.token for e in mm.media.values()) if mm else ())

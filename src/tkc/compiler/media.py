@@ -146,7 +146,8 @@ def _is_array(path: Path) -> bool:
 
 def _array_lines(path: Path) -> list[int]:
     text = path.read_text(encoding="utf-8")
-    decoder, pos, lines, line = json.JSONDecoder(), text.index("[") + 1, [], 1 + text.count("\n", 0, text.index("["))
+    decoder, pos, line = json.JSONDecoder(), text.index("[") + 1, 1 + text.count("\n", 0, text.index("["))
+    lines: list[int] = []
     last = 0
     while True:
         while pos < len(text) and text[pos] in " \t\r\n,":
@@ -163,7 +164,9 @@ class _Found:
     """Diagnostics per code, at most MAX_REPORTED each, then one that counts the rest."""
 
     def __init__(self, key: str):
-        self.key, self.items, self.more = key, {}, {}
+        self.key = key
+        self.items: dict[str, list[Diagnostic]] = {}
+        self.more: dict[str, int] = {}
 
     def add(self, code: str, where: tuple[str, int], message: str) -> None:
         items = self.items.setdefault(code, [])

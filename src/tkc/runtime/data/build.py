@@ -22,6 +22,7 @@ from tkc.runtime.data import parallel, store
 from tkc.runtime.data.convert import convert_record
 from tkc.runtime.data.encode import Counters, EncodeOptions, encode_pairwise, encode_pt, encode_sft
 from tkc.runtime.data.errors import BadRecord, DataError
+from tkc.runtime.data.media import MediaIndex, MediaTokens
 from tkc.runtime.data.mixing import mix, split_eval
 from tkc.runtime.data.packing import pack_rows, padding_fraction
 from tkc.runtime.data.readers import hub_fingerprint, read_entry, verify_files
@@ -116,7 +117,20 @@ def _key_parts(plan: ResolvedPlan, stage: ResolvedStage, entries, tokenizer, cha
         "renderer": RENDERER_VERSION,
         # media paths are stored resolved, so they are only valid for this source root
         "source_root": str(Path(source_root).resolve()) if media else None,
-    }  # fmt: skip
+    } | ({"processor": {f: plan.model.files.get(f) for f in _PROCESSOR_FILES}} if media else {})  # fmt: skip
+
+
+_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")   # image token counts depend on them
+
+
+def _media_tokens(plan: ResolvedPlan, entries: list[dict], source_root: Path) -> MediaTokens | None:
+    """The placeholder expander when a dataset of this stage has media and the model takes it (MM001 otherwise)."""
+    mm, limits = plan.model.multimodal, plan.data.media
+    if mm is None or limits is None or not any(e.get("media_root") for e in entries):
+        return None
+    from tkc.runtime.model_files import checked_model_path
+
+    return MediaTokens(checked_model_path(plan, source_root), mm, limits.max_image_bytes, limits.max_image_pixels)
 
 
 def _base_dir(entry: dict, where_file: str, source_root: Path) -> Path:
@@ -127,12 +141,14 @@ def _base_dir(entry: dict, where_file: str, source_root: Path) -> Path:
     return (source_root / where_file).parent
 
 
-def _convert(entry: dict, raw: list, source_root: Path, bad: _BadRecords) -> list:
-    """[(where, canonical example)] of one dataset's raw records; bad ones go to `bad`."""
+def _convert(entry: dict, raw: list, source_root: Path, bad: _BadRecords, tokens: MediaTokens | None = None) -> list:
+    """[(where, canonical example)] of one dataset's raw records, placeholders expanded; bad ones go to `bad`."""
     out = []
+    media = MediaIndex(entry, source_root) if entry.get("media_root") else None
     for where, record in raw:
         try:
-            out.append((where, convert_record(record, entry, _base_dir(entry, where.file, source_root))))
+            example = convert_record(record, entry, _base_dir(entry, where.file, source_root), media)
+            out.append((where, tokens.expand(example) if tokens is not None else example))
         except BadRecord as exc:
             bad(exc.at(where))
     return out
@@ -220,6 +236,8 @@ def build_stage_data(
     for e in entries:
         _inside_read_roots(plan, e, source_root)  # the compiler's rule (read_roots), at the given source root
         verify_files(e, source_root)  # refuse changed data before trusting a cache keyed on recorded hashes
+        if e.get("media_root"):
+            MediaIndex(e, source_root).verify()
     chat = None if stage.kind == "pt" else _chat_template(plan, tokenizer, template_text, bundle_dir)
     parts = _key_parts(plan, stage, entries, tokenizer, chat, source_root, truncation)
     key = store.cache_key(parts)
@@ -255,16 +273,17 @@ def _build(plan: ResolvedPlan, stage: ResolvedStage, entries, tokenizer, chat, s
     media = tuple(
         m
         for m in ("images", "videos", "audios")
-        if kind in ("sft", "kto") and any(e["columns"][m] for e in entries)
+        if kind in ("sft", "kto", "dpo") and any(e["columns"][m] for e in entries)
     )
     opts = EncodeOptions(data.cutoff_len, data.train_on_prompt, data.mask_history, truncation, media)
     counters = Counters()
     raws = [read_entry(e, source_root, verify=False) for e in entries]
+    tokens = _media_tokens(plan, entries, source_root)
     pool = _start_workers(kind, sum(map(len, raws)), tokenizer, chat, opts, workers)
     try:
         parts = []
         for e, raw in zip(entries, raws, strict=True):
-            parts.append(_convert(e, raw, source_root, bad))
+            parts.append(_convert(e, raw, source_root, bad, tokens))
             per_dataset[e["name"]] = {"records": len(raw), "converted": len(parts[-1])}
         del raws
         mixed = mix(parts, [e["weight"] for e in entries], data.mix, seed)

@@ -279,8 +279,10 @@ def resolve_media(example: dict, base_dir: Path) -> dict:
     return example
 
 
-def convert_record(record, entry: dict, base_dir: Path) -> dict:
-    """One raw record -> canonical example, or BadRecord."""
+def convert_record(record, entry: dict, base_dir: Path, media=None) -> dict:
+    """One raw record -> canonical example, or BadRecord. `media` (a runtime.data.media.MediaIndex) resolves the
+    media references by the bundle's media rules; without one (bundles without media roots) they resolve against
+    `base_dir`."""
     if isinstance(record, BadRecord):
         raise record
     if not isinstance(record, dict):
@@ -294,4 +296,8 @@ def convert_record(record, entry: dict, base_dir: Path) -> dict:
         example = convert_chat(record, entry["columns"], entry["tags"], kind)
     else:
         raise BadRecord(f"unknown format {fmt!r}", "alpaca, sharegpt, openai or text")
+    if media is not None:
+        for key in _MEDIA:
+            example[key] = media.resolve(key, example[key])
+        return example
     return resolve_media(example, base_dir)
