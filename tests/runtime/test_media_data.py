@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 tiny_mm = pytest.importorskip("tkc.runtime.tiny_mm")
+pytestmark = pytest.mark.slow   # ~13 s each: a tokenizer build, compile, inspect
 
 
 def _bundle(tmp_path: Path, tkc, records: list, images: dict[str, bytes], on_bad: str = "error") -> Path:
