@@ -250,7 +250,8 @@ def test_openapi_fuzzing_finds_no_server_error(server):
 
 
 def test_score_route_on_the_rm_stage(bundle, tmp_path):
-    rm = Server(bundle, tmp_path, "--stage", "rm", key=False)
+    """Without --stage the server takes the last stage that wrote a model: here the rm stage, served for scoring."""
+    rm = Server(bundle, tmp_path, key=False)
     try:
         convo = [*ASK, {"role": "assistant", "content": "Sunny."}]
         r = httpx.post(rm.url + "/v1/score", json={"model": "serve_test/rm", "messages": convo}, timeout=120)
@@ -262,6 +263,7 @@ def test_score_route_on_the_rm_stage(bundle, tmp_path):
         assert r.json()["usage"]["prompt_tokens"] > 0
         chat = httpx.post(rm.url + "/v1/chat/completions", json={"model": "serve_test/rm", "messages": ASK})
         assert _error(chat, 400)["code"] == "wrong_route"
+        assert httpx.get(rm.url + "/v1/models").json()["data"][0]["id"] == "serve_test/rm"
     finally:
         rm.stop()
 

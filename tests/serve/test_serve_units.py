@@ -84,7 +84,8 @@ def _chat(**kw) -> dict:
     (_chat(messages=[{"role": "wizard", "content": "a"}]), "role"),
     (_chat(chat_template="{{ messages }}"), "chat template is refused"),
     (_chat(chat_template_kwargs={"enable_thinking": False}), "chat template is refused"),
-    (_chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///x"}}]}]),
+    (_chat(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), MEDIA_REFUSED),  # no image_url
+    (_chat(messages=[{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "x"}}]}]),
      MEDIA_REFUSED),
     (_chat(messages=[{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]),
      MEDIA_REFUSED),
@@ -146,3 +147,17 @@ def test_generation_defaults_come_from_the_infer_stage_reading_the_served_model(
     assert by_name is not None and (by_name.max_new_tokens, by_name.temperature) == (8, 0.0)
     assert infer_defaults(ctx, None, "dpo") == by_name  # type: ignore[arg-type]
     assert infer_defaults(ctx, "sft", "sft") is None  # type: ignore[arg-type]
+
+
+def test_a_taken_or_impossible_port_is_refused_before_loading():
+    import socket
+
+    from tkc.runtime.serve.server import check_bind
+
+    with pytest.raises(ServeRefused, match="1 to 65535"):
+        check_bind("127.0.0.1", 70000)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ServeRefused, match="cannot listen on 127.0.0.1"):
+            check_bind("127.0.0.1", taken.getsockname()[1])

@@ -145,7 +145,10 @@ def build_app(backend: Backend, limits: Limits, api_key: str | None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return await _api_error(request, _validation_error(exc))
+        err = _validation_error(exc)
+        if err.code == "invalid_body" and "json" not in request.headers.get("content-type", ""):
+            err.message = "the request body must be a JSON object sent with Content-Type: application/json"
+        return await _api_error(request, err)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -38,6 +38,9 @@ class Backend:
         self.model_id, self.fmt, self.tok, self.context, self.defaults = model_id, fmt, tokenizer, context, defaults
         self.engine, self.scorer = engine, scorer
         self.tool_format: ToolFormat | None = probe_format(fmt)
+        # a multimodal bundle's image encoding (BatchingEngine only) and the fetcher its image_url parts go through
+        self.media: Any = getattr(engine, "media", None)
+        self.fetcher: Any = None
         self._score_lock = threading.Lock()
 
     @property
@@ -49,7 +52,15 @@ class Backend:
             raise ValueError("this bundle has no chat template (a pt-only bundle): use /v1/completions")
         return self.fmt.prompt(messages, tools=tools)
 
-    def count_tokens(self, text: str) -> int:
+    @property
+    def placeholder(self) -> str | None:
+        """What an image part becomes in the rendered prompt (the family's `<image>`); None: no images here."""
+        images = self.media.images if self.media is not None else None
+        return images.placeholder if images is not None else None
+
+    def count_tokens(self, text: Any) -> int:
+        if hasattr(text, "inputs"):  # MediaIds: an encoded prompt with images
+            return len(text.ids)
         return len(self.tok(text, add_special_tokens=False)["input_ids"])
 
     def submit(self, prompt: str, params: Any) -> Any:
@@ -112,9 +123,10 @@ def infer_defaults(ctx: RunContext, stage: str | None, model_stage: str | None) 
     return pick[0].options
 
 
-def load_backend(bundle: Path, stage: str | None, source_root: Path | None, engine: str = "hf") -> Backend:
+def load_backend(bundle: Path, stage: str | None, source_root: Path | None, engine: str = "hf",
+                 media_hosts: tuple[str, ...] = ()) -> Backend:
     """Verify the bundle, pick the stage's model and load it; errors are ValueError/RuntimeError/KeyError/PlanError
-    (the CLI reports them, exit 2)."""
+    (the CLI reports them, exit 2). `media_hosts`: the hosts image_url parts may name (media.py)."""
     from tkc.runtime.infer import load_engine, model_stage, open_context
     from tkc.runtime.infer.engine import chat_template
     from tkc.runtime.run import verify
@@ -124,15 +136,20 @@ def load_backend(bundle: Path, stage: str | None, source_root: Path | None, engi
         raise ValueError(f"bundle {bundle} failed verification: {problem}")
     ctx = open_context(bundle, source_root)
     fmt = chat_template(ctx)
-    if stage is not None and ctx.stage_by_name(stage).kind == "rm":
-        return _scoring_backend(ctx, stage, fmt)
     name = model_stage(ctx, stage)
+    if name is not None and ctx.stage_by_name(name).kind == "rm":  # named, or the last model written
+        return _scoring_backend(ctx, name, fmt)
     opts = infer_defaults(ctx, stage, name)
     defaults = Defaults(opts.max_new_tokens if opts else None, opts.temperature if opts else 1.0,
                         opts.top_p if opts else 1.0, ctx.plan.seed)
     loaded = load_engine(ctx, name, engine=engine)
     model_id = f"{ctx.plan.name}/{name or 'base'}"
-    return Backend(model_id, fmt, ctx.tokenizer(), _context(loaded), defaults, engine=loaded)
+    backend = Backend(model_id, fmt, ctx.tokenizer(), _context(loaded), defaults, engine=loaded)
+    if backend.media is not None:
+        from tkc.runtime.serve.images import media_fetcher
+
+        backend.fetcher = media_fetcher(ctx, media_hosts)
+    return backend
 
 
 def _scoring_backend(ctx: RunContext, stage: str, fmt: ChatTemplate | None) -> Backend:

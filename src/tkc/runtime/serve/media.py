@@ -367,6 +367,8 @@ def open_image(data: bytes, limits: MediaLimits, what: str = "the image") -> Any
             return im.convert("RGB")
     except MediaRefused:
         raise
+    except Image.UnidentifiedImageError:
+        raise MediaRefused(f"{what}: not a {'/'.join(IMAGE_FORMATS)} image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise MediaRefused(f"{what}: a decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # UnidentifiedImageError is an OSError

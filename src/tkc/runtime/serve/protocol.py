@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # fields some servers accept that would replace or bend the bundle's template
 REFUSED_FIELDS = ("chat_template", "chat_template_kwargs", "add_generation_prompt", "continue_final_message")
 MEDIA_PARTS = ("image_url", "input_audio", "audio_url", "video_url", "image", "audio", "video", "file")
-MEDIA_REFUSED = "media not supported until a media root is defined (this server takes text parts only)"
+MEDIA_REFUSED = "media not supported: this server takes text and image_url content parts only"
+TEXT_ONLY = "media not supported: this bundle's model is text-only (image_url parts need a multimodal bundle)"
 
 
 class ApiError(Exception):
@@ -64,13 +65,21 @@ class ToolCall(_Strict):
     function: FunctionCall
 
 
+class ImageURL(_Strict):
+    url: str = Field(min_length=1)  # a data URL, a path under the media root, an allowed http(s) URL (media.py)
+    detail: str | None = Field(default=None, max_length=16)  # accepted, not used
+
+
 class ContentPart(_Strict):
     model_config = ConfigDict(strict=True, extra="allow")
     type: str = Field(max_length=64)
     text: str | None = None
+    image_url: ImageURL | None = None
 
     @model_validator(mode="after")
     def _text_only(self) -> ContentPart:
+        if self.type == "image_url" and self.image_url is not None:
+            return self  # read (or refused) by the route: it knows whether the bundle takes images
         if self.type in MEDIA_PARTS or self.type.endswith("_url"):
             raise ValueError(MEDIA_REFUSED)
         if self.type != "text" or self.text is None:
@@ -85,10 +94,16 @@ class Message(_Strict):
     tool_calls: list[ToolCall] | None = Field(default=None, max_length=64)
     tool_call_id: str | None = Field(default=None, max_length=256)
 
-    def text(self) -> str:
+    def text(self, placeholder: str = "") -> str:
+        """The text parts joined; each image part is `placeholder` (the bundle's `<image>`) where it stands."""
         if isinstance(self.content, list):
-            return "".join(p.text or "" for p in self.content)
+            return "".join(placeholder if p.image_url is not None else p.text or "" for p in self.content)
         return self.content or ""
+
+    def image_urls(self) -> list[str]:
+        if isinstance(self.content, list):
+            return [p.image_url.url for p in self.content if p.image_url is not None]
+        return []
 
 
 class FunctionDef(_Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 
 from tkc.runtime.serve.app import Limits
@@ -38,15 +39,30 @@ def read_api_key(path: Path | None, host: str) -> str | None:
     return key
 
 
+def check_bind(host: str, port: int) -> None:
+    """Refuse a port out of range or an address already taken, before minutes go into loading the model."""
+    if not 1 <= port <= 65535:
+        raise ServeRefused(f"--port {port}: a TCP port is 1 to 65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as e:
+            raise ServeRefused(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def serve(bundle: Path, *, stage: str | None, host: str, port: int, api_key_file: Path | None,
-          source_root: Path | None, engine: str, limits: Limits, log=print) -> None:
+          source_root: Path | None, engine: str, limits: Limits, log=print,
+          media_hosts: tuple[str, ...] = ()) -> None:
     import uvicorn
 
     from tkc.runtime.serve.app import build_app
     from tkc.runtime.serve.backend import load_backend
 
     key = read_api_key(api_key_file, host)
-    backend = load_backend(bundle, stage, source_root, engine)
+    check_bind(host, port)
+    backend = load_backend(bundle, stage, source_root, engine, media_hosts)
     app = build_app(backend, limits, key)
     log(f"tkc serve: {backend.model_id} on http://{host}:{port}/v1 "
         f"({'API key required' if key else 'no API key: loopback only'})")
