@@ -901,8 +901,10 @@ def section_scaling(sc: dict) -> list[str]:
                   f"tokens/s, {r(ratio(z3.get('peak_rss_max_rank_gib'), p.get('peak_rss_max_rank_gib')))} peak RSS "
                   f"per rank (tokens: tkc {f(z3.get('tokens'))}, peer {f(p.get('tokens'))}).", ""]
     m = sc.get("machine") or {}
-    lines += [f"Measured {sc.get('generated_utc', DASH)}; load average at the end {m.get('loadavg_1_5_15', DASH)}.",
-              ""]
+    when = {k: v.get("measured_utc") for k, v in [*(sc.get("rows") or {}).items(), ("peer", p)] if v.get("measured_utc")}
+    lines += [f"Measured {sc.get('generated_utc', DASH)} (each row: "
+              f"{', '.join(f'{k} {t}' for k, t in when.items()) or DASH}); load average at the end "
+              f"{m.get('loadavg_1_5_15', DASH)}.", ""]
     return lines
 
 

@@ -234,12 +234,33 @@ def main(argv: list[str] | None = None) -> dict:
         ensure_peer()
         peer = peer_once(model, a.steps)
         print(f"scaling: peer zero3 2x1: {'ok' if peer['ok'] else 'FAILED'}", flush=True)
+    for key in rows:
+        rows[key]["measured_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if peer.get("ok") is not None:
+        peer["measured_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     res = {"config": {"model": "bench tiny Qwen2 (hidden 256, 4 layers)", "method": "full", "global_batch": BATCH,
                       "cutoff": CUTOFF, "steps": a.steps, "reps": a.reps, "records": BATCH * a.steps, "precision": "fp32"},
            "rows": rows, "peer_zero3_2x1": peer, "versions": {"tkc": tkc_versions()},
            "wall_s": round(time.monotonic() - t0, 1)}
+    keep_earlier(res, a.steps, a.reps)
     save("scaling", res)
     return res
+
+
+def keep_earlier(res: dict, steps: int, reps: int) -> None:
+    """A run of some strategies (or --no-peer) keeps the other rows of the previous results of the same
+    workload, each with the date it was measured."""
+    from common import RESULTS
+
+    path = RESULTS / "scaling.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    if (old.get("config") or {}).get("steps") != steps or old["config"].get("reps") != reps:
+        return
+    for key, row in (old.get("rows") or {}).items():
+        res["rows"].setdefault(key, {**row, "measured_utc": row.get("measured_utc", old.get("generated_utc"))})
+    if res["peer_zero3_2x1"].get("ok") is None and "peer_zero3_2x1" in old:
+        p = old["peer_zero3_2x1"]
+        res["peer_zero3_2x1"] = {**p, "measured_utc": p.get("measured_utc", old.get("generated_utc"))}
 
 
 if __name__ == "__main__":
