@@ -52,9 +52,12 @@ def sanitized(deltas: Iterable[str]) -> Iterator[str]:
 class ChatSession:
     """The conversation so far and how to extend it: each user message gets a streamed assistant reply."""
 
-    def __init__(self, engine: Any, *, system: str | None = None, **sampling: Any):
+    def __init__(self, engine: Any, *, system: str | None = None, images: tuple = (), placeholder: str = "",
+                 **sampling: Any):
         self.engine, self.system, self.sampling = engine, system, sampling
         self.history: list[dict] = []
+        # --image: the images go with the conversation's first user message, one placeholder each before its text
+        self.images, self.placeholder = tuple(images), placeholder
 
     def reset(self) -> None:
         self.history = []
@@ -63,9 +66,22 @@ class ChatSession:
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + self.history
 
+    def conversation(self, text: str | None = None) -> Any:
+        """What the engine is sent: the messages (and `text` as the next user message); with images, a MediaPrompt
+        whose first user message carries their placeholders."""
+        messages = [*self.messages(), *([{"role": "user", "content": text}] if text is not None else [])]
+        if not self.images:
+            return messages
+        from tkc.runtime.infer.engine import MediaPrompt
+
+        first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        messages[first] = {**messages[first], "content": self.placeholder * len(self.images)
+                           + messages[first]["content"]}
+        return MediaPrompt(messages, self.images)
+
     def prompt(self, text: str) -> str:
         """The exact text the model would continue if `text` were sent now (the template applied)."""
-        return self.engine.render([*self.messages(), {"role": "user", "content": text}])
+        return self.engine.render(self.conversation(text))
 
     def refusal(self, text: str) -> str | None:
         """Why `text` cannot be sent (too long for the limit or the model's context), or None."""
@@ -73,7 +89,7 @@ class ChatSession:
         if size > MAX_LINE_BYTES:
             return f"the message is {size} bytes, over the {MAX_LINE_BYTES}-byte limit; not sent"
         context = self.engine.max_context()
-        tokens = self.engine.count_tokens([*self.messages(), {"role": "user", "content": text}])
+        tokens = self.engine.count_tokens(self.conversation(text))
         budget = self.sampling.get("max_new_tokens", 0)
         if tokens + budget > context:
             return (
@@ -87,7 +103,7 @@ class ChatSession:
         self.history.append({"role": "user", "content": text})
         parts: list[str] = []
         try:
-            for delta in self.engine.stream(self.messages(), **self.sampling):
+            for delta in self.engine.stream(self.conversation(), **self.sampling):
                 parts.append(delta)
                 yield delta
         except BaseException:
@@ -210,6 +226,11 @@ def chat(
         Path | None,
         typer.Option(help="Where the bundle's relative model paths resolve (default: recorded at compile)."),
     ] = None,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option(help="An image the conversation is about (repeat for several; a multimodal bundle): it goes "
+                     "with the first message, bounded like training images."),
+    ] = None,
 ) -> None:
     """Chat with a bundle's model; reads one message per line when stdin is not a terminal."""
     from tkc.runtime.run import hidden_packages, unused_packages
@@ -218,7 +239,7 @@ def chat(
     # This process is the CLI's own: optional packages the bundle never uses stay unimported (as in `tkc run`).
     with hidden_packages(unused_packages(_plan_or_none(bundle))):
         session, title = open_session(
-            bundle, stage, engine, source_root, system=system, seed=seed, **sampling
+            bundle, stage, engine, source_root, system=system, seed=seed, images=tuple(image or ()), **sampling
         )
         if sys.stdin.isatty():
             repl(session, title, show_prompt=show_prompt)
@@ -245,6 +266,7 @@ def open_session(
     *,
     system: str | None,
     seed: int | None,
+    images: tuple[Path, ...] = (),
     **sampling: Any,
 ) -> tuple[ChatSession, str]:
     """Verify the bundle, pick the model, load the engine; a problem is one line on stderr and exit code 2."""
@@ -266,7 +288,15 @@ def open_session(
     except (KeyError, RuntimeError, ValueError) as e:
         _fail(str(e.args[0] if e.args else e))
     seed = ctx.plan.seed if seed is None else int(seed)
-    session = ChatSession(loaded, system=system, seed=seed, **sampling)
+    media: dict[str, Any] = {}
+    if images:
+        from tkc.runtime.infer.media import read_images
+
+        try:
+            media = read_images(ctx, loaded, images)
+        except ValueError as e:
+            _fail(f"--image: {e}")
+    session = ChatSession(loaded, system=system, seed=seed, **media, **sampling)
     return session, f"{ctx.plan.name} / {name or 'base model'} ({engine})"
 
 

@@ -28,6 +28,7 @@ from tkc.runtime.infer.engine import (
     Delta,
     EngineBusy,
     Handle,
+    MediaIds,
     Prompt,
     PromptTooLong,
     SamplingParams,
@@ -39,6 +40,7 @@ from tkc.runtime.infer.engine import (
     render_prompt,
 )
 from tkc.runtime.infer.hf import HFEngine
+from tkc.runtime.infer.media import MediaEncoder, decode_positions, encode_media, prefill_inputs, runs_alone
 from tkc.runtime.infer.sampling import left_pad, row_generator, sample
 
 
@@ -49,6 +51,7 @@ class _Request:
     params: SamplingParams
     stop_ids: set[int]
     strings: list[str]
+    media: MediaIds | None = None  # images: prefilled with them, decoded alone (infer/media.py)
 
 
 @dataclass
@@ -84,6 +87,7 @@ class BatchingEngine:
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
         self._serial = False  # a cache whose rows cannot be merged: one request at a time (see _check_cache)
+        self.media: MediaEncoder | None = None  # a multimodal bundle's image encoding (from_bundle sets it)
         # logits for the last position only (a prompt's vocabulary projection is most of a prefill's work)
         self._last_only = (
             {"logits_to_keep": 1} if "logits_to_keep" in signature(self.model.forward).parameters else {}
@@ -94,13 +98,17 @@ class BatchingEngine:
     def from_bundle(cls, ctx: RunContext, stage_name: str | None, *, max_waiting: int = 256, **options: Any):
         """HFEngine.from_bundle's model (options: dtype, device, batch_size = the batch slots)."""
         hf = HFEngine.from_bundle(ctx, stage_name, **options)
-        return cls(hf, max_batch=hf.batch_size, max_waiting=max_waiting)
+        engine = cls(hf, max_batch=hf.batch_size, max_waiting=max_waiting)
+        engine.media = MediaEncoder.from_context(ctx, hf.model, engine._tok_lock)
+        return engine
 
     def stops(self, extra: Sequence[str]) -> tuple[set[int], list[str]]:
         with self._tok_lock:
             return self.hf.stops(extra)
 
     def encode(self, prompt: Prompt) -> list[int]:
+        if (media := encode_media(self.media, prompt, self.render)) is not None:
+            return list(media.ids)
         if isinstance(prompt, TokenIds):
             if not prompt.ids:
                 raise ValueError("an empty prompt: nothing to continue from")
@@ -109,7 +117,7 @@ class BatchingEngine:
             return self.hf.encode(prompt)
 
     def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, TokenIds):
+        if isinstance(prompt, TokenIds | MediaIds):
             with self._tok_lock:
                 return self.tok.decode(list(prompt.ids))
         return render_prompt(self.fmt, prompt)
@@ -128,7 +136,8 @@ class BatchingEngine:
 
     def submit(self, prompt: Prompt, params: SamplingParams, *, bounded: bool = True) -> Handle:
         """Queue a request (thread-safe). Raises ValueError, PromptTooLong, EngineBusy before any model work."""
-        ids = self.encode(prompt)
+        media = encode_media(self.media, prompt, self.render)
+        ids = list(media.ids) if media is not None else self.encode(prompt)
         if len(ids) + params.max_new_tokens > self.max_context():
             raise PromptTooLong(len(ids), params.max_new_tokens, self.max_context())
         if params.n > self.max_batch:
@@ -141,7 +150,7 @@ class BatchingEngine:
                 raise RuntimeError("the engine is closed")
             if bounded and len(self._waiting) >= self.max_waiting:
                 raise EngineBusy(f"{len(self._waiting)} requests are waiting (the limit); try again later")
-            self._waiting.append(_Request(handle, ids, params, stop_ids, strings))
+            self._waiting.append(_Request(handle, ids, params, stop_ids, strings, media))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="tkc-batching", daemon=True)
                 self._thread.start()
@@ -222,9 +231,8 @@ class BatchingEngine:
         from transformers.cache_utils import DynamicLayer
 
         try:
-            cache = self.model(
-                input_ids=torch.tensor([[0]], device=self.hf.device), use_cache=True
-            ).past_key_values
+            probe = torch.tensor([[0]], device=self.hf.device)
+            cache = self.model(input_ids=probe, use_cache=True).past_key_values
             self._serial = not all(type(layer) is DynamicLayer for layer in cache.layers)
         except Exception:
             self._serial = True
@@ -238,7 +246,8 @@ class BatchingEngine:
             if req.handle.cancelled:
                 self._cancel_waiting(self._waiting.popleft())
                 continue
-            if req.params.n > free or (self._serial and (self._rows or out)):
+            alone = self._serial or runs_alone(req.media, [*(r.req for r in self._rows), *out])
+            if req.params.n > free or (alone and (self._rows or out)):
                 break
             out.append(self._waiting.popleft())
             free -= req.params.n
@@ -267,7 +276,8 @@ class BatchingEngine:
     def _prefill(self, req: _Request) -> None:
         """Run the prompt alone, repeat its KV for n choices, append the rows; pick each choice's first token."""
         ids = torch.tensor([req.ids], device=self.hf.device)
-        out = self.model(input_ids=ids, use_cache=True, **self._last_only)
+        media = prefill_inputs(req.media, self.model)
+        out = self.model(input_ids=ids, use_cache=True, **self._last_only, **media)
         cache, n = out.past_key_values, req.params.n
         if n > 1:
             cache.batch_repeat_interleave(n)
@@ -282,14 +292,8 @@ class BatchingEngine:
         inp = torch.tensor([[r.last] for r in self._rows], device=device)
         pos = torch.tensor([[r.length] for r in self._rows], device=device)
         mask = torch.cat([self._mask, torch.ones(len(self._rows), 1, dtype=torch.long, device=device)], dim=1)
-        out = self.model(
-            input_ids=inp,
-            attention_mask=mask,
-            position_ids=pos,
-            past_key_values=self._cache,
-            use_cache=True,
-            **self._last_only,
-        )
+        kw = decode_positions(self._rows, mask, pos)  # none with media: the model's own positions
+        out = self.model(input_ids=inp, past_key_values=self._cache, use_cache=True, **kw, **self._last_only)
         self._cache, self._mask = out.past_key_values, mask
         for r in self._rows:
             r.length += 1
@@ -380,16 +384,12 @@ class BatchingEngine:
             head = self.tok.decode(r.tokens[r.prefix : r.read], skip_special_tokens=True)
             whole = self.tok.decode(r.tokens[r.prefix :], skip_special_tokens=True)
             if not whole.startswith(head):  # the context changed its own text: decode everything once
-                r.stable, r.prefix, r.read = (
-                    self.tok.decode(r.tokens, skip_special_tokens=True),
-                    0,
-                    len(r.tokens),
-                )
+                r.stable = self.tok.decode(r.tokens, skip_special_tokens=True)
+                r.prefix, r.read = 0, len(r.tokens)
                 return r.stable
         new = whole[len(head) :]
-        if not new or new.endswith(
-            "\ufffd"
-        ):  # nothing yet, or an incomplete UTF-8 character: keep the context
+        # nothing yet, or an incomplete UTF-8 character: keep the context
+        if not new or new.endswith("\ufffd"):
             return r.stable + new
         r.stable, r.prefix, r.read = r.stable + new, r.read, len(r.tokens)
         return r.stable

@@ -24,7 +24,9 @@ The concurrent interface (what `tkc serve`, `tkc chat`, the infer and eval stage
     submit(..., bounded=False) (no EngineBusy: the infer and eval stages queue all their prompts at once).
 
 Prompts: raw text (sent as is), a chat conversation (list of messages, rendered with the bundle's template), or
-TokenIds (ids sent as is). Greedy (temperature 0) output is the same token for token whatever a request is
+TokenIds (ids sent as is); with images, a MediaPrompt (BatchingEngine over a multimodal bundle only: its
+placeholders expanded and its images encoded by the model's processor, infer/media.py; such a request decodes alone,
+its positions the model's own). Greedy (temperature 0) output is the same token for token whatever a request is
 batched with; sampling uses one torch.Generator per choice seeded from (seed, choice index), so it too does not
 depend on batch mates. Logprobs are the model's own log-softmax (before temperature / top_p).
 """
@@ -35,7 +37,7 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from tkc.bundle.chat import ChatTemplate
 from tkc.runtime.context import RunContext
@@ -50,8 +52,26 @@ class TokenIds:
     ids: tuple[int, ...]
 
 
-# A prompt is raw text (sent as is), a chat conversation (rendered with the bundle's template) or token ids.
-Prompt = str | list[dict] | TokenIds
+@dataclass(frozen=True)
+class MediaPrompt:
+    """Text or a conversation whose media placeholders (`<image>`, as datasets write them) stand for `images`
+    (RGB PIL images), in order; a multimodal bundle's BatchingEngine expands and encodes it (infer/media.py)."""
+
+    prompt: str | list[dict]
+    images: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class MediaIds:
+    """A MediaPrompt encoded: the expanded token ids and the model's media inputs (pixel_values, ...), sent as is."""
+
+    ids: tuple[int, ...]
+    inputs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+# A prompt is raw text (sent as is), a chat conversation (rendered with the bundle's template), token ids, or
+# either of the first two with images (MediaPrompt, or MediaIds once encoded).
+Prompt = str | list[dict] | TokenIds | MediaPrompt | MediaIds
 
 
 @dataclass(frozen=True)
@@ -274,9 +294,11 @@ def chat_template(ctx: RunContext) -> ChatTemplate | None:
 
 
 def render_prompt(fmt: ChatTemplate | None, prompt: Prompt) -> str:
+    if isinstance(prompt, MediaPrompt):
+        prompt = prompt.prompt
     if isinstance(prompt, str):
         return prompt
-    if isinstance(prompt, TokenIds):
+    if isinstance(prompt, TokenIds | MediaIds):
         raise TypeError("a TokenIds prompt has no text to render; the engine decodes it")
     if fmt is None:
         raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,8 +21,11 @@ def split_example(example: dict) -> tuple[list[dict], str | None]:
     return messages, None
 
 
-def load_prompts(ctx: RunContext, stage: ResolvedStage) -> list[tuple[list[dict], str | None]]:
-    """(messages, reference) per record of the stage's sft datasets, verified and converted like training data."""
+def load_prompts(
+    ctx: RunContext, stage: ResolvedStage, images: list[list[str]] | None = None
+) -> list[tuple[list[dict], str | None]]:
+    """(messages, reference) per record of the stage's sft datasets, verified and converted like training data;
+    `images`, when given, gets each record's image paths (absolute; [] for a text record)."""
     from tkc.bundle.plan_converter import converter
     from tkc.runtime.data.convert import convert_record
     from tkc.runtime.data.errors import BadRecord, DataError
@@ -41,6 +45,8 @@ def load_prompts(ctx: RunContext, stage: ResolvedStage) -> list[tuple[list[dict]
                     raise exc.at(where) from None
                 continue
             out.append(split_example(example))
+            if images is not None:
+                images.append(list(example.get("images") or ()))
     return out
 
 
@@ -52,14 +58,26 @@ def write_predictions(path: Path, records: list[dict]) -> None:
     tmp.replace(path)
 
 
-def write_outputs(ctx: RunContext, stage: ResolvedStage, pairs: list, completions: list, wall: float) -> None:
-    """predictions.jsonl (prompt messages, reference, prediction) and metrics.json (count, tokens/s)."""
+def write_outputs(
+    ctx: RunContext,
+    stage: ResolvedStage,
+    pairs: list,
+    completions: list,
+    wall: float,
+    images: list | None = None,
+) -> None:
+    """predictions.jsonl (prompt messages, reference, prediction; a row's image files and prompt tokens, images
+    included, where it has images) and metrics.json (count, tokens/s)."""
     out = ctx.stage_dir(stage)
     assert isinstance(stage.options, ResolvedInferOptions), "an infer stage has infer options"
     records = [
         {"prompt": p, "reference": ref, "prediction": c.text, "finish_reason": c.finish_reason}
         for (p, ref), c in zip(pairs, completions, strict=True)
     ]
+    for r, paths, c in zip(records, images or [], completions, strict=False):
+        if paths:  # the file names relative to the source root, as the dataset names them
+            r["images"] = [Path(os.path.relpath(p, ctx.source_root)).as_posix() for p in paths]
+            r["prompt_tokens"] = c.prompt_tokens
     write_predictions(out / "predictions.jsonl", records)
     tokens = sum(len(c.tokens) for c in completions)
     scores = generation_metrics(ctx, stage, [(r["prediction"], r["reference"]) for r in records])
@@ -92,16 +110,18 @@ def generation_metrics(ctx: RunContext, stage: ResolvedStage, pairs: list[tuple[
 
 def run(ctx: RunContext, stage: ResolvedStage) -> int:
     from tkc.runtime.infer import load_engine
+    from tkc.runtime.infer.media import media_prompts
 
     opts = stage.options
     assert isinstance(opts, ResolvedInferOptions)
     source = stage.init_from  # the compiler resolves it to the previous training stage, or null (base)
-    pairs = load_prompts(ctx, stage)
+    images: list[list[str]] = []
+    pairs = load_prompts(ctx, stage, images)
     engine = load_engine(ctx, source, engine=opts.engine)
     start = time.perf_counter()
-    try:  # every prompt submitted at once: the engine batches them as its slots allow
+    try:  # every prompt submitted at once: the engine batches them as its slots allow (a row with images: alone)
         completions = engine.generate(
-            [p for p, _ in pairs],
+            media_prompts(ctx, engine, [p for p, _ in pairs], images),
             max_new_tokens=opts.max_new_tokens,
             temperature=opts.temperature,
             top_p=opts.top_p,
@@ -116,6 +136,6 @@ def run(ctx: RunContext, stage: ResolvedStage) -> int:
         f"({tokens} tokens, {tokens / max(wall, 1e-9):.1f} tok/s)"
     )
     if ctx.dist.is_main:
-        write_outputs(ctx, stage, pairs, completions, wall)
+        write_outputs(ctx, stage, pairs, completions, wall, images)
     outputs.mark_done(ctx, stage)
     return 0
