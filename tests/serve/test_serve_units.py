@@ -161,3 +161,10 @@ def test_a_taken_or_impossible_port_is_refused_before_loading():
         taken.listen()
         with pytest.raises(ServeRefused, match="cannot listen on 127.0.0.1"):
             check_bind("127.0.0.1", taken.getsockname()[1])
+
+
+def test_cli_without_the_serve_extra_says_what_to_install():
+    code = ("import sys; sys.modules['fastapi'] = None; sys.argv = ['tkc', 'serve', 'nowhere']\n"
+            "from tkc.cli.main import main; main()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "tkc[serve]" in r.stderr and "Traceback" not in r.stderr

@@ -37,7 +37,13 @@ def serve(
     /v1/score for rm stages, /health), with the bundle's template, stop tokens and generation defaults."""
     from tkc.bundle.plan import PlanError
     from tkc.runtime.run import hidden_packages, unused_packages
-    from tkc.runtime.serve.app import Limits
+
+    try:
+        from tkc.runtime.serve.app import Limits
+    except ImportError as e:  # the serve extra is not installed
+        print(f"tkc serve: needs the serve extra (FastAPI, uvicorn): pip install 'tkc[serve]' ({e})",
+              file=sys.stderr)
+        raise typer.Exit(2) from None
     from tkc.runtime.serve.server import ServeRefused, check_bind, read_api_key
     from tkc.runtime.serve.server import serve as run_server
 
