@@ -97,7 +97,10 @@ def derive_parallelism(plan: Plan) -> Plan:
             micro = _stage_micro(plan, i, per_device)
             out[p + "micro_batch_size"] = (micro, "derived:derive_parallelism")
         if plan.get(p + "padding") == "auto":
-            out[p + "padding"] = (_padding(acc, plan.get(f"stages.{i}.kind")), "derived:derive_parallelism")
+            padding = _padding(acc, plan.get(f"stages.{i}.kind"))
+            why = ("(media rows: each run of equal-length rows with its own images, never end to end)"
+                   if padding == "unpadded" and plan.get("model.multimodal") is not None else "")
+            out[p + "padding"] = (padding, "derived:derive_parallelism" + why)
         out[p + "world_size"] = (world, "derived:derive_parallelism")
         out[p + "gradient_accumulation_steps"] = (max(per_device // micro, 1), "derived:derive_parallelism")
     return plan.with_values(out)

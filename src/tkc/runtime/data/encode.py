@@ -324,6 +324,7 @@ def encode_pairwise(items, tokenizer, chat: ChatTemplate, opts: EncodeOptions, o
             pair.append((*_masked(te, spans, False, True), Rendered(te, text, spans, messages, ex.get("tools"))))
         row = _pair_row(where, pair, opts, counters)
         if row is not None:
+            row.update({m: list(ex[m]) for m in opts.media})  # one image list for both sides (dpo)
             rows.append(row)
     return rows
 
