@@ -31,7 +31,7 @@ from pathlib import Path
 MEDIA_KINDS = ("images", "videos", "audios")
 PLACEHOLDERS = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
 ENCODED_MEDIA = ("images",)
-MEDIA_STAGE_KINDS = ("sft", "dpo")   # stage kinds whose rows carry their media to the model
+MEDIA_STAGE_KINDS = ("sft", "dpo", "infer")   # stage kinds whose rows carry their media to the model
 MAX_IMAGE_BYTES = 32 << 20          # a bigger file is refused before it is opened
 MAX_IMAGE_PIXELS = 50_000_000       # width x height, checked from the header before the pixels are decoded
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")   # two letters at least: `C:` is a drive, not a scheme

@@ -29,6 +29,7 @@ def load_prompts(
     from tkc.bundle.plan_converter import converter
     from tkc.runtime.data.convert import convert_record
     from tkc.runtime.data.errors import BadRecord, DataError
+    from tkc.runtime.data.media import MediaIndex
     from tkc.runtime.data.readers import read_entry
 
     out = []
@@ -37,9 +38,12 @@ def load_prompts(
         if dataset.kind != "sft":
             raise DataError(f"stage {stage.name!r} (infer) needs sft datasets; {name!r} is {dataset.kind!r}")
         entry = converter.unstructure(dataset)  # the readers and converter take the entry's JSON tree
+        media = MediaIndex(entry, ctx.source_root) if entry.get("media_root") else None
+        if media is not None:
+            media.verify()  # the bundle's media files, as compiled (DataError before any generation)
         for where, record in read_entry(entry, ctx.source_root):
             try:
-                example = convert_record(record, entry, (ctx.source_root / where.file).parent)
+                example = convert_record(record, entry, (ctx.source_root / where.file).parent, media)
             except BadRecord as exc:
                 if dataset.on_bad_record == "error":
                     raise exc.at(where) from None
