@@ -73,9 +73,13 @@ def media_encoder(model_dir: Path | str, open_image: Callable[[str], Any]) -> Ca
     return encode
 
 
-@functools.cache
-def _forward_params(cls: type) -> frozenset[str]:
-    return frozenset(inspect.signature(cls.forward).parameters)
+_FORWARD_PARAMS: dict[type, frozenset[str]] = {}
+
+
+def _forward_params(cls: Any) -> frozenset[str]:
+    if cls not in _FORWARD_PARAMS:
+        _FORWARD_PARAMS[cls] = frozenset(inspect.signature(cls.forward).parameters)
+    return _FORWARD_PARAMS[cls]
 
 
 def media_kwargs(model, batch: dict, input_ids: torch.Tensor) -> dict:

@@ -6,6 +6,7 @@ batch's images in row order, as the model's forward fills its image tokens in or
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 MEDIA_KEYS = ("images", "videos", "audios")
 
@@ -35,7 +36,7 @@ def collate(batch: list[dict], pad_id: int, media: Callable[[list], dict] | None
     import torch
 
     packed = "position_ids" in batch[0]
-    out = {}
+    out: dict[str, Any] = {}
     for key in batch[0]:
         values = [row[key] for row in batch]
         if isinstance(values[0], (int, bool, float)):
