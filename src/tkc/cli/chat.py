@@ -241,11 +241,18 @@ def chat(
         session, title = open_session(
             bundle, stage, engine, source_root, system=system, seed=seed, images=tuple(image or ()), **sampling
         )
-        if sys.stdin.isatty():
-            repl(session, title, show_prompt=show_prompt)
-        else:
-            write = lambda s: (sys.stdout.write(s), sys.stdout.flush())  # noqa: E731
-            pipe_loop(session, iter(sys.stdin), write, show_prompt=show_prompt)
+        try:
+            if sys.stdin.isatty():
+                repl(session, title, show_prompt=show_prompt)
+            else:
+                write = lambda s: (sys.stdout.write(s), sys.stdout.flush())  # noqa: E731
+                pipe_loop(session, iter(sys.stdin), write, show_prompt=show_prompt)
+        finally:
+            # the batching engine's scheduler thread must be joined before the interpreter exits: left running, it
+            # was torn down inside torch and the process aborted ("terminate called without an active exception")
+            close = getattr(session.engine, "close", None)
+            if close is not None:
+                close()
 
 
 def _plan_or_none(bundle: Path) -> ResolvedPlan | None:

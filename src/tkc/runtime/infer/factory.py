@@ -24,9 +24,10 @@ def open_context(bundle: Path, source_root: Path | None = None) -> RunContext:
 
 def model_stage(ctx: RunContext, stage_name: str | None) -> str | None:
     """The stage whose outputs/<stage>/model/ to load: the named one (an eval/infer stage: the model it reads),
-    or, when none is named, the last stage that wrote a model; None means the bundle's base model."""
+    or, when none is named, the last stage that wrote a language model (an rm stage's model scores, it does not
+    generate: it is served only when named); None means the bundle's base model."""
     if stage_name is None:
-        done = [s for s in ctx.plan.stages if (ctx.stage_dir(s) / "model").is_dir()]
+        done = [s for s in ctx.plan.stages if s.kind != "rm" and (ctx.stage_dir(s) / "model").is_dir()]
         return max(done, key=lambda s: s.index).name if done else None
     stage = ctx.stage_by_name(stage_name)
     if stage.kind in MODEL_LESS_KINDS:

@@ -137,7 +137,7 @@ def load_backend(bundle: Path, stage: str | None, source_root: Path | None, engi
     ctx = open_context(bundle, source_root)
     fmt = chat_template(ctx)
     name = model_stage(ctx, stage)
-    if name is not None and ctx.stage_by_name(name).kind == "rm":  # named, or the last model written
+    if name is not None and ctx.stage_by_name(name).kind == "rm":  # named (unnamed, model_stage skips rm stages)
         return _scoring_backend(ctx, name, fmt)
     opts = infer_defaults(ctx, stage, name)
     defaults = Defaults(opts.max_new_tokens if opts else None, opts.temperature if opts else 1.0,
