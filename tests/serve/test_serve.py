@@ -239,19 +239,19 @@ def test_a_burst_over_the_queue_gets_429_and_the_admitted_finish(server):
     assert _wait_idle(server)["in_flight"] == 0
 
 
-def test_openapi_fuzzing_finds_no_server_error(server):
+def test_openapi_fuzzing_finds_no_server_error(server, tmp_path):
     """schemathesis generates requests from /openapi.json (bounded): no 500 anywhere."""
     proc = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json",
                            "-H", f"Authorization: Bearer {KEY}", "--checks", "not_a_server_error",
                            "--max-examples", "30", "--seed", "1", "--request-timeout", "60",
                            "--phases", "examples,coverage,fuzzing", "--generation-deterministic"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its .schemathesis/ there
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
 def test_score_route_on_the_rm_stage(bundle, tmp_path):
-    """Without --stage the server takes the last stage that wrote a model: here the rm stage, served for scoring."""
-    rm = Server(bundle, tmp_path, key=False)
+    """An rm stage, named, is served for scoring (without --stage the server takes the last language model)."""
+    rm = Server(bundle, tmp_path, "--stage", "rm", key=False)
     try:
         convo = [*ASK, {"role": "assistant", "content": "Sunny."}]
         r = httpx.post(rm.url + "/v1/score", json={"model": "serve_test/rm", "messages": convo}, timeout=120)
