@@ -155,3 +155,62 @@ def test_infer_stage_feeds_rows_with_their_images(bundle, engine):
         pictures = tuple(Image.open(src / p).convert("RGB") for p in r["images"])
         assert r["prompt_tokens"] == engine.count_tokens(MediaPrompt(r["prompt"], pictures))
         assert r["prompt_tokens"] != engine.count_tokens(r["prompt"])  # the placeholders sent as text
+
+
+# ---------------------------------------------------------------------- audio: a tiny Qwen2-Audio
+
+
+@pytest.fixture(scope="module")
+def audio_engine(tmp_path_factory):
+    from tkc.runtime.infer import load_engine, open_context
+
+    bundle = M.build_audio_bundle(tmp_path_factory.mktemp("mm_audio"))
+    eng = load_engine(open_context(bundle), None)
+    eng.bundle = bundle
+    yield eng
+    eng.close()
+
+
+def test_audio_reaches_the_model_as_its_processor_and_generate_see_it(audio_engine):
+    import torch
+    from transformers import AutoProcessor
+
+    from tkc.runtime.infer.engine import MediaPrompt
+    from tkc.runtime.infer.media import read_wav
+
+    eng = audio_engine
+    tone, other = read_wav(M.wav_bytes(440)), read_wav(M.wav_bytes(1300, 0.3, rate=8000))  # 8 kHz: resampled
+    question = [{"role": "user", "content": "<audio>What is this sound?"}]
+    text = eng.render(question)
+    encoded = eng.media.encode(text, (), (tone,))
+    processor = AutoProcessor.from_pretrained(eng.media.model_dir)  # Qwen2-Audio's own expansion and features
+    ref = processor(text=text.replace("<audio>", "".join(M.AUDIO_TOKENS)), audio=[tone[0]], sampling_rate=16000,
+                    return_tensors="pt")
+    assert list(encoded.ids) == ref["input_ids"][0].tolist()
+    assert torch.equal(encoded.inputs["input_features"], ref["input_features"])
+
+    ours = _logprobs(eng, MediaPrompt(question, audios=(tone,)))
+    out = eng.model.generate(**ref, max_new_tokens=4, do_sample=False, eos_token_id=None, output_scores=True,
+                             return_dict_in_generate=True)
+    chosen = out.sequences[0, ref["input_ids"].shape[1]:].tolist()
+    theirs = [torch.log_softmax(s[0].float(), -1)[t].item() for s, t in zip(out.scores, chosen, strict=True)]
+    assert ours == pytest.approx(theirs, abs=1e-5)
+    assert max(abs(a - b) for a, b in zip(ours, _logprobs(eng, MediaPrompt(question, audios=(other,))),
+                                          strict=True)) > 1e-5
+
+    with pytest.raises(ValueError, match="takes no images"):
+        eng.media.encode("<image>hi", (object(),))
+    with pytest.raises(ValueError, match="longer than the model's 1 s window"):
+        eng.media.encode("<audio>hi", (), ((tone[0].repeat(3), 16000),))
+    with pytest.raises(ValueError, match="not a PCM WAV"):
+        read_wav(b"RIFF....WAVEnope")
+
+
+def test_chat_audio_cli(audio_engine, tmp_path):
+    wav = tmp_path / "tone.wav"
+    wav.write_bytes(M.wav_bytes(440))
+    ok = _chat(audio_engine.bundle, "--audio", str(wav), "--show-prompt", stdin="What is it?\n")
+    assert ok.returncode == 0, ok.stderr
+    assert "<audio>What is it?" in ok.stdout.splitlines()[0]
+    refused = _chat(audio_engine.bundle, "--image", str(wav), stdin="hi\n")  # this model takes no images
+    assert refused.returncode == 2 and "takes no images" in refused.stderr

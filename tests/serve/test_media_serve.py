@@ -33,11 +33,11 @@ def mm_server(tmp_path_factory):
     s.stop()
 
 
-def _ask(server, image_url: str | None, text: str = "Who are they?"):
+def _ask(server, image_url: str | None, text: str = "Who are they?", model: str = M.MODEL):
     parts = ([{"type": "image_url", "image_url": {"url": image_url}}] if image_url else []) + [
         {"type": "text", "text": text}]
     return server.client().chat.completions.create(
-        model=M.MODEL, messages=[{"role": "user", "content": parts}], max_tokens=3, temperature=0,
+        model=model, messages=[{"role": "user", "content": parts}], max_tokens=3, temperature=0,
         logprobs=True, top_logprobs=2)
 
 
@@ -81,3 +81,42 @@ def test_placeholder_count_and_image_limit(mm_server):
     with pytest.raises(openai.BadRequestError, match="at most 8 per request"):
         mm_server.client().chat.completions.create(model=M.MODEL, max_tokens=2,
                                                    messages=[{"role": "user", "content": many}])
+
+
+def test_input_audio_refused_by_a_vision_bundle(mm_server):
+    part = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    with pytest.raises(openai.BadRequestError, match="media not supported"):
+        mm_server.client().chat.completions.create(model=M.MODEL, max_tokens=2,
+                                                   messages=[{"role": "user", "content": [part]}])
+
+
+@pytest.fixture(scope="module")
+def audio_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audio_serve")
+    s = H.Server(M.build_audio_bundle(root), root, "--max-tokens", "8", key=False)
+    yield s
+    s.stop()
+
+
+def _hear(server, data: bytes, fmt: str = "wav"):
+    import base64
+
+    parts = [{"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": fmt}},
+             {"type": "text", "text": "What is this sound?"}]
+    return server.client().chat.completions.create(
+        model=M.AUDIO_MODEL, messages=[{"role": "user", "content": parts}], max_tokens=3, temperature=0,
+        logprobs=True)
+
+
+def test_input_audio_reaches_the_model(audio_server):
+    low, high = _hear(audio_server, M.wav_bytes(440)), _hear(audio_server, M.wav_bytes(1300))
+    assert _values(low) != _values(high)
+    text = audio_server.client().chat.completions.create(
+        model=M.AUDIO_MODEL, messages=[{"role": "user", "content": "What is this sound?"}], max_tokens=3)
+    assert low.usage.prompt_tokens > text.usage.prompt_tokens  # the audio's own tokens
+    with pytest.raises(openai.BadRequestError, match="input_audio refused: format 'mp3' is not read"):
+        _hear(audio_server, M.wav_bytes(440), fmt="mp3")
+    with pytest.raises(openai.BadRequestError, match="input_audio refused: not a PCM WAV"):
+        _hear(audio_server, b"definitely not a wav file")
+    with pytest.raises(openai.BadRequestError, match="media not supported"):  # this model takes no images
+        _ask(audio_server, M.data_url(Path(M.SHARED) / "mllm_demo_data" / "1.jpg"), model=M.AUDIO_MODEL)

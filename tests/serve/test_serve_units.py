@@ -87,8 +87,7 @@ def _chat(**kw) -> dict:
     (_chat(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), MEDIA_REFUSED),  # no image_url
     (_chat(messages=[{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "x"}}]}]),
      MEDIA_REFUSED),
-    (_chat(messages=[{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]),
-     MEDIA_REFUSED),
+    (_chat(messages=[{"role": "user", "content": [{"type": "input_audio"}]}]), MEDIA_REFUSED),  # no input_audio
     (_chat(top_logprobs=2), "top_logprobs needs logprobs"),
 ])
 def test_request_validation_refuses(body, needle):

@@ -53,11 +53,12 @@ class ChatSession:
     """The conversation so far and how to extend it: each user message gets a streamed assistant reply."""
 
     def __init__(self, engine: Any, *, system: str | None = None, images: tuple = (), placeholder: str = "",
-                 **sampling: Any):
+                 audios: tuple = (), audio_placeholder: str = "", **sampling: Any):
         self.engine, self.system, self.sampling = engine, system, sampling
         self.history: list[dict] = []
-        # --image: the images go with the conversation's first user message, one placeholder each before its text
+        # --image/--audio: the media go with the conversation's first user message, a placeholder each before its text
         self.images, self.placeholder = tuple(images), placeholder
+        self.audios, self.audio_placeholder = tuple(audios), audio_placeholder
 
     def reset(self) -> None:
         self.history = []
@@ -70,14 +71,14 @@ class ChatSession:
         """What the engine is sent: the messages (and `text` as the next user message); with images, a MediaPrompt
         whose first user message carries their placeholders."""
         messages = [*self.messages(), *([{"role": "user", "content": text}] if text is not None else [])]
-        if not self.images:
+        if not self.images and not self.audios:
             return messages
         from tkc.runtime.infer.engine import MediaPrompt
 
         first = next(i for i, m in enumerate(messages) if m["role"] == "user")
-        messages[first] = {**messages[first], "content": self.placeholder * len(self.images)
-                           + messages[first]["content"]}
-        return MediaPrompt(messages, self.images)
+        head = self.placeholder * len(self.images) + self.audio_placeholder * len(self.audios)
+        messages[first] = {**messages[first], "content": head + messages[first]["content"]}
+        return MediaPrompt(messages, self.images, self.audios)
 
     def prompt(self, text: str) -> str:
         """The exact text the model would continue if `text` were sent now (the template applied)."""
@@ -231,6 +232,11 @@ def chat(
         typer.Option(help="An image the conversation is about (repeat for several; a multimodal bundle): it goes "
                      "with the first message, bounded like training images."),
     ] = None,
+    audio: Annotated[
+        list[Path] | None,
+        typer.Option(help="A PCM WAV file the conversation is about (repeat for several; an audio-language "
+                     "bundle such as Qwen2-Audio): it goes with the first message."),
+    ] = None,
 ) -> None:
     """Chat with a bundle's model; reads one message per line when stdin is not a terminal."""
     from tkc.runtime.run import hidden_packages, unused_packages
@@ -239,7 +245,8 @@ def chat(
     # This process is the CLI's own: optional packages the bundle never uses stay unimported (as in `tkc run`).
     with hidden_packages(unused_packages(_plan_or_none(bundle))):
         session, title = open_session(
-            bundle, stage, engine, source_root, system=system, seed=seed, images=tuple(image or ()), **sampling
+            bundle, stage, engine, source_root, system=system, seed=seed, images=tuple(image or ()),
+            audios=tuple(audio or ()), **sampling,
         )
         try:
             if sys.stdin.isatty():
@@ -274,6 +281,7 @@ def open_session(
     system: str | None,
     seed: int | None,
     images: tuple[Path, ...] = (),
+    audios: tuple[Path, ...] = (),
     **sampling: Any,
 ) -> tuple[ChatSession, str]:
     """Verify the bundle, pick the model, load the engine; a problem is one line on stderr and exit code 2."""
@@ -296,13 +304,13 @@ def open_session(
         _fail(str(e.args[0] if e.args else e))
     seed = ctx.plan.seed if seed is None else int(seed)
     media: dict[str, Any] = {}
-    if images:
-        from tkc.runtime.infer.media import read_images
+    if images or audios:
+        from tkc.runtime.infer.media import read_media
 
         try:
-            media = read_images(ctx, loaded, images)
+            media = read_media(ctx, loaded, images, audios)
         except ValueError as e:
-            _fail(f"--image: {e}")
+            _fail(f"--{'image' if images else 'audio'}: {e}")
     session = ChatSession(loaded, system=system, seed=seed, **media, **sampling)
     return session, f"{ctx.plan.name} / {name or 'base model'} ({engine})"
 

@@ -54,11 +54,13 @@ class TokenIds:
 
 @dataclass(frozen=True)
 class MediaPrompt:
-    """Text or a conversation whose media placeholders (`<image>`, as datasets write them) stand for `images`
-    (RGB PIL images), in order; a multimodal bundle's BatchingEngine expands and encodes it (infer/media.py)."""
+    """Text or a conversation whose media placeholders (`<image>`, `<audio>`, as datasets write them) stand for
+    `images` (RGB PIL images) and `audios`, in order; a multimodal bundle's BatchingEngine expands and encodes it
+    (infer/media.py)."""
 
     prompt: str | list[dict]
     images: tuple[Any, ...] = ()
+    audios: tuple[tuple[Any, int], ...] = ()  # (mono samples, rate) per `<audio>` placeholder
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,15 @@ request joins its batch until it finishes; its n choices share it): its rows are
 its own positions from the cache (Qwen2-VL's multimodal RoPE keeps the offset its prefill computed; a text model
 counts on from the cache length), and tkc never builds model-specific position ids.
 
-What is not here: videos (Qwen2-VL's video processor needs torchvision, which tkc does not install) and audio.
+Audio (a family with `model.multimodal.media.audios`, Qwen2-Audio): each `<audio>` is (samples, rate), resampled to
+the feature extractor's rate, one window of log-mel features (input_features, feature_attention_mask), its token
+count by the family's rule. PCM WAV is read with the standard library (read_wav); other formats need a decoder tkc
+does not install. Videos are not here: Qwen2-VL's video processor needs torchvision, which tkc does not install.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,14 +35,12 @@ from tkc.runtime.infer.engine import MediaIds, MediaPrompt
 
 
 class MediaEncoder:
-    """A multimodal bundle's image encoding for prompts (see the module docstring)."""
+    """A multimodal bundle's media encoding for prompts (see the module docstring)."""
 
     def __init__(self, mm: ResolvedMultimodal, model_dir: str, tokenizer: Any, model: Any, lock: Any = None):
         self.mm, self.model_dir, self.tok, self.model = mm, model_dir, tokenizer, model
-        self.lock = (
-            lock or threading.Lock()
-        )  # the engine's: a fast tokenizer must not run in two threads at once
-        self.images = mm.media.get("images")
+        self.lock = lock or threading.Lock()  # the engine's: a fast tokenizer must not run in two threads
+        self.images, self.audios = mm.media.get("images"), mm.media.get("audios")
 
     @classmethod
     def from_context(cls, ctx: RunContext, model: Any, lock: Any = None) -> MediaEncoder | None:
@@ -46,40 +48,114 @@ class MediaEncoder:
         mm = ctx.plan.model.multimodal
         return None if mm is None else cls(mm, ctx.model_path(), ctx.tokenizer(), model, lock)
 
-    def encode(self, text: str, images: Sequence[Any]) -> MediaIds:
-        from tkc.runtime.multimodal import MEDIA_INPUTS, image_processor, media_kwargs
+    def encode(self, text: str, images: Sequence[Any] = (), audios: Sequence[Any] = ()) -> MediaIds:
+        """`text` with its placeholders expanded, tokenized, and the media's model inputs (MediaIds)."""
+        from tkc.runtime.multimodal import media_kwargs
 
-        if self.images is None:
-            raise ValueError(f"{self.mm.model_class} takes no images")
-        ph = self.images.placeholder
-        if count_placeholders(text, ph) != len(images):
-            raise ValueError(
-                f"the prompt has {count_placeholders(text, ph)} {ph} placeholders for {len(images)} images"
-            )
         inputs: dict[str, Any] = {}
-        if images:
-            out = image_processor(self.model_dir)(images=list(images), return_tensors="pt")
-            runs = [
-                self.images.prefix + self.images.token * n + self.images.suffix for n in self.counts(images)
-            ]
-            text = expand_placeholders(text, ph, runs)
-            inputs = {k: out[k] for k in MEDIA_INPUTS if k in out}
+        for kind, items, encode in (("images", images, self._images), ("audios", audios, self._audios)):
+            exp = self.mm.media.get(kind)
+            if exp is None:
+                if items:
+                    raise ValueError(f"{self.mm.model_class} takes no {kind}")
+                continue
+            if count_placeholders(text, exp.placeholder) != len(items):
+                raise ValueError(
+                    f"the prompt has {count_placeholders(text, exp.placeholder)} {exp.placeholder} "
+                    f"placeholders for {len(items)} {kind}"
+                )
+            if items:
+                counts, tensors = encode(items)
+                text = expand_placeholders(
+                    text, exp.placeholder, [exp.prefix + exp.token * n + exp.suffix for n in counts]
+                )
+                inputs.update(tensors)
         with self.lock:
             ids = self.tok(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError("an empty prompt: nothing to continue from")
-        inputs.update(
-            (k, v)
-            for k, v in media_kwargs(self.model, inputs, torch.tensor([ids])).items()
-            if k not in inputs
-        )
+        extra = media_kwargs(self.model, inputs, torch.tensor([ids]))
+        inputs.update((k, v) for k, v in extra.items() if k not in inputs)
         return MediaIds(tuple(ids), inputs)
 
-    def counts(self, images: Sequence[Any]) -> list[int]:
-        """Tokens per image, as training counts them (tkc.runtime.data.media.token_count: the family's rule)."""
+    def _images(self, images: Sequence[Any]) -> tuple[list[int], dict[str, Any]]:
+        """Tokens per image as training counts them (tkc.runtime.data.media.token_count: the family's rule) and
+        the image processor's tensors."""
         from tkc.runtime.data.media import token_count
+        from tkc.runtime.multimodal import MEDIA_INPUTS, image_processor
 
-        return [token_count(self.model_dir, self.mm, "images", im.height, im.width) for im in images]
+        out = image_processor(self.model_dir)(images=list(images), return_tensors="pt")
+        counts = [token_count(self.model_dir, self.mm, "images", im.height, im.width) for im in images]
+        return counts, {k: out[k] for k in MEDIA_INPUTS if k in out}
+
+    def _audios(self, audios: Sequence[Any]) -> tuple[list[int], dict[str, Any]]:
+        """(samples, rate) pairs resampled to the feature extractor's rate, its log-mel features (one window each,
+        padded) and the tokens per audio by the family's rule (audio_frames: Qwen2-Audio's encoder halves the L
+        real feature frames twice, (((L - 1) // 2 + 1) - 2) // 2 + 1, as Qwen2AudioProcessor counts them)."""
+        assert self.audios is not None
+        if self.audios.count != "audio_frames":
+            raise ValueError(f"tkc does not count audio tokens by rule {self.audios.count!r}")
+        fe = _feature_extractor(self.model_dir)
+        waves = [resample(samples, rate, fe.sampling_rate) for samples, rate in audios]
+        if any(len(w) > fe.n_samples for w in waves):  # the extractor would cut it silently
+            raise ValueError(f"an audio is longer than the model's {fe.chunk_length} s window")
+        out = fe(
+            waves,
+            sampling_rate=fe.sampling_rate,
+            return_attention_mask=True,
+            padding="max_length",
+            return_tensors="pt",
+        )
+        mask = out["attention_mask"]
+        counts = [(((int(n) - 1) // 2 + 1) - 2) // 2 + 1 for n in mask.sum(-1)]
+        return counts, {"input_features": out["input_features"], "feature_attention_mask": mask}
+
+
+@functools.cache
+def _feature_extractor(model_dir: str) -> Any:
+    from transformers import AutoFeatureExtractor
+
+    return AutoFeatureExtractor.from_pretrained(model_dir)
+
+
+def resample(samples: Any, rate: int, target: int) -> Any:
+    """A mono float32 waveform at `target` Hz (linear interpolation; none when the rates agree)."""
+    import numpy as np
+
+    samples = np.asarray(samples, dtype=np.float32)
+    if rate == target or len(samples) == 0:
+        return samples
+    n = max(1, round(len(samples) * target / rate))
+    return np.interp(np.arange(n) * (rate / target), np.arange(len(samples)), samples).astype(np.float32)
+
+
+def read_wav(data: bytes, max_seconds: float = 30.0) -> tuple[Any, int]:
+    """(mono float32 samples in [-1, 1], rate) of a PCM WAV file (8/16/32-bit integers), at most `max_seconds`
+    long; ValueError otherwise (other formats need a decoder tkc does not install)."""
+    import io
+    import wave
+
+    import numpy as np
+
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            width, channels, rate, frames = (
+                w.getsampwidth(),
+                w.getnchannels(),
+                w.getframerate(),
+                w.getnframes(),
+            )
+            if frames > max_seconds * rate:
+                raise ValueError(f"{frames / rate:.1f} s of audio, over the limit of {max_seconds:g} s")
+            raw = w.readframes(frames)
+    except (wave.Error, EOFError) as e:
+        raise ValueError(f"not a PCM WAV file ({e})") from None
+    kinds = {1: (np.uint8, 128.0, 128.0), 2: (np.int16, 0.0, 32768.0), 4: (np.int32, 0.0, 2147483648.0)}
+    if width not in kinds:
+        raise ValueError(f"{8 * width}-bit WAV samples are not read (8, 16 or 32-bit PCM)")
+    dtype, zero, scale = kinds[width]
+    samples = (np.frombuffer(raw, dtype=dtype).astype(np.float32) - zero) / scale
+    return samples.reshape(-1, channels).mean(axis=1), rate
 
 
 def encode_media(encoder: MediaEncoder | None, prompt: Any, render: Any) -> MediaIds | None:
@@ -89,7 +165,7 @@ def encode_media(encoder: MediaEncoder | None, prompt: Any, render: Any) -> Medi
         return prompt if isinstance(prompt, MediaIds) else None
     if encoder is None:
         raise ValueError("media not supported: this bundle's model is text-only")
-    return encoder.encode(render(prompt), prompt.images)
+    return encoder.encode(render(prompt), prompt.images, prompt.audios)
 
 
 def prefill_inputs(media: MediaIds | None, model: Any) -> dict[str, Any]:
@@ -169,14 +245,34 @@ def media_prompts(ctx: RunContext, engine: Any, prompts: list[Any], images: list
     ]
 
 
-def read_images(ctx: RunContext, engine: Any, paths: Sequence[Path]) -> dict[str, Any]:
-    """`tkc chat --image`: the files (the user's own: any path) bounded and decoded like training images, and the
-    family's placeholder: ChatSession's `images` and `placeholder`; ValueError for a text-only bundle or engine, or
-    an unreadable, oversized or corrupt image."""
+def read_media(
+    ctx: RunContext, engine: Any, images: Sequence[Path], audios: Sequence[Path]
+) -> dict[str, Any]:
+    """`tkc chat --image/--audio`: the files (the user's own: any path), images bounded and decoded like training
+    images, WAV audio read (read_wav), and the family's placeholders: ChatSession's keyword arguments. ValueError
+    naming the file for a model or engine that takes no such media, or an unreadable, oversized or corrupt file."""
     media = getattr(engine, "media", None)
-    if media is None or media.images is None:
-        raise ValueError(
-            "this bundle's model takes no images (a text-only model, or an engine without images: "
-            "use --engine hf)"
-        )
-    return {"images": read_image_files(paths, media_limits(ctx)), "placeholder": media.images.placeholder}
+    out: dict[str, Any] = {}
+    for kind, paths in (("images", images), ("audios", audios)):
+        exp = None if media is None else media.mm.media.get(kind)
+        if paths and exp is None:
+            raise ValueError(
+                f"this bundle's model takes no {kind} (a model without them, or an engine that does "
+                "not read them: use --engine hf)"
+            )
+        if not paths or exp is None:
+            continue
+        if kind == "images":
+            out.update(images=read_image_files(paths, media_limits(ctx)), placeholder=exp.placeholder)
+            continue
+        limits = media_limits(ctx)
+        waves = []
+        for path in paths:
+            try:
+                if Path(path).stat().st_size > limits.max_bytes:
+                    raise ValueError(f"over the limit of {limits.max_bytes} bytes")
+                waves.append(read_wav(Path(path).read_bytes()))
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{path}: {getattr(e, 'strerror', None) or e}") from None
+        out.update(audios=tuple(waves), audio_placeholder=exp.placeholder)
+    return out

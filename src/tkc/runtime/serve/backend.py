@@ -58,6 +58,12 @@ class Backend:
         images = self.media.images if self.media is not None else None
         return images.placeholder if images is not None else None
 
+    @property
+    def audio_placeholder(self) -> str | None:
+        """What an input_audio part becomes (the family's `<audio>`); None: no audio here."""
+        audios = self.media.audios if self.media is not None else None
+        return audios.placeholder if audios is not None else None
+
     def count_tokens(self, text: Any) -> int:
         if hasattr(text, "inputs"):  # MediaIds: an encoded prompt with images
             return len(text.ids)

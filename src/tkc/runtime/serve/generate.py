@@ -19,17 +19,18 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from tkc.bundle.chat import TemplateRefused
 from tkc.runtime.infer.engine import EngineBusy, PromptTooLong, SamplingParams
 from tkc.runtime.serve.backend import Backend, Deltas
-from tkc.runtime.serve.images import encode_request, request_images
+from tkc.runtime.serve.images import encode_request, request_media
 from tkc.runtime.serve.protocol import TEXT_ONLY, ApiError, ChatRequest, CompletionRequest, Message
 from tkc.runtime.serve.tools import may_be_call, parse_calls
 
 
-def message_dict(m: Message, placeholder: str | None = None) -> dict[str, Any]:
+def message_dict(m: Message, placeholder: str | None = None, audio: str | None = None) -> dict[str, Any]:
     """A request message in the canonical shape the data pipeline renders (tool arguments as objects); an image
-    part becomes `placeholder` (a multimodal bundle's `<image>`), refused where there is none."""
-    if placeholder is None and m.image_urls():
+    (audio) part becomes `placeholder` (`audio`: a multimodal bundle's `<image>`, `<audio>`), refused without one."""
+    if (placeholder is None and m.image_urls()) or (audio is None and m.audio_parts()):
         raise ApiError(400, TEXT_ONLY, param="messages", code="unsupported")
-    out: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text(placeholder or "")}
+    out: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role,
+                           "content": m.text(placeholder or "", audio or "")}
     if m.tool_calls:
         out["tool_calls"] = [{"type": "function", "function": {"name": c.function.name,
                                                                "arguments": _arguments(c.function.arguments)}}
@@ -92,14 +93,15 @@ def add_routes(app: FastAPI, backend: Backend, limits: Any) -> None:
         if tools and backend.tool_format is None:
             raise ApiError(400, "tools: this bundle's chat template writes no tool calls tkc can read",
                            param="tools", code="unsupported")
-        images = await request_images(backend, req.messages)  # image_url parts read, or refused (images.py)
+        images, audios = await request_media(backend, req.messages)  # media parts read, or refused (images.py)
         try:
-            prompt: Any = backend.render_chat([message_dict(m, backend.placeholder) for m in req.messages], tools)
+            prompt: Any = backend.render_chat([message_dict(m, backend.placeholder, backend.audio_placeholder)
+                                               for m in req.messages], tools)
         except (TemplateRefused, ValueError) as e:
             raise ApiError(400, f"messages: the bundle's chat template refused this conversation: {e}",
                            param="messages", code="template_refused") from None
-        if images:
-            prompt = await encode_request(backend, prompt, images)
+        if images or audios:
+            prompt = await encode_request(backend, prompt, images, audios)
         top = (req.top_logprobs or 0) if req.logprobs else None
         params = sampling(backend, limits, req, backend.count_tokens(prompt), req.max_completion_tokens
                           or req.max_tokens, top)

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # fields some servers accept that would replace or bend the bundle's template
 REFUSED_FIELDS = ("chat_template", "chat_template_kwargs", "add_generation_prompt", "continue_final_message")
 MEDIA_PARTS = ("image_url", "input_audio", "audio_url", "video_url", "image", "audio", "video", "file")
-MEDIA_REFUSED = "media not supported: this server takes text and image_url content parts only"
-TEXT_ONLY = "media not supported: this bundle's model is text-only (image_url parts need a multimodal bundle)"
+MEDIA_REFUSED = "media not supported: this server takes text, image_url and input_audio content parts only"
+TEXT_ONLY = ("media not supported: this bundle's model takes no such media (image_url parts need a vision-language "
+             "bundle, input_audio parts an audio-language one)")
 
 
 class ApiError(Exception):
@@ -70,16 +71,23 @@ class ImageURL(_Strict):
     detail: str | None = Field(default=None, max_length=16)  # accepted, not used
 
 
+class InputAudio(_Strict):
+    data: str = Field(min_length=1)  # base64 of the file
+    format: str = Field(max_length=16)  # wav is read (media.py's read_wav); other formats are refused
+
+
 class ContentPart(_Strict):
     model_config = ConfigDict(strict=True, extra="allow")
     type: str = Field(max_length=64)
     text: str | None = None
     image_url: ImageURL | None = None
+    input_audio: InputAudio | None = None
 
     @model_validator(mode="after")
     def _text_only(self) -> ContentPart:
-        if self.type == "image_url" and self.image_url is not None:
-            return self  # read (or refused) by the route: it knows whether the bundle takes images
+        if (self.type, self.image_url is None, self.input_audio is None) in (("image_url", False, True),
+                                                                              ("input_audio", True, False)):
+            return self  # read (or refused) by the route: it knows whether the bundle takes such media
         if self.type in MEDIA_PARTS or self.type.endswith("_url"):
             raise ValueError(MEDIA_REFUSED)
         if self.type != "text" or self.text is None:
@@ -94,11 +102,18 @@ class Message(_Strict):
     tool_calls: list[ToolCall] | None = Field(default=None, max_length=64)
     tool_call_id: str | None = Field(default=None, max_length=256)
 
-    def text(self, placeholder: str = "") -> str:
-        """The text parts joined; each image part is `placeholder` (the bundle's `<image>`) where it stands."""
+    def text(self, placeholder: str = "", audio: str = "") -> str:
+        """The text parts joined; each image part is `placeholder` (the bundle's `<image>`), each audio part
+        `audio` (`<audio>`), where it stands."""
         if isinstance(self.content, list):
-            return "".join(placeholder if p.image_url is not None else p.text or "" for p in self.content)
+            return "".join(placeholder if p.image_url is not None else audio if p.input_audio is not None
+                           else p.text or "" for p in self.content)
         return self.content or ""
+
+    def audio_parts(self) -> list[InputAudio]:
+        if isinstance(self.content, list):
+            return [p.input_audio for p in self.content if p.input_audio is not None]
+        return []
 
     def image_urls(self) -> list[str]:
         if isinstance(self.content, list):
