@@ -90,7 +90,7 @@ class ContentPart(_Strict):
             return self  # read (or refused) by the route: it knows whether the bundle takes such media
         if self.type in MEDIA_PARTS or self.type.endswith("_url"):
             raise ValueError(MEDIA_REFUSED)
-        if self.type != "text" or self.text is None:
+        if self.type != "text" or self.text is None or (self.image_url or self.input_audio) is not None:
             raise ValueError(f"content part type {self.type!r}: only {{'type': 'text', 'text': ...}} is accepted")
         return self
 
