@@ -32,9 +32,29 @@ def _model_ready(load: Callable) -> Callable:
     return wrapper
 
 
-def dtype_of(stage: ResolvedStage) -> torch.dtype:
-    """The training precision; stages that do not train (eval, infer, export) load fp32."""
+def compute_dtype(stage: ResolvedStage) -> torch.dtype:
+    """The dtype the stage computes in (its `train.precision`; under torch.autocast when not fp32): fp32 for
+    stages that do not train (eval, infer, export)."""
     return DTYPES[stage.train.precision] if stage.train is not None else torch.float32
+
+
+def dtype_of(stage: ResolvedStage) -> torch.dtype:
+    """The dtype a stage's start weights load in, mixed precision as practitioners run it: full fine-tuning keeps
+    fp32 master weights (autocast computes in bf16/fp16); LoRA and freeze load the frozen base in the compute
+    dtype (QLoRA: its bitsandbytes compute dtype) and keep what trains in fp32 (keep_trainable_fp32). fp32: fp32."""
+    compute = compute_dtype(stage)
+    if compute == torch.float32 or stage.finetuning is None or stage.finetuning.method == "full":
+        return torch.float32
+    return compute
+
+
+def keep_trainable_fp32(model: nn.Module) -> nn.Module:
+    """Trainable parameters in fp32 (optimizer updates too small for bf16's 8 mantissa bits are not lost), frozen
+    ones as loaded; nothing changes when everything is fp32 already (CPU runs)."""
+    for p in model.parameters():
+        if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
 
 
 def _auto_class(head: str, ctx: RunContext | None = None):
@@ -205,8 +225,8 @@ def apply_lora(model: nn.Module, lora: ResolvedLora, *, task_type: str, quantize
         init_lora_weights="pissa" if lora.init == "pissa" else True,
         modules_to_save=save or None, bias="none", task_type=task_type,
     )
-    with quiet_checkpointing_alias():
-        model = get_peft_model(model, config)
+    with quiet_checkpointing_alias():  # adapters in fp32 over a bf16/fp16 base (peft's default, said here)
+        model = get_peft_model(model, config, autocast_adapter_dtype=True)
     from tkc.runtime.lora import fuse
 
     fuse(model)  # plain adapters add B(A(x)) * scaling in one GEMM (tkc.runtime.lora)
@@ -258,6 +278,7 @@ def build_trainable(ctx: RunContext, stage: ResolvedStage, *, head: str = "causa
             model.enable_input_require_grads()
     if train.neftune_alpha is not None:
         add_neftune(model, train.neftune_alpha)
+    keep_trainable_fp32(model)  # LoRA adapters (peft upcasts them too), modules_to_save, freeze's trained layers
     model.train()
     return strat.place(model)  # on the stage's device before anything (a reference copy, an optimizer) is made
 

@@ -9,7 +9,9 @@ Exit codes:
        of a multi-process run were started from different bundles (every rank stops: tkc.runtime.fingerprint)
   4    the environment drifted from resolved.environment.pins (versions, extra behaviour-changing packages,
        installed files against their RECORD; tkc.runtime.envcheck) and --allow-env-drift was not given; or the
-       ranks' environments differ (python, torch, CUDA, driver, tkc, a pinned package; every rank stops)
+       ranks' environments differ (python, torch, CUDA, driver, tkc, a pinned package; every rank stops); or
+       this machine lacks the device a stage names (cuda, npu), or a deterministic cuda stage lacks
+       CUBLAS_WORKSPACE_CONFIG (tkc.runtime.device.check_devices)
   75   a checkpoint or a stage's model could not be written (disk full, quota, file-size limit): the half-written
        files were removed, earlier checkpoints are intact; free space and `tkc run` again resumes from the last one
   143  SIGTERM: a checkpoint was written at the current optimizer step; `tkc run` again resumes exactly
@@ -131,8 +133,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if deterministic:  # on cuda, CUBLAS_WORKSPACE_CONFIG was checked at start (tkc.runtime.device.check_devices)
         # What torch.use_deterministic_algorithms(True) does, without its import of torch._inductor.config (which
         # loads dynamo, sympy and fx: ~1.3 s before the first step): inductor's flag comes from the environment
         # when something imports it later, or is set now when something already has.
@@ -142,6 +143,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
             inductor.deterministic = True
         torch._C._set_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
 
 
 def _install_sigterm(ctx: RunContext) -> None:
@@ -227,6 +229,13 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
 
     if refused is not None and not dist_info_from_env().enabled:
         return refused  # under a launcher the rank joins first: every rank stops with it (tkc.runtime.fingerprint)
+    from tkc.runtime.device import check_devices
+
+    no_device = check_devices(plan, [s for s in plan.stages if stage is None or s.name == stage],
+                              dist_info_from_env().local_rank)
+    if no_device is not None:  # the bundle is sound; this machine is not the one it was compiled for
+        print(f"tkc run: refusing to run: {no_device}")
+        return EXIT_ENV_MISMATCH
     if own_process:
         no_stdin()
         from tkc.runtime import gcpause

@@ -90,14 +90,21 @@ class HFEngine:
         device: str | None = None,
         batch_size: int = 16,
     ) -> HFEngine:
-        """The stage's output model (an adapter merged into the weights it trained on), or the base model."""
+        """The stage's output model (an adapter merged into the weights it trained on), or the base model, on the
+        bundle's device (that stage's, else the hardware's: tkc.runtime.device.stage_device) unless `device` says."""
+        from tkc.runtime.device import DeviceUnavailable, device_problem, stage_device
+
         torch_dtype = DTYPES[dtype]
+        stage = None if stage_name is None else ctx.stage_by_name(stage_name)
+        place = torch.device(device) if device else stage_device(ctx.plan, stage, ctx.dist)
+        problem = None if device else device_problem(place.type, place.index or 0)
+        if problem is not None:  # before any weights load: never a silent CPU run of a GPU bundle
+            raise DeviceUnavailable(f"{problem}; compile the recipe for this machine (e.g. hardware: cpu)")
         if stage_name is None:
             model = base_weights(ctx, dtype=torch_dtype)
         else:
             model = load_stage_output(ctx, stage_name, dtype=torch_dtype)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device), ctx.tokenizer(), chat_template(ctx), batch_size=batch_size)
+        return cls(model.to(place), ctx.tokenizer(), chat_template(ctx), batch_size=batch_size)
 
     @property
     def device(self) -> torch.device:

@@ -142,7 +142,7 @@ def shared_prompt(model, b: Batch) -> tuple[list | None, int]:
     # full layers: a cache the model made from its config would keep only a sliding layer's last `window` tokens,
     # which the continuation's fresh cache (label_logps) would then take for the first ones
     out = model(input_ids=c[:, :start], past_key_values=DynamicCache(), use_cache=True,
-                logits_to_keep=torch.zeros(0, dtype=torch.long))
+                logits_to_keep=torch.zeros(0, dtype=torch.long, device=c.device))
     return [(layer.keys, layer.values) for layer in out.past_key_values.layers], start
 
 
@@ -263,46 +263,49 @@ def packed_pair_logps(model, batch: Batch | Pieces) -> tuple[torch.Tensor, ...]:
 
     pairs = [(b["chosen_input_ids"][i], b["chosen_labels"][i], b["rejected_input_ids"][i], b["rejected_labels"][i])
              for b in pieces(batch) for i in range(b["chosen_input_ids"].size(0))]
+    dev = pairs[0][0].device  # what this function makes goes where the batch is (the stage's device)
     starts = [prompt_len(*(t[None] for t in p)) for p in pairs]
     past, bounds = None, torch.tensor([0, *starts]).cumsum(0)
     if any(starts):
         prompts = [c[:n] for (c, *_), n in zip(pairs, starts, strict=True) if n]
-        cu = torch.tensor([0, *(len(p) for p in prompts)]).cumsum(0)
-        positions = torch.cat([torch.arange(len(p)) for p in prompts])
+        cu = torch.tensor([0, *(len(p) for p in prompts)], device=dev).cumsum(0)
+        positions = torch.cat([torch.arange(len(p), device=dev) for p in prompts])
         # full layers, as in shared_prompt (a sliding layer's cache would keep the packed sequence's last tokens)
         out = model(input_ids=torch.cat(prompts)[None], position_ids=positions[None], past_key_values=DynamicCache(),
-                    use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long), **forward_kwargs(cu))
+                    use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long, device=dev), **forward_kwargs(cu))
         past = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
     ids, targets, positions, prefix = [], [], [], []
     for (c, cl, r, rl), n, ps in zip(pairs, starts, bounds[:-1].tolist(), strict=True):
         for tokens, labels in ((c, cl), (r, rl)):  # segment 2i: chosen of pair i, 2i + 1: its rejected
             ids.append(tokens[n:])
             targets.append(F.pad(labels[1:], (0, 1), value=-100)[n:])  # position t predicts t + 1
-            positions.append(torch.arange(n, tokens.numel()))
+            positions.append(torch.arange(n, tokens.numel(), device=dev))
             prefix.append((ps, ps + n))
-    cu = torch.tensor([0, *(len(x) for x in ids)]).cumsum(0)
+    cu = torch.tensor([0, *(len(x) for x in ids)], device=dev).cumsum(0)
     target = torch.cat(targets)
     cols = (target != -100).nonzero().squeeze(-1)
-    kwargs = {"cu_seq_lens_q": cu, "tkc_prefix": torch.tensor(prefix)}
+    kwargs = {"cu_seq_lens_q": cu, "tkc_prefix": torch.tensor(prefix, device=dev)}
     if past is not None:
         kwargs["past_key_values"] = DynamicCache(ddp_cache_data=past)
     logits = model(input_ids=torch.cat(ids)[None], position_ids=torch.cat(positions)[None],
                    use_cache=past is not None, logits_to_keep=cols, **kwargs).logits[0]
     logps = torch.gather(F.log_softmax(logits.float(), dim=-1), 1, target[cols].unsqueeze(-1)).squeeze(-1)
     segment = torch.searchsorted(cu, cols, right=True) - 1
-    sums = torch.zeros(len(ids), dtype=logps.dtype).index_add(0, segment, logps)
-    counts = torch.zeros(len(ids), dtype=logps.dtype).index_add(0, segment, torch.ones_like(logps)).clamp(min=1)
+    sums = torch.zeros(len(ids), dtype=logps.dtype, device=dev).index_add(0, segment, logps)
+    counts = torch.zeros(len(ids), dtype=logps.dtype, device=dev).index_add(0, segment, torch.ones_like(logps)).clamp(min=1)
     return sums[0::2], sums[1::2], counts[0::2], counts[1::2]
 
 
 class Reference:
     """The frozen reference policy: the LoRA model with its adapter disabled, or a frozen copy of the start weights."""
 
-    def __init__(self, model, *, lora: bool):
+    def __init__(self, model, *, lora: bool, dtype: torch.dtype = torch.float32):
+        """`model` is already on the stage's device, so the frozen copy is too; `dtype`: the copy's (frozen weights
+        in the stage's compute dtype, as LoRA's frozen base; fp32 on the CPU)."""
         import copy
 
         self.lora = lora
-        self.model = model if lora else copy.deepcopy(model).eval().requires_grad_(False)
+        self.model = model if lora else copy.deepcopy(model).eval().requires_grad_(False).to(dtype)
 
     @torch.no_grad()
     def __call__(self, fn, *args, **kwargs):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from tkc.bundle.plan import ResolvedDpoOptions, ResolvedStage
 from tkc.runtime import attention, loop
 from tkc.runtime.context import RunContext
-from tkc.runtime.model import build_trainable
+from tkc.runtime.model import build_trainable, compute_dtype
 from tkc.runtime.multimodal import stage_media
 from tkc.runtime.stages.common import Reference, make_collate, pair_logps, token_count, train_stage
 
@@ -65,7 +65,8 @@ def build_task(ctx: RunContext, stage: ResolvedStage):
     if share and not train.neftune_alpha:  # NEFTune's noise scale depends on sequence length
         attention.enable(model)  # a micro-batch's prompts, then its continuations, as one forward each
     needs_ref = opts.loss in REFERENCE_LOSSES
-    reference = Reference(model, lora=stage.finetuning.method == "lora") if needs_ref else None
+    reference = Reference(model, lora=stage.finetuning.method == "lora", dtype=compute_dtype(stage)) if needs_ref \
+        else None
     pad_id = ctx.tokenizer().pad_token_id
     task = loop.Task(loss_sum=make_loss(opts, reference, pad_id, share), units=len, tokens=token_count,
                      collate=make_collate(stage, pad_id, media=stage_media(ctx)))

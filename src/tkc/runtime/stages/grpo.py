@@ -237,7 +237,7 @@ def run(ctx: RunContext, stage: ResolvedStage) -> int:
     # tkc's tracker (through the step log), not the Trainer's report_to: the same tags and resume rule as every stage
     log = loop.StepLog.open(ctx, stage, keep_through=resume_step)
     bar = Progress(stage.name, total, start=resume_step, every=t.logging_steps)
-    args = grpo_config(stage, accelerator=ctx.plan.hardware.accelerator, total=total,
+    args = grpo_config(stage, accelerator=stage.device, total=total,  # use_cpu on cpu stages: accelerate never guesses
                        trust_remote_code=ctx.plan.model.trust_remote_code,
                        output_dir=stage_dir / "checkpoints")
     outputs.write_json(stage_dir / "grpo_config.json", config_record(args))

@@ -60,7 +60,8 @@ def _grpo_fields(opts: ResolvedGrpoOptions, accumulation: int) -> dict[str, Any]
 def config_fields(stage: ResolvedStage, *, accelerator: str, trust_remote_code: bool, total: int,
                   output_dir: Path) -> dict[str, Any]:
     """GRPOConfig's keyword arguments for one resolved grpo stage (plain data: TRL validates them against the
-    machine it runs on, e.g. bf16 needs a GPU, so tests read the mapping here)."""
+    machine it runs on, e.g. bf16 needs a GPU, so tests read the mapping here). `accelerator`: the stage's device
+    kind (stage.device): on cpu, use_cpu keeps accelerate off a GPU the machine may have."""
     t = stage.train
     return {**_trainer_fields(t, cpu=accelerator == "cpu", total=total, output_dir=output_dir),
             "trust_remote_code": trust_remote_code,

@@ -7,7 +7,7 @@ import torch
 from tkc.bundle.plan import ResolvedKtoOptions, ResolvedStage
 from tkc.runtime import loop
 from tkc.runtime.context import RunContext
-from tkc.runtime.model import build_trainable
+from tkc.runtime.model import build_trainable, compute_dtype
 from tkc.runtime.stages.common import (
     Reference,
     make_collate,
@@ -40,7 +40,7 @@ def make_loss(opts: ResolvedKtoOptions, reference: Reference):
 def build_task(ctx: RunContext, stage: ResolvedStage):
     model = build_trainable(ctx, stage)
     assert isinstance(stage.options, ResolvedKtoOptions) and stage.finetuning is not None
-    reference = Reference(model, lora=stage.finetuning.method == "lora")
+    reference = Reference(model, lora=stage.finetuning.method == "lora", dtype=compute_dtype(stage))
     pad_id = ctx.tokenizer().pad_token_id
     task = loop.Task(loss_sum=make_loss(stage.options, reference), units=len, tokens=token_count,
                      collate=make_collate(stage, pad_id))

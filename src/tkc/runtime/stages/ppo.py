@@ -19,14 +19,15 @@ from torch import nn
 
 from tkc.bundle.plan import ResolvedPpoOptions, ResolvedStage
 from tkc.bundle.plan_converter import converter
-from tkc.runtime import loop, outputs
+from tkc.runtime import loop, outputs, strategy
 from tkc.runtime.context import EXIT_OK, EXIT_SIGTERM, RunContext
 from tkc.runtime.data.tokenizer import stop_token_ids
-from tkc.runtime.model import build_optimizer, build_trainable, count_params
+from tkc.runtime.model import build_optimizer, build_trainable, compute_dtype, count_params
 from tkc.runtime.progress import Progress
 from tkc.runtime.reward_model import describe, load_reward_model
 from tkc.runtime.stages.common import finish, load_rows, save_model
 from tkc.runtime.stages.eval import split_prompt
+from tkc.runtime.strategy import Strategy
 
 
 class PolicyWithValue(nn.Module):
@@ -56,9 +57,9 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, lam: float = 0.95) -> torch.Tensor:
     """Generalised advantage estimates, gamma = 1; values and rewards are already 0 after each response."""
-    adv, running = torch.zeros_like(rewards), torch.zeros(rewards.size(0))
+    adv, running = torch.zeros_like(rewards), torch.zeros(rewards.size(0), device=rewards.device)
     for t in reversed(range(rewards.size(1))):
-        next_value = values[:, t + 1] if t + 1 < rewards.size(1) else torch.zeros(rewards.size(0))
+        next_value = values[:, t + 1] if t + 1 < rewards.size(1) else torch.zeros(rewards.size(0), device=rewards.device)
         running = rewards[:, t] + next_value - values[:, t] + lam * running
         adv[:, t] = running
     return adv * mask
@@ -71,14 +72,22 @@ def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rollout(ctx: RunContext, model: PolicyWithValue, reference, reward_model, prompts: list[list[int]], opts: ResolvedPpoOptions):
-    """Sample responses, then old log-probs, reference log-probs, values, per-token rewards and advantages."""
+def rollout(ctx: RunContext, strat: Strategy, model: PolicyWithValue, reference, reward_model, prompts: list[list[int]],
+            opts: ResolvedPpoOptions):
+    """Sample responses, then old log-probs, reference log-probs, values, per-token rewards and advantages; every
+    tensor on the stage's device (strat.batch), forwards in its precision (strat.autocast)."""
+    with strat.autocast():
+        return _rollout(ctx, strat, model, reference, reward_model, prompts, opts)
+
+
+def _rollout(ctx: RunContext, strat: Strategy, model: PolicyWithValue, reference, reward_model,
+             prompts: list[list[int]], opts: ResolvedPpoOptions):
     from transformers import GenerationConfig
 
     tok = ctx.tokenizer()
     pad, width = tok.pad_token_id, max(map(len, prompts))
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    pmask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    ids = strat.batch(torch.tensor([[pad] * (width - len(p)) + p for p in prompts]))
+    pmask = strat.batch(torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]))
     stops = stop_token_ids(tok, ctx.plan.template)  # the plan's stop tokens and eos
     gen = GenerationConfig(do_sample=True, temperature=opts.temperature, top_k=0, top_p=1.0,
                            max_new_tokens=opts.max_new_tokens, eos_token_id=stops,
@@ -87,7 +96,7 @@ def rollout(ctx: RunContext, model: PolicyWithValue, reference, reward_model, pr
     seqs = model.policy.generate(input_ids=ids, attention_mask=pmask, generation_config=gen)
     model.train()
     resp = seqs[:, width:]
-    is_stop = torch.isin(resp, torch.tensor(stops))
+    is_stop = torch.isin(resp, torch.tensor(stops, device=resp.device))
     after_stop = (is_stop.cumsum(1) - is_stop.long()) > 0
     rmask = (~after_stop).float()
     seqs[:, width:] = torch.where(after_stop, torch.full_like(resp, pad), resp)
@@ -98,7 +107,7 @@ def rollout(ctx: RunContext, model: PolicyWithValue, reference, reward_model, pr
     score = reward_model(input_ids=seqs, attention_mask=amask).logits.squeeze(-1).float()
     rewards = -opts.kl_coef * (old - ref) * rmask
     last = (rmask.sum(1).long() - 1).clamp(min=0)
-    rewards[torch.arange(len(prompts)), last] += score
+    rewards[torch.arange(len(prompts), device=rewards.device), last] += score
     values = values[:, width - 1:-1] * rmask
     adv = gae(rewards, values, rmask)
     returns = adv + values
@@ -119,8 +128,10 @@ def ppo_loss(model: PolicyWithValue, r: dict, clip: float) -> torch.Tensor:
     return masked_mean(pg, r["rmask"]) + masked_mean(vf, r["rmask"])
 
 
-def build_reference(model: PolicyWithValue, lora: bool):
-    frozen = None if lora else copy.deepcopy(model.policy).eval().requires_grad_(False)
+def build_reference(model: PolicyWithValue, lora: bool, dtype: torch.dtype = torch.float32):
+    """The frozen reference's log-probs: the policy with its adapter disabled, or a frozen copy of the placed
+    policy (on its device) in `dtype` (the stage's compute dtype)."""
+    frozen = None if lora else copy.deepcopy(model.policy).eval().requires_grad_(False).to(dtype)
 
     @torch.no_grad()
     def reference(seqs, amask, width):
@@ -136,11 +147,13 @@ def run(ctx: RunContext, stage: ResolvedStage) -> int:
     if ctx.dist.enabled:  # the compiler gives ppo one process (ROLL001); only a launcher started by hand gets here
         raise RuntimeError(f"the ppo stage runs in one process, but this one was started with world size "
                            f"{ctx.dist.world_size}: run `tkc run` on this bundle without torchrun")
-    policy = build_trainable(ctx, stage)
-    model = PolicyWithValue(policy, policy.config.hidden_size)
-    reference = build_reference(model, stage.finetuning.method == "lora")
-    reward_model = load_reward_model(ctx, opts)
-    optimizer = build_optimizer(model, stage)
+    strat = strategy.for_stage(ctx, stage)
+    policy = build_trainable(ctx, stage)  # placed on the stage's device
+    model = strat.place(PolicyWithValue(policy, policy.config.hidden_size))  # the fp32 value head joins it
+    reference = build_reference(model, stage.finetuning.method == "lora", compute_dtype(stage))
+    reward_model = strat.place(load_reward_model(ctx, opts, dtype=compute_dtype(stage)))
+    optimizer = build_optimizer(model, stage)  # after placement: its state is made on the device
+    strat.model, strat.optimizer = model, optimizer  # ppo steps through the strategy (fp16 loss scaling, clipping)
     rows, _ = load_rows(ctx, stage)
     prompts = [split_prompt(r)[0] for r in rows]
     per_epoch, total = loop.plan_steps(len(prompts), t)
@@ -150,19 +163,17 @@ def run(ctx: RunContext, stage: ResolvedStage) -> int:
     ctx.log(f"[{stage.name}] ppo: {len(prompts)} prompts, reward from {describe(opts)}, "
             f"{trainable:,}/{n_params:,} trainable params")
     bar, t0 = Progress(stage.name, total, start=step, every=t.logging_steps), time.perf_counter()
-    params = [p for p in model.parameters() if p.requires_grad]
     try:
         while step < total:
             torch.manual_seed(t.seed * 1_000_003 + step * 1_009)  # sampling is a function of the step
             batch = [prompts[i] for i in loop.batch_indices(len(prompts), t, step, per_epoch)]
             lr = loop.set_lr(optimizer, t, step, total)
-            r = rollout(ctx, model, reference, reward_model, batch, opts)
+            r = rollout(ctx, strat, model, reference, reward_model, batch, opts)
             for _ in range(opts.ppo_epochs):
-                loss = ppo_loss(model, r, opts.clip_range)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                with strat.autocast():
+                    loss = ppo_loss(model, r, opts.clip_range)
+                strat.backward(loss)
+                strat.step(t.max_grad_norm)
             step, tokens = step + 1, tokens + int(r["amask"].sum())
             log.add({"step": step, "loss": loss.item(), "reward": r["score"], "kl": r["kl"], "lr": lr,
                      "tokens_seen": tokens})

@@ -30,6 +30,7 @@ from tkc.runtime import checkpoint
 from tkc.runtime.context import RunContext
 from tkc.runtime.device import stage_device, to_device
 from tkc.runtime.distributed import barrier
+from tkc.runtime.model import DTYPES
 
 
 class Strategy:
@@ -37,12 +38,18 @@ class Strategy:
 
     name = "single"
     sharded = False  # whether each rank holds only part of the trainable state (checkpoints per rank)
+    precision = "fp32"  # the stage's train.precision (set in __init__)
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+    skipped_steps = 0  # fp16 steps skipped for inf/nan gradients
 
     def __init__(self, ctx: RunContext, stage: ResolvedStage):
         self.ctx, self.stage = ctx, stage
         self.device = stage_device(ctx.plan, stage, ctx.dist)
         self.model: nn.Module | None = None
         self.optimizer: Any = None
+        self.precision = stage.train.precision if stage.train is not None else "fp32"
+        # fp16's 5 exponent bits underflow small gradients: the loss is scaled up, steps with inf/nan skipped
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
 
     # -- building the model -------------------------------------------------------------------------------------
     def init_context(self) -> AbstractContextManager:
@@ -64,22 +71,38 @@ class Strategy:
         return self.model
 
     def autocast(self) -> AbstractContextManager:
-        """The forward's compute precision (bf16/fp16 autocast on accelerators; nothing on the CPU)."""
-        return nullcontext()
+        """The forward's compute precision: bf16/fp16 through torch.autocast on the stage's device (the weights
+        that train stay fp32: tkc.runtime.model.dtype_of); fp32 (every CPU stage): nothing."""
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.precision])
 
     def accumulate(self, runner: nn.Module, last: bool) -> AbstractContextManager:
         """Around one micro-batch's forward and backward; `last`: the global batch's final micro-batch."""
         return nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
     def step(self, max_grad_norm: float) -> float:
-        """Clip (max_grad_norm <= 0: no clipping), step, zero the gradients; returns the pre-clip grad norm."""
+        """Clip (max_grad_norm <= 0: no clipping), step, zero the gradients; returns the pre-clip grad norm.
+        fp16: gradients unscaled before clipping; a step whose gradients overflowed is skipped and logged."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = max_grad_norm if max_grad_norm and max_grad_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self.optimizer.step()
+        if self.scaler is None:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            self.optimizer.step()
+        else:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)  # skipped when the unscaled gradients hold inf/nan
+            self.scaler.update()
+            if self.scaler.get_scale() < scale:
+                self.skipped_steps += 1
+                self.ctx.log(f"[{self.stage.name}] fp16: gradients overflowed (grad norm {float(norm)}): optimizer "
+                             f"step skipped ({self.skipped_steps} so far), loss scale {scale:g} -> "
+                             f"{self.scaler.get_scale():g}")
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
@@ -91,6 +114,8 @@ class Strategy:
     # -- checkpoints -----------------------------------------------------------------------------------------------
     def save(self, root: Path, step: int, state: dict[str, Any], keep: int) -> None:
         """Checkpoint `step` under root (every rank calls; returns when it is published)."""
+        if self.scaler is not None:  # fp16's loss scale resumes where it was
+            state = {**state, "grad_scaler": self.scaler.state_dict()}
         if self.ctx.dist.is_main:
             checkpoint.save_checkpoint(root, step, tensors=trainable_state(self.model),
                                        optimizer_state=self.optimizer.state_dict(), state=state, keep=keep)
@@ -107,7 +132,9 @@ class Strategy:
         with torch.no_grad():
             for name, value in tensors.items():
                 params[name].copy_(value)
-        self.optimizer.load_state_dict(opt_state)
+        self.optimizer.load_state_dict(opt_state)  # torch moves the state to each parameter's device
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         return path, state
 
     # -- export --------------------------------------------------------------------------------------------------
