@@ -245,6 +245,23 @@ def test_dpo_on_image_preference_pairs(tmp_path, models, shared_datasets):
         assert abs(losses[0] - 0.6931) < 1e-3  # log 2: the policy starts as its reference
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["qwen2_vl", "llava"])
+def test_packed_first_step_loss_equals_unpacked(tmp_path, models, shared_datasets, kind):
+    """All six mllm_demo rows in one step: packed into two sequences (each sample's images with its tokens, its
+    own positions: Qwen2-VL's multimodal RoPE per sample) or as six rows, the step's loss is the same."""
+    folder = _project(tmp_path, shared_datasets, models[kind])
+    losses = {}
+    for packing, batch in ((False, 6), (True, 2)):  # packed at 1024 tokens: two rows
+        recipe = _recipe(folder, f"  - {{kind: sft, datasets: [mllm], train: {{max_steps: 1, global_batch_size: "
+                         f"{batch}}}}}", "  method: full")
+        recipe.write_text(recipe.read_text().replace("cutoff_len: 512", f"cutoff_len: 1024\n  packing: {packing}"))
+        bundle = _run(recipe, tmp_path / f"bundle_{packing}")
+        rows = [json.loads(x) for x in (bundle / "outputs" / "sft" / "steps.jsonl").read_text().splitlines()]
+        losses[packing] = rows[0]["loss"]
+    assert abs(losses[True] - losses[False]) < 1e-5 * abs(losses[False]), losses
+
+
 # ---------------------------------------------------------------- compile rules
 
 
@@ -259,5 +276,5 @@ def test_freeze_switch_rules(demo_copy, tkc):
     bad.write_text(vlm.replace("freeze_multi_modal_projector: false", "freeze_language_model: true")
                    .replace("cutoff_len: 64", "cutoff_len: 64\n  packing: true"))
     code, out, err = tkc("compile", bad, "-o", demo_copy / "out")
-    assert code == 2 and "MM011" in err and "MM012" in err and "Traceback" not in err, (out, err)
+    assert code == 2 and "MM011" in err and "MM012" not in err and "Traceback" not in err, (out, err)  # images pack
     assert not (demo_copy / "out").exists()

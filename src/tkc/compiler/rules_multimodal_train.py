@@ -8,6 +8,8 @@ from tkc.compiler.media import media_kinds
 from tkc.compiler.passes.plan_stages import MULTIMODAL_SWITCHES
 from tkc.compiler.plan import Plan
 
+PACKED_MEDIA = ("images",)  # media kinds whose rows data.packing joins (each sample's media kept in order)
+
 Violation = tuple[tuple[str | int, ...], str, str | None]
 
 
@@ -43,13 +45,14 @@ def lora_needs_language_model(plan: Plan) -> Iterator[Violation]:
 
 
 def no_packing_with_media(plan: Plan) -> Iterator[Violation]:
-    """Packed rows would share one multimodal position layout and attention mask the model does not build."""
+    """Packing keeps each sample's images with its tokens (the runtime splits positions per sample: Qwen2-VL's
+    multimodal RoPE included); audio and video are not packed yet (their features are not split per sample)."""
     if not plan.get("data.packing"):
         return
     for name in plan.inputs.datasets:
-        kinds = media_kinds(plan.get(f"datasets.{name}.columns"))
+        kinds = [k for k in media_kinds(plan.get(f"datasets.{name}.columns")) if k not in PACKED_MEDIA]
         if kinds:
             yield (("data", "packing"), f"data.packing joins rows end to end, and dataset {name!r} has "
-                   f"{', '.join(kinds)}: a vision-language model's forward takes one sample's media with its own "
-                   "tokens (positions and attention are not split at packed row boundaries)",
+                   f"{', '.join(kinds)}: tkc packs rows with {', '.join(PACKED_MEDIA)} only (each packed sample's "
+                   f"{' and '.join(kinds)} would not be kept apart from the others)",
                    "set data.packing: false (on CPU, train.padding unpadded already skips the padding)")

@@ -99,7 +99,41 @@ def media_kwargs(model, batch: dict, input_ids: torch.Tensor) -> dict:
             if token is not None:
                 types = torch.where(input_ids == token, value, types)
         out["mm_token_type_ids"] = types
+        if "position_ids" in batch and hasattr(getattr(base, "model", None), "get_rope_index"):
+            out["position_ids"] = packed_rope_positions(base.model, input_ids, types, batch["position_ids"],
+                                                        batch.get("image_grid_thw"))
     return out
+
+
+def _segments(positions: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each sample in a packed row: its positions restart at 0 on every sample."""
+    starts = (positions == 0).nonzero().squeeze(-1).tolist() + [len(positions)]
+    return list(zip(starts[:-1], starts[1:], strict=True))
+
+
+def packed_rope_positions(model, input_ids: torch.Tensor, types: torch.Tensor, positions: torch.Tensor,
+                          grids: torch.Tensor | None) -> torch.Tensor:
+    """Packed rows for a model with multimodal RoPE (its `get_rope_index`: Qwen2-VL's temporal/height/width
+    positions): each sample's 3-row positions computed alone with its own images' grids (the batch's grids are in
+    row order, so a sample's are the next as many as its image runs), behind the text positions as row 0, the
+    [4, batch, seq] layout from which transformers builds the per-sample mask (text positions restarting at 0)."""
+    rows, k = [], 0
+    for b in range(input_ids.shape[0]):
+        pieces = []
+        for s, e in _segments(positions[b]):
+            seg = types[b, s:e]
+            n = int(((seg == 1) & (_previous(seg) != 1)).sum())  # image runs: an image token after a non-image
+            thw = grids[k:k + n] if grids is not None and n else None
+            k += n
+            pieces.append(model.get_rope_index(input_ids[b:b + 1, s:e], mm_token_type_ids=seg[None],
+                                               image_grid_thw=thw)[0][:, 0])
+        rows.append(torch.cat(pieces, dim=1))
+    return torch.cat([positions[None], torch.stack(rows, dim=1)], dim=0)
+
+
+def _previous(seg: torch.Tensor) -> torch.Tensor:
+    """The sequence shifted right by one (a 0 first): each token's predecessor type."""
+    return torch.cat([seg.new_zeros(1), seg[:-1]])
 
 
 def lora_targets(mm: ResolvedMultimodal, targets: tuple[str, ...]) -> str:
