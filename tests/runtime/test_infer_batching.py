@@ -251,3 +251,19 @@ def test_a_failed_prefill_fails_only_its_request(engine, monkeypatch):
     assert good.finish_reason in ("stop", "length")
     blocker.cancel()
     assert blocker.result(timeout=120)[0].finish_reason == "cancelled"  # the running batch went on
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.5])
+def test_a_temperature_that_overflows_the_logits_samples_greedily(top_p):
+    # temperature 1e-300 is in the API's [0, 2]: logits / 1e-300 overflowed to inf, softmax gave nan and multinomial
+    # raised (tkc serve answered 500); its limit is greedy. Ordinary temperatures still sample.
+    import torch
+
+    from tkc.runtime.infer.engine import SamplingParams
+    from tkc.runtime.infer.sampling import sample
+
+    logits = torch.tensor([0.5, 3.0, -1.0, float("-inf"), 2.0])
+    g = torch.Generator().manual_seed(0)
+    assert sample(logits, SamplingParams(temperature=1e-300, top_p=top_p), g) == 1
+    drawn = {sample(logits, SamplingParams(temperature=2.0, top_p=1.0), g) for _ in range(64)}
+    assert drawn > {1} and 3 not in drawn

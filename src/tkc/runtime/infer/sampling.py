@@ -17,6 +17,8 @@ def row_generator(params: SamplingParams, index: int, device: torch.device) -> t
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
     """Temperature, then top-p (the smallest set of tokens whose mass reaches top_p, as transformers' warper)."""
     scores = logits / params.temperature
+    if not torch.isfinite(scores[torch.isfinite(logits)]).all():  # a temperature so small the logits overflow:
+        return int(logits.argmax())  # its limit, greedy (softmax of inf - inf was nan: multinomial raised)
     if params.top_p < 1.0:
         sorted_scores, order = torch.sort(scores, descending=False)
         cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
