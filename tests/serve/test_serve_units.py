@@ -89,6 +89,12 @@ def _chat(**kw) -> dict:
      MEDIA_REFUSED),
     (_chat(messages=[{"role": "user", "content": [{"type": "input_audio"}]}]), MEDIA_REFUSED),  # no input_audio
     (_chat(top_logprobs=2), "top_logprobs needs logprobs"),
+    # JSON's "\ud800" escape decodes to a lone surrogate the tokenizer cannot take (was a 500 TypeError)
+    (_chat(messages=[{"role": "user", "content": "a\ud800"}]), "messages.0.content: a string holds an unpaired"),
+    (_chat(messages=[{"role": "user", "content": "w"}, {"role": "assistant", "tool_calls": [{"type": "function",
+     "function": {"name": "f", "arguments": '{"city": "\udc00"}'}}]}, {"role": "tool", "content": "ok"}]),
+     "messages.1.tool_calls.0.function.arguments: a string holds an unpaired"),
+    (_chat(stop=["ok", "\ud83d"]), "stop.1: a string holds an unpaired"),
 ])
 def test_request_validation_refuses(body, needle):
     with pytest.raises(ValidationError) as e:

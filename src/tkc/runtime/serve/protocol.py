@@ -52,7 +52,29 @@ class _Request(_Strict):
             if named:
                 raise ValueError(f"{named[0]}: a request-supplied chat template is refused; this server renders "
                                  "every prompt with the bundle's template, the one the model was trained on")
+            where = _unpaired_surrogate(data, "")
+            if where is not None:  # JSON's \ud800 escape: no UTF-8 encoding, the tokenizer fails on it (was a 500)
+                raise ValueError(f"{where or 'body'}: a string holds an unpaired UTF-16 surrogate, which is not text")
         return data
+
+
+def _unpaired_surrogate(value: Any, path: str) -> str | None:
+    """The path of the first string (value or key) in a JSON value that UTF-8 cannot encode, else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        here = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and _unpaired_surrogate(key, here) is not None:
+            return here
+        found = _unpaired_surrogate(item, here)
+        if found is not None:
+            return found
+    return None
 
 
 class FunctionCall(_Strict):
