@@ -175,3 +175,33 @@ def test_zero3_killed_mid_run_resumes_to_the_same_losses(rt, tmp_path, tiny_pret
     out = _launch(killed)
     assert "resuming from ckpt-" in out.stdout + out.stderr
     assert _losses(rt, killed) == _losses(rt, whole)  # bit for bit, the steps after the resume included
+
+
+@pytest.mark.slow
+def test_zero3_lora_stage_after_a_lora_stage_runs_in_one_process(tmp_path, monkeypatch):
+    # a stage that starts from an earlier LoRA stage merges that adapter into a base built under zero.Init (each
+    # rank's shard: 0-size placeholders); peft's plain merge raised 'size of tensor a (0) must match'. `tkc run`
+    # alone (no torchrun): a group of one
+    import shutil
+
+    from tkc.bundle.io import write_bundle
+    from tkc.compiler import compile_recipe
+    from tkc.runtime.run import run_bundle
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    for part in ("assets", "data", "base"):
+        shutil.copytree(recipes / part, tmp_path / "src" / part)
+    (tmp_path / "src" / "r.yaml").write_text(
+        "extends: [base/tiny_cpu.yaml]\nname: ds3\ndata:\n  datasets:\n"
+        "    arith_sft: {path: data/arith_sft.jsonl, format: alpaca, max_samples: 16}\n"
+        "    arith_pref: {path: data/arith_pref.jsonl, format: alpaca, kind: preference, max_samples: 8}\n"
+        "stages:\n  - {kind: sft, datasets: [arith_sft]}\n"
+        "  - {kind: dpo, datasets: [arith_pref], train: {padding: longest}}\n"
+        "train: {max_steps: 2, save_steps: 2}\nlaunch: {kind: deepspeed, zero_stage: 3}\n", encoding="utf-8")
+    compiled = compile_recipe(tmp_path / "src" / "r.yaml")
+    out = tmp_path / "run"
+    write_bundle(out, compiled.files, {"source_root": str(compiled.source_root)}, compiled.plan.inputs.tkc_version,
+                 False, compiled.sources)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert run_bundle(out) == 0
+    assert (out / "outputs" / "dpo" / "model" / "adapter_config.json").is_file()

@@ -135,9 +135,24 @@ def _load_stage_output(ctx: RunContext, name: str, *, dtype: torch.dtype = torch
 
         base = _start_weights(ctx, ctx.stage_by_name(name), head=head, dtype=dtype)
         with quiet_checkpointing_alias():
-            return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+            tuned = PeftModel.from_pretrained(base, str(model_dir))
+            return _merge_zero3(tuned) if any(hasattr(p, "ds_id") for p in base.parameters()) \
+                else tuned.merge_and_unload()
     return _auto_class(head, ctx).from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa",
                                              trust_remote_code=ctx.plan.model.trust_remote_code)
+
+
+def _merge_zero3(tuned):
+    """The adapter merged into a base built under ZeRO-3's zero.Init (each rank holds a shard; a plain merge met
+    0-size placeholders and raised): one LoRA layer at a time gathered, merged on rank 0, partitioned again."""
+    from deepspeed.runtime.zero.partition_parameters import GatheredParameters
+    from peft.tuners.lora import LoraLayer
+
+    for module in tuned.modules():
+        if isinstance(module, LoraLayer):
+            with GatheredParameters(list(module.parameters()), modifier_rank=0):
+                module.merge()
+    return tuned.unload()
 
 
 def _start_weights(ctx: RunContext, sp: ResolvedStage, *, head: str = "causal_lm", dtype: torch.dtype | None = None):
