@@ -82,10 +82,14 @@ def test_arguments_name_the_node_and_the_rendezvous(tmp_path: Path) -> None:
     assert call["cwd"] == str(bundle)
 
 
-def test_node_zero_hosts_the_rendezvous_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rank", ["0", "00"])
+def test_node_zero_hosts_the_rendezvous_store(tmp_path: Path, rank: str) -> None:
+    """"00" is node 0 too: compared as text it hosted nothing, and every node waited out the join timeout."""
     bundle = write(tmp_path, resolved())
-    argv = torchrun_call(launch(tmp_path, bundle, NODE_RANK="0", MASTER_ADDR="h0"))["argv"]
+    call = torchrun_call(launch(tmp_path, bundle, NODE_RANK=rank, MASTER_ADDR="h0"))
+    argv = call["argv"]
     assert option(argv, "--rdzv-conf").endswith(",is_host=1") and option(argv, "--rdzv-endpoint") == "h0:29400"
+    assert call["env"]["TKC_NODE_RANK"] == "0"
 
 
 def test_slurm_variables_give_rank_and_first_host(tmp_path: Path) -> None:
