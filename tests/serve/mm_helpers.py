@@ -84,32 +84,9 @@ AUDIO_TOKENS = ["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
 
 
 def build_tiny_qwen2_audio(out: Path, seed: int = 0) -> Path:
-    """A Qwen2-Audio style folder with seeded weights: a 1-layer Whisper-style encoder over 16 mel bins and a
-    1-second window (100 feature frames, at most 25 audio tokens), tiny_mm's Qwen2 decoder and ChatML tokenizer."""
-    import torch
-    from transformers import AutoConfig, Qwen2AudioForConditionalGeneration
+    from tkc.runtime.tiny_mm import build_tiny_qwen2_audio as build
 
-    from tkc.runtime import tiny_mm
-
-    out.mkdir(parents=True, exist_ok=True)
-    ids = tiny_mm._write_tokenizer(out, AUDIO_TOKENS, tiny_mm.QWEN2_VL_CHAT_TEMPLATE, 1024)
-    tiny_mm._write_json(out / "config.json", {
-        "model_type": "qwen2_audio", "architectures": ["Qwen2AudioForConditionalGeneration"],
-        "audio_token_index": ids["<|AUDIO|>"], "tie_word_embeddings": False, "torch_dtype": "float32",
-        "audio_config": {"model_type": "qwen2_audio_encoder", "num_mel_bins": 16, "encoder_layers": 1,
-                         "encoder_attention_heads": 2, "encoder_ffn_dim": 64, "d_model": 32,
-                         "max_source_positions": 50},
-        "text_config": tiny_mm._text_config(ids, hidden_size=64, num_layers=2, model_type="qwen2")})
-    tiny_mm._write_json(out / "preprocessor_config.json", {
-        "feature_extractor_type": "WhisperFeatureExtractor", "processor_class": "Qwen2AudioProcessor",
-        "feature_size": 16, "sampling_rate": 16000, "hop_length": 160, "chunk_length": 1, "n_fft": 400,
-        "padding_value": 0.0, "return_attention_mask": True})
-    tiny_mm._write_json(out / "processor_config.json", {"processor_class": "Qwen2AudioProcessor",
-                                                        "audio_token": "<|AUDIO|>"})
-    tiny_mm._write_generation_config(out, ids)
-    torch.manual_seed(seed)
-    Qwen2AudioForConditionalGeneration(AutoConfig.from_pretrained(out)).save_pretrained(out)
-    return out
+    return build(out, seed=seed)
 
 
 def build_audio_bundle(root: Path) -> Path:
@@ -130,17 +107,6 @@ def build_audio_bundle(root: Path) -> Path:
 
 def wav_bytes(hz: float, seconds: float = 0.5, rate: int = 16000) -> bytes:
     """A mono 16-bit PCM WAV of a sine tone."""
-    import io
-    import math
-    import struct
-    import wave
+    from tkc.runtime.tiny_mm import tone_wav
 
-    n = int(seconds * rate)
-    frames = b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * hz * i / rate))) for i in range(n))
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(frames)
-    return buf.getvalue()
+    return tone_wav(hz, seconds, rate)

@@ -9,7 +9,8 @@ API
 * `MEDIA_KINDS`: the three media columns; `PLACEHOLDERS`: what datasets write for each (`<image>`, ...).
 * `ENCODED_MEDIA`: the media kinds `tkc run` encodes today (a family may declare more: MM001 refuses them);
   `MEDIA_STAGE_KINDS`: the stage kinds whose rows carry media to the model (MM001 refuses media for the others).
-* `MAX_IMAGE_BYTES`, `MAX_IMAGE_PIXELS`: default bounds (a recipe sets `data.media.max_image_bytes/_pixels`).
+* `MAX_IMAGE_BYTES`, `MAX_IMAGE_PIXELS`: default bounds (a recipe sets `data.media.max_image_bytes/_pixels`);
+  `MAX_AUDIO_BYTES`: audio files (fixed; their seconds are bounded by the model's feature window at run time).
 * `MediaRefused(ValueError)`: why a reference is refused; its message names the reference and the root.
 * `resolve_media_path(ref, root) -> Path`: the real path (symlinks followed) of a local reference, or MediaRefused
   for a URL of any scheme (`http://`, `file://`, `data:`), an empty reference, a path that leaves the root (`../x`,
@@ -30,10 +31,12 @@ from pathlib import Path
 
 MEDIA_KINDS = ("images", "videos", "audios")
 PLACEHOLDERS = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
-ENCODED_MEDIA = ("images",)
+ENCODED_MEDIA = ("images", "audios")
 MEDIA_STAGE_KINDS = ("sft", "dpo", "infer")   # stage kinds whose rows carry their media to the model
 MAX_IMAGE_BYTES = 32 << 20          # a bigger file is refused before it is opened
 MAX_IMAGE_PIXELS = 50_000_000       # width x height, checked from the header before the pixels are decoded
+MAX_AUDIO_BYTES = 16 << 20          # an audio file over it is refused (MM003) before it is opened; its length in
+                                    # seconds is bounded by the model's feature window when it is read
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")   # two letters at least: `C:` is a drive, not a scheme
 
 

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from tkc.bundle.canonical import sha256_file
-from tkc.bundle.media import MEDIA_KINDS, PLACEHOLDERS, MediaRefused, count_placeholders, resolve_media_path
+from tkc.bundle.media import (
+    MAX_AUDIO_BYTES,
+    MEDIA_KINDS,
+    PLACEHOLDERS,
+    MediaRefused,
+    count_placeholders,
+    resolve_media_path,
+)
 from tkc.compiler import paths
 from tkc.compiler.plan import DatasetFacts
 from tkc.dataio import iter_file
@@ -107,6 +114,8 @@ def _hash_one(found: _Found, where: tuple[str, int], kind: str, ref: Any, root: 
         size = real.stat().st_size
         if kind == "images" and size > limit:
             raise MediaRefused(f"image {ref!r} is {size} bytes, over data.media.max_image_bytes ({limit})")
+        if kind == "audios" and size > MAX_AUDIO_BYTES:
+            raise MediaRefused(f"audio {ref!r} is {size} bytes, over tkc's limit of {MAX_AUDIO_BYTES}")
     except MediaRefused as exc:
         found.add("MM003", where, str(exc))
         return

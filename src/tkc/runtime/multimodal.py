@@ -1,5 +1,6 @@
-"""Training a vision-language model: its class, the rows' images as processor tensors, the model's media inputs,
-and which parts train (the plan's freeze switches over the family's module paths; LoRA on the language model only).
+"""Training a multimodal model: its class, the rows' images (image processor) and audios (feature extractor:
+audio_inputs, shared with chat and serve) as model inputs, packed rows' per-sample positions, and which parts train
+(the plan's freeze switches over the family's module paths; LoRA on the language model only).
 
 Everything here reads the plan (`model.multimodal`: the family's class and module paths; a stage's
 `finetuning.multimodal`: the switches); nothing branches on a model type.
@@ -21,6 +22,7 @@ from tkc.bundle.plan import ResolvedMultimodal
 from tkc.bundle.plan_stage import ResolvedFinetuning
 
 MEDIA_INPUTS = ("pixel_values", "image_grid_thw")  # what the image processor gives that the model's forward takes
+AUDIO_INPUTS = ("input_features", "feature_attention_mask")  # what the feature extractor gives (Qwen2-Audio)
 
 
 class _Loader:
@@ -57,20 +59,98 @@ def image_processor(model_dir: str):
     return AutoImageProcessor.from_pretrained(model_dir)
 
 
-def media_encoder(model_dir: Path | str, open_image: Callable[[str], Any]) -> Callable[[list[list[str]]], dict]:
-    """rows' image path lists -> the image processor's tensors for all their images in row order (pixel_values,
-    and image_grid_thw where the processor gives it); {} when the rows have no image. `open_image` reads one
-    verified path (tkc's media module: bounds checked, decoded as RGB)."""
-    processor = image_processor(str(model_dir))
+def media_encoder(model_dir: Path | str, open_image: Callable[[str], Any],
+                  open_audio: Callable[[str], Any] | None = None) -> Callable[..., dict]:
+    """rows' media path lists -> the model's media tensors for all their files in row order: images through the
+    image processor (pixel_values, and image_grid_thw where it gives them), audios (kind="audios", with
+    `open_audio`: one verified path -> (samples, rate)) through the feature extractor (audio_inputs); {} when the
+    rows have none. `open_image` reads one verified path (tkc's media module: bounds checked, decoded as RGB)."""
 
-    def encode(paths: list[list[str]]) -> dict:
-        images = [open_image(p) for row in paths for p in row]
-        if not images:
+    def encode(paths: list[list[str]], kind: str = "images") -> dict:
+        files = [p for row in paths for p in row]
+        if not files:
             return {}
-        out = processor(images=images, return_tensors="pt")
+        if kind == "audios":
+            if open_audio is None:
+                raise RuntimeError("this model takes no audios")
+            return audio_inputs(str(model_dir), [open_audio(p) for p in files])[1]
+        out = image_processor(str(model_dir))(images=[open_image(p) for p in files], return_tensors="pt")
         return {k: out[k] for k in MEDIA_INPUTS if k in out}
 
     return encode
+
+
+@functools.cache
+def feature_extractor(model_dir: str) -> Any:
+    """The model folder's audio feature extractor (preprocessor_config.json: Whisper's log-mel for Qwen2-Audio)."""
+    from transformers import AutoFeatureExtractor
+
+    return AutoFeatureExtractor.from_pretrained(model_dir)
+
+
+def resample(samples: Any, rate: int, target: int) -> Any:
+    """A mono float32 waveform at `target` Hz (linear interpolation; none when the rates agree)."""
+    import numpy as np
+
+    samples = np.asarray(samples, dtype=np.float32)
+    if rate == target or len(samples) == 0:
+        return samples
+    n = max(1, round(len(samples) * target / rate))
+    return np.interp(np.arange(n) * (rate / target), np.arange(len(samples)), samples).astype(np.float32)
+
+
+def audio_inputs(model_dir: str, audios: list[tuple[Any, int]]) -> tuple[list[int], dict[str, Any]]:
+    """(samples, rate) pairs -> (tokens per audio, the model's audio inputs), as training, chat and serve encode
+    them: resampled to the feature extractor's rate, one window of log-mel features each, padded
+    (input_features, feature_attention_mask); tokens by the audio_frames rule (Qwen2-Audio's encoder halves the L
+    real feature frames twice: (((L - 1) // 2 + 1) - 2) // 2 + 1, as Qwen2AudioProcessor counts them). ValueError
+    for an audio longer than the window (the extractor would cut it silently)."""
+    fe = feature_extractor(model_dir)
+    waves = [resample(samples, rate, fe.sampling_rate) for samples, rate in audios]
+    if any(len(w) > fe.n_samples for w in waves):
+        raise ValueError(f"an audio is longer than the model's {fe.chunk_length} s window")
+    out = fe(waves, sampling_rate=fe.sampling_rate, return_attention_mask=True, padding="max_length",
+             return_tensors="pt")
+    mask = out["attention_mask"]
+    counts = [(((int(n) - 1) // 2 + 1) - 2) // 2 + 1 for n in mask.sum(-1)]
+    return counts, {"input_features": out["input_features"], "feature_attention_mask": mask}
+
+
+def read_wav(data: bytes, max_seconds: float = 30.0) -> tuple[Any, int]:
+    """(mono float32 samples in [-1, 1], rate) of a PCM WAV file (8/16/32-bit integers), at most `max_seconds`
+    long (checked from the header, before the samples are read); ValueError otherwise (other formats need a
+    decoder tkc does not install)."""
+    import io
+    import wave
+
+    import numpy as np
+
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            width, channels, rate, frames = w.getsampwidth(), w.getnchannels(), w.getframerate(), w.getnframes()
+            if frames > max_seconds * rate:
+                raise ValueError(f"{frames / rate:.1f} s of audio, over the limit of {max_seconds:g} s")
+            raw = w.readframes(frames)
+    except (wave.Error, EOFError) as e:
+        raise ValueError(f"not a PCM WAV file ({e})") from None
+    kinds = {1: (np.uint8, 128.0, 128.0), 2: (np.int16, 0.0, 32768.0), 4: (np.int32, 0.0, 2147483648.0)}
+    if width not in kinds:
+        raise ValueError(f"{8 * width}-bit WAV samples are not read (8, 16 or 32-bit PCM)")
+    dtype, zero, scale = kinds[width]
+    samples = (np.frombuffer(raw, dtype=dtype).astype(np.float32) - zero) / scale
+    return samples.reshape(-1, channels).mean(axis=1), rate
+
+
+def read_audio_file(path: str, model_dir: str, max_bytes: int) -> tuple[Any, int]:
+    """One verified audio path -> (samples, rate): at most `max_bytes` (stat, before reading) and at most the
+    model's feature window in seconds (the WAV header, before the samples); ValueError naming the file."""
+    size = Path(path).stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{path}: {size} bytes, over the limit of {max_bytes}; not read")
+    try:
+        return read_wav(Path(path).read_bytes(), max_seconds=feature_extractor(model_dir).chunk_length)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 _FORWARD_PARAMS: dict[type, frozenset[str]] = {}
@@ -83,14 +163,16 @@ def _forward_params(cls: Any) -> frozenset[str]:
 
 
 def media_kwargs(model, batch: dict, input_ids: torch.Tensor) -> dict:
-    """The forward's media inputs for a batch with images: its pixel tensors, and per-token modality ids
-    (mm_token_type_ids: 1 image, 2 video) for a model that takes them (Qwen2-VL's multimodal RoPE)."""
+    """The forward's media inputs for a batch with media: its pixel tensors, and per-token modality ids
+    (mm_token_type_ids: 1 image, 2 video) for a model that takes them (Qwen2-VL's multimodal RoPE); its audio
+    features."""
+    out = {k: batch[k] for k in AUDIO_INPUTS if k in batch}
     if "pixel_values" not in batch:
-        return {}
+        return out
     from tkc.runtime.attention import unwrap
 
     base = unwrap(model)
-    out = {k: batch[k] for k in MEDIA_INPUTS if k in batch}
+    out.update({k: batch[k] for k in MEDIA_INPUTS if k in batch})
     if "mm_token_type_ids" in _forward_params(type(base)):
         config = base.config
         types = torch.zeros_like(input_ids)
@@ -188,14 +270,20 @@ def image_reader(ctx) -> Callable[[str], Any]:
     return read
 
 
-def stage_media(ctx) -> Callable[[list[list[str]]], dict] | None:
-    """The collate's media encoder for a vision-language model's stage (None for a text-only model)."""
+def stage_media(ctx) -> Callable[..., dict] | None:
+    """The collate's media encoder for a multimodal model's stage (None for a text-only model)."""
     if ctx.plan.model.multimodal is None:
         return None
-    return media_encoder(ctx.model_path(), image_reader(ctx))
+    from tkc.bundle.media import MAX_AUDIO_BYTES
+
+    model_dir = str(ctx.model_path())
+    return media_encoder(model_dir, image_reader(ctx), lambda p: read_audio_file(p, model_dir, MAX_AUDIO_BYTES))
 
 
 def save_processor(ctx, folder: Path) -> None:
-    """Beside a saved vision-language model: its image processor, so the folder loads as the model did."""
-    if ctx.plan.model.multimodal is not None:
-        image_processor(str(ctx.model_path())).save_pretrained(str(folder))
+    """Beside a saved multimodal model: its image processor or audio feature extractor (whichever the family
+    takes), so the folder loads as the model did."""
+    mm = ctx.plan.model.multimodal
+    if mm is not None:
+        load = feature_extractor if "audios" in mm.media and "images" not in mm.media else image_processor
+        load(str(ctx.model_path())).save_pretrained(str(folder))

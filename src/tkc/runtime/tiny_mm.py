@@ -1,5 +1,5 @@
-"""Build tiny, random vision-language model folders locally (no hub): a Qwen2-VL style and a LLaVA style model, each
-with its tokenizer (tkc.runtime.tiny's byte-level BPE plus the model's media tokens), processor and chat template.
+"""Build tiny, random multimodal model folders locally (no hub): a Qwen2-VL style and a LLaVA style model (BUILDERS),
+and a Qwen2-Audio style one (build_tiny_qwen2_audio; tone_wav writes test audio), each with its tokenizer (tkc.runtime.tiny's byte-level BPE plus the model's media tokens), processor and chat template.
 
 The folders look like any local checkpoint to `tkc compile` (config.json, tokenizer files, preprocessor_config.json,
 processor_config.json, chat_template.jinja) and, with `weights=True`, carry seeded random model.safetensors (else
@@ -181,6 +181,56 @@ def _write_generation_config(out: Path, ids: dict[str, int]) -> None:
         "bos_token_id": ids["<|endoftext|>"], "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
         "pad_token_id": ids["<|endoftext|>"], "do_sample": False,
     })
+
+
+AUDIO_TOKENS = ["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+
+
+def build_tiny_qwen2_audio(out_dir: str | Path, *, seed: int = 0, weights: bool = True) -> Path:
+    """A Qwen2-Audio style folder (Qwen2AudioForConditionalGeneration): a 1-layer Whisper-style encoder over 16 mel
+    bins and a 1-second window (100 feature frames, at most 25 audio tokens), a 2-layer Qwen2 decoder, the ChatML
+    tokenizer, the WhisperFeatureExtractor's preprocessor_config.json; seeded weights unless weights=False."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = _write_tokenizer(out, AUDIO_TOKENS, QWEN2_VL_CHAT_TEMPLATE, 1024)
+    _write_json(out / "config.json", {
+        "model_type": "qwen2_audio", "architectures": ["Qwen2AudioForConditionalGeneration"],
+        "audio_token_index": ids["<|AUDIO|>"], "tie_word_embeddings": False, "torch_dtype": "float32",
+        "audio_config": {"model_type": "qwen2_audio_encoder", "num_mel_bins": 16, "encoder_layers": 1,
+                         "encoder_attention_heads": 2, "encoder_ffn_dim": 64, "d_model": 32,
+                         "max_source_positions": 50},
+        "text_config": _text_config(ids, hidden_size=64, num_layers=2, model_type="qwen2")})
+    _write_json(out / "preprocessor_config.json", {
+        "feature_extractor_type": "WhisperFeatureExtractor", "processor_class": "Qwen2AudioProcessor",
+        "feature_size": 16, "sampling_rate": 16000, "hop_length": 160, "chunk_length": 1, "n_fft": 400,
+        "padding_value": 0.0, "return_attention_mask": True})
+    _write_json(out / "processor_config.json", {"processor_class": "Qwen2AudioProcessor", "audio_token": "<|AUDIO|>"})
+    _write_generation_config(out, ids)
+    if weights:
+        import torch
+        from transformers import AutoConfig, Qwen2AudioForConditionalGeneration
+
+        torch.manual_seed(seed)
+        Qwen2AudioForConditionalGeneration(AutoConfig.from_pretrained(out)).save_pretrained(out)
+    return out
+
+
+def tone_wav(hz: float, seconds: float = 0.5, rate: int = 16000) -> bytes:
+    """A mono 16-bit PCM WAV of a sine tone (test and demo audio)."""
+    import io
+    import math
+    import struct
+    import wave
+
+    n = int(seconds * rate)
+    frames = b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * hz * i / rate))) for i in range(n))
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(frames)
+    return buf.getvalue()
 
 
 BUILDERS: dict[str, Callable[..., Path]] = {"qwen2_vl": build_tiny_qwen2_vl, "llava": build_tiny_llava}

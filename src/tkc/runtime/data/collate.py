@@ -23,15 +23,16 @@ def _pad(seqs, value: int, dtype):
     return out
 
 
-def collate(batch: list[dict], pad_id: int, media: Callable[[list], dict] | None = None) -> dict:
+def collate(batch: list[dict], pad_id: int, media: Callable[..., dict] | None = None) -> dict:
     """Batch rows of any stage kind.
 
     * `input_ids`-like keys pad with pad_id, `*labels` with -100, `*attention_mask` with 0,
       `position_ids` with 0; scalar keys (kto `label`) become a tensor.
     * Packed rows (with `position_ids`) return no `attention_mask`: transformers then derives the
       per-example block-diagonal mask from position_ids (see `tkc.runtime.data.packing`).
-    * Media path lists: with `media`, the images become its tensors (pixel_values, image_grid_thw) and the paths
-      are dropped; without it they stay lists of paths (rows of a text stage never have them: MM001).
+    * Media path lists: with `media`, the images become its tensors (pixel_values, image_grid_thw), the audios
+      theirs (input_features, feature_attention_mask) and the paths are dropped; without it they stay lists of
+      paths (rows of a text stage never have them: MM001).
     """
     import torch
 
@@ -47,8 +48,8 @@ def collate(batch: list[dict], pad_id: int, media: Callable[[list], dict] | None
         if key in MEDIA_KEYS:
             if media is None:
                 out[key] = values
-            elif key == "images":
-                out.update(media(values))
+            elif key in ("images", "audios"):
+                out.update(media(values, kind=key))
             continue
         pad = (
             IGNORE
@@ -65,7 +66,7 @@ def _lengths(row: dict) -> tuple[int, ...]:
     return tuple(len(v) for k, v in row.items() if k.endswith("input_ids"))
 
 
-def collate_unpadded(batch: list[dict], pad_id: int, media: Callable[[list], dict] | None = None) -> list[dict]:
+def collate_unpadded(batch: list[dict], pad_id: int, media: Callable[..., dict] | None = None) -> list[dict]:
     """A micro-batch as pieces that need no padding: each run of consecutive rows of equal length(s) is one
     `collate` batch (usually one row), in row order.
 
@@ -79,13 +80,15 @@ def collate_unpadded(batch: list[dict], pad_id: int, media: Callable[[list], dic
         else:
             runs.append([row])
     pieces = [collate(run, pad_id, media) for run in runs]
-    return [{k: v for k, v in p.items() if not k.endswith("attention_mask")} for p in pieces]
+    # the token masks go; an audio's feature_attention_mask (which frames are real) is a model input
+    return [{k: v for k, v in p.items() if k == "feature_attention_mask" or not k.endswith("attention_mask")}
+            for p in pieces]
 
 
 PACKABLE = {"input_ids", "labels", "attention_mask"}
 
 
-def collate_packed(batch: list[dict], pad_id: int, media: Callable[[list], dict] | None = None) -> list[dict]:
+def collate_packed(batch: list[dict], pad_id: int, media: Callable[..., dict] | None = None) -> list[dict]:
     """A micro-batch of token rows as one piece: the rows end to end in one sequence, positions restarting at 0 on
     each, `cu_seq_lens` marking where each starts (for tkc.runtime.attention's varlen path).
 

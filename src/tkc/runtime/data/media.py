@@ -98,10 +98,29 @@ class MediaTokens:
     def run(self, kind: str, path: str) -> str:
         key = (kind, path)
         if key not in self._runs:
-            height, width = self._size(path)
             e = self.mm.media[kind]
-            self._runs[key] = e.prefix + e.token * token_count(self.model_dir, self.mm, kind, height, width) + e.suffix
+            if kind == "audios":
+                n = self._audio_tokens(path, e.count)
+            else:
+                height, width = self._size(path)
+                n = token_count(self.model_dir, self.mm, kind, height, width)
+            self._runs[key] = e.prefix + e.token * n + e.suffix
         return self._runs[key]
+
+    def _audio_tokens(self, path: str, rule: str) -> int:
+        """Tokens for one audio file, as its features will be encoded (tkc.runtime.multimodal.audio_inputs: the
+        one function training, chat and serve share); the file bounded in bytes and the model's window in seconds,
+        a BadRecord of its record otherwise."""
+        from tkc.bundle.media import MAX_AUDIO_BYTES
+        from tkc.runtime.multimodal import audio_inputs, read_audio_file
+
+        if rule != "audio_frames":
+            raise DataError(f"tkc run does not count audios tokens by rule {rule!r} yet")
+        try:
+            return audio_inputs(self.model_dir, [read_audio_file(path, self.model_dir, MAX_AUDIO_BYTES)])[0][0]
+        except (OSError, ValueError) as exc:
+            raise BadRecord(str(exc), f"a PCM WAV file within {MAX_AUDIO_BYTES} bytes and the model's feature "
+                            "window") from None
 
     def _size(self, path: str) -> tuple[int, int]:
         from tkc.runtime.serve.media import MediaLimits, open_image

@@ -20,7 +20,6 @@ does not install. Videos are not here: Qwen2-VL's video processor needs torchvis
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from tkc.bundle.media import count_placeholders, expand_placeholders
 from tkc.bundle.plan import ResolvedMultimodal
 from tkc.runtime.context import RunContext
 from tkc.runtime.infer.engine import MediaIds, MediaPrompt
+from tkc.runtime.multimodal import read_wav, resample  # noqa: F401  (kept here for chat/serve; one copy)
 
 
 class MediaEncoder:
@@ -89,73 +89,14 @@ class MediaEncoder:
         return counts, {k: out[k] for k in MEDIA_INPUTS if k in out}
 
     def _audios(self, audios: Sequence[Any]) -> tuple[list[int], dict[str, Any]]:
-        """(samples, rate) pairs resampled to the feature extractor's rate, its log-mel features (one window each,
-        padded) and the tokens per audio by the family's rule (audio_frames: Qwen2-Audio's encoder halves the L
-        real feature frames twice, (((L - 1) // 2 + 1) - 2) // 2 + 1, as Qwen2AudioProcessor counts them)."""
+        """(samples, rate) pairs as training encodes them (tkc.runtime.multimodal.audio_inputs: one window of
+        log-mel features each, tokens by the family's audio_frames rule)."""
+        from tkc.runtime.multimodal import audio_inputs
+
         assert self.audios is not None
         if self.audios.count != "audio_frames":
             raise ValueError(f"tkc does not count audio tokens by rule {self.audios.count!r}")
-        fe = _feature_extractor(self.model_dir)
-        waves = [resample(samples, rate, fe.sampling_rate) for samples, rate in audios]
-        if any(len(w) > fe.n_samples for w in waves):  # the extractor would cut it silently
-            raise ValueError(f"an audio is longer than the model's {fe.chunk_length} s window")
-        out = fe(
-            waves,
-            sampling_rate=fe.sampling_rate,
-            return_attention_mask=True,
-            padding="max_length",
-            return_tensors="pt",
-        )
-        mask = out["attention_mask"]
-        counts = [(((int(n) - 1) // 2 + 1) - 2) // 2 + 1 for n in mask.sum(-1)]
-        return counts, {"input_features": out["input_features"], "feature_attention_mask": mask}
-
-
-@functools.cache
-def _feature_extractor(model_dir: str) -> Any:
-    from transformers import AutoFeatureExtractor
-
-    return AutoFeatureExtractor.from_pretrained(model_dir)
-
-
-def resample(samples: Any, rate: int, target: int) -> Any:
-    """A mono float32 waveform at `target` Hz (linear interpolation; none when the rates agree)."""
-    import numpy as np
-
-    samples = np.asarray(samples, dtype=np.float32)
-    if rate == target or len(samples) == 0:
-        return samples
-    n = max(1, round(len(samples) * target / rate))
-    return np.interp(np.arange(n) * (rate / target), np.arange(len(samples)), samples).astype(np.float32)
-
-
-def read_wav(data: bytes, max_seconds: float = 30.0) -> tuple[Any, int]:
-    """(mono float32 samples in [-1, 1], rate) of a PCM WAV file (8/16/32-bit integers), at most `max_seconds`
-    long; ValueError otherwise (other formats need a decoder tkc does not install)."""
-    import io
-    import wave
-
-    import numpy as np
-
-    try:
-        with wave.open(io.BytesIO(data)) as w:
-            width, channels, rate, frames = (
-                w.getsampwidth(),
-                w.getnchannels(),
-                w.getframerate(),
-                w.getnframes(),
-            )
-            if frames > max_seconds * rate:
-                raise ValueError(f"{frames / rate:.1f} s of audio, over the limit of {max_seconds:g} s")
-            raw = w.readframes(frames)
-    except (wave.Error, EOFError) as e:
-        raise ValueError(f"not a PCM WAV file ({e})") from None
-    kinds = {1: (np.uint8, 128.0, 128.0), 2: (np.int16, 0.0, 32768.0), 4: (np.int32, 0.0, 2147483648.0)}
-    if width not in kinds:
-        raise ValueError(f"{8 * width}-bit WAV samples are not read (8, 16 or 32-bit PCM)")
-    dtype, zero, scale = kinds[width]
-    samples = (np.frombuffer(raw, dtype=dtype).astype(np.float32) - zero) / scale
-    return samples.reshape(-1, channels).mean(axis=1), rate
+        return audio_inputs(self.model_dir, list(audios))
 
 
 def encode_media(encoder: MediaEncoder | None, prompt: Any, render: Any) -> MediaIds | None:

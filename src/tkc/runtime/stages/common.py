@@ -105,7 +105,7 @@ def label_logps(model, batch: Batch, prefix: str = "", *, past: list | None = No
 
         kwargs["past_key_values"] = DynamicCache(ddp_cache_data=past)  # a fresh cache: the forward appends to it
     ids, use_cache = batch[prefix + "input_ids"][:, start:], past is not None
-    if "pixel_values" in batch:  # a vision-language batch: its pixels (and the model's per-token modality ids)
+    if "pixel_values" in batch or "input_features" in batch:  # media: pixels (+ modality ids) or audio features
         from tkc.runtime.multimodal import media_kwargs
 
         kwargs.update(media_kwargs(model, batch, ids))
@@ -206,7 +206,8 @@ def concat_pairs(batch: Batch, pad_id: int) -> Batch:
         return torch.cat([F.pad(batch[f"{side}_{key}"], (0, width - batch[f"{side}_{key}"].size(1)), value=value)
                           for side in ("chosen", "rejected")])
 
-    media = {k: torch.cat([batch[k], batch[k]]) for k in ("pixel_values", "image_grid_thw") if k in batch}
+    media: dict[str, torch.Tensor] = {k: torch.cat([batch[k], batch[k]]) for k in (
+        "pixel_values", "image_grid_thw", "input_features", "feature_attention_mask") if k in batch}
     return {"input_ids": both("input_ids", pad_id), "attention_mask": both("attention_mask", 0),
             "labels": both("labels", -100), **media}  # a pair's one image list, for its chosen and rejected rows
 
