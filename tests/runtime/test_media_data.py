@@ -80,5 +80,5 @@ def test_corrupt_image_and_decompression_bomb_are_bad_records_at_their_line(tmp_
     code, out, err = tkc("data", "inspect", run)
     assert code == 0, out + err
     assert "1 converted, 2 skipped" in out
-    assert "data/mm.jsonl:2:" in out and "not a readable" in out
+    assert "data/mm.jsonl:2:" in out and "corrupt.png: not a" in out  # not a (readable) PNG/JPEG/... image
     assert "data/mm.jsonl:3:" in out and "decompression bomb" in out
