@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -71,7 +72,8 @@ def test_tkc_run_keeps_freed_memory(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append("keep") or True)
     monkeypatch.setattr(run_mod, "verify", lambda bundle_dir: None)
-    monkeypatch.setattr(run_mod, "load_plan", lambda bundle_dir: None)  # what is run does not matter here
+    # what is run does not matter here: a plan of no stages
+    monkeypatch.setattr(run_mod, "load_plan", lambda bundle_dir: types.SimpleNamespace(stages=(), launch=types.SimpleNamespace(kind="local")))
     monkeypatch.setattr(run_mod, "check_env", lambda plan, allow: (None, []))
     monkeypatch.setattr(run_mod, "_run_verified", lambda *a: calls.append("stages") or 0)
     assert run_mod.run_bundle(tmp_path, own_process=False) == 0
