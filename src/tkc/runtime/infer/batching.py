@@ -38,6 +38,7 @@ from tkc.runtime.infer.engine import (
     cut_at_stop,
     held_back,
     render_prompt,
+    stream_text,
 )
 from tkc.runtime.infer.hf import HFEngine
 from tkc.runtime.infer.media import MediaEncoder, decode_positions, encode_media, prefill_inputs, runs_alone
@@ -188,10 +189,7 @@ class BatchingEngine:
         seed: int = 0,
     ) -> Iterator[str]:
         """Text deltas of generate([prompt])[0].text; a reader that stops early cancels the request."""
-        with self.submit(prompt, SamplingParams(max_new_tokens, temperature, top_p, tuple(stop), seed)) as h:
-            for delta in h:
-                if delta.text:
-                    yield delta.text
+        return stream_text(self, prompt, SamplingParams(max_new_tokens, temperature, top_p, tuple(stop), seed))
 
     def close(self) -> None:
         """Stop the scheduler; waiting and running requests finish as "cancelled"."""

@@ -242,6 +242,15 @@ class Handle:
             self.cancel()
 
 
+
+def stream_text(engine: Any, prompt: Prompt, params: SamplingParams) -> Iterator[str]:
+    """Text deltas of one request through `engine.submit` (every engine's stream()); a reader that stops early
+    cancels the request (the handle's context manager)."""
+    with engine.submit(prompt, params) as handle:
+        for delta in handle:
+            if delta.text:
+                yield delta.text
+
 @runtime_checkable
 class Engine(Protocol):
     def generate(

@@ -32,6 +32,7 @@ from tkc.runtime.infer.engine import (
     chat_template,
     render_prompt,
     split_stops,
+    stream_text,
 )
 
 MISSING = (
@@ -186,10 +187,7 @@ class VLLMEngine:
         seed: int = 0,
     ) -> Iterator[str]:
         """Text deltas as vLLM's engine produces them (submit); a reader that stops early aborts the request."""
-        with self.submit(prompt, SamplingParams(max_new_tokens, temperature, top_p, tuple(stop), seed)) as h:
-            for delta in h:
-                if delta.text:
-                    yield delta.text
+        return stream_text(self, prompt, SamplingParams(max_new_tokens, temperature, top_p, tuple(stop), seed))
 
     # --- the concurrent interface -------------------------------------------------------------------------------
 
