@@ -26,7 +26,7 @@ def _real_data(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tiny_sft_dpo", "tiny_kto", "tiny_rm_ppo", "tiny_grpo"])
+@pytest.mark.parametrize("name", ["tiny_sft_dpo", "tiny_kto", "tiny_rm_ppo", "tiny_grpo", "tiny_vlm_sft"])
 def test_tiny_recipe_runs(tmp_path, name):
     from tkc.runtime.run import run_bundle
 
