@@ -19,8 +19,10 @@ keys = ("TKC_NODE_RANK", "TKC_DIST_TIMEOUT_S", "TKC_DEEPSPEED_CONFIG", "TKC_ACCE
         "CUBLAS_WORKSPACE_CONFIG", "TKC_RDZV_ID")
 print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "env": {k: os.environ.get(k) for k in keys}}))
 """
+# A long host list (a large allocation): a reader that stops after the first line (`| head -n 1` under pipefail)
+# kills the writer with SIGPIPE, and the script used to die of it (exit 141), now and then with a short list.
 FAKE_SCONTROL = """#!/usr/bin/env bash
-[ "$1 $2" = "show hostnames" ] && printf 'node-a\\nnode-b\\n'
+[ "$1 $2" = "show hostnames" ] && { printf 'node-a\\nnode-b\\n'; for i in $(seq 20000); do echo "node-$i"; done; }
 """
 
 
