@@ -157,7 +157,8 @@ def test_k8s_names_are_dns_labels() -> None:
 def test_slurm_has_nodes_gres_kill_on_bad_exit_and_first_node_master() -> None:
     text = render_launch(make_resolved("h100_80g_x8_x4nodes", "slurm"))["launch/slurm.sbatch"]
     assert "#SBATCH --nodes=4\n" in text and "#SBATCH --gres=gpu:8\n" in text
-    assert 'scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1' in text
+    first_host = 'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST")"; ' + "MASTER_ADDR=\"${MASTER_ADDR%%$'\\n'*}\""
+    assert first_host in text  # the first line, read whole: no `| head` under pipefail (SIGPIPE)
     assert "srun --kill-on-bad-exit=1 --nodes=4 --ntasks-per-node=1 bash launch/00-sft.sh" in text
     assert "srun --kill-on-bad-exit=1 --nodes=1 --ntasks=1 bash launch/01-export.sh" in text
     assert "TORCH_NCCL_ASYNC_ERROR_HANDLING=1" in text and "TKC_DIST_TIMEOUT_S=900" in text
