@@ -215,11 +215,17 @@ def _step_temporaries(shape: ModelShape, s: Setup) -> int:
     return 8 * _largest_trainable(shape, s) // (s.world if s.sharding else 1)
 
 
+def ds_bucket_elements(trainable: int) -> int:
+    """DeepSpeed's reduce/allgather bucket size for `trainable` parameters: it allocates its buckets whole, so the
+    bundle's config sizes them to the trainable parameters, within [1e6, DS_BUCKET_ELEMENTS] elements."""
+    return min(DS_BUCKET_ELEMENTS, max(int(trainable), 1_000_000))
+
+
 def _buffers(shape: ModelShape, s: Setup, nt: int) -> int:
     w = _DTYPE_BYTES[s.precision]
     if not s.sharding:
         return RUNTIME_WORKSPACE_BYTES + (4 * nt if s.world > 1 else 0)
-    bucket = min(DS_BUCKET_ELEMENTS, max(nt, 1_000_000))   # as compiler/launch.py sizes the bundle's config
+    bucket = ds_bucket_elements(nt)   # as compiler/launch.py sizes the bundle's config
     buckets = (2 if s.sharding < 3 else 1) * bucket * w if s.engine == "deepspeed" else 0
     layers = 2 * (shape.layer_linear() + 2 * shape.hidden)
     rest = shape.params() - layers

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tkc.compiler.estimate import DS_BUCKET_ELEMENTS, ds_bucket_elements
 from tkc.schema.names import is_dns1123_label, is_image_reference, is_slurm_value
 
 if TYPE_CHECKING:
@@ -140,8 +141,8 @@ def deepspeed_config(stage: dict[str, Any], launch: dict[str, Any]) -> dict[str,
     device = "cpu" if launch["offload"] else "none"
     # DeepSpeed allocates its buckets whole (two with overlap_comm: 4 GB per rank at its default 5e8 elements,
     # whatever the model): none needs more than the stage's trainable parameters (the compile-time estimate)
-    trainable = (stage.get("estimate") or {}).get("trainable_params") or 500_000_000
-    bucket = min(500_000_000, max(int(trainable), 1_000_000))
+    trainable = (stage.get("estimate") or {}).get("trainable_params") or DS_BUCKET_ELEMENTS
+    bucket = ds_bucket_elements(trainable)
     zero: dict[str, Any] = {"stage": zero_stage, "overlap_comm": zero_stage > 0, "contiguous_gradients": True,
                             "reduce_scatter": True, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket,
                             "offload_optimizer": {"device": device, "pin_memory": True}}
