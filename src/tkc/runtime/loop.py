@@ -135,22 +135,19 @@ class StepLog:
         self.tracker.close()
 
 
-def save_checkpoint(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer, step: int, per_epoch: int,
-                    tokens: int) -> None:
-    """The stage's checkpoint at this optimizer step, written by its strategy (every rank calls); public for ppo."""
+def save_checkpoint(ctx: RunContext, stage: ResolvedStage, step: int, per_epoch: int, tokens: int) -> None:
+    """The stage's checkpoint at this optimizer step, written by its strategy, which holds the model and optimizer
+    (every rank calls); public for ppo."""
     state = {"bundle_hash": ctx.bundle_hash, "stage": stage.name, "step": step, "tokens_seen": tokens,
              "epoch": step // per_epoch, "batch_in_epoch": step % per_epoch, "seed": stage.train.seed}
-    strat = strategy.for_stage(ctx, stage)
-    if strat.model is None:  # ppo steps its own optimizer: its strategy has not taken the model
-        strat.model, strat.optimizer = model, optimizer
-    strat.save(ctx.stage_dir(stage) / "checkpoints", step, state, keep=stage.train.save_total_limit)
+    strategy.for_stage(ctx, stage).save(ctx.stage_dir(stage) / "checkpoints", step, state,
+                                        keep=stage.train.save_total_limit)
 
 
-def restore_checkpoint(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer) -> tuple[int, int, int | None]:
-    """Load the newest whole checkpoint into model and optimizer: (step, tokens_seen, resumed_from or None)."""
+def restore_checkpoint(ctx: RunContext, stage: ResolvedStage) -> tuple[int, int, int | None]:
+    """Load the newest whole checkpoint into the model and optimizer the stage's strategy holds: (step,
+    tokens_seen, resumed_from or None)."""
     strat = strategy.for_stage(ctx, stage)
-    if strat.model is None:
-        strat.model, strat.optimizer = model, optimizer
     found = strat.restore(ctx.stage_dir(stage) / "checkpoints", log=lambda msg: ctx.log(f"[{stage.name}] {msg}"))
     if found is None:
         return 0, 0, None
@@ -215,7 +212,7 @@ def train(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer, ta
     per_epoch, total = plan_steps(len(train_rows), t)
     strat = strategy.for_stage(ctx, stage)
     runner = strat.prepare(model, optimizer)
-    step, tokens_seen, resumed_from = restore_checkpoint(ctx, stage, model, optimizer)
+    step, tokens_seen, resumed_from = restore_checkpoint(ctx, stage)
     log = StepLog.open(ctx, stage, keep_through=step)
     bar = Progress(stage.name, total, start=step, enabled=ctx.dist.is_main, every=t.logging_steps)
     t0, eval_loss = time.perf_counter(), None
@@ -240,7 +237,7 @@ def train(ctx: RunContext, stage: ResolvedStage, model: nn.Module, optimizer, ta
                 bar.note(f"[{stage.name}] step {step} eval_loss {eval_loss:.4f}")
             stop = any_rank(ctx.dist, ctx.stop_requested)
             if stop or (t.save_steps and step % t.save_steps == 0 and step < total):
-                save_checkpoint(ctx, stage, model, optimizer, step, per_epoch, tokens_seen)
+                save_checkpoint(ctx, stage, step, per_epoch, tokens_seen)
             if stop:
                 bar.note(f"[{stage.name}] stop requested: checkpoint at step {step} written; run again to resume")
                 return LoopResult(EXIT_SIGTERM, step, total, tokens_seen, time.perf_counter() - t0, resumed_from,

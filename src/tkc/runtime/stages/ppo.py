@@ -157,7 +157,7 @@ def run(ctx: RunContext, stage: ResolvedStage) -> int:
     rows, _ = load_rows(ctx, stage)
     prompts = [split_prompt(r)[0] for r in rows]
     per_epoch, total = loop.plan_steps(len(prompts), t)
-    step, tokens, resumed = loop.restore_checkpoint(ctx, stage, model, optimizer)
+    step, tokens, resumed = loop.restore_checkpoint(ctx, stage)
     log = loop.StepLog.open(ctx, stage, keep_through=step)
     trainable, n_params = count_params(model)
     ctx.log(f"[{stage.name}] ppo: {len(prompts)} prompts, reward from {describe(opts)}, "
@@ -179,7 +179,7 @@ def run(ctx: RunContext, stage: ResolvedStage) -> int:
                      "tokens_seen": tokens})
             bar.update(step, loss=loss.item(), lr=lr, tokens_per_s=tokens / max(1e-9, time.perf_counter() - t0))
             if ctx.stop_requested or (t.save_steps and step % t.save_steps == 0 and step < total):
-                loop.save_checkpoint(ctx, stage, model, optimizer, step, per_epoch, tokens)
+                loop.save_checkpoint(ctx, stage, step, per_epoch, tokens)
             if ctx.stop_requested:
                 return EXIT_SIGTERM
     finally:
