@@ -14,9 +14,14 @@ from chat_conversations import TOOLS, assistant, cases_for, system, user
 
 from tkc.catalog.chat import TemplateRefused, load_template, render
 
-VENDOR = json.loads((Path(__file__).parent / "vendor_templates.json").read_text(encoding="utf-8"))[
-    "templates"
-]
+_HERE = Path(__file__).parent
+# vendor_templates.json holds the first entries; every later template has its own file, vendor/<template_id>.json,
+# of the same shape plus optional "extra_cases" ({name: {messages, tools, add_generation_prompt, extra}}) that reach
+# branches the common conversations do not
+VENDOR = json.loads((_HERE / "vendor_templates.json").read_text(encoding="utf-8"))["templates"]
+for _path in sorted((_HERE / "vendor").glob("*.json")):
+    assert _path.stem not in VENDOR, f"{_path.stem}: in vendor_templates.json and vendor/"
+    VENDOR[_path.stem] = json.loads(_path.read_text(encoding="utf-8"))
 
 # Conversations that reach template branches the common set does not: GLM-4 reads tools from a message's
 # own 'tools' field (its system preamble names the assistant) and prints a message's 'metadata'.
@@ -51,7 +56,7 @@ EXTRA = {
 
 def _cases(template_id: str) -> dict[str, dict]:
     _, meta = load_template(template_id)
-    return {**cases_for(meta), **EXTRA.get(template_id, {})}
+    return {**cases_for(meta), **EXTRA.get(template_id, {}), **VENDOR[template_id].get("extra_cases", {})}
 
 
 PAIRS = [(t, name) for t in sorted(VENDOR) for name in _cases(t)]
@@ -87,7 +92,12 @@ def test_entries_name_their_origin():
 def test_catalog_text_is_the_vendor_text(template_id):
     text, meta = load_template(template_id)
     assert text == VENDOR[template_id]["chat_template"]
-    assert "vendor_templates.json" in meta["source"]
+    if (_HERE / "vendor" / f"{template_id}.json").exists():  # the data file names the pinned copy it came from
+        pinned = {(s["repo"], s["path"], s["commit"]) for s in VENDOR[template_id]["sources"]}
+        assert (meta["vendor"]["repo"], meta["vendor"]["path"], meta["vendor"]["commit"]) in pinned
+        assert meta["vendor"]["model"] == VENDOR[template_id]["model"].split(" ")[0]
+    else:
+        assert "vendor_templates.json" in meta["source"]
 
 
 @pytest.mark.parametrize("template_id", sorted(VENDOR))

@@ -54,6 +54,27 @@ class Multimodal(BaseModel):
     media: dict[Literal["images", "videos", "audios"], MediaExpansion] = Field(min_length=1)
 
 
+class MoE(BaseModel):
+    """A mixture-of-experts family's router and expert treatment (transformers' own names and computation)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # the config key holding the router's auxiliary-loss weight, and the weight used when the config lacks it
+    aux_loss_coef_key: str = "router_aux_loss_coef"
+    aux_loss_coef: float = Field(default=0.001, ge=0)
+    # whether LoRA adapts the expert weights by default (fused 3-D parameters in transformers 5: peft's
+    # target_parameters); False keeps LoRA on attention (and dense) modules, experts frozen
+    lora_experts: bool = False
+    experts_path: str | None = None   # the experts module under a decoder layer, e.g. mlp.experts
+
+
+class Verified(BaseModel):
+    """How a family is verified, as `tkc catalog families` shows it (the tests keep each claim true)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # the transformers class the family smoke test builds tiny from a config (tests/catalog/test_family_smoke.py);
+    # None: the architecture is remote code (not in transformers), so no module tree can be checked offline
+    smoke: str | None = None
+    note: str = ""
+
+
 class Family(Record):
     model_types: list[str] = Field(default_factory=list)
     architectures: list[str] = Field(default_factory=list)
@@ -64,6 +85,11 @@ class Family(Record):
     decoder_layer: str | None = None  # the decoder layer class FSDP shards as one unit (None: found at run)
     supports_bf16: bool = True
     multimodal: Multimodal | None = None   # vision/audio-language families only
+    tied_embeddings: bool | None = None    # lm_head shares the input embeddings (None: as the config says)
+    rope_scaling: dict[str, Any] | None = None   # the family's default rope scaling (None: as the config says)
+    stop_tokens: list[str] = Field(default_factory=list)   # generation stops beyond the template's own
+    moe: MoE | None = None                 # mixture-of-experts families only
+    verified: Verified = Field(default_factory=Verified)
 
 
 class Profile(Record):
@@ -80,8 +106,19 @@ class Profile(Record):
     peak_tflops: dict[str, float] = Field(default_factory=dict)   # dense peak per device, by precision
 
 
+class Vendor(BaseModel):
+    """Where a template's text comes from: the vendor's model and a public copy of its chat_template, pinned."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str = Field(min_length=3)          # the vendor's model repository, e.g. Qwen/Qwen3-8B
+    repo: str = Field(pattern=r"^[^/\s]+/[^/\s]+$")   # the public repository holding the copy (owner/name)
+    path: str = Field(min_length=1)           # the file in it
+    commit: str = Field(pattern=r"^[0-9a-f]{40}$")
+    where: str = ""                           # inside the file, when it holds several (an entry, a case name)
+
+
 class TemplateMeta(Record):
     source: str = ""
+    vendor: Vendor | None = None   # None: written by tkc (the source says from what)
     bos_token: str = ""
     eos_token: str = ""
     stop_tokens: list[str] = Field(default_factory=list)
