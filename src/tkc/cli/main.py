@@ -60,6 +60,7 @@ def build_app() -> Any:
     """The typer app with every verb (imported here, so the hot verbs never pay for typer or the others)."""
     import typer
 
+    from tkc.cli import board as board_cmd
     from tkc.cli import catalog as catalog_cmd
     from tkc.cli import chat as chat_cmd
     from tkc.cli import diff as diff_cmd
@@ -77,6 +78,7 @@ def build_app() -> Any:
     app.command("run")(run_cmd.run)
     app.command("chat")(chat_cmd.chat)
     app.command("serve")(serve_cmd.serve)
+    app.command("board")(board_cmd.board)
     app.add_typer(catalog_cmd.app, name="catalog", help="What the compiler knows: templates, families, profiles.")
     try:
         from tkc.cli.data import app as data_app
