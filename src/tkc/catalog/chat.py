@@ -41,7 +41,7 @@ def load_template(template_id: str) -> tuple[str, dict]:
         close = difflib.get_close_matches(template_id, sorted(ids), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise KeyError(f"unknown chat template {template_id!r}{hint}")
-    text = (TEMPLATES_DIR / f"{template_id}.jinja").read_text(encoding="utf-8")
+    text = (TEMPLATES_DIR / f"{template_id}.jinja").read_bytes().decode("utf-8")  # verbatim: CRLF kept
     meta = yaml.safe_load((TEMPLATES_DIR / f"{template_id}.yaml").read_text(encoding="utf-8"))
     return text, meta
 

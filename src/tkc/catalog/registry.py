@@ -171,4 +171,4 @@ def templates() -> dict[str, TemplateMeta]:
 
 
 def template_text(tid: str) -> str:
-    return (CATALOG_DIR / "templates" / f"{tid}.jinja").read_text(encoding="utf-8")
+    return (CATALOG_DIR / "templates" / f"{tid}.jinja").read_bytes().decode("utf-8")  # verbatim: CRLF kept
