@@ -24,23 +24,43 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     Console().print(table)
 
 
+def _pinned(meta: Any) -> tuple[str, str]:
+    """(vendor model, pinned copy as repo@short-commit), or what the template is instead."""
+    if meta.vendor is not None:
+        return meta.vendor.model, f"{meta.vendor.repo}@{meta.vendor.commit[:7]}"
+    return "", "written by tkc" if meta.source.startswith("written by tkc") else "vendor copy not pinned"
+
+
 @app.command()
 def templates() -> None:
-    """Chat templates: id, tools, system, source."""
+    """Chat templates: id, the vendor model and the pinned public copy the text was taken from, tools, system."""
     from tkc.catalog.registry import templates as load
 
-    rows = [[tid, "yes" if m.supports_tools else "", "yes" if m.supports_system else "no", m.source[:70]]
+    rows = [[tid, *_pinned(m), "yes" if m.supports_tools else "", "yes" if m.supports_system else "no"]
             for tid, m in sorted(load().items())]
-    _table(f"{len(rows)} chat templates", ["id", "tools", "system", "source"], rows)
+    _table(f"{len(rows)} chat templates", ["id", "vendor model", "source", "tools", "system"], rows)
+
+
+def _verified(fam: Any) -> str:
+    if fam.verified.smoke:
+        return f"smoke: {fam.verified.smoke}"
+    return "remote code: template parity only" + (f" ({fam.verified.note})" if fam.verified.note else "")
+
+
+def _moe(fam: Any) -> str:
+    if fam.moe is None:
+        return ""
+    return f"experts {fam.moe.experts_path or '?'}: " + ("LoRA" if fam.moe.lora_experts else "frozen")
 
 
 @app.command()
 def families() -> None:
-    """Model families: detection keys and default template."""
+    """Model families: detection key, default template, how each is verified, LoRA targets, mixture of experts."""
     from tkc.catalog.registry import families as load
 
-    rows = [[fid, ", ".join(f.model_types), f.template, ", ".join(f.lora_targets)] for fid, f in sorted(load().items())]
-    _table(f"{len(rows)} model families", ["id", "model_type", "template", "lora targets"], rows)
+    rows = [[fid, ", ".join(f.model_types), f.template, _verified(f), ", ".join(f.lora_targets), _moe(f)]
+            for fid, f in sorted(load().items())]
+    _table(f"{len(rows)} model families", ["id", "model_type", "template", "verified", "lora targets", "MoE"], rows)
 
 
 @app.command()
@@ -114,38 +134,90 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
+RENDER_MODES = ("raw", "inference", "training")
+SPAN_OPEN, SPAN_CLOSE = "\u27e6", "\u27e7"   # ⟦ ⟧ around trained characters (--show-spans)
+
+
+def _note(text: str) -> None:
+    print(f"tkc: {text}", file=sys.stderr)
+
+
+def _inference_text(tpl: Any, conv: dict[str, Any]) -> str:
+    """The vendor's generation prompt: the conversation up to the assistant's turn; a trailing assistant turn
+    is the answer, so it is left out."""
+    messages = list(conv["messages"])
+    if messages and messages[-1].get("role") == "assistant":
+        messages = messages[:-1]
+        _note("mode inference: the final assistant turn is the answer, left out of the prompt")
+    if conv.get("add_generation_prompt") is False:
+        _note("mode inference: add_generation_prompt=false in the file is ignored (the prompt always ends "
+              "with the assistant's header)")
+    return str(tpl.prompt(messages, tools=conv.get("tools")))
+
+
+def _training_text(tpl: Any, conv: dict[str, Any], show_spans: bool) -> str:
+    """The text tkc trains on, through the SFT data encoder's own call (ChatTemplate.spans); with show_spans the
+    trained characters (each assistant turn with its end-of-turn token) sit between the span markers."""
+    text, spans = tpl.spans(conv["messages"], conv.get("tools"))
+    if not spans:
+        raise BadConversation("mode training: no assistant turn to train on")
+    if not show_spans:
+        return str(text)
+    out, at = [], 0
+    for start, end, _ in spans:
+        out += [text[at:start], SPAN_OPEN, text[start:end], SPAN_CLOSE]
+        at = end
+    return "".join([*out, text[at:]])
+
+
+def _rendered(template: str, meta: Any, conv: dict[str, Any], mode: str, show_spans: bool) -> str:
+    from tkc.bundle.chat import ChatTemplate
+    from tkc.catalog.registry import template_text
+
+    tpl = ChatTemplate(template_text(template), meta.bos_token, meta.eos_token, tuple(meta.stop_tokens),
+                       dict(meta.render_kwargs))
+    if mode == "inference":
+        return _inference_text(tpl, conv)
+    if mode == "training":
+        return _training_text(tpl, conv, show_spans)
+    gen = conv.get("add_generation_prompt", True)
+    _note(f"mode raw: rendered as the file says (add_generation_prompt={str(gen).lower()}); "
+          "--mode inference or --mode training shows the generation prompt or the trained text")
+    return str(tpl.render(conv["messages"], tools=conv.get("tools"), add_generation_prompt=gen))
+
+
 @app.command()
 def render(
     template: Annotated[str, typer.Argument(help="Template id.")],
     conversation: Annotated[Path, typer.Argument(help="JSON with messages, optional tools, add_generation_prompt.")],
+    mode: Annotated[str, typer.Option(help="raw: as the file says (add_generation_prompt, default true); "
+                                           "inference: the generation prompt (a final assistant turn left out); "
+                                           "training: the text tkc trains on, end-of-turn token included.")] = "raw",
+    show_spans: Annotated[bool, typer.Option("--show-spans", help="With --mode training: put the trained "
+                                             f"characters between {SPAN_OPEN} and {SPAN_CLOSE}.")] = False,
 ) -> None:
     """Print exactly the rendered text (nothing added); exit 1 with the reason if the template refuses."""
     import jinja2
 
-    from tkc.bundle.chat import TemplateRefused
-    from tkc.bundle.chat import render as render_chat
-    from tkc.catalog.registry import lookup, template_text
+    from tkc.bundle.chat import SpanError, TemplateRefused
+    from tkc.catalog.registry import lookup
     from tkc.catalog.registry import templates as load
     from tkc.schema.diagnostics import CompileError
 
     try:
+        if mode not in RENDER_MODES:
+            raise BadConversation(f"--mode {mode!r}: expected one of {', '.join(RENDER_MODES)}")
+        if show_spans and mode != "training":
+            raise BadConversation("--show-spans marks the trained text: it needs --mode training")
         meta = lookup(load(), template, "chat template")
-    except CompileError as exc:
+        text = _rendered(template, meta, load_conversation(conversation), mode, show_spans)
+    except (CompileError, BadConversation) as exc:
         print(f"tkc: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
-    try:
-        conv = load_conversation(conversation)
-    except BadConversation as exc:
-        print(f"tkc: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    try:
-        text = render_chat(template_text(template), conv["messages"], tools=conv.get("tools"),
-                           add_generation_prompt=conv.get("add_generation_prompt", True),
-                           bos_token=meta.bos_token, eos_token=meta.eos_token, **meta.render_kwargs)
     except TemplateRefused as exc:
         print(f"tkc: template {template!r} refuses this conversation: {exc.reason}", file=sys.stderr)
         raise typer.Exit(1) from None
-    except (jinja2.TemplateError, TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+    except (jinja2.TemplateError, SpanError, TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
         # shapes were checked above; what is left is a field this template reads in its own way
         print(f"tkc: {conversation}: template {template!r} cannot render this conversation: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
