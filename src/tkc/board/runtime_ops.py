@@ -95,18 +95,19 @@ def _export_source(ctx: Any, bundle: Path, stage: str | None) -> str:
 
 def export(workspace: Path, body: dict[str, Any]) -> dict[str, Any]:
     """The stage's model (LoRA merged) with tokenizer and template, as the export stage writes it."""
-    from tkc.runtime.checkpoint import save_model_dir
-    from tkc.runtime.infer import open_context
-    from tkc.runtime.model import load_stage_output
-
     bundle = bundle_dir(workspace, body.get("bundle"))
     stage = body.get("stage")
     if stage is not None:
         stage_names_or_404(bundle, stage)
+    out = workspace_path(workspace, body["out"], "out") if body.get("out") is not None else None
     _verified(bundle)
+    from tkc.runtime.checkpoint import save_model_dir
+    from tkc.runtime.infer import open_context
+    from tkc.runtime.model import load_stage_output
+
     ctx = open_context(bundle)
     name = _export_source(ctx, bundle, stage)
-    out = workspace_path(workspace, body.get("out") or f"exports/{bundle.name}-{name}", "out")
+    out = out or workspace_path(workspace, f"exports/{bundle.name}-{name}", "out")
     if out.exists():
         raise BoardError(409, "conflict", f"out: {relative(workspace, out)} exists; the board never overwrites "
                          "it (choose another out)", field="out")
