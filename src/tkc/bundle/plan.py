@@ -78,7 +78,7 @@ class ResolvedModel:
     source: str                    # local | hub
     path: str                      # relative POSIX path from the source root, or the hub id
     revision: str | None
-    family: str
+    family: str | None             # None: no catalog family matched (MODEL004 names the fallbacks used)
     model_type: str | None
     init: str                      # pretrained | scratch
     trust_remote_code: bool

@@ -38,8 +38,9 @@ def _where(compiled: Any, key: str, source: str) -> str:
 def _print_dead(compiled: Any, key: str | None) -> None:
     """The DEAD001 notes (values the recipe sets that no stage uses) for the keys shown, as `tkc compile` prints."""
     from tkc.compiler.dead_settings import dead_settings
+    from tkc.compiler.passes.resolve_model_family import family_fallback_notes
 
-    for note in dead_settings(compiled.plan):
+    for note in [*family_fallback_notes(compiled.plan), *dead_settings(compiled.plan)]:
         if _matches(note.path, key):
             print(note.render(), file=sys.stderr)
 

@@ -7,6 +7,7 @@ from typing import Any
 from tkc.bundle.kinds import STAGE_DATASET_KINDS
 from tkc.catalog.registry import families
 from tkc.compiler.passes._util import source_of
+from tkc.compiler.passes.resolve_model_family import FALLBACK
 from tkc.compiler.plan import Plan
 from tkc.schema.stages import TRAINING_KINDS
 
@@ -55,8 +56,7 @@ def _lora(plan: Plan, i: int) -> dict[str, tuple[Any, str]]:
     if targets in ("auto", "all"):
         # Explicit module names, never PEFT's "all-linear": what is adapted must not depend on the PEFT version.
         fam = families().get(plan.get("model.family") or "")
-        out[p + "targets"] = (list(fam.lora_targets) if fam else ["q_proj", "v_proj"],
-                              f"family:{plan.get('model.family')}")
+        out[p + "targets"] = (list(fam.lora_targets), f"family:{fam.id}") if fam else (["q_proj", "v_proj"], FALLBACK)
     return out
 
 
@@ -77,7 +77,7 @@ def _freeze(plan: Plan, i: int) -> dict[str, tuple[Any, str]]:
     if p + "trainable_layers" not in plan.values:
         out[p + "trainable_layers"], out[p + "trainable_modules"] = (2, "default"), ([], "default")
     fam = families().get(plan.get("model.family") or "")
-    out[p + "layers_path"] = (fam.layers_path if fam else "model.layers", f"family:{plan.get('model.family')}")
+    out[p + "layers_path"] = (fam.layers_path, f"family:{fam.id}") if fam else ("model.layers", FALLBACK)
     return out
 
 

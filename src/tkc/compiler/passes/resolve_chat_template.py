@@ -107,6 +107,10 @@ def resolve_chat_template(plan: Plan) -> Plan:
     if requested == "auto" and plan.inputs.model.chat_template:
         return plan.with_values(_auto_values(plan))
     tid, src = (requested, source_of(plan, ("template",))) if requested != "auto" else _catalog_choice(plan)
+    if tid is None and plan.inputs.model.config is not None and not plan.get("model.family"):
+        return plan.with_diagnostics([plan.diagnostic(  # an unknown model (MODEL004) whose tokenizer has none
+            "TMPL003", "no chat template: the model's tokenizer ships none and no catalog family names one",
+            ("template",), "set template: to a catalog id (see `tkc catalog templates`)")])
     if tid is None:
         return plan  # no family, so no family template: resolve_model_family already reported why
     if tid not in templates():

@@ -7,7 +7,10 @@ from typing import Any
 from tkc.catalog.registry import Family, families
 from tkc.compiler.passes._util import source_of
 from tkc.compiler.plan import Plan
-from tkc.schema.diagnostics import did_you_mean
+from tkc.schema.diagnostics import Diagnostic, did_you_mean
+
+FALLBACK_CODE = "MODEL004"
+FALLBACK = f"fallback:no catalog family ({FALLBACK_CODE})"   # the provenance of every value a family would set
 
 
 def _by_config(config: dict[str, Any], fams: dict[str, Family]) -> tuple[list[str], str]:
@@ -34,8 +37,11 @@ def _detect(plan: Plan, fams: dict[str, Family]) -> tuple[str | None, str, str |
         what = f"hub id {facts.path!r} (not on disk, not in the catalog)"
     if len(hits) == 1:
         return hits[0], model_type or (fams[hits[0]].model_types or [""])[0], None
+    if not hits and facts.config is not None:
+        return None, model_type, None   # a model read from disk compiles with the fallbacks (MODEL004 says so)
     if not hits:
-        return None, model_type, f"cannot detect the model family from {what}; set model.family"
+        return None, model_type, f"cannot detect the model family from {what}; set model.family, or download " \
+                                 "the model to a folder so its config.json is read"
     return None, model_type, f"{what} matches several families ({', '.join(sorted(hits))}); set model.family"
 
 
@@ -55,6 +61,8 @@ def _decoder_layer(family: str | None, fams: dict[str, Family]) -> tuple[str | N
     fam = fams.get(family or "")
     if fam is not None and fam.decoder_layer:
         return fam.decoder_layer, f"family:{family}"
+    if fam is None:
+        return None, f"{FALLBACK} (the runtime finds the layer list)"
     return None, f"derived:resolve_model_family(family {family} names no decoder_layer: the runtime finds the layer list)"
 
 
@@ -79,7 +87,7 @@ def resolve_model_family(plan: Plan) -> Plan:
         "model.init": (spec.init, source_of(plan, ("model", "init"))),
         "model.trust_remote_code": (spec.trust_remote_code, source_of(plan, ("model", "trust_remote_code"))),
         "model.files": (dict(facts.files), "derived:load_inputs"),
-        "model.family": (family, src),
+        "model.family": (family, src if family or error else FALLBACK),
         "model.model_type": (model_type or None, "derived:resolve_model_family"),
         "model.decoder_layer": _decoder_layer(family, fams),
     }
@@ -88,3 +96,21 @@ def resolve_model_family(plan: Plan) -> Plan:
     if error and not (refused and facts.config is None):  # a folder not read (PATH001) is no hub id
         plan = plan.with_diagnostics([plan.diagnostic("MODEL001", error, ("model",))])
     return plan
+
+
+def family_fallback_notes(plan: Plan) -> list[Diagnostic]:
+    """MODEL004: a model read from disk that no catalog family matches compiled with fallbacks (LoRA targets
+    q_proj/v_proj, layers model.layers, the decoder layer found at run, the tokenizer's own template); the note
+    names the family file that would make it exact. A note, like DEAD001: printed by compile and explain."""
+    config = plan.inputs.model.config
+    if plan.get("model.family") is not None or config is None:
+        return []
+    model_type = str(config.get("model_type") or "") or "<model_type>"
+    archs = [str(a) for a in config.get("architectures") or []]
+    message = (f"note: no catalog family matches config.json model_type {model_type!r} (architectures "
+               f"{', '.join(archs) or 'none'}); compiled with fallbacks: LoRA targets q_proj, v_proj, layers path "
+               "model.layers, decoder layer found at run, template auto (the tokenizer's own)")
+    hint = (f"to make it exact, add src/tkc/catalog/families/{model_type}.yaml with model_types: [{model_type}], "
+            f"architectures: [{', '.join(archs)}], lora_targets, layers_path, decoder_layer and template, "
+            "or set model.family to a family with the same module names")
+    return [plan.diagnostic(FALLBACK_CODE, message, ("model",), hint)]
