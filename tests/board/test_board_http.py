@@ -160,7 +160,10 @@ def test_compile_refuses_to_replace_bundles(board, ws, bundle):
     e = err(send("POST", f"{board}/api/compile", body), 409, "conflict")
     assert e["field"] == "out" and '"force": true' in e["message"]
     (ws / "runs" / "c").mkdir(parents=True)
-    first = send("POST", f"{board}/api/compile", {**body, "out": "runs/c"}).json()
+    send("POST", f"{board}/api/compile", {**body, "out": "runs/c"})
+    forced = {**body, "text": text.replace("max_steps: 8", "max_steps: 10"), "out": "runs/c", "force": True}
+    first = send("POST", f"{board}/api/compile", forced).json()  # no outputs yet: replaced, as --force does
+    assert json.loads((ws / "runs" / "c" / "manifest.json").read_text())["bundle_hash"] == first["hash"]
     (ws / "runs" / "c" / "outputs").mkdir()  # it has run
     changed = {**body, "text": text.replace("max_steps: 8", "max_steps: 9"), "out": "runs/c", "force": True}
     err(send("POST", f"{board}/api/compile", changed), 409, "conflict")

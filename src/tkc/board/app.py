@@ -31,7 +31,8 @@ def _guard(request: Request, token: str | None, hosts: set[str], port: int | Non
     """The first rule the request breaks: Host (rebinding), body size, token, cross-site; None when it passes."""
     if not security.host_ok(request.headers.get("host", ""), hosts, port):
         return BoardError(421, "host", "the Host header is not this board's address")
-    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+    length = request.headers.get("content-length") or "0"
+    if not length.isdigit() or int(length) > MAX_BODY_BYTES:
         return BoardError(413, "too_large", f"request bodies are at most {MAX_BODY_BYTES} bytes")
     path = request.url.path
     open_route = (request.method, path) in security.OPEN_ROUTES or (request.method == "GET"
