@@ -185,6 +185,25 @@ def test_run_routes_refuse_unknown_ids_and_unverified_bundles(board, ws, bundle)
     err(send("POST", f"{board}/api/runs", {"bundle": "recipes"}), 404, "not_found")
 
 
+def test_a_run_whose_process_vanished_unrecorded_is_lost(tmp_path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(gone.stdout)
+    runs = tmp_path / "w" / ".tkc-board" / "runs"
+    for run_id, code in (("20260101-000000-aaaaaa", None), ("20260101-000001-bbbbbb", 1)):
+        (runs / run_id).mkdir(parents=True)
+        (runs / run_id / "log.txt").write_text("")
+        (runs / run_id / "run.json").write_text(json.dumps({
+            "id": run_id, "bundle": "b", "bundle_abs": str(tmp_path / "w" / "b"), "hash": "h", "argv": [], "pid": pid,
+            "started": "t", "ended": None, "returncode": code, "stop_requested": False}))
+    url, stop = S.start_board(tmp_path / "w")
+    try:
+        listed = {r["id"]: r["status"] for r in get(f"{url}/api/runs").json()["runs"]}
+        err(send("POST", f"{url}/api/runs/20260101-000000-aaaaaa/stop"), 409, "conflict")
+    finally:
+        stop()
+    assert listed == {"20260101-000000-aaaaaa": "lost", "20260101-000001-bbbbbb": "failed"}
+
+
 def test_unknown_routes_and_bad_bodies_are_json_errors(board):
     err(get(f"{board}/api/nothing"), 404, "not_found")
     r = requests.post(f"{board}/api/validate", data="not json", headers={**H, "Content-Type": "application/json"},

@@ -15,6 +15,7 @@ from tkc.board.security import BoardError, relative, workspace_path
 
 ROLES = ("system", "user", "assistant")
 MAX_TOKENS = 1024
+MAX_ENGINES = 2
 _ENGINES: dict[tuple[str, str, str | None], Any] = {}
 _LOCK = threading.Lock()
 
@@ -51,6 +52,8 @@ def _engine(bundle: Path, stage: str | None) -> tuple[Any, int]:
     key = (str(bundle), read_manifest(bundle)["bundle_hash"], stage)
     with _LOCK:
         if key not in _ENGINES:
+            while len(_ENGINES) >= MAX_ENGINES:  # the oldest model leaves memory first
+                _ENGINES.pop(next(iter(_ENGINES)))[0].close()
             try:
                 ctx = open_context(bundle)
                 _ENGINES[key] = (load_engine(ctx, model_stage(ctx, stage)), ctx.plan.seed)
