@@ -48,6 +48,7 @@ def test_family_templates_exist(family_id):
     fam, known = families()[family_id], templates()
     wanted = {fam.template} | {ref.template for ref in fam.hub_models.values()}
     assert sorted(wanted - set(known)) == []
+    assert fam.model_types and fam.architectures and fam.lora_targets and fam.layers_path
 
 
 @pytest.mark.parametrize("family_id", sorted(families()))
