@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+from contextlib import contextmanager
+from datetime import datetime
+
 TOOLS = [
     {
         "type": "function",
@@ -104,3 +108,33 @@ def cases_for(meta: dict) -> dict[str, dict]:
     if "enable_thinking" in meta.get("render_kwargs", {}):
         cases.update(THINKING)
     return cases
+
+
+# Templates that print today's date with strftime_now (Granite 3.x, SmolLM3, Apertus) render on this fixed day in
+# the tests and the case files, for tkc and transformers alike (conftest.py and make_cases.py freeze the clock)
+FROZEN_NOW = (2026, 1, 15)
+_CLOCK_MODULES = ("tkc.bundle.chat.render", "transformers.utils.chat_template_utils")
+
+
+@contextmanager
+def frozen_clock():
+    """datetime.now() is FROZEN_NOW in the modules whose strftime_now reads it (those importable here)."""
+
+    class _Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(*FROZEN_NOW, tzinfo=tz)
+
+    patched = []
+    for name in _CLOCK_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # transformers not installed: only tkc's renderer runs
+            continue
+        patched.append((module, module.datetime))
+        module.datetime = _Frozen
+    try:
+        yield
+    finally:
+        for module, original in patched:
+            module.datetime = original

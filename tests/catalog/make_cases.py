@@ -17,7 +17,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from chat_conversations import cases_for  # noqa: E402
+from chat_conversations import cases_for, frozen_clock  # noqa: E402
 
 from tkc.catalog.chat import list_templates, load_template  # noqa: E402
 
@@ -63,8 +63,9 @@ def dump(obj: dict) -> str:
 def main() -> None:
     out = HERE / "cases"
     out.mkdir(exist_ok=True)
-    for template_id in list_templates():
-        (out / f"{template_id}.json").write_text(dump(build_case_file(template_id)), encoding="utf-8")
+    with frozen_clock():
+        for template_id in list_templates():
+            (out / f"{template_id}.json").write_text(dump(build_case_file(template_id)), encoding="utf-8")
     print(f"wrote {len(list_templates())} case files to {out}")
 
 

@@ -14,6 +14,9 @@ from tkc.catalog.chat import (
 
 # These templates end an assistant turn with the next role header, not with an end-of-turn token
 NO_END_MARKER = {"chatglm3", "glm4", "glm4_5"}
+# Turns a template writes differently once they are last (Nemotron Nano v2 moves a final turn's tool calls to a
+# second assistant header): their spans cannot be located, so training refuses the record instead of guessing
+UNLOCATABLE = {("nemotron_nano_v2", "tool_round_trip")}
 
 
 def _conversations(meta: dict) -> dict:
@@ -44,6 +47,10 @@ CASES = [(t, n) for t in list_templates() for n in _conversations(load_template(
 @pytest.mark.parametrize(("template_id", "name"), CASES, ids=[f"{t}/{n}" for t, n in CASES])
 def test_spans_cover_content_and_end_marker(template_id, name):
     case = _conversations(load_template(template_id)[1])[name]
+    if (template_id, name) in UNLOCATABLE:
+        with pytest.raises(SpanError, match="cannot locate"):
+            _spans(template_id, case)
+        return
     try:
         full, spans, meta = _spans(template_id, case)
     except TemplateRefused:

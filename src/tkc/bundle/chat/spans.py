@@ -104,7 +104,10 @@ def _rewritten_span(template_text: str, messages: list[dict], i: int, full: str,
     content_end = len(full) - tail
     start = min(_turn_start(template_text, messages, i, full, kw), head)
     closing = _closing_text(template_text, messages, i, kw)
-    return start, content_end + _closing_len(closing, full[content_end:]), i
+    end = content_end + _closing_len(closing, full[content_end:])
+    if end < start:  # the turn alone reads differently (Nemotron Nano v2 puts a final turn's tool calls apart)
+        raise SpanError(f"turn {i}: the template writes this turn differently when it is last; cannot locate it")
+    return start, end, i
 
 
 def _with_content(messages: list[dict], i: int, content: str) -> list[dict]:
@@ -134,12 +137,13 @@ def _closing_len(closing: str, after: str) -> int:
     """How much of `after` (the text after the content) is the turn's closing text.
 
     The closing text of a last turn may carry more than a middle turn does (Phi-3.5 adds eos at the end
-    of the conversation): keep the part `after` repeats, cut back to whitespace so that a half-matched
-    token (`<|` of `<|endoftext|>` against `<|user|>`) is not taken, and drop trailing whitespace.
+    of the conversation): keep the part `after` repeats, cut back to whitespace or to the end of a special
+    token so that a half-matched token (`<|` of `<|endoftext|>` against `<|user|>`) is not taken (Phi-4-mini
+    writes `<|end|><|endoftext|>` with nothing between), and drop trailing whitespace.
     """
     n = _common_prefix_len(closing, after)
     if n < len(closing):
-        n = max((k + 1 for k in range(n) if closing[k].isspace()), default=0)
+        n = max((k + 1 for k in range(n) if closing[k].isspace() or closing[k] == ">"), default=0)
     return len(closing[:n].rstrip())
 
 
