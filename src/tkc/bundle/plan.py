@@ -74,6 +74,14 @@ class ResolvedMultimodal:
 
 
 @attrs.frozen
+class ResolvedMoE:
+    """A mixture-of-experts family's training settings (family data, the model config's own coefficient)."""
+    aux_loss_coef: float           # weight of the router's load-balancing loss added to the LM loss (0: none)
+    lora_experts: bool             # LoRA adapts the experts' fused weights (peft target_parameters); else frozen
+    experts_path: str | None       # the experts module under a decoder layer, e.g. mlp.experts
+
+
+@attrs.frozen
 class ResolvedModel:
     source: str                    # local | hub
     path: str                      # relative POSIX path from the source root, or the hub id
@@ -88,6 +96,10 @@ class ResolvedModel:
     decoder_layer: str | None = None
     # vision/audio-language families (family data); None: a text-only model (and bundles compiled before the field)
     multimodal: ResolvedMultimodal | None = None
+    # mixture-of-experts families (family data); None: a dense model (and bundles compiled before the field)
+    moe: ResolvedMoE | None = None
+    # the attention transformers runs: sdpa, or eager for a class that refuses it (family data)
+    attn_implementation: str = "sdpa"
 
 
 @attrs.frozen

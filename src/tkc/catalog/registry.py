@@ -89,6 +89,8 @@ class Family(Record):
     rope_scaling: dict[str, Any] | None = None   # the family's default rope scaling (None: as the config says)
     stop_tokens: list[str] = Field(default_factory=list)   # generation stops beyond the template's own
     moe: MoE | None = None                 # mixture-of-experts families only
+    # the attention transformers runs (sdpa, or eager for a class that refuses sdpa: Gemma 2's logit softcapping)
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     verified: Verified = Field(default_factory=Verified)
 
 

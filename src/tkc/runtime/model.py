@@ -57,6 +57,11 @@ def keep_trainable_fp32(model: nn.Module) -> nn.Module:
     return model
 
 
+def attn(ctx: RunContext) -> str:
+    """The attention implementation models load with: the plan's (sdpa unless the family's class refuses it)."""
+    return ctx.plan.model.attn_implementation
+
+
 def _auto_class(head: str, ctx: RunContext | None = None):
     """The class a stage's model loads as; a vision-language model (the plan's model.multimodal) as its family's
     class (tkc.runtime.multimodal)."""
@@ -86,9 +91,9 @@ def _from_bundle_model(ctx: RunContext, head: str, dtype: torch.dtype, seed: int
         config.pad_token_id = ctx.tokenizer().pad_token_id
     torch.manual_seed(seed)
     if ctx.plan.model.init == "scratch":
-        return _auto_class(head, ctx).from_config(config, dtype=dtype, attn_implementation="sdpa",
+        return _auto_class(head, ctx).from_config(config, dtype=dtype, attn_implementation=attn(ctx),
                                              trust_remote_code=common["trust_remote_code"])
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa", "config": config, **common}
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn(ctx), "config": config, **common}
     if quant:
         kwargs["quantization_config"] = _bnb_config(quant, dtype)
     return _auto_class(head, ctx).from_pretrained(path, **kwargs)
@@ -138,7 +143,7 @@ def _load_stage_output(ctx: RunContext, name: str, *, dtype: torch.dtype = torch
             tuned = PeftModel.from_pretrained(base, str(model_dir))
             return _merge_zero3(tuned) if any(hasattr(p, "ds_id") for p in base.parameters()) \
                 else tuned.merge_and_unload()
-    return _auto_class(head, ctx).from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa",
+    return _auto_class(head, ctx).from_pretrained(str(model_dir), dtype=dtype, attn_implementation=attn(ctx),
                                              trust_remote_code=ctx.plan.model.trust_remote_code)
 
 
@@ -168,7 +173,7 @@ def _start_weights(ctx: RunContext, sp: ResolvedStage, *, head: str = "causal_lm
     torch.manual_seed(seed)  # the value head starts from seeded random weights
     config = lm.config
     config.num_labels, config.pad_token_id = 1, ctx.tokenizer().pad_token_id
-    cls_model = _auto_class(head).from_config(config, dtype=dtype, attn_implementation="sdpa",
+    cls_model = _auto_class(head).from_config(config, dtype=dtype, attn_implementation=attn(ctx),
                                               trust_remote_code=ctx.plan.model.trust_remote_code)
     cls_model.base_model.load_state_dict(lm.base_model.state_dict())
     return cls_model

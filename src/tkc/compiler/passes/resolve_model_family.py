@@ -6,6 +6,7 @@ from typing import Any
 
 from tkc.catalog.registry import Family, families
 from tkc.compiler.passes._util import source_of
+from tkc.compiler.passes.model_quirks import resolve_attention, resolve_moe
 from tkc.compiler.plan import Plan
 from tkc.schema.diagnostics import Diagnostic, did_you_mean
 
@@ -91,6 +92,8 @@ def resolve_model_family(plan: Plan) -> Plan:
         "model.model_type": (model_type or None, "derived:resolve_model_family"),
         "model.decoder_layer": _decoder_layer(family, fams),
     }
+    fam, config = fams.get(family or ""), dict(facts.config) if facts.config is not None else None
+    out.update({**resolve_moe(fam, config), **resolve_attention(fam)})
     plan = plan.with_values({**out, **_default_cutoff(plan)})
     refused = any(key == ("model", "path") for key, _ in plan.inputs.paths.outside)
     if error and not (refused and facts.config is None):  # a folder not read (PATH001) is no hub id

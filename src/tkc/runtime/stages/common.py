@@ -84,14 +84,15 @@ def keeps_logits(model) -> bool:
     return _forward_keeps_logits(type(unwrap(model)))
 
 
-def label_logps(model, batch: Batch, prefix: str = "", *, past: list | None = None, start: int = 0
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def label_logps(model, batch: Batch, prefix: str = "", *, past: list | None = None, start: int = 0,
+                router: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: (sum of log p(label) over its counted next tokens, how many), after the causal shift.
 
     Only the positions some row predicts a label from go through the LM head and log-softmax (`logits_to_keep`
     with their indices; full logits sliced the same way for a model without it): prompt tokens cost no vocab
     projection. `prefix` picks `chosen_` / `rejected_` columns of a pair batch. `past` holds the keys/values of
     the first `start` tokens (shared_prompt), which are then not run again; no label is predicted from them.
+    `router`: a MoE model's router logits are appended to it (tkc.runtime.moe), with the mask and token count.
     """
     kwargs = {k: batch[prefix + k] for k in ("attention_mask", "position_ids") if prefix + k in batch}
     if "cu_seq_lens" in batch:  # rows end to end (collate_packed): each attends to itself only
@@ -109,10 +110,16 @@ def label_logps(model, batch: Batch, prefix: str = "", *, past: list | None = No
         from tkc.runtime.multimodal import media_kwargs
 
         kwargs.update(media_kwargs(model, batch, ids))
+    if router is not None:
+        kwargs["output_router_logits"] = True
     if keeps_logits(model):
-        logits = model(input_ids=ids, **kwargs, use_cache=use_cache, logits_to_keep=cols).logits
+        out = model(input_ids=ids, **kwargs, use_cache=use_cache, logits_to_keep=cols)
+        logits = out.logits
     else:
-        logits = model(input_ids=ids, **kwargs, use_cache=use_cache).logits[:, cols]
+        out = model(input_ids=ids, **kwargs, use_cache=use_cache)
+        logits = out.logits[:, cols]
+    if router is not None:
+        router.append((out.router_logits, kwargs.get("attention_mask"), ids.numel()))
     target = target[:, cols]
     mask = target != -100
     logps = torch.gather(F.log_softmax(logits.float(), dim=-1), 2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)

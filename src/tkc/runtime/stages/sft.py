@@ -19,7 +19,13 @@ def build_task(ctx: RunContext, stage: ResolvedStage):
     train = stage.train
     assert train is not None
     packed = train.padding == "unpadded" and train.neftune_alpha is None and enable_varlen(model)
-    task = loop.Task(loss_sum=lm_loss_sum, units=label_units, tokens=token_count,
+    moe = ctx.plan.model.moe
+    loss_sum = lm_loss_sum
+    if moe is not None and moe.aux_loss_coef > 0:  # the router's load-balancing loss, as transformers adds it
+        from tkc.runtime.moe import moe_loss_sum
+
+        loss_sum = moe_loss_sum(moe.aux_loss_coef)
+    task = loop.Task(loss_sum=loss_sum, units=label_units, tokens=token_count,
                      collate=make_collate(stage, pad_id, packed=packed, media=stage_media(ctx)))
     return task, model
 
