@@ -13,7 +13,7 @@ from tkc.catalog.chat import (
 )
 
 # These templates end an assistant turn with the next role header, not with an end-of-turn token
-NO_END_MARKER = {"chatglm3", "glm4", "glm4_5"}
+NO_END_MARKER = {"chatglm3", "glm4", "glm4_5", "glm4_hf"}
 # Turns a template writes differently once they are last (Nemotron Nano v2 moves a final turn's tool calls to a
 # second assistant header): their spans cannot be located, so training refuses the record instead of guessing
 UNLOCATABLE = {("nemotron_nano_v2", "tool_round_trip")}
