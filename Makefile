@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tkc-installed
 
-.PHONY: install demo test test-fast snapshots lock bench bench-quick bench-report quality clean gpu-check
+.PHONY: install browser demo test test-fast snapshots lock bench bench-quick bench-report quality clean gpu-check
 
 # Fresh machine -> pinned environment (hash-checked lockfiles), then tkc itself in editable mode.
 $(STAMP): lockfiles/cpu.txt lockfiles/dev.txt pyproject.toml
@@ -22,8 +22,14 @@ demo: $(STAMP)
 	$(BIN)/tkc run run/demo
 
 # Every test, slow ones included (CI runs exactly this).
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1800
+
+# The board's browser test (tests/board/test_board_browser.py) drives Debian's chromium through its chromedriver;
+# installed only when missing (the machines run as root; no browser is downloaded from anywhere else).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
