@@ -62,10 +62,11 @@ def assistant_spans(
 def _generation_spans(template_text: str, messages: list[dict], turns: list[int], kw: dict) -> list[Span]:
     extra = {k: v for k, v in kw.items() if k != "tools"}
     ctx = _context(messages, kw["tools"], False, extra)
-    _, marked = _render_tracked(template_text, ctx)
+    full, marked = _render_tracked(template_text, ctx)
     if len(marked) != len(turns):
         raise SpanError(f"template marks {len(marked)} generation blocks for {len(turns)} assistant turns")
-    return [(s, e, i) for (s, e), i in zip(marked, turns, strict=True)]
+    # a block may close after the whitespace that follows the end marker (SmolLM3's '<|im_end|>\n'): not trained
+    return [(s, _trim_end(full[:e], s), i) for (s, e), i in zip(marked, turns, strict=True)]
 
 
 def _turn_span(
