@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO / "tests" / "catalog"))
 RECIPE = """\
 schema_version: 1
 name: moe
-model: {{path: model, init: pretrained}}
+model: {{path: model, init: pretrained{moe}}}
 template: auto
 data:
   datasets:
@@ -28,13 +28,14 @@ stages:
     name: sft
     datasets: [rows]
     train: {{learning_rate: 1.0e-3, max_steps: 1, global_batch_size: 4, micro_batch_size: 4, padding: {padding}}}
-finetuning: {{method: full}}
+finetuning: {finetuning}
 train: {{seed: 0}}
 hardware: cpu
 """
 
 
-def _bundle(tmp_path: Path, tkc, padding: str = "unpadded") -> Path:
+def _bundle(tmp_path: Path, tkc, padding: str = "unpadded", moe: str = "",
+            finetuning: str = "{method: full}") -> Path:
     import tiny_family
 
     from tkc.catalog.registry import families
@@ -44,7 +45,7 @@ def _bundle(tmp_path: Path, tkc, padding: str = "unpadded") -> Path:
     model.config.save_pretrained(tmp_path / "model")
     rows = (REPO / "recipes/data/arith_sft.jsonl").read_text(encoding="utf-8").splitlines()[:4]
     (tmp_path / "rows.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    (tmp_path / "moe.yaml").write_text(RECIPE.format(padding=padding), encoding="utf-8")
+    (tmp_path / "moe.yaml").write_text(RECIPE.format(padding=padding, moe=moe, finetuning=finetuning), encoding="utf-8")
     code, out, err = tkc("compile", tmp_path / "moe.yaml", "-o", tmp_path / "run")
     assert code == 0, out + err
     return tmp_path / "run"
@@ -105,3 +106,35 @@ def test_moe_aux_loss_reaches_the_router_gradient(tmp_path, tkc):
         grads.append(gate.grad.clone())
     assert grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0
     assert not torch.allclose(grads[0], grads[1], rtol=1e-4, atol=0)
+
+
+def test_recipe_sets_moe_and_dense_models_refuse_it(tmp_path, tkc, demo_copy):
+    bundle = _bundle(tmp_path, tkc, moe=", moe: {aux_loss_coef: 0.5}")
+    prov = json.loads((bundle / "provenance.json").read_text(encoding="utf-8"))
+    assert prov["model.moe.aux_loss_coef"] == "recipe"
+    recipe = demo_copy / "demo.yaml"
+    recipe.write_text(recipe.read_text(encoding="utf-8").replace(
+        "  init: scratch\n", "  init: scratch\n  moe: {lora_experts: true}\n"), encoding="utf-8")
+    code, out, err = tkc("compile", recipe, "-o", tmp_path / "dense")
+    assert code == 2 and "MOE001" in out + err and "demo.yaml" in out + err
+    assert not (tmp_path / "dense").exists()
+
+
+def test_lora_experts_trains_the_experts_adapter(tmp_path, tkc):
+    from tkc.runtime.run import run_bundle
+
+    bundle = _bundle(tmp_path, tkc, moe=", moe: {lora_experts: true}",
+                     finetuning="{method: lora, lora: {rank: 4, targets: auto}}")
+    prov = json.loads((bundle / "provenance.json").read_text(encoding="utf-8"))
+    assert prov["model.moe.lora_experts"].startswith("recipe (LoRA adapts the experts")
+    assert run_bundle(bundle) == 0
+    from safetensors.torch import load_file
+
+    adapter = load_file(bundle / "outputs/sft/model/adapter_model.safetensors")
+    experts = {k: v for k, v in adapter.items() if ".mlp.experts." in k and "lora_B" in k}
+    assert experts and all(v.abs().sum() > 0 for v in experts.values())  # B starts at zero: one step moved it
+    ctx, _, _, _ = _task(bundle)
+    from tkc.runtime.model import load_stage_output
+
+    merged = load_stage_output(ctx, "sft")
+    assert not any("lora" in n for n, _ in merged.named_parameters())

@@ -17,6 +17,7 @@ from tkc.compiler.rules_deepspeed import (
 from tkc.compiler.rules_export import export_unmerged_needs_lora
 from tkc.compiler.rules_fsdp import fsdp_no_fp16, fsdp_no_quantization
 from tkc.compiler.rules_memory import memory_fits
+from tkc.compiler.rules_moe import moe_needs_moe_family
 from tkc.compiler.rules_multimodal import media_needs_multimodal
 from tkc.compiler.rules_multimodal_train import (
     lora_needs_language_model,
@@ -257,4 +258,5 @@ RULES: dict[str, Callable[[Plan], Iterator[Violation]]] = {
     "MM010": switches_need_multimodal,
     "MM011": lora_needs_language_model,
     "MM012": no_packing_with_media,
+    "MOE001": moe_needs_moe_family,
 }

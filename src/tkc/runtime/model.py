@@ -229,10 +229,24 @@ def apply_freeze(model: nn.Module, freeze: ResolvedFreeze) -> None:
                 p.requires_grad_(True)
 
 
+def expert_parameters(model: nn.Module, layers_path: str | None, experts_path: str) -> list[str]:
+    """The fused expert weights under each MoE decoder layer's `experts_path`, as peft's target_parameters
+    (e.g. mlp.experts.gate_up_proj): the experts module's own parameters, as transformers names them."""
+    for layer in decoder_layers(model, layers_path):
+        try:
+            experts = layer.get_submodule(experts_path)
+        except AttributeError:
+            continue  # a dense layer (DeepSeek's first_k_dense_replace)
+        return sorted(f"{experts_path}.{name}" for name, _ in experts.named_parameters(recurse=False))
+    raise RuntimeError(f"no decoder layer has the experts module {experts_path!r} (the family's moe.experts_path)")
+
+
 def apply_lora(model: nn.Module, lora: ResolvedLora, *, task_type: str, quantized: bool,
-               targets: str | None = None, modules_to_save: list[str] | None = None):
+               targets: str | None = None, modules_to_save: list[str] | None = None,
+               target_parameters: list[str] | None = None):
     """Wrap with a PEFT LoRA adapter: variants lora / dora / rslora, init default / pissa. `targets` (a regex) and
-    `modules_to_save` stand in for the plan's (a vision-language model: tkc.runtime.multimodal)."""
+    `modules_to_save` stand in for the plan's (a vision-language model: tkc.runtime.multimodal);
+    `target_parameters`: fused parameters (MoE experts) adapted too."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
@@ -244,6 +258,7 @@ def apply_lora(model: nn.Module, lora: ResolvedLora, *, task_type: str, quantize
         use_dora=lora.variant == "dora", use_rslora=lora.variant == "rslora",
         init_lora_weights="pissa" if lora.init == "pissa" else True,
         modules_to_save=save or None, bias="none", task_type=task_type,
+        **({"target_parameters": target_parameters} if target_parameters else {}),
     )
     with quiet_checkpointing_alias():  # adapters in fp32 over a bf16/fp16 base (peft's default, said here)
         model = get_peft_model(model, config, autocast_adapter_dtype=True)
@@ -262,6 +277,14 @@ def add_neftune(model: nn.Module, alpha: float) -> None:
         return output
 
     model.get_input_embeddings().register_forward_hook(hook)
+
+
+def _lora_experts(ctx: RunContext, model: nn.Module) -> list[str] | None:
+    """The expert weights LoRA adapts when the plan's model.moe says so (else None: experts frozen)."""
+    moe = ctx.plan.model.moe
+    if moe is None or not moe.lora_experts or not moe.experts_path:
+        return None
+    return expert_parameters(model, None, moe.experts_path)  # the decoder layer list: the largest *layers list
 
 
 @_model_ready
@@ -287,7 +310,8 @@ def build_trainable(ctx: RunContext, stage: ResolvedStage, *, head: str = "causa
         model = apply_lora(model, ft.lora, task_type="CAUSAL_LM" if head == "causal_lm" else "SEQ_CLS",
                            quantized=ft.quantization is not None,
                            targets=multimodal.lora_targets(mm, ft.lora.targets) if mm else None,
-                           modules_to_save=multimodal.lora_modules_to_save(mm, ft) if mm else None)
+                           modules_to_save=multimodal.lora_modules_to_save(mm, ft) if mm else None,
+                           target_parameters=_lora_experts(ctx, model))
     if mm is not None and ft.method != "lora":
         from tkc.runtime.multimodal import apply_switches
 

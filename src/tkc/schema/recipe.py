@@ -17,6 +17,15 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
+class MoESpec(Spec):
+    aux_loss_coef: Annotated[float, Field(ge=0)] | None = Field(None, description=(
+        "Weight of the router's load-balancing loss added in training (0: none); default: the model config's own "
+        "(router_aux_loss_coef), else the family's."))
+    lora_experts: bool | None = Field(None, description=(
+        "LoRA adapts the experts' fused weights too (peft target_parameters); default: the family's (false: "
+        "experts frozen, adapters on the family's LoRA targets)."))
+
+
 class ModelSpec(Spec):
     path: str = Field(description="Local model directory (relative to the recipe) or a hub id.")
     revision: str | None = Field(None, description="Hub revision (commit sha) that pins a hub model.")
@@ -25,6 +34,7 @@ class ModelSpec(Spec):
     init: Literal["pretrained", "scratch"] = Field(
         "pretrained", description="`scratch` builds the model from config.json with random weights (seeded)."
     )
+    moe: MoESpec | None = Field(None, description="Mixture-of-experts training settings (MoE families only).")
 
 
 class DatasetSpec(Spec):

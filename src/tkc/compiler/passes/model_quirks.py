@@ -10,10 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from tkc.catalog.registry import Family
+from tkc.schema.recipe import MoESpec
 
 
-def _aux_coef(fam: Family, config: dict[str, Any] | None) -> tuple[float, str]:
+def _aux_coef(fam: Family, config: dict[str, Any] | None, spec: MoESpec | None) -> tuple[float, str]:
     assert fam.moe is not None
+    if spec is not None and spec.aux_loss_coef is not None:
+        return spec.aux_loss_coef, "recipe"
     key = fam.moe.aux_loss_coef_key
     value = (config or {}).get(key)
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -21,16 +24,20 @@ def _aux_coef(fam: Family, config: dict[str, Any] | None) -> tuple[float, str]:
     return fam.moe.aux_loss_coef, f"family:{fam.id}"
 
 
-def resolve_moe(fam: Family | None, config: dict[str, Any] | None) -> dict[str, tuple[Any, str]]:
-    """model.moe: None for a dense family; else the aux-loss weight, the experts' LoRA treatment, their path."""
+def resolve_moe(fam: Family | None, config: dict[str, Any] | None,
+                spec: MoESpec | None = None) -> dict[str, tuple[Any, str]]:
+    """model.moe: None for a dense family (a recipe's model.moe there is MOE001); else the aux-loss weight, the
+    experts' LoRA treatment (recipe, else family), their path."""
     if fam is None or fam.moe is None:
         return {"model.moe": (None, f"family:{fam.id if fam else None}")}
-    coef, coef_src = _aux_coef(fam, config)
-    experts = "LoRA adapts the experts" if fam.moe.lora_experts else \
+    coef, coef_src = _aux_coef(fam, config, spec)
+    lora_experts = spec.lora_experts if spec is not None and spec.lora_experts is not None else fam.moe.lora_experts
+    experts = "LoRA adapts the experts" if lora_experts else \
         "experts frozen under LoRA: adapters on the family's lora_targets only"
+    src = "recipe" if spec is not None and spec.lora_experts is not None else f"family:{fam.id}"
     return {
         "model.moe.aux_loss_coef": (coef, coef_src),
-        "model.moe.lora_experts": (fam.moe.lora_experts, f"family:{fam.id} ({experts})"),
+        "model.moe.lora_experts": (lora_experts, f"{src} ({experts})"),
         "model.moe.experts_path": (fam.moe.experts_path, f"family:{fam.id}"),
     }
 

@@ -93,7 +93,7 @@ def resolve_model_family(plan: Plan) -> Plan:
         "model.decoder_layer": _decoder_layer(family, fams),
     }
     fam, config = fams.get(family or ""), dict(facts.config) if facts.config is not None else None
-    out.update({**resolve_moe(fam, config), **resolve_attention(fam)})
+    out.update({**resolve_moe(fam, config, spec.moe), **resolve_attention(fam)})
     plan = plan.with_values({**out, **_default_cutoff(plan)})
     refused = any(key == ("model", "path") for key, _ in plan.inputs.paths.outside)
     if error and not (refused and facts.config is None):  # a folder not read (PATH001) is no hub id
