@@ -1,5 +1,6 @@
 """assistant_spans: the trained characters are exactly each assistant turn's content plus its end marker."""
 
+import jinja2
 import pytest
 from chat_conversations import COMMON, THINKING, TOOL_ROUND_TRIP, assistant, system, user
 
@@ -13,7 +14,8 @@ from tkc.catalog.chat import (
 )
 
 # These templates end an assistant turn with the next role header, not with an end-of-turn token
-NO_END_MARKER = {"chatglm3", "glm4", "glm4_5", "glm4_hf"}
+# (Apertus writes <|assistant_end|> when the next user turn starts: a last turn has none)
+NO_END_MARKER = {"chatglm3", "glm4", "glm4_5", "glm4_hf", "apertus"}
 # Turns a template writes differently once they are last (Nemotron Nano v2 moves a final turn's tool calls to a
 # second assistant header): their spans cannot be located, so training refuses the record instead of guessing
 UNLOCATABLE = {("nemotron_nano_v2", "tool_round_trip")}
@@ -53,8 +55,8 @@ def test_spans_cover_content_and_end_marker(template_id, name):
         return
     try:
         full, spans, meta = _spans(template_id, case)
-    except TemplateRefused:
-        pytest.skip("the vendor template refuses this conversation")
+    except (TemplateRefused, jinja2.UndefinedError):  # test_cases.py checks the vendor fails alike (Apertus: nested tools)
+        pytest.skip("the vendor template refuses or cannot render this conversation")
     turns = [i for i, m in enumerate(case["messages"]) if m["role"] == "assistant"]
     assert [i for _, _, i in spans] == turns
     ends = [0] + [e for _, e, _ in spans]
