@@ -23,8 +23,41 @@ CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inlin
 log = logging.getLogger("tkc.board")
 
 
-def _error(exc: BoardError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+def _error(exc: BoardError, workspace: Path | None = None) -> JSONResponse:
+    body = security.scrub(exc.body(), workspace) if workspace is not None else exc.body()
+    return JSONResponse(body, status_code=exc.status)
+
+
+class BodyLimit:
+    """Caps the bytes a request body actually delivers (chunked bodies carry no Content-Length): the body is read
+    here, at most MAX_BODY_BYTES + 1 bytes of it, and replayed to the app; more is a 413 before any route runs."""
+
+    def __init__(self, app: Any, workspace: Path):
+        self.app, self.workspace = app, workspace
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None  # the client went away
+            chunks.append(message.get("body", b""))
+            size, more = size + len(chunks[-1]), message.get("more_body", False)
+            if size > MAX_BODY_BYTES:
+                refused = BoardError(413, "too_large", f"request bodies are at most {MAX_BODY_BYTES} bytes")
+                return await _error(refused)(scope, receive, send)
+        body, sent = b"".join(chunks), False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return await receive()  # after the body: wait for the disconnect, as the server's receive does
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
 
 
 def _guard(request: Request, token: str | None, hosts: set[str], port: int | None) -> BoardError | None:
@@ -43,8 +76,9 @@ def _guard(request: Request, token: str | None, hosts: set[str], port: int | Non
     return BoardError(403, "csrf", problem) if problem else None
 
 
-def _install_guards(app: FastAPI, token: str | None, host: str, port: int | None) -> None:
+def _install_guards(app: FastAPI, root: Path, token: str | None, host: str, port: int | None) -> None:
     hosts = security.allowed_hosts(host, port)
+    app.add_middleware(BodyLimit, workspace=root)  # inside the guard: Host, token and CSRF are checked first
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
@@ -54,10 +88,10 @@ def _install_guards(app: FastAPI, token: str | None, host: str, port: int | None
         try:
             response = await call_next(request)
         except BoardError as exc:
-            return _error(exc)
+            return _error(exc, root)
         except Exception as exc:  # noqa: BLE001 - never a 500 with a traceback: one line, logged here
             log.exception("board request failed")
-            return _error(BoardError(400, "failed", f"{type(exc).__name__}: {exc}"))
+            return _error(BoardError(400, "failed", f"{type(exc).__name__}: {exc}"), root)
         response.headers.update({"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
                                  "Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer",
                                  "Cache-Control": "no-store"})
@@ -65,7 +99,7 @@ def _install_guards(app: FastAPI, token: str | None, host: str, port: int | None
 
     @app.exception_handler(BoardError)
     async def board_error(request: Request, exc: BoardError) -> JSONResponse:
-        return _error(exc)
+        return _error(exc, root)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -105,7 +139,7 @@ def create_app(workspace_dir: Path, *, token: str | None, host: str, port: int |
 
     root = Path(workspace_dir).resolve()
     app = FastAPI(title="tkc board", docs_url=None, redoc_url=None, openapi_url=None)
-    _install_guards(app, token, host, port)
+    _install_guards(app, root, token, host, port)
     _static_routes(app)
     api.add_routes(app, root, token, RunManager(root))
     return app

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from tkc.board.security import BoardError, relative, workspace_path
-from tkc.board.workspace import _diag_json, _shown_names, is_bundle, recipe_path, text_field, write_recipe
+from tkc.board.workspace import (
+    _diag_json,
+    _shown_names,
+    compile_confined,
+    is_bundle,
+    recipe_path,
+    text_field,
+    write_recipe,
+)
 
 
 def bundle_dir(workspace: Path, value: Any, field: str = "bundle") -> Path:
@@ -18,6 +26,15 @@ def bundle_dir(workspace: Path, value: Any, field: str = "bundle") -> Path:
         raise BoardError(404, "not_found", f"{field}: {value} is not a tkc bundle (no manifest.json/resolved.json)",
                          field=field)
     return path
+
+
+def runnable_bundle(workspace: Path, value: Any, field: str = "bundle") -> Path:
+    """bundle_dir, and every path `tkc run` would read from it inside the workspace (board.confine)."""
+    from tkc.board.confine import check_bundle_inputs
+
+    bundle = bundle_dir(workspace, value, field)
+    check_bundle_inputs(workspace, bundle, field=field)
+    return bundle
 
 
 def stage_names(bundle: Path) -> list[str]:
@@ -69,7 +86,6 @@ def _check_target(workspace: Path, out: Path, new_hash: str) -> None:
 def compile_bundle(workspace: Path, body: dict[str, Any]) -> dict[str, Any]:
     from tkc.bundle.io import BundleExists, build_manifest, write_bundle_at
     from tkc.compiler.dead_settings import dead_settings
-    from tkc.compiler.pipeline import compile_recipe
     from tkc.schema.diagnostics import CompileError
 
     recipe = recipe_path(workspace, body.get("path"))
@@ -79,7 +95,7 @@ def compile_bundle(workspace: Path, body: dict[str, Any]) -> dict[str, Any]:
     if not recipe.is_file():
         raise BoardError(404, "not_found", f"path: no recipe at {body.get('path')}", field="path")
     try:
-        compiled = compile_recipe(recipe)
+        compiled = compile_confined(workspace, recipe, relative(workspace, recipe))
     except CompileError as exc:
         shown = _shown_names(workspace, [d.file for d in exc.diagnostics], recipe, recipe)
         raise BoardError(400, "invalid", f"{len(exc.diagnostics)} problem(s) found; nothing was written",

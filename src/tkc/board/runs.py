@@ -6,6 +6,8 @@ it survives a board restart; a run whose process is gone without a recorded retu
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -18,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tkc.board.bundles import bundle_dir, stage_names, stage_names_or_404, verify_problems
+from tkc.board.bundles import runnable_bundle, stage_names, stage_names_or_404, verify_problems
 from tkc.board.security import BoardError, relative
-from tkc.board.workspace import BOARD_DIR, write_atomic
+from tkc.board.workspace import BOARD_DIR, open_dir, write_atomic
 
 EXIT_SIGTERM = 143
 MAX_LOG_CHUNK = 256 << 10
@@ -56,8 +58,13 @@ class RunManager:
         self._lock = threading.Lock()
 
     # ---- records ----
+    def _root_ok(self) -> bool:
+        """.tkc-board/runs is the workspace's own folder (not a symlink leading elsewhere)."""
+        return self.root.is_dir() and self.root.resolve() == self.root and self.root.is_relative_to(self.workspace)
+
     def _dir(self, run_id: str) -> Path:
-        if not isinstance(run_id, str) or not _ID.match(run_id) or not (self.root / run_id / "run.json").is_file():
+        if not isinstance(run_id, str) or not _ID.match(run_id) or not self._root_ok() \
+                or not (self.root / run_id / "run.json").is_file():
             raise BoardError(404, "not_found", f"no run {run_id!r}")
         return self.root / run_id
 
@@ -65,7 +72,8 @@ class RunManager:
         return json.loads((self._dir(run_id) / "run.json").read_text(encoding="utf-8"))
 
     def _write(self, record: dict[str, Any]) -> None:
-        write_atomic(self.root / record["id"] / "run.json", (json.dumps(record, indent=2) + "\n").encode())
+        write_atomic(self.root / record["id"] / "run.json", (json.dumps(record, indent=2) + "\n").encode(),
+                     self.workspace)
 
     def _status(self, rec: dict[str, Any]) -> str:
         proc = self._procs.get(rec["id"])
@@ -80,7 +88,7 @@ class RunManager:
 
     # ---- actions ----
     def start(self, bundle_value: Any) -> str:
-        bundle = bundle_dir(self.workspace, bundle_value)
+        bundle = runnable_bundle(self.workspace, bundle_value)
         problems = verify_problems(bundle)
         if problems:
             raise BoardError(409, "unverified", "the bundle failed verification (tkc verify); not started",
@@ -94,13 +102,17 @@ class RunManager:
         from tkc.bundle.io import read_manifest
 
         run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
-        folder = self.root / run_id
-        folder.mkdir(parents=True)
-        argv = [sys.executable, "-m", "tkc.cli.main", "run", str(bundle)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(folder / "log.txt", "wb") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=self.workspace, env=env, shell=False, start_new_session=True)
+        lock = self._lock_bundle(bundle)
+        try:
+            log_fd = self._create(self.root / run_id, "log.txt")
+            argv = [sys.executable, "-m", "tkc.cli.main", "run", str(bundle)]
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            with os.fdopen(log_fd, "wb") as log:  # the child holds the bundle's lock (pass_fds) while it lives
+                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        cwd=self.workspace, env=env, shell=False, start_new_session=True,
+                                        pass_fds=(lock,))
+        finally:
+            os.close(lock)
         record = {"id": run_id, "bundle": relative(self.workspace, bundle), "bundle_abs": str(bundle),
                   "hash": read_manifest(bundle)["bundle_hash"], "argv": argv, "pid": proc.pid, "started": _now(),
                   "ended": None, "returncode": None, "stop_requested": False}
@@ -108,6 +120,31 @@ class RunManager:
         self._procs[run_id] = proc
         threading.Thread(target=self._wait, args=(run_id, proc), daemon=True, name=f"tkc-board-{run_id}").start()
         return run_id
+
+    def _create(self, folder: Path, name: str, flags: int = os.O_EXCL) -> int:
+        """A new file in `folder` under the workspace's .tkc-board/, never through a symlink (workspace.open_dir)."""
+        try:
+            fd = open_dir(self.workspace, folder, create=True)
+        except OSError as exc:
+            raise BoardError(409, "conflict", f"{BOARD_DIR}/ is not a plain folder of this workspace "
+                             f"({exc.strerror}); no run was started") from None
+        try:
+            return os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | flags, 0o644, dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    def _lock_bundle(self, bundle: Path) -> int:
+        """An exclusive flock on .tkc-board/locks/<bundle>.lock, held by the run's process for its life: a second
+        run of one bundle (from this board, another board or one restarted) is refused while the first lives."""
+        name = hashlib.sha256(str(bundle).encode()).hexdigest()[:24] + ".lock"
+        fd = self._create(self.workspace / BOARD_DIR / "locks", name, 0)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise BoardError(409, "conflict", "bundle: a run of this bundle is already running", field="bundle") \
+                from None
+        return fd
 
     def _wait(self, run_id: str, proc: subprocess.Popen) -> None:
         code = proc.wait()
@@ -135,7 +172,7 @@ class RunManager:
     # ---- views ----
     def _records(self) -> list[dict[str, Any]]:
         out = []
-        for f in sorted(self.root.glob("*/run.json"), reverse=True) if self.root.is_dir() else []:
+        for f in sorted(self.root.glob("*/run.json"), reverse=True) if self._root_ok() else []:
             try:
                 rec = json.loads(f.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -164,6 +201,8 @@ class RunManager:
 
     def log(self, run_id: str, offset: int) -> dict[str, Any]:
         path = self._dir(run_id) / "log.txt"
+        if path.is_symlink() or not path.is_file():
+            return {"text": "", "offset": 0}
         size = path.stat().st_size
         offset = min(max(0, offset), size)
         with path.open("rb") as f:
@@ -207,9 +246,12 @@ def read_steps(bundle: Path, stage: str) -> list[dict[str, Any]]:
 
 
 def total_steps(log: Path, stage: str) -> int | None:
-    """The step total `tkc run` prints for the stage (`[stage] step 3/40 ...`), latest first."""
+    """The step total `tkc run` prints for the stage (`[stage] step 3/40 ...`), latest first: read from the
+    log's last MAX_LOG_CHUNK bytes only (a log may be huge)."""
     try:
-        text = log.read_text(encoding="utf-8", errors="replace")
+        with log.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - MAX_LOG_CHUNK))
+            text = f.read(MAX_LOG_CHUNK).decode("utf-8", errors="replace")
     except OSError:
         return None
     found = re.findall(rf"\[{re.escape(stage)}\] step \d+/(\d+)", text)

@@ -4,20 +4,23 @@ on the first such request, so the board starts without torch."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tkc.board.bundles import bundle_dir, stage_names_or_404, verify_problems
-from tkc.board.security import BoardError, relative, workspace_path
+from tkc.board.bundles import runnable_bundle, stage_names_or_404, verify_problems
+from tkc.board.security import BoardError, relative, scrub, workspace_path
 
 ROLES = ("system", "user", "assistant")
 MAX_TOKENS = 1024
+MAX_MESSAGES, MAX_CHAT_CHARS = 200, 100_000   # a conversation the board tokenizes (the model truncates further)
 MAX_ENGINES = 2
 _ENGINES: dict[tuple[str, str, str | None], Any] = {}
 _LOCK = threading.Lock()
+_EXPORTING = threading.Lock()
 
 
 def _verified(bundle: Path) -> None:
@@ -32,6 +35,9 @@ def _messages(value: Any) -> list[dict[str, str]]:
     if not ok:
         raise BoardError(400, "bad_request", "messages: a non-empty list of {role: system|user|assistant, "
                          "content: string}", field="messages")
+    if len(value) > MAX_MESSAGES or sum(len(m["content"]) for m in value) > MAX_CHAT_CHARS:
+        raise BoardError(400, "bad_request", f"messages: a conversation is at most {MAX_MESSAGES} messages and "
+                         f"{MAX_CHAT_CHARS} characters; start a new chat", field="messages")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
@@ -64,7 +70,7 @@ def _engine(bundle: Path, stage: str | None) -> tuple[Any, int]:
 
 def open_chat(workspace: Path, body: dict[str, Any]) -> Iterator[str]:
     """Checked and loaded before the response starts; the iterator yields the event-stream lines."""
-    bundle = bundle_dir(workspace, body.get("bundle"))
+    bundle = runnable_bundle(workspace, body.get("bundle"))
     stage = body.get("stage")
     if stage is not None:
         stage_names_or_404(bundle, stage)
@@ -77,7 +83,8 @@ def open_chat(workspace: Path, body: dict[str, Any]) -> Iterator[str]:
             for delta in engine.stream(messages, max_new_tokens=max_tokens, temperature=0.0, seed=seed):
                 yield f"data: {json.dumps({'delta': delta}, ensure_ascii=False)}\n\n"
         except Exception as exc:  # noqa: BLE001 - reported in the stream: the status line is already sent
-            yield f"data: {json.dumps({'error': {'message': str(exc), 'code': 'failed'}})}\n\n"
+            error = scrub({"message": str(exc), "code": "failed"}, workspace)
+            yield f"data: {json.dumps({'error': error})}\n\n"
         yield "data: [DONE]\n\n"
 
     return events()
@@ -96,13 +103,30 @@ def _export_source(ctx: Any, bundle: Path, stage: str | None) -> str:
     return name
 
 
+def _export_target(workspace: Path, value: Any) -> Path:
+    """A new folder for an export: inside the workspace, outside bundles and .tkc-board/, not existing, and
+    without the `.tmp-<name>` sibling save_model_dir would clear first (never delete or overwrite user data)."""
+    from tkc.board.workspace import BOARD_DIR, inside_bundle
+
+    out = workspace_path(workspace, value, "out")
+    if out == workspace.resolve() or inside_bundle(workspace, out) or BOARD_DIR in Path(relative(workspace,
+                                                                                                  out)).parts:
+        raise BoardError(400, "bad_request", f"out: {value} is the workspace, inside a bundle or {BOARD_DIR}/; "
+                         "choose a new folder elsewhere in the workspace", field="out")
+    for taken in (out, out.with_name(f".tmp-{out.name}")):
+        if os.path.lexists(taken):
+            raise BoardError(409, "conflict", f"out: {relative(workspace, taken)} exists; the board never "
+                             "overwrites or removes it (choose another out)", field="out")
+    return out
+
+
 def export(workspace: Path, body: dict[str, Any]) -> dict[str, Any]:
     """The stage's model (LoRA merged) with tokenizer and template, as the export stage writes it."""
-    bundle = bundle_dir(workspace, body.get("bundle"))
+    bundle = runnable_bundle(workspace, body.get("bundle"))
     stage = body.get("stage")
     if stage is not None:
         stage_names_or_404(bundle, stage)
-    out = workspace_path(workspace, body["out"], "out") if body.get("out") is not None else None
+    out = _export_target(workspace, body["out"]) if body.get("out") is not None else None
     _verified(bundle)
     from tkc.runtime.checkpoint import save_model_dir
     from tkc.runtime.infer import open_context
@@ -110,10 +134,7 @@ def export(workspace: Path, body: dict[str, Any]) -> dict[str, Any]:
 
     ctx = open_context(bundle)
     name = _export_source(ctx, bundle, stage)
-    out = out or workspace_path(workspace, f"exports/{bundle.name}-{name}", "out")
-    if out.exists():
-        raise BoardError(409, "conflict", f"out: {relative(workspace, out)} exists; the board never overwrites "
-                         "it (choose another out)", field="out")
+    out = out or _export_target(workspace, f"exports/{bundle.name}-{name}")
     model, template = load_stage_output(ctx, name), ctx.chat_template()
 
     def write(folder: Path) -> None:
@@ -122,8 +143,10 @@ def export(workspace: Path, body: dict[str, Any]) -> dict[str, Any]:
         if template is not None:
             (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_model_dir(out, write)
+    with _EXPORTING:  # one export at a time: two to one out would share save_model_dir's temp folder
+        _export_target(workspace, relative(workspace, out))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_model_dir(out, write)
     return {"ok": True, "path": relative(workspace, out), "stage": name}
 
 
@@ -147,9 +170,8 @@ def _inspect_stage(plan: Any, dataset: Any) -> Any:
 
 def inspect(workspace: Path, body: dict[str, Any]) -> dict[str, Any]:
     """Row `row` of the first training stage reading `dataset`, tokenized as the run will (temp recipe copy)."""
-    from tkc.board.workspace import recipe_path, temp_copy, text_field
+    from tkc.board.workspace import compile_confined, recipe_path, temp_copy, text_field
     from tkc.bundle.plan import structure_plan
-    from tkc.compiler.pipeline import compile_recipe
     from tkc.schema.diagnostics import CompileError
 
     recipe = recipe_path(workspace, body.get("recipe_path"), "recipe_path")
@@ -158,7 +180,7 @@ def inspect(workspace: Path, body: dict[str, Any]) -> dict[str, Any]:
         raise BoardError(400, "bad_request", "row: a non-negative integer", field="row")
     with temp_copy(recipe, text_field(body)) as tmp:
         try:
-            compiled = compile_recipe(tmp)
+            compiled = compile_confined(workspace, tmp, relative(workspace, recipe))
         except CompileError as exc:
             raise BoardError(400, "invalid", "the recipe does not compile: validate it first",
                              diagnostics=[d.render() for d in exc.diagnostics]) from None

@@ -11,6 +11,7 @@ from typing import Any
 MIN_TOKEN_CHARS = 16
 COOKIE = "tkc_board"
 CSRF_HEADER = "x-tkc-board"
+MAX_PATH_BYTES, MAX_NAME_BYTES = 1024, 255
 STATE_CHANGING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 # reachable without the token: the page and its assets load, then ask for it
 OPEN_ROUTES = frozenset({("GET", "/"), ("GET", "/api/info"), ("POST", "/api/login")})
@@ -86,9 +87,14 @@ def csrf_problem(method: str, headers: Any) -> str | None:
         return None
     if headers.get(CSRF_HEADER) != "1":
         return "a state-changing request needs the header 'X-TKC-Board: 1'"
+    own = f"http://{headers.get('host', '').lower()}"
     origin = headers.get("origin")
-    if origin is not None and origin.lower() != f"http://{headers.get('host', '').lower()}":
+    if origin is not None and origin.lower() != own:
         return f"Origin {origin!r} is not this board's origin"
+    referer = headers.get("referer")
+    if origin is None and referer is not None and referer.lower().split("?")[0].rstrip("/") != own \
+            and not referer.lower().startswith(own + "/"):
+        return "the Referer is not this board's page"
     return None
 
 
@@ -105,6 +111,11 @@ def workspace_path(workspace: Path, value: Any, field: str) -> Path:
         raise refuse("must be relative to the workspace")
     if ".." in PurePosixPath(value).parts:
         raise refuse("'..' is not allowed")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES or any(
+            len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for p in PurePosixPath(value).parts):
+        raise refuse(f"too long (at most {MAX_PATH_BYTES} bytes, {MAX_NAME_BYTES} per name)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise refuse("control characters are not allowed in a path")
     root = workspace.resolve()
     try:
         target = (root / value).resolve()
@@ -117,3 +128,20 @@ def workspace_path(workspace: Path, value: Any, field: str) -> Path:
 
 def relative(workspace: Path, path: Path) -> str:
     return path.resolve().relative_to(workspace.resolve()).as_posix()
+
+
+_ABSOLUTE = re.compile(r"(?<![\w:/.~-])/[^\s'\"(),;:]+")
+
+
+def scrub(value: Any, workspace: Path) -> Any:
+    """`value` (a JSON body) with absolute paths hidden: the workspace's as workspace-relative ('.' for itself),
+    any other as '<outside the workspace>', so an answer never tells where the files lie."""
+    if isinstance(value, dict):
+        return {k: scrub(v, workspace) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v, workspace) for v in value]
+    if not isinstance(value, str):
+        return value
+    for root in dict.fromkeys((str(workspace.resolve()), str(workspace))):
+        value = value.replace(root + "/", "").replace(root, ".")
+    return _ABSOLUTE.sub("<outside the workspace>", value)

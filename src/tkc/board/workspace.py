@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from tkc.board.security import BoardError, relative, workspace_path
+from tkc.board.security import BoardError, relative, scrub, workspace_path
 
 BOARD_DIR = ".tkc-board"
 RECIPE_SUFFIXES = (".yaml", ".yml")
@@ -52,7 +51,7 @@ def list_files(workspace: Path, kind: str) -> list[str]:
                   and f.resolve().is_relative_to(workspace.resolve()))
 
 
-def _inside_bundle(workspace: Path, path: Path) -> bool:
+def inside_bundle(workspace: Path, path: Path) -> bool:
     root = workspace.resolve()
     return any(is_bundle(p) for p in path.parents if p.is_relative_to(root))
 
@@ -61,7 +60,7 @@ def recipe_path(workspace: Path, value: Any, field: str = "path") -> Path:
     path = workspace_path(workspace, value, field)
     if path.suffix.lower() not in RECIPE_SUFFIXES:
         raise BoardError(400, "bad_request", f"{field}: a recipe is a .yaml or .yml file", field=field)
-    if _inside_bundle(workspace, path) or BOARD_DIR in Path(relative(workspace, path)).parts:
+    if inside_bundle(workspace, path) or BOARD_DIR in Path(relative(workspace, path)).parts:
         raise BoardError(400, "bad_request", f"{field}: recipes inside a bundle or {BOARD_DIR}/ are not edited "
                          "here (recompile the bundle from its recipe instead)", field=field)
     return path
@@ -95,18 +94,55 @@ def _looks_like_recipe(path: Path) -> bool:
         return False
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def open_dir(workspace: Path, folder: Path, create: bool = False) -> int:
+    """A descriptor of `folder` (a resolved path inside the workspace), walked from the workspace one name at a
+    time with O_NOFOLLOW: a folder swapped for a symlink after the path was checked fails (ELOOP/ENOTDIR) instead
+    of leading the write out of the workspace."""
+    root = workspace.resolve()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with os.fdopen(fd, "wb") as f:
+        for name in folder.relative_to(root).parts:
+            if create:
+                try:
+                    os.mkdir(name, 0o777, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_atomic(path: Path, data: bytes, workspace: Path) -> None:
+    """`data` into `path` (inside the workspace) through a temp file in the same folder (O_EXCL|O_NOFOLLOW), then
+    one rename, all relative to a descriptor of the folder: never through a symlink swapped in meanwhile."""
+    try:
+        fd = open_dir(workspace, path.parent, create=True)
+    except OSError as exc:
+        raise BoardError(409, "conflict", f"path: the folder of {relative(workspace, path)} changed or cannot be "
+                         f"opened ({exc.strerror}); nothing was written", field="path") from None
+    tmp = f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        try:
+            mode = os.stat(path.name, dir_fd=fd, follow_symlinks=False).st_mode & 0o777
+        except FileNotFoundError:
+            mode = 0o666
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=fd)
+        with os.fdopen(out, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, path.name, src_dir_fd=fd, dst_dir_fd=fd)
+        os.fsync(fd)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=fd)
         raise
+    finally:
+        os.close(fd)
 
 
 def write_recipe(workspace: Path, value: Any, text: str) -> Path:
@@ -114,13 +150,13 @@ def write_recipe(workspace: Path, value: Any, text: str) -> Path:
     if path.exists() and (not path.is_file() or not _looks_like_recipe(path)):
         raise BoardError(409, "conflict", f"path: {value} exists and is not a recipe (a YAML mapping); "
                          "refusing to overwrite it", field="path")
-    write_atomic(path, text.encode("utf-8", "surrogatepass"))
+    write_atomic(path, text.encode("utf-8", "surrogatepass"), workspace)
     return path
 
 
 def _diag_json(workspace: Path, d: Any, shown: dict[str, str], severity: str) -> dict[str, Any]:
-    return {"code": d.code, "message": d.message, "file": shown.get(d.file or "", d.file), "line": d.line,
-            "column": d.col, "key": d.path, "hint": d.hint, "severity": severity}
+    return scrub({"code": d.code, "message": d.message, "file": shown.get(d.file or "", d.file), "line": d.line,
+                  "column": d.col, "key": d.path, "hint": d.hint, "severity": severity}, workspace)
 
 
 def _shown_names(workspace: Path, files: list[str | None], tmp: Path, path: Path) -> dict[str, str]:
@@ -148,23 +184,37 @@ def temp_copy(path: Path, text: str) -> Iterator[Path]:
     if not path.parent.is_dir():
         raise BoardError(400, "bad_request", "path: its folder does not exist", field="path")
     tmp = path.parent / f".{path.stem}.tkc-board-{secrets.token_hex(4)}{path.suffix}"
-    tmp.write_text(text, encoding="utf-8", errors="surrogatepass")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(text.encode("utf-8", "surrogatepass"))
     try:
         yield tmp
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def compile_confined(workspace: Path, path: Path, shown: str) -> Any:
+    """compile_recipe(path) as `tkc compile` does it, after refusing (400 `path`) a recipe that would make the
+    compiler read outside the workspace: its extends:/read_roots: first, then every path the loaded spec names."""
+    from tkc.board.confine import check_recipe_chain, check_recipe_inputs
+    from tkc.compiler.pipeline import compile_loaded
+    from tkc.schema.load import load_recipe
+
+    check_recipe_chain(workspace, path, shown)
+    loaded = load_recipe(path, (), tolerant=True)
+    check_recipe_inputs(workspace, loaded, shown)
+    return compile_loaded(loaded)
+
+
 def validate(workspace: Path, value: Any, text: str) -> dict[str, Any]:
     """The CLI's diagnostics for `text` read as if it were the file at `value`."""
     from tkc.compiler.dead_settings import dead_settings
-    from tkc.compiler.pipeline import compile_recipe
     from tkc.schema.diagnostics import CompileError
 
     path = recipe_path(workspace, value)
     with temp_copy(path, text) as tmp:
         try:
-            compiled = compile_recipe(tmp)
+            compiled = compile_confined(workspace, tmp, relative(workspace, path))
             found, notes = [], dead_settings(compiled.plan)
         except CompileError as exc:
             found, notes = exc.diagnostics, []
