@@ -18,7 +18,8 @@ from tkc.catalog.chat import (
 NO_END_MARKER = {"chatglm3", "glm4", "glm4_5", "glm4_hf", "apertus"}
 # Turns a template writes differently once they are last (Nemotron Nano v2 moves a final turn's tool calls to a
 # second assistant header): their spans cannot be located, so training refuses the record instead of guessing
-UNLOCATABLE = {("nemotron_nano_v2", "tool_round_trip")}
+# (Falcon3 writes no assistant header for a turn that only calls tools)
+UNLOCATABLE = {("nemotron_nano_v2", "tool_round_trip"), ("falcon3", "tool_round_trip")}
 
 
 def _conversations(meta: dict) -> dict:
