@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tkc.board.security import BoardError, relative, workspace_path
+from tkc.board.security import BoardError, relative, scrub, workspace_path
 from tkc.board.workspace import (
     _diag_json,
     _shown_names,
@@ -144,7 +144,7 @@ def bundle_view(workspace: Path, value: Any) -> dict[str, Any]:
             "estimate": estimate or None, "scripts": _scripts(bundle),
             "stages": [{"name": s.get("name"), "kind": s.get("kind"),
                         "done": (bundle / "outputs" / str(s.get("name")) / "DONE").is_file()} for s in stages],
-            "verified": not problems, "problems": problems}
+            "verified": not problems, "problems": scrub(problems, workspace)}
 
 
 def bundle_diff(workspace: Path, a: Any, b: Any) -> dict[str, Any]:

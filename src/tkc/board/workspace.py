@@ -122,7 +122,7 @@ def write_atomic(path: Path, data: bytes, workspace: Path) -> None:
     try:
         fd = open_dir(workspace, path.parent, create=True)
     except OSError as exc:
-        raise BoardError(409, "conflict", f"path: the folder of {relative(workspace, path)} changed or cannot be "
+        raise BoardError(409, "conflict", f"path: the folder of {path.name} changed or cannot be "
                          f"opened ({exc.strerror}); nothing was written", field="path") from None
     tmp = f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
