@@ -22,7 +22,7 @@ _spec.loader.exec_module(S)
 
 REPO = Path(__file__).resolve().parents[2]
 STATIC = REPO / "src" / "tkc" / "board" / "static"
-STEPS = 150  # a fraction of a second each on 2 cores: the stop lands mid-run, the resume finishes in seconds
+STEPS = 200  # a fraction of a second each on 2 cores: the stop lands mid-run, the resume finishes in seconds
 RECIPE = """\
 # written in the board by tests/board/test_board_browser.py
 extends: [base/tiny_cpu.yaml]

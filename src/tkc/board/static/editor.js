@@ -26,7 +26,7 @@ export function setupEditor(board, schema, catalog) {
     $("current-path").textContent = path;
     board.state.currentRecipe = path;
     const sel = $("recipe-select");
-    if ([...sel.options].some((o) => o.value === path)) sel.value = path;
+    sel.value = [...sel.options].some((o) => o.value === path) ? path : "";
     fillDatalist();
   }
 
