@@ -287,3 +287,40 @@ def test_export_never_replaces_or_clears_user_folders(board, ws):
         assert e["field"] == "out"
     assert (ws / "mine" / "keep.txt").read_text() == (ws / ".tmp-model" / "keep.txt").read_text() == "user data\n"
     assert not (ws / "model").exists()
+
+
+def test_bundles_are_compiled_only_to_folders_of_their_own(board, ws):
+    for out in ("runs/tiny/outputs/x", ".tkc-board/x", "runs/tiny/launch/x"):
+        e = err(requests.post(f"{board}/api/compile", json={"path": "recipes/tiny.yaml", "out": out}, headers=H,
+                              timeout=TIMEOUT), 400, "bad_request", ws)
+        assert e["field"] == "out" and not (ws / out).exists()
+    for out in (".", "recipes", "recipes/data"):  # user folders: never replaced, force or not
+        err(requests.post(f"{board}/api/compile", json={"path": "recipes/tiny.yaml", "out": out, "force": True},
+                          headers=H, timeout=TIMEOUT), 409, "conflict", ws)
+    assert (ws / "recipes" / "data" / "small_sft.jsonl").is_file()
+
+
+def test_links_and_planted_records_are_not_read_through(board, ws, tmp_path):
+    secret = tmp_path / "secret.sh"
+    secret.write_text("the secret\n")
+    link = ws / "runs" / "tiny" / "launch" / "zz.sh"
+    link.symlink_to(secret)
+    try:
+        view = requests.get(f"{board}/api/bundle", params={"path": "runs/tiny"}, timeout=TIMEOUT)
+        assert view.status_code == 200 and "the secret" not in view.text and str(tmp_path) not in view.text
+    finally:
+        link.unlink()
+    run_id = "20260101-000000-0badba"
+    folder = ws / ".tkc-board" / "runs" / run_id
+    folder.mkdir(parents=True)
+    (folder / "log.txt").write_text("")
+    (folder / "run.json").write_text(json.dumps({
+        "id": run_id, "bundle": "x", "bundle_abs": str(tmp_path), "hash": "h", "argv": [], "pid": os.getpid(),
+        "started": "t", "ended": None, "returncode": None, "stop_requested": False}))
+    try:
+        assert run_id not in requests.get(f"{board}/api/runs", timeout=TIMEOUT).text
+        for method, route in (("GET", ""), ("GET", "/steps"), ("POST", "/stop"), ("POST", "/resume")):
+            err(requests.request(method, f"{board}/api/runs/{run_id}{route}", headers=H, timeout=TIMEOUT), 404,
+                "not_found")
+    finally:
+        shutil.rmtree(folder)

@@ -10,9 +10,11 @@ from typing import Any
 
 from tkc.board.security import BoardError, relative, scrub, workspace_path
 from tkc.board.workspace import (
+    BOARD_DIR,
     _diag_json,
     _shown_names,
     compile_confined,
+    inside_bundle,
     is_bundle,
     recipe_path,
     text_field,
@@ -67,7 +69,11 @@ def _out_dir(workspace: Path, body: dict[str, Any], recipe: Path) -> Path:
     out = body.get("out")
     if out in (None, ""):
         out = f"runs/{recipe.stem}"
-    return workspace_path(workspace, out, "out")
+    path = workspace_path(workspace, out, "out")
+    if inside_bundle(workspace, path) or BOARD_DIR in Path(relative(workspace, path)).parts:
+        raise BoardError(400, "bad_request", f"out: {out} is inside a bundle or {BOARD_DIR}/; a bundle is compiled "
+                         "to a folder of its own", field="out")
+    return path
 
 
 def _check_target(workspace: Path, out: Path, new_hash: str) -> None:
@@ -115,6 +121,8 @@ def compile_bundle(workspace: Path, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> Any:
+    if path.is_symlink():
+        return None  # a bundle's own files are files, never links (to anything outside)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -123,7 +131,8 @@ def _read_json(path: Path) -> Any:
 
 def _scripts(bundle: Path) -> dict[str, str]:
     launch = bundle / "launch"
-    files = sorted(p for p in launch.rglob("*") if p.is_file()) if launch.is_dir() else []
+    files = sorted(p for p in launch.rglob("*") if p.is_file() and not p.is_symlink()) \
+        if launch.is_dir() and not launch.is_symlink() else []
     return {p.relative_to(bundle).as_posix(): p.read_text(encoding="utf-8", errors="replace") for p in files}
 
 

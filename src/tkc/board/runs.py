@@ -69,7 +69,16 @@ class RunManager:
         return self.root / run_id
 
     def _read(self, run_id: str) -> dict[str, Any]:
-        return json.loads((self._dir(run_id) / "run.json").read_text(encoding="utf-8"))
+        rec = json.loads((self._dir(run_id) / "run.json").read_text(encoding="utf-8"))
+        if not self._ours(rec):
+            raise BoardError(404, "not_found", f"no run {run_id!r}")
+        return rec
+
+    def _ours(self, rec: Any) -> bool:
+        """A record this board could have written: its bundle inside the workspace (a planted run.json naming
+        another folder is ignored, never read through)."""
+        return isinstance(rec, dict) and isinstance(rec.get("bundle_abs"), str) and isinstance(rec.get("id"), str) \
+            and Path(rec["bundle_abs"]).resolve().is_relative_to(self.workspace)
 
     def _write(self, record: dict[str, Any]) -> None:
         write_atomic(self.root / record["id"] / "run.json", (json.dumps(record, indent=2) + "\n").encode(),
@@ -177,7 +186,8 @@ class RunManager:
                 rec = json.loads(f.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            out.append({**rec, "status": self._status(rec)})
+            if self._ours(rec):
+                out.append({**rec, "status": self._status(rec)})
         return out
 
     def list(self) -> list[dict[str, Any]]:
