@@ -57,6 +57,12 @@ def test_case_file_is_current(template_id):
     assert json.loads(dump(build_case_file(template_id))) == FILES[template_id]
 
 
+# GLM-4-0414 prints the `tools` list but drops assistant tool_calls and 'tool' messages (its calls are metadata turns,
+# its results 'observation' turns): it says supports_tools false so OpenAI-style tool data is refused, not trained
+# as turns without their calls
+TOOLS_LISTED_CALLS_DROPPED = {"glm4_0414"}
+
+
 @pytest.mark.parametrize("template_id", sorted(FILES))
 def test_metadata_matches_behaviour(template_id):
     _, meta = load_template(template_id)
@@ -66,7 +72,7 @@ def test_metadata_matches_behaviour(template_id):
         assert not meta["supports_system"], "the template refuses a system message"
     elif meta["supports_system"]:
         assert "You are a concise assistant." in with_system
-    if not meta["supports_tools"]:
+    if not meta["supports_tools"] and template_id not in TOOLS_LISTED_CALLS_DROPPED:
         # Vendors ignore `tools` they cannot render instead of refusing: the compiler must check supports_tools
         without = {**cases["tools_offered"], "tools": None}
         assert cases["tools_offered"]["expected"] == _render(template_id, without)
