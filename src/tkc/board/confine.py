@@ -132,7 +132,9 @@ def check_recipe_inputs(workspace: Path, recipe: Any, shown: str | None = None) 
         _check(where, ("read_roots", i), "read root", r, base, scan=False)
     _check(where, ("model", "path"), "model", spec.model.path, base)
     _check(where, ("data", "registry"), "dataset registry", spec.data.registry, base)
-    _check(where, ("data", "media", "root"), "media root", spec.data.media.root, base)
+    # a media root is only allowed, not read whole: the compiler reads the media files records name, each
+    # resolved inside its roots (now inside the workspace) before it is opened
+    _check(where, ("data", "media", "root"), "media root", spec.data.media.root, base, scan=False)
     for name, ds in spec.data.datasets.items():
         _check(where, ("data", "datasets", name, "path"), "dataset", ds.path, base)
     _registry_entries(where, spec, base)
@@ -219,7 +221,8 @@ def check_bundle_inputs(workspace: Path, bundle: Path, depth: int = 0, field: st
     except (OSError, ValueError):
         return  # verification reports it
     for key, text in _bundle_paths(tree if isinstance(tree, dict) else {}):
-        if (why := problem(workspace, root / text, scan=not key.startswith("read_roots"))) is not None:
+        scan = not key.startswith("read_roots") and "media" not in key
+        if (why := problem(workspace, root / text, scan)) is not None:
             raise refuse(key, why)
         if key.endswith("reward_bundle.path") and depth < MAX_BUNDLE_DEPTH and (root / text).is_dir():
             check_bundle_inputs(workspace, (root / text).resolve(), depth + 1, field)
