@@ -16,17 +16,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tkc.bundle.chat.render import SpanError, TemplateRefused, has_generation_markers, render
-from tkc.bundle.chat.spans import Span, assistant_spans
+from tkc.bundle.chat.spans import Span, assistant_spans, trained_spans
 
 if TYPE_CHECKING:
     from tkc.bundle.plan import ResolvedTemplate
 
 __all__ = ["RENDERER_VERSION", "ChatTemplate", "Span", "SpanError", "TemplateRefused",
-           "assistant_spans", "has_generation_markers", "plan_stop_tokens", "render"]  # fmt: skip
+           "assistant_spans", "has_generation_markers", "plan_stop_tokens", "render", "trained_spans"]  # fmt: skip
 
-# Bump when what `render` or `assistant_spans` returns for some input changes: the data cache keys on it
+# Bump when what `render`, `assistant_spans` or `trained_spans` returns for some input changes: the data cache keys on it
 # (a change of the renderer's source alone, a comment or a refactor, keeps cached rows valid).
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2  # 2: turns without an end marker are closed by a stop token or eos (trained_spans)
 
 
 def plan_stop_tokens(template: ResolvedTemplate | None) -> tuple[str, ...]:
@@ -73,9 +73,10 @@ class ChatTemplate:
         return self.render(messages, tools=tools, add_generation_prompt=True)
 
     def spans(self, messages: list[dict], tools: list[dict] | None = None) -> tuple[str, list[Span]]:
-        """The rendered conversation and the char spans of its assistant turns (`assistant_spans`)."""
-        return assistant_spans(self.text, messages, tools=tools, bos_token=self.bos_token,
-                               eos_token=self.eos_token, **self.render_kwargs)  # fmt: skip
+        """The text trained on and the char spans of its assistant turns, each closed by a stop token or eos
+        (`trained_spans`: the rendered conversation, eos appended where the template ends turns with no token)."""
+        return trained_spans(self.text, messages, tools=tools, bos_token=self.bos_token, eos_token=self.eos_token,
+                             stop_tokens=self.stop_tokens, **self.render_kwargs)  # fmt: skip
 
     def renders_reasoning(self) -> bool:
         """Whether the template writes a message's reasoning (elsewhere it would vanish from the text unseen)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,8 @@ def assistant_spans(
 
     Consequences worth knowing: a final turn also carries what the template appends only at the very end
     (Phi-3.5's `<|endoftext|>`); templates whose turns end with the next role header rather than a token
-    (ChatGLM3, GLM-4) give spans without an end marker, so the runtime must append the stop token itself.
+    (ChatGLM3, GLM-4) give spans without an end marker: `trained_spans`, what training and `tkc catalog render
+    --mode training` use, closes them.
     """
     kw = {"tools": tools, "bos_token": bos_token, "eos_token": eos_token, **extra}
     turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
@@ -57,6 +59,78 @@ def assistant_spans(
 
     full = prefix(len(messages), False)
     return full, [_turn_span(template_text, messages, i, full, kw, prefix) for i in turns]
+
+
+def trained_spans(
+    template_text: str,
+    messages: list[dict],
+    *,
+    tools: list[dict] | None = None,
+    bos_token: str = "",
+    eos_token: str = "",
+    stop_tokens: tuple[str, ...] = (),
+    **extra: Any,
+) -> tuple[str, list[Span]]:
+    """The text training sees and its spans: `assistant_spans`, each turn closed by a token the model stops at.
+
+    Templates that end an assistant turn with the next message's header (ChatGLM3, GLM-4, GLM-4.5/4.6,
+    Apertus: `...answer<|user|>`) give spans without an end marker, and a model trained on them never learns
+    to stop. Like LLaMA-Factory's `efficient_eos` templates, a turn followed by another message then also
+    trains on that message's first token when it is a stop token (GLM-4's generation config stops at
+    `<|user|>` and `<|observation|>`; LLaMA-Factory trains eos there instead, a label that differs from its
+    input), and the final turn gets `eos_token` appended to the text, trained like the rest of the turn.
+    Which templates close turns this way is found by rendering a probe conversation (`_closed_by_header`),
+    not by name. Spans that already end with a stop token or eos are left alone, so are the texts and spans
+    of every template whose turns all end with one.
+    """
+    kw = {"bos_token": bos_token, "eos_token": eos_token, **extra}
+    full, spans = assistant_spans(template_text, messages, tools=tools, **kw)
+    markers = tuple(dict.fromkeys(t for t in (*stop_tokens, eos_token) if t))
+    if not markers or all(full[s:e].endswith(markers) for s, e, _ in spans):
+        return full, spans
+    append = eos_token if _closed_by_header(template_text, markers, kw) else ""
+    return close_turns(full, spans, markers, append)
+
+
+def close_turns(full: str, spans: list[Span], markers: tuple[str, ...], eos_token: str) -> tuple[str, list[Span]]:
+    """Extend a span without an end marker over the stop token that follows it (and the whitespace before
+    it); the final turn, with nothing but whitespace after it, gets `eos_token` (when given) appended to the
+    text, so that the text trained on is always the rendered conversation, possibly followed by eos."""
+    out: list[Span] = []
+    for s, e, i in spans:
+        rest = full[e:]
+        at = e + len(rest) - len(rest.lstrip())
+        follows = next((m for m in markers if full.startswith(m, at)), None)
+        if full[s:e].endswith(markers):
+            out.append((s, e, i))
+        elif follows is not None:
+            out.append((s, at + len(follows), i))
+        elif eos_token and not rest.strip():  # after the content's own whitespace, as a next header would be
+            full += eos_token
+            out.append((s, len(full), i))
+        else:
+            out.append((s, e, i))
+    return full, out
+
+
+_PROBE = ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"})
+_CLOSED: dict[tuple, bool] = {}
+
+
+def _closed_by_header(template_text: str, markers: tuple[str, ...], kw: dict) -> bool:
+    """Whether the template ends an assistant turn with a stop token the next message's header starts with:
+    in [user, assistant, user] the assistant's span lacks an end marker and a stop token follows it."""
+    key = (template_text, markers, json.dumps(kw, sort_keys=True, default=repr))
+    if key not in _CLOSED:
+        if len(_CLOSED) >= 32:
+            _CLOSED.clear()
+        try:
+            full, spans = assistant_spans(template_text, [dict(m) for m in _PROBE], **kw)
+        except Exception:  # a template refusing the probe is not known to close turns this way
+            spans = []
+        _CLOSED[key] = len(spans) == 1 and not full[spans[0][0] : spans[0][1]].endswith(markers) and \
+            full[spans[0][1] :].lstrip().startswith(markers)  # fmt: skip
+    return _CLOSED[key]
 
 
 def _generation_spans(template_text: str, messages: list[dict], turns: list[int], kw: dict) -> list[Span]:

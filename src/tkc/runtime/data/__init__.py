@@ -10,8 +10,9 @@ Rows per stage kind (all int lists; labels are -100 where not trained; no paddin
 * sft:   input_ids, labels, attention_mask; with data.packing also position_ids (restart at 0 per example;
          see `packing` for why collate then drops attention_mask and the model needs use_cache=False).
          Labels: the tokens whose first character lies in an assistant span of
-         `tkc.bundle.chat.assistant_spans` (content + end-of-turn marker); mask_history keeps the last
-         turn only; train_on_prompt trains every token. Media columns (images/videos/audios) pass through
+         `tkc.bundle.chat.trained_spans` (content + end-of-turn marker; where a template writes none, the
+         next message's first token when it is a stop token, or eos appended after the last turn);
+         mask_history keeps the last turn only; train_on_prompt trains every token. Media columns (images/videos/audios) pass through
          as lists of absolute paths.
 * kto:   input_ids, labels (last assistant turn only), attention_mask, label (1 desirable / 0 undesirable).
 * rm/dpo: chosen_input_ids, chosen_labels, chosen_attention_mask, rejected_input_ids, rejected_labels,
