@@ -105,7 +105,7 @@ def resolve_chat_template(plan: Plan) -> Plan:
         return plan.with_values({"template": (None, "derived:resolve_chat_template")})
     requested = plan.inputs.recipe.spec.template
     if requested == "auto" and plan.inputs.model.chat_template:
-        return plan.with_values(_auto_values(plan))
+        return plan.with_values(_family_stops(plan, _auto_values(plan)))
     tid, src = (requested, source_of(plan, ("template",))) if requested != "auto" else _catalog_choice(plan)
     if tid is None and plan.inputs.model.config is not None and not plan.get("model.family"):
         return plan.with_diagnostics([plan.diagnostic(  # an unknown model (MODEL004) whose tokenizer has none
@@ -117,4 +117,14 @@ def resolve_chat_template(plan: Plan) -> Plan:
         hint = did_you_mean(tid or "", templates()) or "see `tkc catalog templates`"
         return plan.with_diagnostics([plan.diagnostic("TMPL001", f"unknown chat template {tid!r}", ("template",),
                                                       hint)])
-    return plan.with_values(_catalog_values(tid, src))
+    return plan.with_values(_family_stops(plan, _catalog_values(tid, src)))
+
+
+def _family_stops(plan: Plan, out: dict[str, tuple[Any, str]]) -> dict[str, tuple[Any, str]]:
+    """The template's stop tokens plus the family's own (generation ends there too: GPT-OSS's <|call|>)."""
+    fam = families().get(plan.get("model.family") or "")
+    stops, src = out["template.stop_tokens"]
+    extra = [t for t in (fam.stop_tokens if fam else []) if t not in stops]
+    if extra:
+        out["template.stop_tokens"] = ([*stops, *extra], f"{src} + family:{fam.id if fam else None}")
+    return out
