@@ -247,6 +247,10 @@ def test_board_in_a_real_browser(browser, screenshots, tmp_path, monkeypatch):
         reply = d.find_elements("css selector", "[data-testid='chat-assistant'] .text")[-1].text
         assert reply.strip(), "the streamed reply is empty"
         shot("06-chat")
+        _by(d, "export-btn").click()
+        _wait(d, lambda d: _by(d, "export-status").get_attribute("class") in ("ok", "bad"), "the export", 180)
+        assert _by(d, "export-status").text.startswith("exported to "), _by(d, "error-bar").text
+        shot("07-export")
         assert not _by(d, "error-bar").is_displayed(), _by(d, "error-bar").text
         severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
         assert not severe, severe
@@ -255,3 +259,84 @@ def test_board_in_a_real_browser(browser, screenshots, tmp_path, monkeypatch):
     if os.environ.get("TKC_UPDATE_README_SCREENSHOT") == "1":
         (REPO / "docs" / "img").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(readme_shot, REPO / "docs" / "img" / "board.png")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_board_token_prompt_escaping_and_data_tools(browser, screenshots, tmp_path):
+    """With a token: the page asks for it (a wrong one is refused); recipe values are shown as text, never markup;
+    a dataset file's rows preview, and one example's trained span as `tkc data inspect` shows it."""
+    from selenium.webdriver.support.ui import Select
+
+    ws = S.make_workspace(tmp_path / "ws")
+    evil = "<img src=x onerror=window.pwned=1>"
+    (ws / "recipes" / "evil.yaml").write_text(f'schema_version: 1\nname: "{evil}"\n', encoding="utf-8")
+    token = "a-board-token-of-32-characters-x"
+    url, stop = S.start_board(ws, token=token)
+    d = browser
+    try:
+        d.get(url + "/")
+        _wait(d, lambda d: _by(d, "login-dialog").get_attribute("open") is not None, "the token prompt")
+        _by(d, "login-token").send_keys("not-the-token-at-all")
+        _by(d, "login-submit").click()
+        _wait(d, lambda d: d.find_element("id", "login-error").text, "the refusal")
+        assert d.find_element("tag name", "body").get_attribute("data-ready") != "1"
+        _by(d, "login-token").clear()
+        _by(d, "login-token").send_keys(token)
+        _by(d, "login-submit").click()
+        _wait(
+            d,
+            lambda d: d.find_element("tag name", "body").get_attribute("data-ready") == "1",
+            "the board to load",
+        )
+
+        Select(_by(d, "recipe-select")).select_by_value("recipes/evil.yaml")
+        _wait(
+            d,
+            lambda d: any(
+                e.get_attribute("data-code") == "SCHEMA002"
+                for e in d.find_elements("css selector", "[data-testid='diagnostic']")
+            ),
+            "the name's error",
+        )
+        assert _by(d, "field-name").get_attribute("value") == evil
+        assert evil in _by(d, "diagnostics").text  # shown as text ...
+        assert not d.find_elements("css selector", "main img")  # ... never parsed as markup
+        assert d.execute_script("return window.pwned") is None
+        shot_path = screenshots / "10-escaped.png"
+        d.save_screenshot(str(shot_path))
+
+        Select(_by(d, "recipe-select")).select_by_value("recipes/tiny.yaml")
+        _wait(d, lambda d: _by(d, "validate-status").get_attribute("data-state") == "ok", "tiny.yaml to pass")
+        Select(_by(d, "dataset-file")).select_by_value("recipes/data/small_sft.jsonl")
+        rows = _wait(
+            d, lambda d: d.find_elements("css selector", "[data-testid='dataset-rows'] tbody tr"), "rows"
+        )
+        assert len(rows) == 5 and "Sort " in rows[0].text
+        _wait(
+            d,
+            lambda d: (
+                "small_sft"
+                in [
+                    o.get_attribute("value")
+                    for o in d.find_elements("css selector", "#inspect-dataset option")
+                ]
+            ),
+            "names",
+        )
+        Select(_by(d, "inspect-dataset")).select_by_value("small_sft")
+        _by(d, "inspect-btn").click()
+        trained = _wait(
+            d, lambda d: d.find_elements("css selector", "#inspect-output span.trained"), "the span", 120
+        )
+        masked = "".join(e.text for e in d.find_elements("css selector", "#inspect-output span.masked"))
+        question = re.search(
+            r"Sort ([0-9]+)", masked
+        )  # the prompt is not trained on (train_on_prompt is off) ...
+        assert question, masked
+        answer = "".join(sorted(question.group(1)))
+        assert "".join(t.text for t in trained).startswith(answer)  # ... the answer is
+        d.save_screenshot(str(screenshots / "11-data.png"))
+        assert not _by(d, "error-bar").is_displayed(), _by(d, "error-bar").text
+    finally:
+        stop()

@@ -61,7 +61,15 @@ export function setupChat(board) {
     if ($("chat-stage").value) body.stage = $("chat-stage").value;
     if ($("export-out").value.trim()) body.out = $("export-out").value.trim();
     $("export-status").textContent = "exporting...";
-    const res = await api("POST", "/api/export", undefined, body);
+    $("export-status").className = "";
+    let res;
+    try {
+      res = await api("POST", "/api/export", undefined, body);
+    } catch (err) {
+      $("export-status").textContent = "export failed";
+      $("export-status").className = "bad";
+      throw err;
+    }
     $("export-status").textContent = res.ok ? `exported to ${res.path}` : "export failed";
     $("export-status").className = res.ok ? "ok" : "bad";
   }
