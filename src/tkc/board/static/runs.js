@@ -6,6 +6,8 @@ import { api } from "./api.js";
 import { $, el, fmt } from "./dom.js";
 import { drawLossChart } from "./chart.js";
 
+const LOG_KEEP = 200000; // characters of log kept on the page (the whole log stays on disk)
+
 export function setupRuns(board) {
   const rs = { id: null, offset: 0, timer: null, run: null };
 
@@ -31,6 +33,7 @@ export function setupRuns(board) {
       const pre = $("run-log");
       const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
       pre.append(log.text);
+      if (pre.textContent.length > LOG_KEEP) pre.textContent = pre.textContent.slice(-LOG_KEEP);
       if (atBottom) pre.scrollTop = pre.scrollHeight;
     }
     rs.offset = log.offset;
