@@ -31,3 +31,18 @@ def test_tulu3_differs_from_olmo2_only_by_the_leading_bos():
     olmo = render(load_template("olmo2")[0], msgs, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
     assert tulu == "<|user|>\nHi\n<|assistant|>\nHello<|end_of_text|>"
     assert olmo == "<|begin_of_text|>" + tulu
+
+
+def test_default_system_probe_reads_no_clock():
+    """`template: auto` probes render on fixed days: a default prompt holding today's date is no fixed text (None),
+    a date elsewhere in the render (SmolLM3's metadata block) does not hide the fixed prompt."""
+    from tkc.catalog.registry import template_text, templates
+    from tkc.compiler.passes.resolve_chat_template import probe_default_system
+
+    def probe(tid: str):
+        meta = templates()[tid]
+        return probe_default_system(template_text(tid), meta.bos_token, meta.eos_token, **meta.render_kwargs)
+
+    assert probe("granite3_3") is None and probe("apertus") is None
+    assert probe("smollm3") == templates()["smollm3"].default_system
+    assert probe("smollm3").startswith("You are a helpful AI assistant named SmolLM")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from tkc.catalog.registry import families, template_text, templates
@@ -30,11 +31,16 @@ _PROBE_TOOL = [{"type": "function", "function": {"name": "tkc_probe_tool", "desc
                                                   "parameters": {"type": "object", "properties": {}}}}]
 
 
-def _renders(text: str, messages: list[dict], tools: Any = None, **kw: Any) -> str | None:
+def _day(day: int) -> Any:
+    """A strftime_now reading a fixed day, not the clock: a pass is pure (the probes' renders shadow the global)."""
+    return datetime(2001, 1, day).strftime
+
+
+def _renders(text: str, messages: list[dict], tools: Any = None, day: int = 1, **kw: Any) -> str | None:
     from tkc.bundle.chat import TemplateRefused, render
 
     try:
-        return render(text, messages, tools=tools, add_generation_prompt=True, **kw)
+        return render(text, messages, tools=tools, add_generation_prompt=True, strftime_now=_day(day), **kw)
     except TemplateRefused:
         return None
     except Exception:  # noqa: BLE001 - a template that breaks on a probe does not support the feature
@@ -57,9 +63,15 @@ def probe_default_system(text: str, bos: str, eos: str, **kw: Any) -> str | None
     """The system prompt a template inserts when a conversation has none, found by rendering: whatever stands,
     in the render without a system message, where a given system message would stand. None: nothing inserted
     (or no system role to compare with)."""
-    marked = _renders(text, [{"role": "system", "content": _SYSTEM_MARK}, *_PROBE_USER], bos_token=bos,
+    found = _inserted_system(text, bos, eos, 1, kw)
+    # rendered on two days: a default prompt holding today's date (Granite 3.3, Apertus) is no fixed text
+    return found if found == _inserted_system(text, bos, eos, 2, kw) else None
+
+
+def _inserted_system(text: str, bos: str, eos: str, day: int, kw: dict) -> str | None:
+    marked = _renders(text, [{"role": "system", "content": _SYSTEM_MARK}, *_PROBE_USER], day=day, bos_token=bos,
                       eos_token=eos, **kw)
-    bare = _renders(text, _PROBE_USER, bos_token=bos, eos_token=eos, **kw)
+    bare = _renders(text, _PROBE_USER, day=day, bos_token=bos, eos_token=eos, **kw)
     if marked is None or bare is None or marked.count(_SYSTEM_MARK) != 1:
         return None
     head, tail = marked.split(_SYSTEM_MARK)
