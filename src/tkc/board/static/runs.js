@@ -58,6 +58,8 @@ export function setupRuns(board) {
 
   async function refreshList() {
     const res = await api("GET", "/api/runs");
+    const running = (res.runs || []).find((r) => r.status === "running");
+    if (!rs.id && running) select(running.id); // opening the page while a run goes on follows it
     const body = $("runs-table").tBodies[0];
     body.replaceChildren(...(res.runs || []).map((r) => {
       const metrics = Object.entries(r.metrics || {}).map(([k, v]) => (v && typeof v === "object"
