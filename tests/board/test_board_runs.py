@@ -89,6 +89,9 @@ def test_the_runs_list_survives_a_board_restart(trained):
         stop()
     assert (runs[first]["status"], runs[second]["status"]) == ("stopped", "finished")
     assert runs[second]["metrics"]["sft"]["steps"] == STEPS and runs[second]["hash"] == runs[first]["hash"]
+    # each run shows what it ended with: the stopped one no stage metrics and its own last step, not the resume's
+    assert runs[first]["metrics"] == {} and 2 <= runs[first]["last_step"] < STEPS
+    assert runs[second]["last_step"] == STEPS
 
 
 def test_chat_streams_what_the_engine_generates(trained):

@@ -159,7 +159,8 @@ class RunManager:
         code = proc.wait()
         with self._lock:
             record = self._read(run_id)
-            record.update(returncode=code, ended=_now())
+            # what this run ended with, kept with it: the bundle's outputs move on when it is resumed
+            record.update(returncode=code, ended=_now(), final=_ended_view(Path(record["bundle_abs"])))
             self._write(record)
 
     def stop(self, run_id: str) -> None:
@@ -195,18 +196,25 @@ class RunManager:
 
     def _view(self, rec: dict[str, Any]) -> dict[str, Any]:
         bundle = Path(rec["bundle_abs"])
-        stage = current_stage(bundle)
-        return {"id": rec["id"], "bundle": rec["bundle"], "hash": rec["hash"], "stage": stage,
-                "status": rec.get("status") or self._status(rec), "returncode": rec.get("returncode"),
-                "started": rec.get("started"), "ended": rec.get("ended"), "metrics": final_metrics(bundle)}
+        status = rec.get("status") or self._status(rec)
+        # a running run shows the bundle's live outputs; an ended one what it ended with (none if not recorded)
+        ended = rec.get("final") if isinstance(rec.get("final"), dict) else None
+        live = _ended_view(bundle) if status == "running" else (ended or {"stage": current_stage(bundle), "metrics": {}})
+        return {"id": rec["id"], "bundle": rec["bundle"], "hash": rec["hash"], "stage": live.get("stage"),
+                "status": status, "returncode": rec.get("returncode"), "started": rec.get("started"),
+                "ended": rec.get("ended"), "metrics": live.get("metrics", {}), "last_step": live.get("last_step")}
 
     def get(self, run_id: str) -> dict[str, Any]:
         rec = self._read(run_id)
         view = self._view({**rec, "status": self._status(rec)})
         stage = view["stage"]
-        steps = read_steps(Path(rec["bundle_abs"]), stage) if stage else []
+        if view["status"] == "running" or view["last_step"] is None:
+            steps = read_steps(Path(rec["bundle_abs"]), stage) if stage else []
+            step = steps[-1].get("step") if steps else 0
+        else:
+            step = view["last_step"]  # where this run ended, not where a later resume of the bundle is
         total = total_steps(self._dir(run_id) / "log.txt", stage) if stage else None
-        view["progress"] = {"stage": stage, "step": steps[-1].get("step") if steps else 0, "total_steps": total}
+        view["progress"] = {"stage": stage, "step": step, "total_steps": total}
         return view
 
     def log(self, run_id: str, offset: int) -> dict[str, Any]:
@@ -227,6 +235,13 @@ class RunManager:
         if stage is not None:
             stage_names_or_404(bundle, stage)
         return {"stage": stage, "steps": read_steps(bundle, stage) if stage else []}
+
+
+def _ended_view(bundle: Path) -> dict[str, Any]:
+    """The stage a run is at, its last logged step and the finished stages' metrics, as of now."""
+    stage = current_stage(bundle)
+    steps = read_steps(bundle, stage) if stage else []
+    return {"stage": stage, "metrics": final_metrics(bundle), "last_step": steps[-1].get("step") if steps else None}
 
 
 def current_stage(bundle: Path) -> str | None:
