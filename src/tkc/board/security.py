@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from tkc.hosts import is_loopback
 
 MIN_TOKEN_CHARS = 16
 COOKIE = "tkc_board"
@@ -32,13 +33,6 @@ class BadToken(ValueError):
     """--token-file missing, unreadable or too short (the CLI exits 2 with this message)."""
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def read_token(token_file: Path | None, host: str) -> str | None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from pathlib import Path
 
+from tkc.hosts import is_loopback
 from tkc.runtime.serve.app import Limits
 
 
@@ -13,13 +13,6 @@ class ServeRefused(ValueError):
     """A setting `tkc serve` refuses before loading anything (the CLI prints it, exit 2)."""
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere
 
 
 def read_api_key(path: Path | None, host: str) -> str | None:
