@@ -12,8 +12,8 @@ import yaml
 from pydantic import ValidationError
 
 from tkc.bundle.chat import ChatTemplate
-from tkc.runtime.serve.protocol import MEDIA_REFUSED, ChatRequest, ScoreRequest
 from tkc.hosts import is_loopback
+from tkc.runtime.serve.protocol import MEDIA_REFUSED, ChatRequest, ScoreRequest
 from tkc.runtime.serve.server import ServeRefused, read_api_key
 from tkc.runtime.serve.tools import may_be_call, parse_calls, probe_format
 
