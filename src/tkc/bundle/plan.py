@@ -194,6 +194,8 @@ class ResolvedTemplate:
     supports_tools: bool
     default_system: str | None
     render_kwargs: Mapping[str, Any]
+    # the ISO instant strftime_now reads when the template reads the clock (absent, None, for one that does not)
+    now: str | None = None
 
 
 @attrs.frozen

@@ -15,6 +15,7 @@ import cattrs
 from cattrs.errors import AttributeValidationNote, ClassValidationError
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, mapping_structure_factory, override
 
+from tkc.bundle.plan import ResolvedTemplate
 from tkc.bundle.plan_stage import (
     OPTIONS_BY_KIND,
     TRAINING_KINDS,
@@ -133,6 +134,7 @@ def make_converter() -> cattrs.Converter:
                                                                      "multimodal")))
     conv.register_unstructure_hook(ResolvedStage, _omit_none(conv, ResolvedStage, ("train", "finetuning",
                                                                              "estimate")))
+    conv.register_unstructure_hook(ResolvedTemplate, _omit_none(conv, ResolvedTemplate, ("now",)))
     return conv
 
 

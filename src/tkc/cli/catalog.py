@@ -171,11 +171,14 @@ def _training_text(tpl: Any, conv: dict[str, Any], show_spans: bool) -> str:
 
 
 def _rendered(template: str, meta: Any, conv: dict[str, Any], mode: str, show_spans: bool) -> str:
-    from tkc.bundle.chat import ChatTemplate
+    from tkc.bundle.chat import ChatTemplate, reads_clock
     from tkc.catalog.registry import template_text
+    from tkc.schema.template import DEFAULT_NOW
 
-    tpl = ChatTemplate(template_text(template), meta.bos_token, meta.eos_token, tuple(meta.stop_tokens),
-                       dict(meta.render_kwargs))
+    text = template_text(template)
+    # training and inference read the instant a bundle's renders read by default (template.now); raw, the clock
+    now = DEFAULT_NOW if mode != "raw" and reads_clock(text) else None
+    tpl = ChatTemplate(text, meta.bos_token, meta.eos_token, tuple(meta.stop_tokens), dict(meta.render_kwargs), now)
     if mode == "inference":
         return _inference_text(tpl, conv)
     if mode == "training":

@@ -28,9 +28,10 @@ def _from_bundle(bundle: Path) -> tuple[Path, list[str], Path | None]:
 def _print_notes(compiled) -> int:
     """Print the DEAD001 notes (values the recipe sets that no stage uses) to stderr; how many there were."""
     from tkc.compiler.dead_settings import dead_settings
+    from tkc.compiler.passes.resolve_chat_template import template_clock_notes
     from tkc.compiler.passes.resolve_model_family import family_fallback_notes
 
-    for note in family_fallback_notes(compiled.plan):   # MODEL004: an unknown model's fallbacks (not refused)
+    for note in [*family_fallback_notes(compiled.plan), *template_clock_notes(compiled.plan)]:   # MODEL004, TMPL004
         print(note.render(), file=sys.stderr)
     notes = dead_settings(compiled.plan)
     for note in notes:

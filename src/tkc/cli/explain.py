@@ -38,9 +38,11 @@ def _where(compiled: Any, key: str, source: str) -> str:
 def _print_dead(compiled: Any, key: str | None) -> None:
     """The DEAD001 notes (values the recipe sets that no stage uses) for the keys shown, as `tkc compile` prints."""
     from tkc.compiler.dead_settings import dead_settings
+    from tkc.compiler.passes.resolve_chat_template import template_clock_notes
     from tkc.compiler.passes.resolve_model_family import family_fallback_notes
 
-    for note in [*family_fallback_notes(compiled.plan), *dead_settings(compiled.plan)]:
+    plan = compiled.plan
+    for note in [*family_fallback_notes(plan), *template_clock_notes(plan), *dead_settings(plan)]:
         if _matches(note.path, key):
             print(note.render(), file=sys.stderr)
 

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field
 from tkc.schema.names import check_image, check_namespace, check_slurm_time, check_slurm_value
 from tkc.schema.recipe import DataSpec, FinetuningSpec, ModelSpec, Name, Spec, TrainSpec
 from tkc.schema.stages import StageSpec
+from tkc.schema.template import TemplateSpec
 
 
 class HardwareSpec(Spec):
@@ -66,7 +67,9 @@ class RecipeSpec(Spec):
         "Extra folders (relative to this recipe's folder) whose files the recipe may read: models, datasets, "
         "registries, extends bases, reward bundles. Any other path outside the recipe's folder is refused."))
     model: ModelSpec
-    template: str = Field("auto", description="Chat template id, or auto (the tokenizer's own, else family's).")
+    template: str | TemplateSpec = Field("auto", description=(
+        "Chat template id, or auto (the tokenizer's own, else family's); or {id, now} to pin the instant a "
+        "clock-reading template renders at."))
     data: DataSpec
     stages: list[StageSpec] = Field(min_length=1, max_length=256, description="Stages, run in order (at most 256).")
     finetuning: FinetuningSpec = Field(default_factory=FinetuningSpec, description="Default for stages.")

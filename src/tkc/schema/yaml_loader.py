@@ -26,6 +26,7 @@ _PLAIN_TAGS = {
     "tag:yaml.org,2002:map",
     "tag:yaml.org,2002:seq",
 }
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"   # a date (2025-01-01) reads as its text, never as a datetime object
 MAX_RECIPE_BYTES = 1 << 20      # one recipe file (the shipped ones are under 3 KiB)
 MAX_DEPTH = 32                  # nested mappings and lists (recipes use 5)
 MAX_ALIASES = 256               # *alias uses in one file
@@ -94,6 +95,8 @@ class _Walker:
     def walk(self, node: yaml.Node, path: KeyPath) -> Any:
         self.spend(node)
         self.positions.setdefault(path, self.pos(node))
+        if node.tag == _TIMESTAMP and isinstance(node, yaml.ScalarNode):
+            return node.value   # an unquoted date is its text: the fields that take one parse it (template.now)
         if node.tag not in _PLAIN_TAGS:
             self.problem(node, "YAML002", path, f"tag {node.tag!r} is not allowed", "recipes are plain data")
             self.voided.add(path)

@@ -15,14 +15,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tkc.bundle.chat.render import SpanError, TemplateRefused, has_generation_markers, render
+from tkc.bundle.chat.render import (
+    PinnedClock,
+    SpanError,
+    TemplateRefused,
+    has_generation_markers,
+    reads_clock,
+    render,
+)
 from tkc.bundle.chat.spans import Span, assistant_spans, trained_spans
 
 if TYPE_CHECKING:
     from tkc.bundle.plan import ResolvedTemplate
 
-__all__ = ["RENDERER_VERSION", "ChatTemplate", "Span", "SpanError", "TemplateRefused",
-           "assistant_spans", "has_generation_markers", "plan_stop_tokens", "render", "trained_spans"]  # fmt: skip
+__all__ = ["RENDERER_VERSION", "ChatTemplate", "PinnedClock", "Span", "SpanError", "TemplateRefused",
+           "assistant_spans", "has_generation_markers", "plan_stop_tokens", "reads_clock", "render",
+           "trained_spans"]  # fmt: skip
 
 # Bump when what `render`, `assistant_spans` or `trained_spans` returns for some input changes: the data cache keys on it
 # (a change of the renderer's source alone, a comment or a refactor, keeps cached rows valid).
@@ -45,6 +53,8 @@ class ChatTemplate:
     eos_token: str = ""
     stop_tokens: tuple[str, ...] = ()
     render_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # The instant `strftime_now` reads (the plan's template.now); None: the live clock, as transformers renders
+    now: str | None = None
 
     @classmethod
     def from_plan(
@@ -60,13 +70,14 @@ class ChatTemplate:
             template.eos_token or tokenizer_eos,
             plan_stop_tokens(template),
             dict(template.render_kwargs),
+            template.now,
         )
 
     def render(
         self, messages: list[dict], *, tools: list[dict] | None = None, add_generation_prompt: bool = False
     ) -> str:
         return render(self.text, messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                      bos_token=self.bos_token, eos_token=self.eos_token, **self.render_kwargs)  # fmt: skip
+                      bos_token=self.bos_token, eos_token=self.eos_token, **self._kwargs())  # fmt: skip
 
     def prompt(self, messages: list[dict], *, tools: list[dict] | None = None) -> str:
         """The conversation rendered up to the assistant's turn, exactly as the model was trained on it."""
@@ -76,7 +87,15 @@ class ChatTemplate:
         """The text trained on and the char spans of its assistant turns, each closed by a stop token or eos
         (`trained_spans`: the rendered conversation, eos appended where the template ends turns with no token)."""
         return trained_spans(self.text, messages, tools=tools, bos_token=self.bos_token, eos_token=self.eos_token,
-                             stop_tokens=self.stop_tokens, **self.render_kwargs)  # fmt: skip
+                             stop_tokens=self.stop_tokens, **self._kwargs())  # fmt: skip
+
+    def _kwargs(self) -> dict[str, Any]:
+        """The template's variables, with `strftime_now` bound to the plan's instant when it pins one (a context
+        variable shadows the renderer's global, the live clock)."""
+        kwargs = dict(self.render_kwargs)
+        if self.now is not None:
+            kwargs["strftime_now"] = PinnedClock(self.now)
+        return kwargs
 
     def renders_reasoning(self) -> bool:
         """Whether the template writes a message's reasoning (elsewhere it would vanish from the text unseen)."""

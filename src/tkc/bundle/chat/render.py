@@ -81,7 +81,39 @@ def _tojson(
 
 
 def _strftime_now(format: str) -> str:
+    # transformers' global: the live clock. A bundle's renders shadow it with the plan's instant (pinned_clock)
     return datetime.now().strftime(format)
+
+
+class PinnedClock:
+    """`strftime_now` reading one fixed instant, not the clock: passed in the render context, it shadows the
+    environment's global, so a template that writes today's date renders the same text on every day."""
+
+    def __init__(self, now: str):
+        self.now = now
+        self._instant = datetime.fromisoformat(now)
+
+    def __call__(self, format: str) -> str:
+        return self._instant.strftime(format)
+
+    def __repr__(self) -> str:  # stable across processes: probe caches key on the render kwargs' repr
+        return f"PinnedClock({self.now!r})"
+
+
+def reads_clock(template_text: str) -> bool:
+    """Whether the template reads `strftime_now` (from its syntax tree: a mention in a comment is no read; a
+    template that does not parse is judged by its text)."""
+    try:
+        return "strftime_now" in _loaded_names(template_text)
+    except jinja2.TemplateError:
+        return "strftime_now" in template_text
+
+
+@lru_cache(maxsize=256)
+def _loaded_names(template_text: str) -> frozenset[str]:
+    # every name the template loads, macros' bodies included (meta.find_undeclared_variables skips those)
+    tree = _compile(template_text).environment.parse(template_text)
+    return frozenset(n.name for n in tree.find_all(jinja2.nodes.Name) if n.ctx == "load")
 
 
 class _TemplateDict:

@@ -8,9 +8,11 @@ from typing import Any
 from tkc.catalog.registry import families, template_text, templates
 from tkc.compiler.passes._util import source_of
 from tkc.compiler.plan import FILES, Plan
-from tkc.schema.diagnostics import did_you_mean
+from tkc.schema.diagnostics import Diagnostic, did_you_mean
+from tkc.schema.template import DEFAULT_NOW, template_id, template_now
 
 TEMPLATE_FILE = "template/chat_template.jinja"
+CLOCK_CODE = "TMPL004"   # note: the template reads the clock; its renders read the default instant
 _CHAT_FREE_KINDS = {"pt", "export"}
 
 
@@ -89,7 +91,7 @@ def _auto_values(plan: Plan) -> dict[str, tuple[Any, str]]:
     system, tools = probe_capabilities(text, bos, eos)
     probed = "derived:resolve_chat_template:render_probe"
     return {
-        "template.id": ("auto", source_of(plan, ("template",))), "template.source": ("tokenizer", src),
+        "template.id": ("auto", _id_source(plan)), "template.source": ("tokenizer", src),
         "template.bos_token": (tokens.get("bos_token", ""), src),
         "template.eos_token": (tokens.get("eos_token", ""), src),
         "template.stop_tokens": (sorted({tokens[k] for k in ("eos_token",) if k in tokens}), src),
@@ -115,21 +117,59 @@ def resolve_chat_template(plan: Plan) -> Plan:
     kinds = {plan.get(f"stages.{i}.kind") for i in range(plan.stage_count())}
     if kinds <= _CHAT_FREE_KINDS:
         return plan.with_values({"template": (None, "derived:resolve_chat_template")})
-    requested = plan.inputs.recipe.spec.template
+    requested = template_id(plan.inputs.recipe.spec.template)
     if requested == "auto" and plan.inputs.model.chat_template:
-        return plan.with_values(_family_stops(plan, _auto_values(plan)))
-    tid, src = (requested, source_of(plan, ("template",))) if requested != "auto" else _catalog_choice(plan)
+        return plan.with_values(_clock(plan, _family_stops(plan, _auto_values(plan))))
+    tid, src = (requested, _id_source(plan)) if requested != "auto" else _catalog_choice(plan)
     if tid is None and plan.inputs.model.config is not None and not plan.get("model.family"):
         return plan.with_diagnostics([plan.diagnostic(  # an unknown model (MODEL004) whose tokenizer has none
             "TMPL003", "no chat template: the model's tokenizer ships none and no catalog family names one",
-            ("template",), "set template: to a catalog id (see `tkc catalog templates`)")])
+            _id_path(plan), "set template: to a catalog id (see `tkc catalog templates`)")])
     if tid is None:
         return plan  # no family, so no family template: resolve_model_family already reported why
     if tid not in templates():
         hint = did_you_mean(tid or "", templates()) or "see `tkc catalog templates`"
-        return plan.with_diagnostics([plan.diagnostic("TMPL001", f"unknown chat template {tid!r}", ("template",),
+        return plan.with_diagnostics([plan.diagnostic("TMPL001", f"unknown chat template {tid!r}", _id_path(plan),
                                                       hint)])
-    return plan.with_values(_family_stops(plan, _catalog_values(tid, src)))
+    return plan.with_values(_clock(plan, _family_stops(plan, _catalog_values(tid, src))))
+
+
+def _id_path(plan: Plan) -> tuple[str, ...]:
+    """Where the recipe names its template: `template:` itself, or `template.id` in the object form."""
+    return ("template",) if isinstance(plan.inputs.recipe.spec.template, str) else ("template", "id")
+
+
+def _id_source(plan: Plan) -> str:
+    return source_of(plan, _id_path(plan))
+
+
+def _clock(plan: Plan, out: dict[str, tuple[Any, str]]) -> dict[str, tuple[Any, str]]:
+    """template.now, for a template that reads the clock (strftime_now): the recipe's instant, else DEFAULT_NOW.
+    Its renders (training text, prompts) read that instant, so a bundle trains on the same text every day."""
+    text = out[FILES + TEMPLATE_FILE][0]
+    if "strftime_now" not in text:  # most templates: no need to parse (nor to import jinja2 on the hot path)
+        return out
+    from tkc.bundle.chat import reads_clock
+
+    if not reads_clock(text):
+        return out
+    now = template_now(plan.inputs.recipe.spec.template)
+    out["template.now"] = (now, source_of(plan, ("template", "now"))) if now else (DEFAULT_NOW, "default")
+    return out
+
+
+def template_clock_notes(plan: Plan) -> list[Diagnostic]:
+    """TMPL004: the template reads the clock and the recipe pins no instant, so its renders read DEFAULT_NOW;
+    or the recipe pins one that a template without a clock never reads. Notes, printed by compile and explain."""
+    if plan.get("template.now") is not None and plan.provenance.get("template.now") == "default":
+        return [plan.diagnostic(CLOCK_CODE, f"note: template {plan.get('template.id')!r} reads the clock "
+                                f"(strftime_now): its training text and prompts carry the date of {DEFAULT_NOW}, "
+                                "fixed so the bundle trains on the same text every day", _id_path(plan),
+                                "set template: {id: ..., now: YYYY-MM-DD} to render at another instant")]
+    if template_now(plan.inputs.recipe.spec.template) and plan.get("template.now") is None:
+        return [plan.diagnostic(CLOCK_CODE, "note: set here but never used: the chat template does not read the "
+                                "clock (strftime_now)", ("template", "now"), "remove template.now")]
+    return []
 
 
 def _family_stops(plan: Plan, out: dict[str, tuple[Any, str]]) -> dict[str, tuple[Any, str]]:

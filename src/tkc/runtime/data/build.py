@@ -114,7 +114,8 @@ def _key_parts(plan: ResolvedPlan, stage: ResolvedStage, entries, tokenizer, cha
         "seed": plan.seed,
         "tokenizer": store.tokenizer_fingerprint(tokenizer),
         "template": None if chat is None else [chat.text, chat.bos_token, chat.eos_token, dict(chat.render_kwargs),
-                                               list(chat.stop_tokens)],  # stop tokens close turns (trained_spans)
+                                               list(chat.stop_tokens)]  # stop tokens close turns (trained_spans)
+        + ([chat.now] if chat.now is not None else []),  # the instant a clock-reading template renders at
         "renderer": RENDERER_VERSION,
         # media paths are stored resolved, so they are only valid for this source root
         "source_root": str(Path(source_root).resolve()) if media else None,
