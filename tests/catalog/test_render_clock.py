@@ -61,17 +61,21 @@ def test_reads_clock_is_read_from_the_syntax_tree():
     assert reads_clock("{{ strftime_now(")   # a template that does not parse is judged by its text
 
 
-def test_a_gpt_oss_row_encodes_identically_on_two_days(tmp_path, monkeypatch):
-    """The SFT encoder's rows for one bundle are the same ids on two system dates; the unpinned render, fed
-    the same clock, does differ between them (so the clock really moved)."""
+def _helpers():
     spec = importlib.util.spec_from_file_location("data_helpers", Path(__file__).parents[1] /
                                                   "fixtures/data/data_helpers.py")
     helpers = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(helpers)  # type: ignore[union-attr]
+    return helpers
+
+
+def test_a_gpt_oss_row_encodes_identically_on_two_days(tmp_path, monkeypatch):
+    """The SFT encoder's rows for one bundle are the same ids on two system dates; the unpinned render, fed
+    the same clock, does differ between them (so the clock really moved)."""
     from tkc.runtime.data.encode import Counters, EncodeOptions, encode_sft
 
     chat = _chat(_project(tmp_path, "template: gpt_oss"))
-    tok = helpers.tokenizer()
+    tok = _helpers().tokenizer()
     rows, raw = [], []
     for day in (6, 7):
         _clock_on(monkeypatch, day)
@@ -100,6 +104,33 @@ def test_the_recipe_pins_the_date_with_provenance(tmp_path, monkeypatch):
     assert "Current date: 2024-03-05" in chat.prompt(CONV[:1]) and "2031" not in chat.prompt(CONV[:1])
     other = _project(tmp_path / "b", 'template: {id: gpt_oss, now: "2024-03-05T17:45:00"}')
     assert compile_recipe(other).resolved["template"]["now"] == "2024-03-05T17:45:00"
+
+
+def test_a_tokenizers_own_template_that_reads_the_clock_is_pinned_too(tmp_path):
+    recipe = _project(tmp_path, "template: auto")
+    config = json.loads((tmp_path / "model/tokenizer_config.json").read_text())
+    (tmp_path / "model/tokenizer_config.json").write_text(json.dumps({**config,
+                                                                      "chat_template": template_text("gpt_oss")}))
+    compiled = compile_recipe(recipe)
+    assert compiled.resolved["template"]["id"] == "auto"
+    assert compiled.resolved["template"]["now"] == DEFAULT_NOW and compiled.plan.provenance["template.now"] == "default"
+
+
+def test_the_data_cache_keys_on_the_instant(tmp_path):
+    """Two bundles that differ only in template.now share no cached rows: each row carries its own date."""
+    from tkc.runtime.data import build_stage_data
+
+    helpers = _helpers()
+    (tmp_path / "s.jsonl").write_text(json.dumps({"messages": CONV}) + "\n")
+    entries = [helpers.entry("s", "s.jsonl", "openai", "sft", tmp_path)]
+    tok = helpers.tokenizer()
+    for day in ("2024-03-05", "2024-03-06"):
+        tree = helpers.resolved_tree(entries, "gpt_oss")
+        tree["template"]["now"] = f"{day}T00:00:00"
+        plan = structure_plan(tree)
+        data = build_stage_data(plan, helpers.stage("sft", ["s"]), tok, tmp_path, tmp_path / "cache",
+                                template_text=template_text("gpt_oss"))
+        assert f"Current date: {day}" in tok.decode(list(data.train[0]["input_ids"]))
 
 
 def test_a_template_without_a_clock_gains_no_key(tmp_path):
