@@ -177,3 +177,25 @@ def test_full_disk_at_a_checkpoint_exits_75_with_a_clear_message_then_resumes(rt
     ref_losses, ref_sha = reference_run
     assert _losses(rt, bundle) == ref_losses
     assert _weights_sha(bundle) == ref_sha
+
+
+@pytest.mark.slow
+def test_a_second_run_of_a_running_bundle_is_refused(rt, tmp_path, tiny_pretrained):
+    """Two `tkc run` of one bundle would write the same outputs/ and checkpoints: the second is refused (exit 3,
+    naming the first's pid) without touching them; once the first has stopped, a run goes ahead and resumes."""
+    plan = _plan(rt, tiny_pretrained)
+    plan["stages"][0]["train"].update(max_steps=100_000, save_steps=100_000)  # still running when the second comes
+    bundle = rt.write_bundle(tmp_path / "run", plan)
+    first = rt.run_in_subprocess(bundle, wait=False)
+    rt.wait_for_step(bundle, 2, first)
+    second = rt.run_in_subprocess(bundle)
+    assert second.returncode == EXIT_BUNDLE_CHANGED, second.stdout + second.stderr
+    assert f"another `tkc run` of {bundle.resolve()} is running (pid {first.pid})" in second.stdout
+    assert first.poll() is None  # the first goes on
+    os.kill(first.pid, signal.SIGTERM)
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode == EXIT_SIGTERM, out
+    again = rt.run_in_subprocess(bundle, wait=False)  # the lock went with the first process
+    rt.wait_for_step(bundle, max(r["step"] for r in rt.steps(bundle, "sft")) + 1, again)
+    again.kill()
+    again.wait()

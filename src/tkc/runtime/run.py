@@ -244,8 +244,47 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
         keep_freed_memory()  # before torch allocates: every step reuses the last one's pages
         gcpause.own()  # each stage starts with the garbage collector paused, until its model is loaded
         gcpause.pause()
-    with hidden_packages(unused_packages(plan) if own_process else []):
-        return _run_verified(bundle_dir, plan, stage, source_root, drift, refused is not None)
+    with run_lock(bundle_dir, enabled=not dist_info_from_env().enabled) as holder:
+        if holder is not None:
+            print(f"tkc run: refusing to run: {holder}")
+            return EXIT_BUNDLE_CHANGED
+        with hidden_packages(unused_packages(plan) if own_process else []):
+            return _run_verified(bundle_dir, plan, stage, source_root, drift, refused is not None)
+
+
+RUN_LOCK = ".tkc-run.lock"   # in outputs/ (never hashed): held by a one-process `tkc run` for its whole life
+
+
+@contextmanager
+def run_lock(bundle_dir: Path, *, enabled: bool) -> Iterator[str | None]:
+    """An exclusive, non-blocking flock on outputs/.tkc-run.lock: yields None while this process holds it, else
+    why not (another run holds it: its pid is written there). The kernel drops the lock when the process dies,
+    kill -9 included, so a stale file never blocks. Ranks under a launcher take none (each rank is a `tkc run`)."""
+    if not enabled:
+        yield None
+        return
+    import fcntl
+
+    outputs = bundle_dir / "outputs"
+    outputs.mkdir(exist_ok=True)
+    try:
+        fd = os.open(outputs / RUN_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        yield f"cannot open {outputs / RUN_LOCK}: {e.strerror or e}"
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            held = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            yield (f"another `tkc run` of {bundle_dir} is running (pid {held if held.isdigit() else 'unknown'}); "
+                   "two runs would write the same outputs/ and checkpoints")
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield None
+    finally:
+        os.close(fd)
 
 
 def _run_verified(bundle_dir: Path, plan: ResolvedPlan, stage: str | None, source_root: Path | None,
