@@ -34,6 +34,8 @@ def data_path(loc: tuple[Any, ...], data: Any) -> KeyPath:
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str) and (part == node.get("kind") or _is_type_part(part)):
             continue
+        elif node is not None and not isinstance(node, dict) and isinstance(part, str) and _is_type_part(part):
+            continue  # a scalar or list checked against each member of a union (`template: 5`): one key, not one per member
         else:
             path.append(part)
             node = None
@@ -115,8 +117,25 @@ def _message(err: Any, path: KeyPath, loc: tuple[Any, ...]) -> tuple[str, KeyPat
             return f"unknown stage kind {got!r}; one of {', '.join(expected)}", (*path, "kind"), did_you_mean(
                 str(got), expected)
         return f"{err['msg']} (got {_got(err.get('input'))})", path, did_you_mean(str(err.get("input")), expected)
-    about = field_help(tuple(p for p in loc if not (isinstance(p, str) and _is_type_part(p))))
-    return f"{err['msg'].removeprefix('Value error, ')} (got {_got(err.get('input'))})", path, f"{dotted(path)}: {about}" if about else None
+    plain = tuple(p for p in loc if not (isinstance(p, str) and _is_type_part(p)))
+    about = field_help(plain)
+    text = err["msg"].removeprefix("Value error, ")
+    if len(loc) > len(plain) and err["type"] in ("model_type", "dict_type", "string_type") and \
+            (shapes := _union_shapes(plain)):
+        text = f"expected {shapes}"  # a value of none of a union's shapes: say them all, not one member's complaint
+    return f"{text} (got {_got(err.get('input'))})", path, f"{dotted(path)}: {about}" if about else None
+
+
+def _union_shapes(loc: tuple[Any, ...]) -> str | None:
+    """'a string or a mapping' for a field typed `str | SomeSpec`; None for anything else."""
+    tp: Any = RecipeSpec
+    for part in loc:
+        tp = _step(tp, part)
+        if tp is None:
+            return None
+    names = {"a string" if m is str else "a mapping" if isinstance(m, type) and issubclass(m, BaseModel) else "?"
+             for m in _members(tp) if m is not type(None)}
+    return " or ".join(sorted(names, reverse=True)) if len(names) > 1 and "?" not in names else None
 
 
 def field_help(loc: tuple[Any, ...]) -> str | None:
