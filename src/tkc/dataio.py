@@ -1,7 +1,8 @@
 """One reader per data file format, shared by the compiler's probe and the runtime's data pipeline (torch-free).
 
 Each reader yields (line or index, record) in file order: the line number for jsonl, csv and txt (and a `.json`
-file that holds JSON lines), the record index for a JSON array, parquet and arrow. A line that is not valid JSON
+file that holds JSON lines), the record index for a JSON array, parquet and arrow (`json_array_lines` gives the
+line each JSON-array record starts on, for messages). A line that is not valid JSON
 comes back as a `BadJson` record, so each caller words the problem its own way (a compile diagnostic, a skipped
 row). A JSON array is decoded one record at a time from a bounded, growing prefix, never loaded whole.
 """
@@ -44,30 +45,52 @@ def _loads(text: str) -> object:
 
 def iter_json(path: Path) -> Iterator[tuple[int, object]]:
     """Records of a top-level JSON array, decoded one at a time; a `.json` file of JSON lines reads as jsonl."""
+    for where, _, record in _iter_json(path):
+        yield where, record
+
+
+def json_array_lines(path: Path, n: int) -> list[int] | None:
+    """The 1-based line each of the first `n` records of a JSON array starts on; None for a `.json` of JSON lines
+    (whose readers yield lines already)."""
+    out: list[int] = []
+    for _, line, _record in _iter_json(path):
+        if line is None:
+            return None
+        if len(out) >= n:
+            break
+        out.append(line)
+    return out
+
+
+def _iter_json(path: Path) -> Iterator[tuple[int, int | None, object]]:
+    """(index or line, start line or None, record): a JSON array's records with the line each starts on."""
     decoder, text_decoder = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8")()
     with open(path, "rb") as f:
         buf, pos, eof = _fill(f, text_decoder, "", 0, False)
         if pos >= len(buf):
             return
         if buf[pos] != "[":  # a `.json` file holding JSON lines, which HF datasets reads too
-            yield from iter_jsonl(path)
+            yield from ((line, None, record) for line, record in iter_jsonl(path))
             return
-        buf, pos, eof = _fill(f, text_decoder, buf, pos + 1, eof)
-        index = 0
+        newlines = buf.count("\n", 0, pos)
+        buf, pos, eof = _fill(f, text_decoder, buf[pos + 1:], 0, eof)
+        index, dropped = 0, 1 + newlines   # 1 + the newlines of the text consumed and dropped from buf
         while pos < len(buf) and buf[pos] != "]":
             if buf[pos] == "," and index:
                 buf, pos, eof = _fill(f, text_decoder, buf, pos + 1, eof)
                 continue
+            line = dropped + buf.count("\n", 0, pos)   # where this record starts
             try:
                 record, end = decoder.raw_decode(buf, pos)
             except json.JSONDecodeError as exc:
                 if eof or len(buf) > _MAX_PREFIX_BYTES:
-                    yield index, BadJson(exc.msg)
+                    yield index, line, BadJson(exc.msg)
                     return
                 buf, eof = _read_more(f, text_decoder, buf)
                 continue
-            yield index, record
+            yield index, line, record
             index += 1
+            dropped += buf.count("\n", 0, end)
             buf, pos, eof = _fill(f, text_decoder, buf[end:], 0, eof)  # keep the buffer about one record long
 
 

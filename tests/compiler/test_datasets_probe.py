@@ -51,13 +51,17 @@ def test_missing_column_and_json_index(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps(records))
     cols, tags = _cols("sharegpt")
     probe = probe_dataset(tmp_path / "d.json", None, cols, "sharegpt", "sft", tags=tags)
-    assert [(p.line, p.message) for p in probe.problems] == [
-        (1, "missing column 'conversations' (messages); did you mean 'convos'?")
+    # a one-line JSON array: every record starts on line 1, so problems carry the record index too
+    assert [(p.line, p.record, p.message) for p in probe.problems] == [
+        (1, 1, "missing column 'conversations' (messages); did you mean 'convos'?")
     ]
     cols, tags = _cols("sharegpt", messages="conversations")
     tags = {**tags, "role": "role"}
     probe = probe_dataset(tmp_path / "d.json", None, cols, "sharegpt", "sft", tags=tags)
-    assert probe.problems[0].line == 0 and "'role'" in probe.problems[0].expected
+    assert (probe.problems[0].line, probe.problems[0].record) == (1, 0) and "'role'" in probe.problems[0].expected
+    (tmp_path / "d.json").write_text(json.dumps(records, indent=2))  # one record per block: each at its own line
+    probe = probe_dataset(tmp_path / "d.json", None, cols, "sharegpt", "sft", tags=tags)
+    assert [(p.line, p.record) for p in probe.problems] == [(2, 0), (10, 1)]
 
 
 def test_folder_of_files_csv_parquet(tmp_path):

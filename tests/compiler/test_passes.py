@@ -115,7 +115,7 @@ def test_bad_records_are_named_by_line_or_record(tmp_path):
     from tkc.schema.diagnostics import CompileError
 
     shutil.copytree(REPO / "recipes" / "assets", tmp_path / "assets")
-    (tmp_path / "d.json").write_text('[{"instruction": "a", "output": "b"}, {"instruction": "a"}]')
+    (tmp_path / "d.json").write_text('[{"instruction": "a", "output": "b"},\n {"instruction": "a"}]')
     (tmp_path / "d.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n')
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: t\nmodel: {path: assets/tiny-qwen2}\n"
@@ -123,7 +123,7 @@ def test_bad_records_are_named_by_line_or_record(tmp_path):
     with pytest.raises(CompileError) as info:
         compile_recipe(recipe)
     rendered = sorted(d.render() for d in info.value.diagnostics)
-    assert rendered[0].startswith("d.json: DATA001 data.datasets.a: record 1: missing column 'output'")
+    assert rendered[0].startswith("d.json:2: DATA001 data.datasets.a: record 1: missing column 'output'")
     assert rendered[1].startswith("d.jsonl:2: DATA001 data.datasets.b: missing column 'output'")
 
 

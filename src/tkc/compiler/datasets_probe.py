@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tkc.bundle.canonical import sha256_file
 from tkc.compiler import dataset_formats as formats
-from tkc.dataio import BadJson, iter_file
+from tkc.dataio import BadJson, iter_file, json_array_lines
 
 SUFFIX_TYPES = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow",
                 ".txt": "txt"}  # fmt: skip
@@ -18,9 +18,10 @@ SUFFIX_TYPES = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "
 @dataclass(frozen=True)
 class ProbeProblem:
     file: str  # relative POSIX path
-    line: int | None  # jsonl/csv/txt: 1-based line; json/parquet/arrow/hf_disk: 0-based record index
+    line: int | None  # jsonl/json/csv/txt: 1-based line (a JSON array: where the record starts); parquet/arrow/hf_disk: 0-based record index
     message: str
     expected: str
+    record: int | None = None  # a JSON array's 0-based record index (several records may share a line)
 
 
 @dataclass(frozen=True)
@@ -158,23 +159,30 @@ def probe_dataset(
     hashed = tuple(ProbeFile(_rel(p, root), sha256_file(p), p.stat().st_size) for p in files)
     tags = tags if tags is not None else formats.resolve_columns_and_tags(fmt, kind, None, None)[1]
     records = _first_records(files, file_type, max_records, root)
-    seen = {str(k) for _, _, r in records if isinstance(r, dict) for k in r}
+    seen = {str(k) for *_, r in records if isinstance(r, dict) for k in r}
     # optional columns the data has and the recipe left unnamed (e.g. a sharegpt `tools` column) are read too
     found = {k: name for k, name in (auto_columns or {}).items() if name in seen and not columns.get(k)}
     columns = {**columns, **found}
     shapes = formats.column_checks(columns, fmt, tags)
-    problems = [ProbeProblem(file, where, message, expected) for file, where, record in records
+    problems = [ProbeProblem(file, line, message, expected, index) for file, line, index, record in records
                 for message, expected in _check_record(record, columns, shapes)]  # fmt: skip
     return Probe(file_type, hashed, tuple(problems), len(records), tuple(sorted(seen)), columns, tuple(sorted(found)))
 
 
-def _first_records(files: list[Path], file_type: str, max_records: int, root: Path) -> list[tuple[str, int, object]]:
-    """(file, line or index, record) of the first `max_records` records (the files in order)."""
+def _first_records(files: list[Path], file_type: str, max_records: int,
+                   root: Path) -> list[tuple[str, int, int | None, object]]:
+    """(file, line or index, JSON-array index or None, record) of the first `max_records` records (the files in
+    order); a JSON array's records are placed at the line each starts on."""
     if file_type == "hf_disk":
         files, file_type = [p for p in files if p.suffix == ".arrow"][:1], "arrow"
-    out: list[tuple[str, int, object]] = []
+    out: list[tuple[str, int, int | None, object]] = []
     for p in files:
-        out += [(_rel(p, root), where, record) for where, record in iter_records(p, file_type, max_records)]
+        found = list(iter_records(p, file_type, max_records))
+        lines = json_array_lines(p, len(found)) if file_type == "json" and found else None
+        if lines is not None and len(lines) == len(found):
+            out += [(_rel(p, root), line, i, record) for line, (i, record) in zip(lines, found, strict=True)]
+        else:
+            out += [(_rel(p, root), where, None, record) for where, record in found]
         if len(out) >= max_records:
             break
     return out

@@ -176,7 +176,7 @@ def _placed(recipe: LoadedRecipe, facts: DatasetFacts) -> DatasetFacts:
     return replace(facts, problems=tuple(out)) if out else facts
 
 
-_LINE_TYPES = ("jsonl", "csv", "txt")   # the probe reports 1-based lines for these, 0-based record indexes otherwise
+_LINE_TYPES = ("jsonl", "json", "csv", "txt")   # the probe reports 1-based lines for these, record indexes otherwise
 
 
 def _collapse(found: Any, key: str, file_type: str) -> tuple[Diagnostic, ...]:
@@ -190,7 +190,9 @@ def _collapse(found: Any, key: str, file_type: str) -> tuple[Diagnostic, ...]:
         text = message + (f" (expected {first.expected})" if first.expected else "")
         text += f"; {more} more of the records checked have the same problem" if more else ""
         line = first.line if file_type in _LINE_TYPES else None
-        if line is None and first.line is not None:
+        if first.record is not None:  # a JSON array: at its line, and by index (one-line arrays put all on line 1)
+            text = f"record {first.record}: {text}"
+        elif line is None and first.line is not None:
             text = f"record {first.line}: {text}"
         out.append(Diagnostic("DATA001", text, key, first.file, line))
     return tuple(out)

@@ -8,7 +8,6 @@ over `max_image_bytes`: refused by stat, never opened). Every media file left is
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from tkc.bundle.media import (
 )
 from tkc.compiler import paths
 from tkc.compiler.plan import DatasetFacts
-from tkc.dataio import iter_file
+from tkc.dataio import iter_file, json_array_lines
 from tkc.schema.diagnostics import Diagnostic
 from tkc.schema.load import LoadedRecipe
 
@@ -142,31 +141,9 @@ def _count_in(value: Any, placeholder: str) -> int:
 def _records(path: Path, file_type: str) -> list[tuple[int, Any]]:
     """(1-based line, record) for every record; a JSON array's records at the line where each one starts."""
     records = list(iter_file(path, file_type))
-    if file_type == "json" and records and _is_array(path):
-        return list(zip(_array_lines(path), (r for _, r in records), strict=False))
+    if file_type == "json" and records and (lines := json_array_lines(path, len(records))) is not None:
+        return list(zip(lines, (r for _, r in records), strict=False))
     return [(line + 1 if file_type in ("parquet", "arrow") else line, r) for line, r in records]
-
-
-def _is_array(path: Path) -> bool:
-    with open(path, encoding="utf-8") as f:
-        head = f.read(4096).lstrip()
-    return head.startswith("[")
-
-
-def _array_lines(path: Path) -> list[int]:
-    text = path.read_text(encoding="utf-8")
-    decoder, pos, line = json.JSONDecoder(), text.index("[") + 1, 1 + text.count("\n", 0, text.index("["))
-    lines: list[int] = []
-    last = 0
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(text) or text[pos] == "]":
-            return lines
-        line += text.count("\n", last, pos)
-        last = pos
-        lines.append(line)
-        _, pos = decoder.raw_decode(text, pos)
 
 
 class _Found:
