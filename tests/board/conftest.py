@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))   # the test modules import board_server (the real server helper)
 
 INSTALL = (
     "apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver "

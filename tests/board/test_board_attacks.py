@@ -4,24 +4,18 @@ exports onto existing folders; answers never carry a traceback or an absolute pa
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import threading
 import time
-from pathlib import Path
 
+import board_server as S  # tests/board/board_server.py (pytest puts this folder on sys.path)
 import pytest
 import requests
 
-_spec = importlib.util.spec_from_file_location("board_server", Path(__file__).parent / "server.py")
-assert _spec and _spec.loader
-S = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(S)
-
-H = {"X-TKC-Board": "1"}
-TOKEN = "s3cret-token-of-32-characters-xx"
+H = S.HEADERS
+TOKEN = S.TOKEN
 TIMEOUT = 60
 
 

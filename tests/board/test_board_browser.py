@@ -7,18 +7,13 @@ Also, quick: every front-end asset is a local package file (the board works offl
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
 from pathlib import Path
 
+import board_server as S  # tests/board/board_server.py (pytest puts this folder on sys.path)
 import pytest
-
-_spec = importlib.util.spec_from_file_location("board_server", Path(__file__).parent / "server.py")
-assert _spec and _spec.loader
-S = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(S)
 
 REPO = Path(__file__).resolve().parents[2]
 STATIC = REPO / "src" / "tkc" / "board" / "static"

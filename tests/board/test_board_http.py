@@ -3,23 +3,17 @@ outside the workspace, missing/wrong token, cross-site requests, a foreign Host,
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
+import board_server as S  # tests/board/board_server.py (pytest puts this folder on sys.path)
 import pytest
 import requests
 
-_spec = importlib.util.spec_from_file_location("board_server", Path(__file__).parent / "server.py")
-assert _spec and _spec.loader
-S = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(S)
-
-H = {"X-TKC-Board": "1"}
-TOKEN = "s3cret-token-of-32-characters-xx"
+H = S.HEADERS
+TOKEN = S.TOKEN
 TIMEOUT = 60
 
 

@@ -4,20 +4,15 @@ with the bundle's template), export and the trained-span inspection on the train
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
 
+import board_server as S  # tests/board/board_server.py (pytest puts this folder on sys.path)
 import pytest
 import requests
 
-_spec = importlib.util.spec_from_file_location("board_server", Path(__file__).parent / "server.py")
-assert _spec and _spec.loader
-S = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(S)
-
-H = {"X-TKC-Board": "1"}
+H = S.HEADERS
 STEPS = 120  # a fraction of a second each: enough that the stop lands mid-run
 pytestmark = pytest.mark.slow
 

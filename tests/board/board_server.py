@@ -45,6 +45,8 @@ def start_board(workspace: Path, token: str | None = None, host: str = "127.0.0.
 
 
 REPO = Path(__file__).resolve().parents[2]
+HEADERS = {"X-TKC-Board": "1"}   # what every state-changing request carries (the CSRF rule)
+TOKEN = "s3cret-token-of-32-characters-xx"
 TINY_RECIPE = """\
 # a tiny LoRA SFT run on the tiny Qwen2 model (CPU, a fraction of a second a step)
 extends: [base/tiny_cpu.yaml]
