@@ -14,6 +14,8 @@ import board_server as S  # tests/board/board_server.py (pytest puts this folder
 import pytest
 import requests
 
+from tkc.bundle import run_lock
+
 H = S.HEADERS
 TOKEN = S.TOKEN
 TIMEOUT = 60
@@ -215,6 +217,17 @@ def test_one_live_run_per_bundle_even_across_boards(board, ws):
     finally:
         stop_other()
     err(requests.post(f"{board}/api/runs/{run_id}/resume", headers=H, timeout=TIMEOUT), 409, "conflict")
+    # one lock for both: the run the board started holds `tkc run`'s own (handed down, then claimed with its
+    # pid), so a `tkc run` of the bundle from a shell is refused too (exit 3: tests/runtime/test_resume.py)
+    pid = json.loads((ws / ".tkc-board" / "runs" / run_id / "run.json").read_text())["pid"]
+    lock = ws / "runs" / "tiny" / "outputs" / ".tkc-run.lock"
+    deadline = time.monotonic() + 120
+    while lock.read_text() != str(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    fd, why = run_lock.acquire(ws / "runs" / "tiny")  # what a `tkc run` from a shell asks first
+    if fd is not None:
+        os.close(fd)
+    assert fd is None and f"is running (pid {pid})" in why, why
     assert requests.post(f"{board}/api/runs/{run_id}/stop", headers=H, timeout=TIMEOUT).json() == {"ok": True}
     assert _wait_ended(board, run_id)["status"] in ("stopped", "failed")
     err(requests.post(f"{board}/api/runs/{run_id}/stop", headers=H, timeout=TIMEOUT), 409, "conflict")

@@ -6,8 +6,6 @@ it survives a board restart; a run whose process is gone without a recorded retu
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import re
@@ -23,6 +21,7 @@ from typing import Any
 from tkc.board.bundles import runnable_bundle, stage_names, stage_names_or_404, verify_problems
 from tkc.board.security import BoardError, relative
 from tkc.board.workspace import BOARD_DIR, open_dir, write_atomic
+from tkc.bundle import run_lock
 
 EXIT_SIGTERM = 143
 MAX_LOG_CHUNK = 256 << 10
@@ -115,8 +114,9 @@ class RunManager:
         try:
             log_fd = self._create(self.root / run_id, "log.txt")
             argv = [sys.executable, "-m", "tkc.cli.main", "run", str(bundle)]
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            with os.fdopen(log_fd, "wb") as log:  # the child holds the bundle's lock (pass_fds) while it lives
+            # the child is handed the run lock this board took (tkc.bundle.run_lock): no gap for a second run
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", run_lock.INHERITED_ENV: str(lock)}
+            with os.fdopen(log_fd, "wb") as log:
                 proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         cwd=self.workspace, env=env, shell=False, start_new_session=True,
                                         pass_fds=(lock,))
@@ -143,16 +143,16 @@ class RunManager:
             os.close(fd)
 
     def _lock_bundle(self, bundle: Path) -> int:
-        """An exclusive flock on .tkc-board/locks/<bundle>.lock, held by the run's process for its life: a second
-        run of one bundle (from this board, another board or one restarted) is refused while the first lives."""
-        name = hashlib.sha256(str(bundle).encode()).hexdigest()[:24] + ".lock"
-        fd = self._create(self.workspace / BOARD_DIR / "locks", name, 0)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise BoardError(409, "conflict", "bundle: a run of this bundle is already running", field="bundle") \
-                from None
+        """The bundle's run lock (tkc.bundle.run_lock, what `tkc run` itself takes), held from here by the run's
+        process for its life: a second run of one bundle (from this board, another board, one restarted, or a
+        shell) is refused while the first lives."""
+        fd, why = run_lock.acquire(bundle)
+        if fd is None and why.startswith("cannot open"):  # the reason only: the message names an absolute path
+            reason = why.rsplit(": ", 1)[-1]
+            raise BoardError(409, "conflict", f"bundle: cannot open its outputs/{run_lock.RUN_LOCK}: {reason}",
+                             field="bundle")
+        if fd is None:
+            raise BoardError(409, "conflict", "bundle: a run of this bundle is already running", field="bundle")
         return fd
 
     def _wait(self, run_id: str, proc: subprocess.Popen) -> None:

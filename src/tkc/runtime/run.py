@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tkc.bundle import run_lock as bundle_run_lock
 from tkc.bundle.plan import (
     PlanError,
     ResolvedGrpoOptions,
@@ -252,36 +253,18 @@ def run_bundle(bundle_dir: Path, *, stage: str | None = None, source_root: Path 
             return _run_verified(bundle_dir, plan, stage, source_root, drift, refused is not None)
 
 
-RUN_LOCK = ".tkc-run.lock"   # in outputs/ (never hashed): held by a one-process `tkc run` for its whole life
-
-
 @contextmanager
 def run_lock(bundle_dir: Path, *, enabled: bool) -> Iterator[str | None]:
-    """An exclusive, non-blocking flock on outputs/.tkc-run.lock: yields None while this process holds it, else
-    why not (another run holds it: its pid is written there). The kernel drops the lock when the process dies,
-    kill -9 included, so a stale file never blocks. Ranks under a launcher take none (each rank is a `tkc run`)."""
+    """tkc.bundle.run_lock held for the block: yields None while this process holds it, else why not. Ranks under
+    a launcher take none (each rank of one run is a `tkc run`)."""
     if not enabled:
         yield None
         return
-    import fcntl
-
-    outputs = bundle_dir / "outputs"
-    outputs.mkdir(exist_ok=True)
-    try:
-        fd = os.open(outputs / RUN_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as e:
-        yield f"cannot open {outputs / RUN_LOCK}: {e.strerror or e}"
+    fd, why = bundle_run_lock.acquire(bundle_dir)
+    if fd is None:
+        yield why
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            held = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-            yield (f"another `tkc run` of {bundle_dir} is running (pid {held if held.isdigit() else 'unknown'}); "
-                   "two runs would write the same outputs/ and checkpoints")
-            return
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield None
     finally:
         os.close(fd)
