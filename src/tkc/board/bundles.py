@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +88,7 @@ def _check_target(workspace: Path, out: Path, new_hash: str) -> None:
 
 
 def compile_bundle(workspace: Path, body: dict[str, Any]) -> dict[str, Any]:
-    from tkc.bundle.io import BundleExists, build_manifest, write_bundle_at
+    from tkc.bundle.io import BundleExists, build_manifest, volatile_facts, write_bundle_at
     from tkc.compiler.dead_settings import dead_settings
     from tkc.schema.diagnostics import CompileError
 
@@ -108,10 +106,9 @@ def compile_bundle(workspace: Path, body: dict[str, Any]) -> dict[str, Any]:
                          diagnostics=[_diag_json(workspace, d, shown, "error") for d in exc.diagnostics]) from None
     version = compiled.plan.inputs.tkc_version
     _check_target(workspace, out, build_manifest(compiled.files, version, compiled.sources)["bundle_hash"])
-    volatile = {"compiled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
-                "source_root": str(compiled.source_root), "python": platform.python_version()}
     try:
-        written = write_bundle_at(out, compiled.files, volatile, version, bool(body.get("force")), compiled.sources)
+        written = write_bundle_at(out, compiled.files, volatile_facts(compiled.source_root), version,
+                                  bool(body.get("force")), compiled.sources)
     except BundleExists as exc:
         raise BoardError(409, "conflict", f"out: {exc}".replace("--force", '"force": true'), field="out") from None
     notes = dead_settings(compiled.plan)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tkc.board.security import BoardError, relative
+from tkc.bundle.io import recorded_source_root
 
 MAX_CHAIN = 32              # recipe files followed through extends: (the loader's own limit)
 MAX_SCAN = 20_000           # entries of one folder checked for links out and special files
@@ -177,10 +178,10 @@ def _reward_ref(where: _Where, key: tuple[Any, ...], ref: Any, base: Path) -> No
 def source_root(bundle: Path) -> Path:
     """The source root `tkc run` uses (tkc.runtime.context.resolve_source_root, without an override)."""
     try:
-        root = json.loads((bundle / "volatile.json").read_text(encoding="utf-8")).get("source_root")
-    except (OSError, ValueError, AttributeError):
+        root = recorded_source_root(bundle)
+    except (OSError, ValueError):
         root = None
-    return Path(root) if isinstance(root, str) and root else bundle.resolve()
+    return root or bundle.resolve()
 
 
 def _bundle_paths(tree: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -177,6 +177,28 @@ def set_aside(path: Path, why: str) -> Path:
     return aside
 
 
+def volatile_facts(source_root: Path) -> dict[str, Any]:
+    """volatile.json's content for a bundle compiled now (outside the hash): when, where, and its source root."""
+    import platform
+    import time
+
+    return {"compiled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
+            "source_root": str(source_root), "python": platform.python_version()}
+
+
+def recorded_source_root(root: Path) -> Path | None:
+    """The source root volatile.json records (where the bundle's relative data/model paths resolve); None when
+    the bundle has no volatile.json or it names none. A volatile.json that is not JSON raises ValueError."""
+    import json
+
+    path = Path(root) / "volatile.json"
+    if not path.exists():
+        return None
+    found = json.loads(path.read_text(encoding="utf-8"))
+    value = found.get("source_root") if isinstance(found, dict) else None
+    return Path(value) if isinstance(value, str) and value else None
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
     import json
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -49,7 +47,7 @@ def compile_(
     check: Annotated[bool, Opt("Validate and resolve only; write nothing.")] = False,
 ) -> int:
     """Validate, resolve and write a bundle; print its hash."""
-    from tkc.bundle.io import BundleExists, build_manifest, write_bundle_at
+    from tkc.bundle.io import BundleExists, build_manifest, volatile_facts, write_bundle_at
     from tkc.compiler.pipeline import compile_recipe
 
     overrides = list(set_ or [])
@@ -73,10 +71,9 @@ def compile_(
     if check or out is None:
         print(build_manifest(compiled.files, compiled.plan.inputs.tkc_version)["bundle_hash"])
         return 0
-    volatile = {"compiled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
-                "source_root": str(compiled.source_root), "python": platform.python_version()}
     try:
-        written = write_bundle_at(out, compiled.files, volatile, compiled.plan.inputs.tkc_version, force,
+        written = write_bundle_at(out, compiled.files, volatile_facts(compiled.source_root),
+                                  compiled.plan.inputs.tkc_version, force,
                                   compiled.sources)
     except BundleExists as exc:
         print(f"tkc: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tkc.bundle.io import recorded_source_root
 from tkc.bundle.plan import ResolvedPlan, ResolvedStage
 from tkc.runtime.dist import DistInfo
 
@@ -100,9 +101,4 @@ def load_bundle_hash(bundle_dir: Path) -> str:
 def resolve_source_root(bundle_dir: Path, override: Path | None) -> Path:
     if override is not None:
         return Path(override).resolve()
-    volatile = bundle_dir / "volatile.json"
-    if volatile.exists():
-        root = json.loads(volatile.read_text(encoding="utf-8")).get("source_root")
-        if root:
-            return Path(root)
-    return bundle_dir.resolve()
+    return recorded_source_root(bundle_dir) or bundle_dir.resolve()
